@@ -1,0 +1,1 @@
+"""symbiont's shared domain: settings, the network model, units, time windows, database."""

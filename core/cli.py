@@ -1,0 +1,203 @@
+"""The ``symbiont`` command line (SPEC §9)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from core import logs
+from core.db import ConfigError
+from core.settings import Settings, get_settings
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from core.db import upgrade
+
+    upgrade(settings.database_url, args.revision)
+    print(f"database at revision {args.revision}")
+    return 0
+
+
+def _network_validate(args: argparse.Namespace, settings: Settings) -> int:
+    from core.network import load_network
+
+    net = load_network(args.file)
+    print(
+        f"{args.file}: ok — network '{net.network}', {len(net.partners)} partners, "
+        f"{len(net.meters)} meters, {len(net.exchanges)} exchanges, {len(net.balances)} balances"
+    )
+    return 0
+
+
+def _network_apply(args: argparse.Namespace, settings: Settings) -> int:
+    from core.apply import apply_network
+    from core.db import connect
+    from core.network import load_network
+
+    net = load_network(args.file)
+
+    async def go() -> str:
+        conn = await connect(settings.database_url, application_name="symbiont-cli")
+        try:
+            return (await apply_network(conn, net)).summary()
+        finally:
+            await conn.close()
+
+    print(f"network '{net.network}' applied: {asyncio.run(go())}")
+    return 0
+
+
+def _network_show(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from core.apply import load_applied
+    from core.db import connect
+
+    async def go() -> object:
+        conn = await connect(settings.database_url, application_name="symbiont-cli")
+        try:
+            return await load_applied(conn)
+        finally:
+            await conn.close()
+
+    net = asyncio.run(go())
+    if net is None:
+        print("no network applied yet: run `symbiont network apply FILE`", file=sys.stderr)
+        return 1
+    from core.network import Network, format_duration
+
+    assert isinstance(net, Network)
+    console = Console()
+    console.print(f"[bold]{net.name}[/] ({net.network}), {net.timezone}, {net.currency}")
+    table = Table("exchange", "provider → receiver", "kind", "sent", "received", "loss", "window")
+    for ex in net.exchanges:
+        table.add_row(
+            ex.id,
+            f"{ex.provider} → {ex.receiver}",
+            ex.kind.value,
+            ", ".join(ex.sent),
+            ", ".join(ex.received),
+            f"{ex.loss:.1%}",
+            format_duration(ex.window),
+        )
+    console.print(table)
+    return 0
+
+
+def _ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest.service import run
+
+    return run(settings, client_id=args.client_id)
+
+
+def _simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from core import simulate
+
+    return simulate.run(args, settings)
+
+
+def _import(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest import importer
+
+    return importer.run(args, settings)
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from core import demo
+
+    return demo.run(args, settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="symbiont",
+        description="Monitor an industrial symbiosis network: ingest, reconcile, report.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="run everything on this machine with embedded defaults")
+    demo.add_argument("--network", type=Path, default=None, help="network file (default: the "
+                      "bundled Kalundborg example)")
+    demo.add_argument("--days", type=int, default=30, help="days of history to backfill")
+    demo.add_argument("--speed", type=float, default=60.0, help="live simulation speed-up")
+    demo.add_argument("--duration", type=float, default=None,
+                      help="stop after this many seconds (default: run until Ctrl-C)")
+    demo.set_defaults(handler=_demo)
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db", required=True)
+    up = db.add_parser("upgrade", help="apply migrations (Alembic)")
+    up.add_argument("revision", nargs="?", default="head")
+    up.set_defaults(handler=_db_upgrade)
+
+    network = sub.add_parser("network", help="the network file").add_subparsers(
+        dest="network", required=True
+    )
+    validate = network.add_parser("validate", help="check a network file")
+    validate.add_argument("file", type=Path)
+    validate.set_defaults(handler=_network_validate)
+    apply = network.add_parser("apply", help="load a network file into the database")
+    apply.add_argument("file", type=Path)
+    apply.set_defaults(handler=_network_apply)
+    show = network.add_parser("show", help="show the applied network")
+    show.set_defaults(handler=_network_show)
+
+    ingest = sub.add_parser("ingest", help="subscribe to readings and store them")
+    ingest.add_argument("--client-id", default=None,
+                        help="MQTT client id (each ingest worker needs its own)")
+    ingest.set_defaults(handler=_ingest)
+
+    simulate = sub.add_parser("simulate", help="publish realistic readings for a network")
+    try:
+        from core import simulate as simulate_module
+
+        simulate_module.add_arguments(simulate)
+    except ImportError:  # TEMP-DEV
+        pass
+    simulate.set_defaults(handler=_simulate)
+
+    imp = sub.add_parser("import", help="backfill readings from a CSV file")
+    imp.add_argument("csv", type=Path, help="CSV with columns meter, ts, value[, unit]")
+    imp.add_argument("--batch", type=int, default=20000, help="readings per transaction")
+    imp.set_defaults(handler=_import)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = get_settings()
+    except Exception as exc:  # pydantic's ValidationError names the variable
+        print(f"symbiont: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(settings.log_level, json_lines=settings.log_json)
+    handler: Handler = args.handler
+    try:
+        return handler(args, settings)
+    except ConfigError as exc:
+        print(f"symbiont: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from core.network import NetworkError
+
+        if isinstance(exc, NetworkError):
+            print("symbiont: the network file has problems:", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  {problem}", file=sys.stderr)
+            return 1
+        if isinstance(exc, OSError | ValueError):
+            print(f"symbiont: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,363 @@
+"""The network file (SPEC §2): a typed model, loading with errors that name the YAML path."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import date, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+)
+
+ID_RE = r"^[a-z0-9][a-z0-9-]*$"
+
+
+class Kind(StrEnum):
+    heat = "heat"
+    water = "water"
+    material = "material"
+
+
+CANONICAL_UNIT: dict[Kind, str] = {Kind.heat: "MWh", Kind.water: "m3", Kind.material: "t"}
+
+
+class ReadingType(StrEnum):
+    total = "total"
+    rate = "rate"
+    delta = "delta"
+
+
+class Billing(StrEnum):
+    received = "received"
+    sent = "sent"
+    reconciled = "reconciled"
+
+
+class NetworkError(ValueError):
+    """A network file that cannot be applied; ``problems`` lists every ``path: message``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*(s|m|min|h|d)\s*$")
+_DURATION_UNIT = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | int) -> timedelta:
+    """``15m``, ``1h``, ``1d``, ``90s`` or a number of seconds."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        seconds = text
+    else:
+        match = _DURATION_RE.match(str(text))
+        if not match:
+            raise ValueError(f"not a duration: {text!r} (use e.g. 15m, 1h, 1d)")
+        seconds = int(match.group(1)) * _DURATION_UNIT[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive: {text!r}")
+    return timedelta(seconds=seconds)
+
+
+def format_duration(value: timedelta) -> str:
+    """The inverse of parse_duration, in the largest whole unit: ``1d``, ``1h``, ``15m``."""
+    seconds = int(value.total_seconds())
+    for suffix, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{suffix}"
+    return f"{seconds}s"
+
+
+def _window(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        window = value
+    else:
+        window = parse_duration(value)
+    seconds = int(window.total_seconds())
+    if seconds < 86400 and 86400 % seconds != 0:
+        raise ValueError(f"window {value!r} does not divide a day")
+    if seconds > 86400 and seconds != 86400:
+        raise ValueError(f"window {value!r} is longer than a day (at most 1d)")
+    return window
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Partner(Model):
+    id: str = Field(pattern=ID_RE, max_length=64)
+    name: str
+    email: str | None = None
+    webhook: str | None = None
+
+
+class Meter(Model):
+    id: str = Field(pattern=ID_RE, max_length=64)
+    partner: str
+    kind: Kind
+    medium: str | None = None
+    reading: ReadingType
+    unit: str
+    uncertainty: float = Field(ge=0, le=1)
+    uncertainty_abs: float = Field(default=0.0, ge=0)
+    interval: float | None = Field(default=None, gt=0)
+
+
+class Terms(Model):
+    from_: date = Field(alias="from")
+    price: Decimal = Field(ge=0)
+    receiver_avoided_cost: Decimal = Decimal(0)
+    receiver_avoided_co2: Decimal = Decimal(0)
+    provider_avoided_cost: Decimal = Decimal(0)
+    provider_avoided_co2: Decimal = Decimal(0)
+
+
+class Exchange(Model):
+    id: str = Field(pattern=ID_RE, max_length=64)
+    provider: str
+    receiver: str
+    kind: Kind
+    sent: list[str] = Field(min_length=1)
+    received: list[str] = Field(min_length=1)
+    loss: float = Field(default=0.0, ge=0, lt=1)
+    window: timedelta = timedelta(hours=1)
+    billing: Billing = Billing.received
+    # Typical mean flow in the kind's canonical unit per hour (MWh/h = MW, m3/h, t/h).
+    # Not part of reconciliation: it sizes the simulator and the dashboard's diagram.
+    nominal: float | None = Field(default=None, gt=0)
+    terms: list[Terms] = Field(default_factory=list)
+    rules: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _check_window(cls, value: Any) -> timedelta:
+        return _window(value)
+
+    @field_serializer("window")
+    def _dump_window(self, value: timedelta) -> str:
+        return format_duration(value)
+
+
+class Balance(Model):
+    id: str = Field(pattern=ID_RE, max_length=64)
+    kind: Kind
+    in_: list[str] = Field(alias="in", min_length=1)
+    out: list[str] = Field(min_length=1)
+    loss: float = Field(default=0.0, ge=0, lt=1)
+    window: timedelta = timedelta(hours=1)
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _check_window(cls, value: Any) -> timedelta:
+        return _window(value)
+
+    @field_serializer("window")
+    def _dump_window(self, value: timedelta) -> str:
+        return format_duration(value)
+
+
+class Network(Model):
+    network: str = Field(pattern=ID_RE)
+    name: str
+    timezone: str = "UTC"
+    currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
+    partners: list[Partner] = Field(min_length=1)
+    meters: list[Meter] = Field(default_factory=list)
+    exchanges: list[Exchange] = Field(default_factory=list)
+    balances: list[Balance] = Field(default_factory=list)
+    meter_rules: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def partner(self, partner_id: str) -> Partner:
+        return next(p for p in self.partners if p.id == partner_id)
+
+    def meter(self, meter_id: str) -> Meter:
+        return next(m for m in self.meters if m.id == meter_id)
+
+    def meter_windows(self) -> dict[str, timedelta]:
+        """Each meter's finest window among the exchanges and balances it takes part in.
+
+        Ingest marks (meter, window start) dirty at this granularity; a meter in nothing is
+        watched hourly.
+        """
+        finest: dict[str, timedelta] = {m.id: timedelta(hours=1) for m in self.meters}
+        seen: set[str] = set()
+        for ex in self.exchanges:
+            for mid in (*ex.sent, *ex.received):
+                finest[mid] = ex.window if mid not in seen else min(finest[mid], ex.window)
+                seen.add(mid)
+        for bal in self.balances:
+            for mid in (*bal.in_, *bal.out):
+                finest[mid] = bal.window if mid not in seen else min(finest[mid], bal.window)
+                seen.add(mid)
+        return finest
+
+
+def _loc(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            name = {"from_": "from", "in_": "in"}.get(part, part)
+            out += f".{name}" if out else name
+    return out
+
+
+def _cross_check(net: Network) -> list[str]:
+    problems: list[str] = []
+
+    def dupes(items: list[Any], section: str) -> None:
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            if item.id in seen:
+                problems.append(f"{section}[{i}].id: duplicate id '{item.id}'")
+            seen.add(item.id)
+
+    dupes(net.partners, "partners")
+    dupes(net.meters, "meters")
+    dupes(net.exchanges, "exchanges")
+    dupes(net.balances, "balances")
+    partners = {p.id for p in net.partners}
+    meters = {m.id: m for m in net.meters}
+
+    from core.units import UnitError, conversion  # local: units imports this module
+
+    for i, m in enumerate(net.meters):
+        if m.partner not in partners:
+            problems.append(f"meters[{i}].partner: unknown partner '{m.partner}'")
+        try:
+            conversion(m.unit, m.kind, m.reading)
+        except UnitError as exc:
+            problems.append(f"meters[{i}].unit: {exc}")
+        if m.reading != ReadingType.delta and m.interval is None:
+            problems.append(f"meters[{i}].interval: required for {m.reading.value} meters")
+
+    used_in_exchange: dict[str, str] = {}
+    for i, ex in enumerate(net.exchanges):
+        for field, pid in (("provider", ex.provider), ("receiver", ex.receiver)):
+            if pid not in partners:
+                problems.append(f"exchanges[{i}].{field}: unknown partner '{pid}'")
+        if ex.provider == ex.receiver:
+            problems.append(f"exchanges[{i}].receiver: same as the provider '{ex.provider}'")
+        for side, owner in (("sent", ex.provider), ("received", ex.receiver)):
+            for j, mid in enumerate(getattr(ex, side)):
+                path = f"exchanges[{i}].{side}[{j}]"
+                meter = meters.get(mid)
+                if meter is None:
+                    problems.append(f"{path}: unknown meter '{mid}'")
+                    continue
+                if meter.kind != ex.kind:
+                    problems.append(
+                        f"{path}: meter '{mid}' measures {meter.kind.value}, "
+                        f"the exchange is {ex.kind.value}"
+                    )
+                if meter.partner != owner:
+                    problems.append(
+                        f"{path}: meter '{mid}' belongs to '{meter.partner}', not to '{owner}'"
+                    )
+                used_in_exchange.setdefault(mid, ex.id)
+        if set(ex.sent) & set(ex.received):
+            problems.append(f"exchanges[{i}]: a meter is both sent and received")
+        froms = [t.from_ for t in ex.terms]
+        if froms != sorted(froms) or len(set(froms)) != len(froms):
+            problems.append(f"exchanges[{i}].terms: dates must be strictly increasing")
+        for rule in ex.rules:
+            if rule not in RULE_NAMES:
+                problems.append(f"exchanges[{i}].rules.{rule}: unknown rule")
+
+    for i, bal in enumerate(net.balances):
+        for side in ("in_", "out"):
+            for j, mid in enumerate(getattr(bal, side)):
+                path = f"balances[{i}].{_loc([side])}[{j}]"
+                meter = meters.get(mid)
+                if meter is None:
+                    problems.append(f"{path}: unknown meter '{mid}'")
+                elif meter.kind != bal.kind:
+                    problems.append(
+                        f"{path}: meter '{mid}' measures {meter.kind.value}, "
+                        f"the balance is {bal.kind.value}"
+                    )
+        if set(bal.in_) & set(bal.out):
+            problems.append(f"balances[{i}]: a meter is both in and out")
+
+    for mid, rules in net.meter_rules.items():
+        if mid not in meters:
+            problems.append(f"meter_rules.{mid}: unknown meter '{mid}'")
+        for rule in rules:
+            if rule not in RULE_NAMES:
+                problems.append(f"meter_rules.{mid}.{rule}: unknown rule")
+    return problems
+
+
+RULE_NAMES = frozenset(
+    {
+        "imbalance",
+        "drift",
+        "meter_suspect",
+        "meter_stale",
+        "meter_stuck",
+        "counter_reset",
+        "negative_flow",
+        "rejections",
+    }
+)
+
+
+def parse_network(data: Any) -> Network:
+    """Validate a parsed YAML document; raise NetworkError naming every problem's path."""
+    if not isinstance(data, dict):
+        raise NetworkError(["(top): the network file must be a mapping"])
+    try:
+        net = Network.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = _loc(err["loc"]) or "(top)"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field"
+            problems.append(f"{where}: {msg}")
+        raise NetworkError(problems) from None
+    problems = _cross_check(net)
+    if problems:
+        raise NetworkError(problems)
+    return net
+
+
+def load_network(path: str | Path) -> Network:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise NetworkError([f"{path}: cannot read ({exc.strerror})"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise NetworkError([f"{path}: not valid YAML: {exc}"]) from None
+    return parse_network(data)

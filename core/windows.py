@@ -1,0 +1,62 @@
+"""Time windows cut in the network's time zone (DST-correct).
+
+A window of a day or less starts at local midnight and runs in real (elapsed) time, so a
+23-hour spring-forward day has 23 one-hour windows and a 25-hour autumn day has 25.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+DAY = timedelta(days=1)
+
+
+def local_midnight(day: date, tz: ZoneInfo) -> datetime:
+    """The instant (UTC) at which ``day`` begins in ``tz``."""
+    return datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
+
+
+def window_bounds(ts: datetime, window: timedelta, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """The [start, end) of the window of length ``window`` containing ``ts`` (aware)."""
+    local_day = ts.astimezone(tz).date()
+    start_of_day = local_midnight(local_day, tz)
+    next_day = local_midnight(local_day + DAY, tz)
+    if window >= DAY:
+        return start_of_day, next_day
+    n = (ts - start_of_day) // window
+    start = start_of_day + n * window
+    return start, min(start + window, next_day)
+
+
+def window_start(ts: datetime, window: timedelta, tz: ZoneInfo) -> datetime:
+    return window_bounds(ts, window, tz)[0]
+
+
+def windows_between(
+    start: datetime, end: datetime, window: timedelta, tz: ZoneInfo
+) -> list[tuple[datetime, datetime]]:
+    """Every window that overlaps [start, end)."""
+    out: list[tuple[datetime, datetime]] = []
+    cursor = window_bounds(start, window, tz)[0]
+    while cursor < end:
+        bounds = window_bounds(cursor, window, tz)
+        out.append(bounds)
+        cursor = bounds[1]
+    return out
+
+
+def month_bounds(year: int, month: int, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """A calendar month in ``tz`` as UTC instants [start, end)."""
+    first = date(year, month, 1)
+    following = date(year + (month == 12), month % 12 + 1, 1)
+    return local_midnight(first, tz), local_midnight(following, tz)
+
+
+def utc_month_start(ts: datetime) -> datetime:
+    ts = ts.astimezone(UTC)
+    return datetime(ts.year, ts.month, 1, tzinfo=UTC)
+
+
+def next_month(ts: datetime) -> datetime:
+    return datetime(ts.year + (ts.month == 12), ts.month % 12 + 1, 1, tzinfo=ts.tzinfo)

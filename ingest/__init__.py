@@ -1,0 +1,1 @@
+"""symbiont ingest: MQTT readings → PostgreSQL, acknowledged only after commit."""

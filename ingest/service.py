@@ -1,0 +1,367 @@
+"""``symbiont ingest``: the MQTT subscriber that writes readings and acknowledges after commit.
+
+Threads: paho's network loop parses each message in its callback and appends it to a deque;
+the asyncio main loop takes batches from the deque, commits them through the BatchWriter and
+only then sends the PUBACKs (``manual_ack``). The broker's in-flight window (MQTT 5 Receive
+Maximum) bounds how many unacknowledged messages can be held, so a stalled database makes
+the broker keep the backlog instead of this process's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import asyncpg
+import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from core.db import asyncpg_dsn, require_database_url
+from core.network import parse_network
+from core.settings import Settings
+from ingest import metrics
+from ingest.parse import NetworkIndex, Parsed, Parser, Reason, Rejection
+from ingest.writer import BatchWriter, Message
+
+log = logging.getLogger("symbiont.ingest")
+
+READINGS_FILTER = "symbiont/readings/#"
+
+
+@dataclass(frozen=True)
+class MqttTarget:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+
+def parse_mqtt_url(url: str | None) -> MqttTarget:
+    if not url:
+        raise ValueError("SYMBIONT_MQTT_URL is not set (e.g. mqtt://127.0.0.1:1883)")
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValueError(f"SYMBIONT_MQTT_URL must start with mqtt:// or mqtts://, not {url!r}")
+    tls = parts.scheme in ("mqtts", "ssl")
+    return MqttTarget(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or (8883 if tls else 1883),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        tls=tls,
+    )
+
+
+def mqtt_client(
+    target: MqttTarget, client_id: str, *, manual_ack: bool = False, **kwargs: Any
+) -> mqtt.Client:
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+        manual_ack=manual_ack,
+        **kwargs,
+    )
+    if target.username:
+        client.username_pw_set(target.username, target.password)
+    if target.tls:
+        client.tls_set()
+    return client
+
+
+async def load_index(conn: asyncpg.Connection) -> NetworkIndex | None:
+    row = await conn.fetchrow("SELECT document, applied_at FROM network LIMIT 1")
+    if row is None:
+        return None
+    net = parse_network(orjson.loads(row["document"]))
+    return NetworkIndex.from_network(net, version=row["applied_at"].isoformat())
+
+
+class IngestService:
+    def __init__(self, settings: Settings, *, client_id: str | None = None) -> None:
+        self.settings = settings
+        self.client_id = client_id or settings.ingest_client_id
+        self.dsn = asyncpg_dsn(require_database_url(settings.database_url))
+        self.target = parse_mqtt_url(settings.mqtt_url)
+        self.pending: deque[Message] = deque()
+        self.parser: Parser | None = None
+        self.generation = 0
+        self.connected = threading.Event()
+        self._ack_lock = threading.Lock()
+        self._client: mqtt.Client | None = None
+        self.writer = BatchWriter(self.dsn, application_name=f"symbiont-ingest:{self.client_id}")
+        self.stats = {"messages": 0, "readings": 0, "inserted": 0, "rejected": 0, "batches": 0}
+
+    # -- MQTT thread ----------------------------------------------------------------------
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: Any,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection: %s", reason)
+            return
+        topic = f"$share/{self.settings.ingest_share_group}/{READINGS_FILTER}"
+        client.subscribe(topic, qos=1)
+        self.connected.set()
+        metrics.CONNECTED.set(1)
+        log.info(
+            "connected to mqtt://%s:%d as %s (session present: %s), subscribed to %s",
+            self.target.host,
+            self.target.port,
+            self.client_id,
+            getattr(flags, "session_present", "?"),
+            topic,
+        )
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: Any,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        # Messages received on the old connection may still be committed, but must never be
+        # acknowledged on the new one (their packet ids mean something else there).
+        with self._ack_lock:
+            self.generation += 1
+        self.connected.clear()
+        metrics.CONNECTED.set(0)
+        log.warning("disconnected from the broker (%s); reconnecting", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        now = time.time()
+        parser = self.parser
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            topic = msg._topic.decode("utf-8", "replace")
+        try:
+            if parser is None:
+                raise RuntimeError("no network loaded")
+            parsed = parser.parse(topic, msg.payload, now)
+        except Exception as exc:  # one bad message must never stop the stream
+            log.exception("could not parse a message on %s", topic[:200])
+            parsed = Parsed(topic, None)
+            parsed.rejections.append(
+                Rejection(Reason.invalid_format, f"internal error: {exc}"[:500], None, None,
+                          msg.payload[:65536])
+            )
+        self.pending.append(Message(parsed, now, msg.mid, msg.qos, self.generation, msg.dup))
+
+    def _start_mqtt(self) -> mqtt.Client:
+        client = mqtt_client(self.target, self.client_id, manual_ack=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 0xFFFFFFFF  # the session (and its queue) never expires
+        props.ReceiveMaximum = 65535  # the in-flight window: bounds what we hold unacked
+        client.connect_async(
+            self.target.host, self.target.port, keepalive=30, clean_start=False, properties=props
+        )
+        client.loop_start()
+        return client
+
+    # -- asyncio side ---------------------------------------------------------------------
+
+    async def _wait_for_network(self, stop: asyncio.Event) -> NetworkIndex | None:
+        announced = False
+        while not stop.is_set():
+            try:
+                conn = await asyncpg.connect(self.dsn)
+                try:
+                    index = await load_index(conn)
+                finally:
+                    await conn.close()
+                if index is not None:
+                    return index
+                if not announced:
+                    log.warning("no network applied yet; run `symbiont network apply FILE`")
+                    announced = True
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("database not reachable (%s); retrying", exc)
+            await _sleep_or_stop(stop, 2.0)
+        return None
+
+    async def _watch_network(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await _sleep_or_stop(stop, 5.0)
+            try:
+                conn = await asyncpg.connect(self.dsn)
+                try:
+                    version = await conn.fetchval("SELECT applied_at FROM network LIMIT 1")
+                    if (
+                        version is not None
+                        and self.parser is not None
+                        and version.isoformat() != self.parser.index.version
+                    ):
+                        index = await load_index(conn)
+                        if index is not None:
+                            self.parser = self._parser(index)
+                            log.info("network reloaded (%d meters)", len(index.meters))
+                finally:
+                    await conn.close()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pass  # the writer reports database trouble
+
+    def _parser(self, index: NetworkIndex) -> Parser:
+        s = self.settings
+        return Parser(
+            index,
+            max_payload=s.max_payload_bytes,
+            backfill_days=s.backfill_days,
+            future_tolerance_s=s.future_tolerance_s,
+        )
+
+    def _take_batch(self) -> list[Message]:
+        batch: list[Message] = []
+        limit = self.settings.ingest_batch_readings
+        size = 0
+        pending = self.pending
+        while pending and size < limit:
+            msg = pending.popleft()
+            batch.append(msg)
+            size += len(msg.parsed.readings) + 1
+        return batch
+
+    async def _commit(self, batch: list[Message], stop: asyncio.Event) -> None:
+        delay = 0.2
+        assert self.parser is not None
+        while True:
+            started = time.perf_counter()
+            try:
+                result = await self.writer.write(batch, self.parser.index)
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                    asyncpg.CannotConnectNowError, TimeoutError,
+                    asyncpg.exceptions.AdminShutdownError) as exc:
+                metrics.DB_ERRORS.inc()
+                log.warning(
+                    "database unavailable (%s: %s); holding %d messages unacknowledged, "
+                    "retrying in %.1f s", type(exc).__name__, exc, len(batch), delay,
+                )
+            except asyncpg.PostgresError as exc:
+                metrics.DB_ERRORS.inc()
+                log.error("batch of %d messages failed (%s); retrying in %.1f s",
+                          len(batch), exc, delay)
+            else:
+                elapsed = time.perf_counter() - started
+                self._ack(batch)
+                self._account(batch, result, elapsed)
+                return
+            await self.writer.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _ack(self, batch: list[Message]) -> None:
+        client = self._client
+        if client is None:
+            return
+        with self._ack_lock:
+            generation = self.generation
+            for msg in batch:
+                if msg.qos and msg.generation == generation:
+                    client.ack(msg.mid, msg.qos)
+
+    def _account(self, batch: list[Message], result: Any, elapsed: float) -> None:
+        now = time.time()
+        metrics.MESSAGES.inc(result.messages)
+        metrics.READINGS.inc(result.inserted)
+        metrics.DUPLICATES.inc(result.duplicates)
+        for reason, n in result.rejections.items():
+            metrics.REJECTIONS.labels(reason=reason).inc(n)
+        metrics.BATCH_SECONDS.observe(elapsed)
+        metrics.BATCH_MESSAGES.observe(len(batch))
+        metrics.LAG_SECONDS.set(now - batch[0].received)
+        metrics.PENDING.set(len(self.pending))
+        s = self.stats
+        s["messages"] += result.messages
+        s["readings"] += result.readings
+        s["inserted"] += result.inserted
+        s["rejected"] += sum(result.rejections.values())
+        s["batches"] += 1
+
+    async def run(self, stop: asyncio.Event) -> None:
+        index = await self._wait_for_network(stop)
+        if index is None:
+            return
+        self.parser = self._parser(index)
+        log.info("network loaded: %d partners, %d meters", len(index.partners), len(index.meters))
+        self._client = self._start_mqtt()
+        watcher = asyncio.create_task(self._watch_network(stop))
+        reporter = asyncio.create_task(self._report(stop))
+        wait = self.settings.ingest_batch_wait_ms / 1000.0
+        try:
+            while not stop.is_set() or self.pending:
+                if not self.pending:
+                    await asyncio.sleep(wait)
+                    continue
+                batch = self._take_batch()
+                await self._commit(batch, stop)
+        finally:
+            watcher.cancel()
+            reporter.cancel()
+            self._client.disconnect()
+            self._client.loop_stop()
+            await self.writer.close()
+            log.info(
+                "ingest stopped: %(messages)d messages, %(inserted)d readings stored, "
+                "%(rejected)d rejected",
+                self.stats,
+            )
+
+    async def _report(self, stop: asyncio.Event) -> None:
+        last = dict(self.stats)
+        while not stop.is_set():
+            await _sleep_or_stop(stop, 10.0)
+            s = self.stats
+            if s["messages"] != last["messages"]:
+                log.info(
+                    "last 10 s: %d messages, %d readings stored, %d rejected; %d waiting",
+                    s["messages"] - last["messages"],
+                    s["inserted"] - last["inserted"],
+                    s["rejected"] - last["rejected"],
+                    len(self.pending),
+                )
+            last = dict(s)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass
+
+
+def run(settings: Settings, *, client_id: str | None = None) -> int:
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port)
+    service = IngestService(settings, client_id=client_id)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await service.run(stop)
+
+    asyncio.run(main())
+    return 0

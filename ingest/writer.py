@@ -1,0 +1,307 @@
+"""The batch writer: one transaction per batch of messages, then PUBACKs.
+
+Per batch: COPY the readings into a temporary table, one INSERT … ON CONFLICT DO NOTHING
+into the partitioned ``readings``, classify what did not insert as duplicate or conflict,
+record rejections, bump per-partner counts, mark touched (meter, window) pairs dirty for
+the rules engine, NOTIFY, commit. Only then are the messages acknowledged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import asyncpg
+
+from core.windows import window_start
+from ingest.parse import KEEP_PAYLOAD, NetworkIndex, Parsed, Reason, Rejection
+
+log = logging.getLogger("symbiont.ingest")
+
+NOTIFY_CHANNEL = "symbiont_dirty"
+
+_SETUP = """
+CREATE TEMP TABLE IF NOT EXISTS ingest_batch (
+    seq      integer NOT NULL,
+    meter_id text NOT NULL,
+    ts       timestamptz NOT NULL,
+    value    double precision NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+
+_INSERT = """
+INSERT INTO readings (meter_id, ts, value)
+SELECT meter_id, ts, value FROM ingest_batch
+ON CONFLICT DO NOTHING
+"""
+
+# Rows of this batch that did not insert: the readings that were there before (a row this
+# transaction wrote has our own xmin).
+_EXISTING = """
+SELECT b.seq, r.value
+FROM ingest_batch b
+JOIN readings r ON r.meter_id = b.meter_id AND r.ts = b.ts
+WHERE r.xmin::text::bigint <> (pg_current_xact_id()::text::bigint % 4294967296)
+"""
+
+_DIRTY = """
+INSERT INTO dirty_windows (meter_id, window_start)
+SELECT * FROM unnest($1::text[], $2::timestamptz[])
+ORDER BY 1, 2
+ON CONFLICT (meter_id, window_start)
+DO UPDATE SET version = dirty_windows.version + 1, marked_at = now()
+"""
+
+_COUNTS = """
+INSERT INTO ingest_counts AS c (partner_id, hour, messages, readings, duplicates, rejected)
+SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::bigint[],
+                     $5::bigint[], $6::bigint[])
+ORDER BY 1, 2
+ON CONFLICT (partner_id, hour) DO UPDATE SET
+    messages = c.messages + excluded.messages,
+    readings = c.readings + excluded.readings,
+    duplicates = c.duplicates + excluded.duplicates,
+    rejected = c.rejected + excluded.rejected
+"""
+
+_REJECT_COLUMNS = ("received_at", "topic", "partner_id", "meter_id", "reason", "detail", "payload")
+
+# A redelivered message (MQTT DUP flag) whose rejection was already committed before the
+# process died must not be recorded twice.
+_REJECTED_BEFORE = """
+SELECT DISTINCT payload_sha FROM rejections
+WHERE payload_sha = ANY($1::bytea[]) AND received_at > now() - interval '7 days'
+"""
+
+
+@dataclass(slots=True)
+class Message:
+    """One MQTT message on its way to the database, with what is needed to acknowledge it."""
+
+    parsed: Parsed
+    received: float  # epoch seconds when the callback saw it
+    mid: int = 0
+    qos: int = 0
+    generation: int = 0
+    dup: bool = False
+
+
+@dataclass(slots=True)
+class BatchResult:
+    messages: int = 0
+    readings: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    rejections: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+def _sha(topic: str, payload: bytes | None) -> bytes:
+    return hashlib.sha256(topic.encode() + b"\0" + (payload or b"")).digest()
+
+
+class BatchWriter:
+    """Writes batches through one asyncpg connection it owns (reconnecting when needed)."""
+
+    def __init__(self, dsn: str, *, application_name: str = "symbiont-ingest") -> None:
+        self.dsn = dsn
+        self.application_name = application_name
+        self.conn: asyncpg.Connection | None = None
+        self._months: set[tuple[int, int]] = set()
+        self._window_cache: dict[tuple[str, int], datetime] = {}
+
+    async def connect(self) -> asyncpg.Connection:
+        if self.conn is None or self.conn.is_closed():
+            self.conn = await asyncpg.connect(
+                self.dsn,
+                server_settings={"application_name": self.application_name},
+                command_timeout=60,
+            )
+            await self.conn.execute(_SETUP)
+            self._months.clear()
+        return self.conn
+
+    async def close(self) -> None:
+        if self.conn is not None and not self.conn.is_closed():
+            await self.conn.close()
+        self.conn = None
+
+    async def ensure_partitions(self, instants: Iterable[datetime]) -> None:
+        conn = await self.connect()
+        for ts in instants:
+            key = (ts.year, ts.month)
+            if key not in self._months:
+                await conn.execute("SELECT symbiont_ensure_partition($1)", ts)
+                self._months.add(key)
+
+    def _window(self, meter_window_s: int, tz: ZoneInfo, meter_id: str, ts: datetime) -> datetime:
+        # Cache per (meter, minute): window starts are minute-aligned for windows ≥ 1 min.
+        minute = int(ts.timestamp()) // 60
+        key = (meter_id, minute)
+        start = self._window_cache.get(key)
+        if start is None:
+            if len(self._window_cache) > 200_000:
+                self._window_cache.clear()
+            start = window_start(ts, timedelta(seconds=meter_window_s), tz)
+            self._window_cache[key] = start
+        return start
+
+    async def write(self, batch: Sequence[Message], index: NetworkIndex) -> BatchResult:
+        """Commit the batch; raises on database errors (nothing is committed then)."""
+        result = BatchResult(messages=len(batch))
+        # Deduplicate within the batch; the first occurrence wins, as in the database.
+        first: dict[tuple[str, datetime], tuple[int, float]] = {}
+        records: list[tuple[int, str, datetime, float]] = []
+        rejections: list[tuple[Message, Rejection]] = []
+        owner: list[Message] = []
+        for msg in batch:
+            for rej in msg.parsed.rejections:
+                rejections.append((msg, rej))
+            for meter_id, ts, value in msg.parsed.readings:
+                result.readings += 1
+                key = (meter_id, ts)
+                seen = first.get(key)
+                if seen is None:
+                    first[key] = (len(records), value)
+                    records.append((len(records), meter_id, ts, value))
+                    owner.append(msg)
+                elif _same(seen[1], value):
+                    result.duplicates += 1
+                else:
+                    rejections.append((msg, _conflict(msg, meter_id, ts, seen[1], value)))
+        months = {(ts.year, ts.month): ts for _, _, ts, _ in records}
+        if months.keys() - self._months:
+            await self.ensure_partitions(
+                ts for key, ts in months.items() if key not in self._months
+            )
+        conn = await self.connect()
+        inserted_mask = [True] * len(records)
+        async with conn.transaction():
+            if records:
+                await conn.copy_records_to_table("ingest_batch", records=records)
+                status = await conn.execute(_INSERT)
+                inserted = int(status.rsplit(" ", 1)[1])
+                if inserted < len(records):
+                    for seq, stored in await conn.fetch(_EXISTING):
+                        inserted_mask[seq] = False
+                        _, meter_id, ts, value = records[seq]
+                        if _same(stored, value):
+                            result.duplicates += 1
+                        else:
+                            msg = owner[seq]
+                            rejections.append((msg, _conflict(msg, meter_id, ts, stored, value)))
+                result.inserted = inserted
+                await self._mark_dirty(conn, records, inserted_mask, index)
+            if rejections:
+                await self._record_rejections(conn, rejections)
+            await self._count(conn, batch, records, inserted_mask, rejections, result)
+            await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(result.inserted))
+        for _, rej in rejections:
+            result.rejections[rej.reason.value] += 1
+        return result
+
+    async def _mark_dirty(
+        self,
+        conn: asyncpg.Connection,
+        records: list[tuple[int, str, datetime, float]],
+        inserted_mask: list[bool],
+        index: NetworkIndex,
+    ) -> None:
+        tz = ZoneInfo(index.timezone)
+        touched: set[tuple[str, datetime]] = set()
+        meters = index.meters
+        for seq, meter_id, ts, _ in records:
+            if inserted_mask[seq]:
+                meter = meters.get(meter_id)
+                window_s = meter.window_s if meter is not None else 3600
+                touched.add((meter_id, self._window(window_s, tz, meter_id, ts)))
+        if touched:
+            ids, starts = zip(*sorted(touched), strict=True)
+            await conn.execute(_DIRTY, list(ids), list(starts))
+
+    async def _record_rejections(
+        self, conn: asyncpg.Connection, rejections: list[tuple[Message, Rejection]]
+    ) -> None:
+        now = datetime.now(UTC)
+        redelivered = {
+            _sha(m.parsed.topic, r.payload): (m, r) for m, r in rejections if m.dup
+        }
+        skip: set[bytes] = set()
+        if redelivered:
+            rows = await conn.fetch(_REJECTED_BEFORE, list(redelivered))
+            skip = {bytes(row[0]) for row in rows}
+        rows_out = []
+        for msg, rej in rejections:
+            sha = _sha(msg.parsed.topic, rej.payload)
+            if sha in skip:
+                continue
+            rows_out.append(
+                (
+                    now,
+                    msg.parsed.topic[:1024],
+                    rej.partner,
+                    rej.meter,
+                    rej.reason.value,
+                    rej.detail[:2000],
+                    rej.payload,
+                    sha,
+                )
+            )
+        if rows_out:
+            await conn.copy_records_to_table(
+                "rejections", records=rows_out, columns=[*_REJECT_COLUMNS, "payload_sha"]
+            )
+
+    async def _count(
+        self,
+        conn: asyncpg.Connection,
+        batch: Sequence[Message],
+        records: list[tuple[int, str, datetime, float]],
+        inserted_mask: list[bool],
+        rejections: list[tuple[Message, Rejection]],
+        result: BatchResult,
+    ) -> None:
+        counts: dict[tuple[str, datetime], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        rejected_msgs = {id(m) for m, _ in rejections}
+        for msg in batch:
+            partner = msg.parsed.partner or "?"
+            hour = datetime.fromtimestamp(msg.received - msg.received % 3600, UTC)
+            row = counts[(partner, hour)]
+            row[0] += 1
+            row[1] += len(msg.parsed.readings)
+            if id(msg) in rejected_msgs:
+                row[3] += 1
+        if counts and result.duplicates:
+            # Attribute duplicates to the batch's first partner-hour: counts, not billing.
+            next(iter(counts.values()))[2] += result.duplicates
+        keys = sorted(counts)
+        await conn.execute(
+            _COUNTS,
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [counts[k][0] for k in keys],
+            [counts[k][1] for k in keys],
+            [counts[k][2] for k in keys],
+            [counts[k][3] for k in keys],
+        )
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _conflict(msg: Message, meter_id: str, ts: datetime, stored: float, value: float) -> Rejection:
+    return Rejection(
+        Reason.conflict,
+        f"meter '{meter_id}' at {ts.isoformat()}: {stored!r} is stored, {value!r} conflicts",
+        msg.parsed.partner,
+        meter_id,
+        f'{{"meter": "{meter_id}", "ts": "{ts.isoformat()}", "value": {value!r}}}'.encode()[
+            :KEEP_PAYLOAD
+        ],
+    )
