@@ -94,7 +94,9 @@ def _window(value: Any) -> timedelta:
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False
+    )
 
 
 class Partner(Model):
@@ -119,10 +121,10 @@ class Meter(Model):
 class Terms(Model):
     from_: date = Field(alias="from")
     price: Decimal = Field(ge=0)
-    receiver_avoided_cost: Decimal = Decimal(0)
-    receiver_avoided_co2: Decimal = Decimal(0)
-    provider_avoided_cost: Decimal = Decimal(0)
-    provider_avoided_co2: Decimal = Decimal(0)
+    receiver_avoided_cost: Decimal = Field(default=Decimal(0), ge=0)
+    receiver_avoided_co2: Decimal = Field(default=Decimal(0), ge=0)
+    provider_avoided_cost: Decimal = Field(default=Decimal(0), ge=0)
+    provider_avoided_co2: Decimal = Field(default=Decimal(0), ge=0)
 
 
 class Exchange(Model):
@@ -185,7 +187,7 @@ class Network(Model):
     def _known_zone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
+        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
             raise ValueError(f"unknown time zone {value!r}") from exc
         return value
 
@@ -255,6 +257,10 @@ def _cross_check(net: Network) -> list[str]:
             conversion(m.unit, m.kind, m.reading)
         except UnitError as exc:
             problems.append(f"meters[{i}].unit: {exc}")
+        if m.uncertainty == 0 and m.uncertainty_abs == 0:
+            problems.append(
+                f"meters[{i}].uncertainty: uncertainty and uncertainty_abs cannot both be 0"
+            )
         if m.reading != ReadingType.delta and m.interval is None:
             problems.append(f"meters[{i}].interval: required for {m.reading.value} meters")
 
@@ -268,6 +274,8 @@ def _cross_check(net: Network) -> list[str]:
         for side, owner in (("sent", ex.provider), ("received", ex.receiver)):
             for j, mid in enumerate(getattr(ex, side)):
                 path = f"exchanges[{i}].{side}[{j}]"
+                if mid in getattr(ex, side)[:j]:
+                    problems.append(f"{path}: meter '{mid}' listed twice")
                 meter = meters.get(mid)
                 if meter is None:
                     problems.append(f"{path}: unknown meter '{mid}'")
@@ -295,6 +303,8 @@ def _cross_check(net: Network) -> list[str]:
         for side in ("in_", "out"):
             for j, mid in enumerate(getattr(bal, side)):
                 path = f"balances[{i}].{_loc([side])}[{j}]"
+                if mid in getattr(bal, side)[:j]:
+                    problems.append(f"{path}: meter '{mid}' listed twice")
                 meter = meters.get(mid)
                 if meter is None:
                     problems.append(f"{path}: unknown meter '{mid}'")
