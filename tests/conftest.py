@@ -1,0 +1,145 @@
+"""Fixtures for real services: Mosquitto brokers and PostgreSQL databases, never mocks.
+
+- ``mosquitto``: one broker for the session; don't stop, restart or kill it.
+- ``fresh_mosquitto``: a broker of the test's own, to restart or kill at will.
+- ``database_url``: a new migrated database on the system PostgreSQL, dropped afterwards.
+- ``private_postgres``: a private cluster for the session, for tests that stop PostgreSQL.
+- ``private_database_url``: a new migrated database on ``private_postgres`` (restarted first
+  if an earlier test left it stopped).
+
+The system server is ``$SYMBIONT_TEST_DATABASE_URL`` or postgres@127.0.0.1:5432.  A missing
+service fails the tests that need it, with the reason; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import pytest
+from services import (
+    SYSTEM_POSTGRES_URL_ENV,
+    Mosquitto,
+    PrivatePostgres,
+    ServiceError,
+    create_database,
+    create_migrated_template,
+    drop_database,
+    postgres_reachable,
+    system_postgres_url,
+)
+from sqlalchemy.engine import make_url
+
+
+def _safe(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(6)}"
+
+
+def _start_mosquitto() -> Mosquitto:
+    try:
+        broker = Mosquitto()
+    except ServiceError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        broker.start()
+    except ServiceError as exc:
+        broker.close()
+        pytest.fail(str(exc), pytrace=False)
+    return broker
+
+
+@pytest.fixture(scope="session")
+def mosquitto() -> Iterator[Mosquitto]:
+    """A broker shared by the session; tests that restart or kill one use fresh_mosquitto."""
+    with _start_mosquitto() as broker:
+        yield broker
+
+
+@pytest.fixture
+def fresh_mosquitto() -> Iterator[Mosquitto]:
+    """A broker of the test's own, free to be stopped, killed and restarted."""
+    with _start_mosquitto() as broker:
+        yield broker
+
+
+def _migrated_template(admin_url: str) -> str:
+    name = unique_name("symbiont_tmpl")
+    try:
+        create_migrated_template(admin_url, name)
+    except Exception as exc:
+        pytest.fail(
+            f"could not create a migrated database on {_safe(admin_url)}"
+            f" (core.db.upgrade failed; see migrations/): {type(exc).__name__}: {exc}",
+            pytrace=False,
+        )
+    return name
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    """A superuser URL on the system PostgreSQL, checked to be reachable."""
+    url = system_postgres_url()
+    problem = postgres_reachable(url)
+    if problem is not None:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {_safe(url)} ({problem}). Tests need a running server"
+            f" with trust auth for the postgres user; set {SYSTEM_POSTGRES_URL_ENV} to use"
+            " another one.",
+            pytrace=False,
+        )
+    return url
+
+
+@pytest.fixture(scope="session")
+def database_template(postgres_admin_url: str) -> Iterator[str]:
+    """Name of a migrated template database on the system server, for this session only."""
+    name = _migrated_template(postgres_admin_url)
+    yield name
+    drop_database(postgres_admin_url, name)
+
+
+@pytest.fixture
+def database_url(postgres_admin_url: str, database_template: str) -> Iterator[str]:
+    """URL of a new, migrated, empty database ``symbiont_test_*``; dropped after the test."""
+    name = unique_name("symbiont_test")
+    url = create_database(postgres_admin_url, name, template=database_template)
+    yield url
+    drop_database(postgres_admin_url, name)
+
+
+@pytest.fixture(scope="session")
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A private PostgreSQL cluster; tests may stop and restart it (leave it running)."""
+    try:
+        cluster = PrivatePostgres()
+    except ServiceError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def private_database_template(private_postgres: PrivatePostgres) -> str:
+    """Name of a migrated template database on ``private_postgres``."""
+    if not private_postgres.running:
+        private_postgres.start()
+    return _migrated_template(private_postgres.url())
+
+
+@pytest.fixture
+def private_database_url(
+    private_postgres: PrivatePostgres, private_database_template: str
+) -> Iterator[str]:
+    """URL of a new migrated database on ``private_postgres``; dropped after the test."""
+    if not private_postgres.running:
+        private_postgres.start()
+    name = unique_name("symbiont_test")
+    url = private_postgres.create_database(name, template=private_database_template)
+    yield url
+    if not private_postgres.running:
+        private_postgres.start()
+    drop_database(private_postgres.url(), name)
