@@ -313,7 +313,7 @@ def test_late_and_out_of_order_readings_mark_their_own_windows(
     starts = [r[0] for r in rows]
     assert starts == [
         datetime(2026, 9, 21, 22, tzinfo=UTC),  # 40 days back: 00:30 summer time → 00:00 local
-        datetime(2026, 10, 28, 21, tzinfo=UTC),  # 3.5 days back, winter time (22:00 local)
+        datetime(2026, 10, 28, 22, tzinfo=UTC),  # 3 days 30 min back: 23:00 winter time
         datetime(2026, 10, 31, 22, tzinfo=UTC),
     ]
     parts = asyncio.run(_fetch(database_url, "SELECT count(*) FROM readings"))
