@@ -49,15 +49,14 @@ async def apply_network(conn: asyncpg.Connection, net: Network) -> ApplyReport:
         await conn.execute("LOCK TABLE network IN EXCLUSIVE MODE")
         old = await conn.fetchrow("SELECT id, document::text AS doc FROM network LIMIT 1")
         if old is not None and old["id"] != net.network:
-            raise ValueError(
-                f"this database holds network '{old['id']}', not '{net.network}'"
-            )
+            raise ValueError(f"this database holds network '{old['id']}', not '{net.network}'")
         if old is not None and orjson.loads(old["doc"]) == orjson.loads(document):
             report.unchanged = True
             return report
 
-        async def upsert(kind: str, sql: str, rows: list[tuple[object, ...]], ids: list[str],
-                         table: str) -> None:
+        async def upsert(
+            kind: str, sql: str, rows: list[tuple[object, ...]], ids: list[str], table: str
+        ) -> None:
             existing = {r["id"] for r in await conn.fetch(f"SELECT id FROM {table}")}
             report.created[kind] = len(set(ids) - existing)
             report.updated[kind] = len(set(ids) & existing)
@@ -90,8 +89,15 @@ async def apply_network(conn: asyncpg.Connection, net: Network) -> ApplyReport:
                updated_at = now()""",
             [
                 (
-                    m.id, m.partner, m.kind.value, m.medium, m.reading.value, m.unit,
-                    m.uncertainty, m.uncertainty_abs, m.interval,
+                    m.id,
+                    m.partner,
+                    m.kind.value,
+                    m.medium,
+                    m.reading.value,
+                    m.unit,
+                    m.uncertainty,
+                    m.uncertainty_abs,
+                    m.interval,
                     int(windows[m.id].total_seconds()),
                     orjson.dumps(net.meter_rules.get(m.id, {})).decode(),
                 )
@@ -110,8 +116,13 @@ async def apply_network(conn: asyncpg.Connection, net: Network) -> ApplyReport:
                updated_at = now()""",
             [
                 (
-                    e.id, e.provider, e.receiver, e.kind.value, e.loss,
-                    int(e.window.total_seconds()), e.billing.value,
+                    e.id,
+                    e.provider,
+                    e.receiver,
+                    e.kind.value,
+                    e.loss,
+                    int(e.window.total_seconds()),
+                    e.billing.value,
                     orjson.dumps(e.rules).decode(),
                 )
                 for e in net.exchanges
@@ -147,8 +158,13 @@ async def apply_network(conn: asyncpg.Connection, net: Network) -> ApplyReport:
                VALUES ($1, $2, $3, $4, $5, $6, $7)""",
             [
                 (
-                    e.id, t.from_, t.price, t.receiver_avoided_cost, t.receiver_avoided_co2,
-                    t.provider_avoided_cost, t.provider_avoided_co2,
+                    e.id,
+                    t.from_,
+                    t.price,
+                    t.receiver_avoided_cost,
+                    t.receiver_avoided_co2,
+                    t.provider_avoided_cost,
+                    t.provider_avoided_co2,
                 )
                 for e in net.exchanges
                 for t in e.terms
@@ -159,7 +175,11 @@ async def apply_network(conn: asyncpg.Connection, net: Network) -> ApplyReport:
                VALUES ($1, $2, $3, $4, $5::jsonb, clock_timestamp())
                ON CONFLICT (id) DO UPDATE SET name = $2, timezone = $3, currency = $4,
                document = $5::jsonb, applied_at = clock_timestamp()""",
-            net.network, net.name, net.timezone, net.currency, document,
+            net.network,
+            net.name,
+            net.timezone,
+            net.currency,
+            document,
         )
     return report
 

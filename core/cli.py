@@ -122,12 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="run everything on this machine with embedded defaults")
-    demo.add_argument("--network", type=Path, default=None, help="network file (default: the "
-                      "bundled Kalundborg example)")
+    demo.add_argument(
+        "--network",
+        type=Path,
+        default=None,
+        help="network file (default: the bundled Kalundborg example)",
+    )
     demo.add_argument("--days", type=int, default=30, help="days of history to backfill")
     demo.add_argument("--speed", type=float, default=60.0, help="live simulation speed-up")
-    demo.add_argument("--duration", type=float, default=None,
-                      help="stop after this many seconds (default: run until Ctrl-C)")
+    demo.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: run until Ctrl-C)",
+    )
     demo.set_defaults(handler=_demo)
 
     db = sub.add_parser("db", help="database schema").add_subparsers(dest="db", required=True)
@@ -148,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=_network_show)
 
     ingest = sub.add_parser("ingest", help="subscribe to readings and store them")
-    ingest.add_argument("--client-id", default=None,
-                        help="MQTT client id (each ingest worker needs its own)")
+    ingest.add_argument(
+        "--client-id", default=None, help="MQTT client id (each ingest worker needs its own)"
+    )
     ingest.set_defaults(handler=_ingest)
 
     simulate = sub.add_parser("simulate", help="publish realistic readings for a network")

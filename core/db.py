@@ -78,17 +78,17 @@ def split_sql(script: str) -> list[str]:
     current: list[str] = []
     in_body = False
     script = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("--"))
-    for token in re.split(r"(\$\$|;)", script):
-        if token == "$$":
+    for part in re.split(r"(\$\$|;)", script):
+        if part == "$$":
             in_body = not in_body
-            current.append(token)
-        elif token == ";" and not in_body:
+            current.append(part)
+        elif part == ";" and not in_body:
             text = "".join(current).strip()
             if text:
                 statements.append(text)
             current = []
         else:
-            current.append(token)
+            current.append(part)
     tail = "".join(current).strip()
     if tail:
         statements.append(tail)

@@ -81,10 +81,7 @@ def format_duration(value: timedelta) -> str:
 
 
 def _window(value: Any) -> timedelta:
-    if isinstance(value, timedelta):
-        window = value
-    else:
-        window = parse_duration(value)
+    window = value if isinstance(value, timedelta) else parse_duration(value)
     seconds = int(window.total_seconds())
     if seconds < 86400 and 86400 % seconds != 0:
         raise ValueError(f"window {value!r} does not divide a day")

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import Any
 
 import pint
 
 from core.network import CANONICAL_UNIT, Kind, ReadingType
 
-_ureg = pint.UnitRegistry()
+_ureg: Any = pint.UnitRegistry()
 # District-heating practice (and the Danish tables) use the international-table calorie.
 _ureg.define("Gcal = 1e9 * international_calorie")
 _ureg.define("Mcal = 1e6 * international_calorie")

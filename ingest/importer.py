@@ -56,18 +56,24 @@ async def import_csv(
         await conn.close()
     if index is None:
         raise CsvImportError("no network applied yet: run `symbiont network apply FILE` first")
-    parser = Parser(index, max_payload=settings.max_payload_bytes,
-                    backfill_days=settings.backfill_days,
-                    future_tolerance_s=settings.future_tolerance_s)
+    parser = Parser(
+        index,
+        max_payload=settings.max_payload_bytes,
+        backfill_days=settings.backfill_days,
+        future_tolerance_s=settings.future_tolerance_s,
+    )
     try:
-        reader = pd.read_csv(path, dtype=str, chunksize=batch, keep_default_na=False,
-                             skipinitialspace=True)
+        reader = pd.read_csv(
+            path, dtype=str, chunksize=batch, keep_default_na=False, skipinitialspace=True
+        )
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise CsvImportError(f"{path}: cannot read as CSV ({exc})") from None
     report = ImportReport()
     writer = BatchWriter(dsn, application_name="symbiont-import")
     source = f"import:{path.name}"
-    task = progress.add_task(f"importing {path.name}", total=_count_rows(path)) if progress else None
+    task = (
+        progress.add_task(f"importing {path.name}", total=_count_rows(path)) if progress else None
+    )
     line = 1
     try:
         for chunk in reader:
@@ -86,8 +92,15 @@ async def import_csv(
                 chunk["meter"], chunk["ts"], chunk["value"], units, strict=True
             ):
                 line += 1
-                parsed = parser.parse_row(source, meter_id.strip(), ts.strip(), value.strip(),
-                                          unit.strip() if unit else None, now, line)
+                parsed = parser.parse_row(
+                    source,
+                    meter_id.strip(),
+                    ts.strip(),
+                    value.strip(),
+                    unit.strip() if unit else None,
+                    now,
+                    line,
+                )
                 messages.append(Message(parsed, now))
             result = await writer.write(messages, index)
             report.rows += len(messages)
@@ -107,8 +120,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise CsvImportError(f"{path}: no such file")
     console = Console(stderr=True)
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeRemainingColumn(), console=console, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
     ) as progress:
         report = asyncio.run(import_csv(path, settings, batch=args.batch, progress=progress))
     rejected = ", ".join(f"{n} {reason}" for reason, n in report.rejected.most_common())

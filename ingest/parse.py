@@ -7,6 +7,7 @@ lookups and float operations.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -174,7 +175,11 @@ class Parser:
             doc = self._lenient(payload)
             if doc is _INVALID:
                 self._reject(
-                    out, Reason.invalid_json, "payload is not valid UTF-8 JSON", partner, None,
+                    out,
+                    Reason.invalid_json,
+                    "payload is not valid UTF-8 JSON",
+                    partner,
+                    None,
                     payload,
                 )
                 return out
@@ -212,7 +217,13 @@ class Parser:
         return out
 
     def parse_row(
-        self, source: str, meter_id: str, ts_raw: Any, value: Any, unit: Any, now: float,
+        self,
+        source: str,
+        meter_id: str,
+        ts_raw: Any,
+        value: Any,
+        unit: Any,
+        now: float,
         line: int,
     ) -> Parsed:
         """One row of a CSV import: the same checks as an MQTT reading, named by line."""
@@ -221,23 +232,20 @@ class Parser:
         where = f"line {line}: "
         raw = orjson.dumps({"meter": meter_id, "ts": ts_raw, "value": value, "unit": unit})
         if meter is None:
-            self._reject(out, Reason.unknown_meter, f"{where}unknown meter '{meter_id}'",
-                         None, None, raw)
+            self._reject(
+                out, Reason.unknown_meter, f"{where}unknown meter '{meter_id}'", None, None, raw
+            )
             return out
         if type(ts_raw) is str:
-            try:
+            with contextlib.suppress(ValueError):
                 ts_raw = float(ts_raw)
-            except ValueError:
-                pass
         ts = _timestamp(ts_raw)
         if type(ts) is str:
             self._reject(out, Reason.bad_timestamp, where + ts, meter.partner, meter.id, raw)
             return out
         if type(value) is str:
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         self._accept(out, meter, ts, value, unit or None, now, where, raw, None)
         return out
 
@@ -312,29 +320,29 @@ class Parser:
         vtype = type(value)
         if vtype is float:
             if value != value or value in (math.inf, -math.inf):
-                self._bad(
-                    out, meter, Reason.not_finite, f"{where}value is not finite", item, index
-                )
+                self._bad(out, meter, Reason.not_finite, f"{where}value is not finite", item, index)
                 return
         elif vtype is int:
             try:
                 value = float(value)
             except OverflowError:
-                self._bad(
-                    out, meter, Reason.not_finite, f"{where}value is too large", item, index
-                )
+                self._bad(out, meter, Reason.not_finite, f"{where}value is too large", item, index)
                 return
         else:
             self._bad(
-                out, meter, Reason.not_finite, f"{where}value is missing or not a number",
-                item, index,
+                out,
+                meter,
+                Reason.not_finite,
+                f"{where}value is missing or not a number",
+                item,
+                index,
             )
             return
         if unit is None or unit == meter.unit:
             factor = meter.factor
         else:
             try:
-                factor = conversion(unit, meter.kind, meter.reading)  # type: ignore[arg-type]
+                factor = conversion(unit, meter.kind, meter.reading)
             except (UnitError, TypeError):
                 what = f"{unit!r}"[:40]
                 self._bad(
@@ -375,7 +383,12 @@ class Parser:
         out.readings.append((meter.id, ts, canonical))
 
     def _bad(
-        self, out: Parsed, meter: MeterInfo, reason: Reason, detail: str, item: Any,
+        self,
+        out: Parsed,
+        meter: MeterInfo,
+        reason: Reason,
+        detail: str,
+        item: Any,
         index: int | None,
     ) -> None:
         if type(item) is bytes:
@@ -385,7 +398,9 @@ class Parser:
             raw = orjson.dumps(item)
         except TypeError:
             raw = json.dumps(item, default=str).encode()
-        out.rejections.append(Rejection(reason, detail, meter.partner, meter.id, raw[:KEEP_PAYLOAD]))
+        out.rejections.append(
+            Rejection(reason, detail, meter.partner, meter.id, raw[:KEEP_PAYLOAD])
+        )
 
     def _senml(
         self,
@@ -402,8 +417,14 @@ class Parser:
         for i, rec in enumerate(records):
             where = f"records[{i}]: "
             if type(rec) is not dict:
-                self._reject(out, Reason.invalid_format, where + "not a JSON object", partner,
-                             None, orjson.dumps(rec)[:KEEP_PAYLOAD])
+                self._reject(
+                    out,
+                    Reason.invalid_format,
+                    where + "not a JSON object",
+                    partner,
+                    None,
+                    orjson.dumps(rec)[:KEEP_PAYLOAD],
+                )
                 continue
             if "bn" in rec:
                 bn = rec["bn"] if isinstance(rec["bn"], str) else ""
@@ -417,20 +438,23 @@ class Parser:
             meter = self.index.meters.get(name)
             raw = orjson.dumps(rec)[:KEEP_PAYLOAD]
             if meter is None:
-                self._reject(out, Reason.unknown_meter, f"{where}unknown meter '{name}'",
-                             partner, None, raw)
+                self._reject(
+                    out, Reason.unknown_meter, f"{where}unknown meter '{name}'", partner, None, raw
+                )
                 continue
             if meter.partner != partner:
                 self._reject(
-                    out, Reason.wrong_partner,
+                    out,
+                    Reason.wrong_partner,
                     f"{where}meter '{name}' belongs to '{meter.partner}', not to '{partner}'",
-                    partner, name, raw,
+                    partner,
+                    name,
+                    raw,
                 )
                 continue
             t_raw = rec.get("t", 0.0)
             if type(t_raw) not in (int, float) or not math.isfinite(bt):
-                self._bad(out, meter, Reason.bad_timestamp, where + "t/bt is not a number",
-                          rec, i)
+                self._bad(out, meter, Reason.bad_timestamp, where + "t/bt is not a number", rec, i)
                 continue
             t = bt + float(t_raw)
             if t < 2**28:  # RFC 8428 §4.5.3: small values are relative to now

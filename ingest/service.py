@@ -10,6 +10,7 @@ the broker keep the backlog instead of this process's memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
@@ -156,13 +157,18 @@ class IngestService:
         try:
             if parser is None:
                 raise RuntimeError("no network loaded")
-            parsed = parser.parse(topic, msg.payload, now)
+            parsed = parser.parse(topic, bytes(msg.payload), now)
         except Exception as exc:  # one bad message must never stop the stream
             log.exception("could not parse a message on %s", topic[:200])
             parsed = Parsed(topic, None)
             parsed.rejections.append(
-                Rejection(Reason.invalid_format, f"internal error: {exc}"[:500], None, None,
-                          msg.payload[:65536])
+                Rejection(
+                    Reason.invalid_format,
+                    f"internal error: {exc}"[:500],
+                    None,
+                    None,
+                    bytes(msg.payload[:65536]),
+                )
             )
         self.pending.append(Message(parsed, now, msg.mid, msg.qos, self.generation, msg.dup))
 
@@ -172,7 +178,7 @@ class IngestService:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.reconnect_delay_set(min_delay=1, max_delay=10)
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 0xFFFFFFFF  # the session (and its queue) never expires
         props.ReceiveMaximum = 65535  # the in-flight window: bounds what we hold unacked
         client.connect_async(
@@ -250,18 +256,28 @@ class IngestService:
             started = time.perf_counter()
             try:
                 result = await self.writer.write(batch, self.parser.index)
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                    asyncpg.CannotConnectNowError, TimeoutError,
-                    asyncpg.exceptions.AdminShutdownError) as exc:
+            except (
+                OSError,
+                asyncpg.PostgresConnectionError,
+                asyncpg.InterfaceError,
+                asyncpg.CannotConnectNowError,
+                TimeoutError,
+                asyncpg.exceptions.AdminShutdownError,
+            ) as exc:
                 metrics.DB_ERRORS.inc()
                 log.warning(
                     "database unavailable (%s: %s); holding %d messages unacknowledged, "
-                    "retrying in %.1f s", type(exc).__name__, exc, len(batch), delay,
+                    "retrying in %.1f s",
+                    type(exc).__name__,
+                    exc,
+                    len(batch),
+                    delay,
                 )
             except asyncpg.PostgresError as exc:
                 metrics.DB_ERRORS.inc()
-                log.error("batch of %d messages failed (%s); retrying in %.1f s",
-                          len(batch), exc, delay)
+                log.error(
+                    "batch of %d messages failed (%s); retrying in %.1f s", len(batch), exc, delay
+                )
             else:
                 elapsed = time.perf_counter() - started
                 self._ack(batch)
@@ -345,10 +361,8 @@ class IngestService:
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
 
 
 def run(settings: Settings, *, client_id: str | None = None) -> int:

@@ -228,9 +228,7 @@ class BatchWriter:
         self, conn: asyncpg.Connection, rejections: list[tuple[Message, Rejection]]
     ) -> None:
         now = datetime.now(UTC)
-        redelivered = {
-            _sha(m.parsed.topic, r.payload): (m, r) for m, r in rejections if m.dup
-        }
+        redelivered = {_sha(m.parsed.topic, r.payload): (m, r) for m, r in rejections if m.dup}
         skip: set[bytes] = set()
         if redelivered:
             rows = await conn.fetch(_REJECTED_BEFORE, list(redelivered))

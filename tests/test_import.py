@@ -34,7 +34,11 @@ def symbiont(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SYMBIONT_DATABASE_URL": database_url}
     return subprocess.run(
         [sys.executable, "-m", "core.cli", *args],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -69,14 +73,23 @@ def test_import_csv_stores_converts_and_rejects(database_url: str, tmp_path: Pat
     assert "126 rows: 120 readings stored, 1 duplicates, 5 rejected" in " ".join(
         done.stderr.split()
     )
-    rows = asyncio.run(_rows(database_url, "SELECT meter_id, count(*), min(value) FROM readings "
-                                           "GROUP BY 1 ORDER BY 1"))
+    rows = asyncio.run(
+        _rows(
+            database_url,
+            "SELECT meter_id, count(*), min(value) FROM readings GROUP BY 1 ORDER BY 1",
+        )
+    )
     assert [(r[0], r[1]) for r in rows] == [("heat-in", 60), ("heat-out", 60)]
     assert abs(rows[1][2] - 100.0) < 1e-9  # 360 GJ = 100 MWh
-    reasons = asyncio.run(_rows(database_url, "SELECT reason, topic, detail FROM rejections "
-                                              "ORDER BY id"))
+    reasons = asyncio.run(
+        _rows(database_url, "SELECT reason, topic, detail FROM rejections ORDER BY id")
+    )
     assert sorted(r["reason"] for r in reasons) == [
-        "bad_timestamp", "bad_unit", "conflict", "not_finite", "unknown_meter",
+        "bad_timestamp",
+        "bad_unit",
+        "conflict",
+        "not_finite",
+        "unknown_meter",
     ]
     assert all(r["topic"] == "import:export.csv" for r in reasons)
     assert any(r["detail"].startswith("line 124: unknown meter 'ghost'") for r in reasons)

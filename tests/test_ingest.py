@@ -28,18 +28,53 @@ NETWORK: dict[str, Any] = {
     "timezone": "Europe/Copenhagen",
     "partners": [{"id": "plant", "name": "Plant"}, {"id": "town", "name": "Town"}],
     "meters": [
-        {"id": "heat-out", "partner": "plant", "kind": "heat", "reading": "total",
-         "unit": "GJ", "uncertainty": 0.02, "interval": 60},
-        {"id": "heat-in", "partner": "town", "kind": "heat", "reading": "rate",
-         "unit": "kW", "uncertainty": 0.02, "interval": 60},
-        {"id": "water-out", "partner": "plant", "kind": "water", "reading": "total",
-         "unit": "m3", "uncertainty": 0.01, "interval": 60},
-        {"id": "ash-out", "partner": "plant", "kind": "material", "reading": "delta",
-         "unit": "kg", "uncertainty": 0.002},
+        {
+            "id": "heat-out",
+            "partner": "plant",
+            "kind": "heat",
+            "reading": "total",
+            "unit": "GJ",
+            "uncertainty": 0.02,
+            "interval": 60,
+        },
+        {
+            "id": "heat-in",
+            "partner": "town",
+            "kind": "heat",
+            "reading": "rate",
+            "unit": "kW",
+            "uncertainty": 0.02,
+            "interval": 60,
+        },
+        {
+            "id": "water-out",
+            "partner": "plant",
+            "kind": "water",
+            "reading": "total",
+            "unit": "m3",
+            "uncertainty": 0.01,
+            "interval": 60,
+        },
+        {
+            "id": "ash-out",
+            "partner": "plant",
+            "kind": "material",
+            "reading": "delta",
+            "unit": "kg",
+            "uncertainty": 0.002,
+        },
     ],
     "exchanges": [
-        {"id": "heat", "provider": "plant", "receiver": "town", "kind": "heat",
-         "sent": ["heat-out"], "received": ["heat-in"], "loss": 0.05, "window": "1h"},
+        {
+            "id": "heat",
+            "provider": "plant",
+            "receiver": "town",
+            "kind": "heat",
+            "sent": ["heat-out"],
+            "received": ["heat-in"],
+            "loss": 0.05,
+            "window": "1h",
+        },
     ],
 }
 
@@ -109,7 +144,9 @@ def test_senml_resolves_meters_under_the_topic_partner(parser: Parser) -> None:
 
 
 def test_rate_units_convert_to_canonical_per_hour(parser: Parser) -> None:
-    out = parse(parser, "symbiont/readings/town/heat-in", {"ts": NOW_S, "value": 2500, "unit": "kW"})
+    out = parse(
+        parser, "symbiont/readings/town/heat-in", {"ts": NOW_S, "value": 2500, "unit": "kW"}
+    )
     assert out.readings[0][2] == pytest.approx(2.5)  # MW = MWh/h
     out = parse(parser, "symbiont/readings/town/heat-in", {"ts": NOW_S, "value": 9, "unit": "GJ/h"})
     assert out.readings[0][2] == pytest.approx(2.5)
@@ -160,9 +197,7 @@ def test_material_in_kg_is_stored_in_tonnes(parser: Parser) -> None:
         (T_HEAT, [{"ts": NOW_S, "value": 1}] * 10_001, Reason.batch_too_large),
     ],
 )
-def test_rejection_reasons(
-    parser: Parser, topic: str, payload: Any, reason: Reason | None
-) -> None:
+def test_rejection_reasons(parser: Parser, topic: str, payload: Any, reason: Reason | None) -> None:
     out = parse(parser, topic, payload)
     if reason is None:
         assert out.rejections == [] and len(out.readings) == 1
@@ -218,8 +253,11 @@ def test_writer_stores_counts_and_marks_dirty_windows(
         await _apply(database_url, network)
         writer = BatchWriter(asyncpg_dsn(database_url))
         batch = [
-            message(parse(parser, T_HEAT, [{"ts": NOW_S - 60 * i, "value": 100.0 - i}
-                                           for i in range(90)])),
+            message(
+                parse(
+                    parser, T_HEAT, [{"ts": NOW_S - 60 * i, "value": 100.0 - i} for i in range(90)]
+                )
+            ),
             message(parse(parser, T_HEAT, b"garbage")),
         ]
         result = await writer.write(batch, index)
@@ -228,17 +266,23 @@ def test_writer_stores_counts_and_marks_dirty_windows(
         assert dict(result.rejections) == {"invalid_json": 1}
 
     asyncio.run(go())
-    rows = asyncio.run(_fetch(database_url, "SELECT count(*), min(value), max(value) FROM readings"))
+    rows = asyncio.run(
+        _fetch(database_url, "SELECT count(*), min(value), max(value) FROM readings")
+    )
     assert tuple(rows[0]) == (90, pytest.approx(11 / 3.6), pytest.approx(100 / 3.6))
     # 90 minutes back from 23:30 local: windows starting 22:00 and 23:00 local (21:00, 22:00Z)
-    dirty = asyncio.run(_fetch(database_url, "SELECT meter_id, window_start FROM dirty_windows "
-                                             "ORDER BY window_start"))
+    dirty = asyncio.run(
+        _fetch(
+            database_url, "SELECT meter_id, window_start FROM dirty_windows ORDER BY window_start"
+        )
+    )
     assert [(r[0], r[1]) for r in dirty] == [
         ("heat-out", datetime(2026, 10, 31, 21, tzinfo=UTC)),
         ("heat-out", datetime(2026, 10, 31, 22, tzinfo=UTC)),
     ]
-    counts = asyncio.run(_fetch(database_url, "SELECT partner_id, messages, readings, rejected "
-                                              "FROM ingest_counts"))
+    counts = asyncio.run(
+        _fetch(database_url, "SELECT partner_id, messages, readings, rejected FROM ingest_counts")
+    )
     assert sum(r["messages"] for r in counts) == 2
     assert sum(r["readings"] for r in counts) == 90
     assert sum(r["rejected"] for r in counts) == 1
@@ -281,11 +325,16 @@ def test_duplicates_are_harmless_and_conflicts_keep_the_first(
         await writer.close()
 
     asyncio.run(go())
-    stored = asyncio.run(_fetch(database_url, "SELECT value FROM readings WHERE ts = $1",
-                                NOW - timedelta(minutes=1)))
+    stored = asyncio.run(
+        _fetch(database_url, "SELECT value FROM readings WHERE ts = $1", NOW - timedelta(minutes=1))
+    )
     assert [r[0] for r in stored] == [pytest.approx(1 / 3.6)]
-    conflicts = asyncio.run(_fetch(database_url, "SELECT detail, partner_id FROM rejections "
-                                                 "WHERE reason = 'conflict' ORDER BY id"))
+    conflicts = asyncio.run(
+        _fetch(
+            database_url,
+            "SELECT detail, partner_id FROM rejections WHERE reason = 'conflict' ORDER BY id",
+        )
+    )
     assert len(conflicts) == 2 and all(r["partner_id"] == "plant" for r in conflicts)
     assert "heat-out" in conflicts[0]["detail"] and "stored" in conflicts[0]["detail"]
     total = asyncio.run(_fetch(database_url, "SELECT count(*) FROM readings"))
@@ -301,15 +350,18 @@ def test_late_and_out_of_order_readings_mark_their_own_windows(
         await _apply(database_url, network)
         writer = BatchWriter(asyncpg_dsn(database_url))
         now = [{"ts": NOW_S, "value": 10.0}]
-        late = [{"ts": NOW_S - 86400 * 3 - 1800, "value": 1.0},
-                {"ts": NOW_S - 86400 * 40, "value": 0.5}]
+        late = [
+            {"ts": NOW_S - 86400 * 3 - 1800, "value": 1.0},
+            {"ts": NOW_S - 86400 * 40, "value": 0.5},
+        ]
         await writer.write([message(parse(parser, T_HEAT, now))], index)
         await writer.write([message(parse(parser, T_HEAT, late))], index)
         await writer.close()
 
     asyncio.run(go())
-    rows = asyncio.run(_fetch(database_url, "SELECT window_start FROM dirty_windows "
-                                            "ORDER BY window_start"))
+    rows = asyncio.run(
+        _fetch(database_url, "SELECT window_start FROM dirty_windows ORDER BY window_start")
+    )
     starts = [r[0] for r in rows]
     assert starts == [
         datetime(2026, 9, 21, 22, tzinfo=UTC),  # 40 days back: 00:30 summer time → 00:00 local
@@ -337,14 +389,26 @@ def test_partitions_are_created_across_a_month_boundary(
         await writer.close()
 
     asyncio.run(go())
-    rows = asyncio.run(_fetch(database_url, """
-        SELECT tableoid::regclass::text AS part, count(*) FROM readings GROUP BY 1 ORDER BY 1"""))
-    assert [(r["part"], r["count"]) for r in rows] == [("readings_2026_10", 2),
-                                                       ("readings_2026_11", 3)]
-    bounds = asyncio.run(_fetch(database_url, """
+    rows = asyncio.run(
+        _fetch(
+            database_url,
+            """
+        SELECT tableoid::regclass::text AS part, count(*) FROM readings GROUP BY 1 ORDER BY 1""",
+        )
+    )
+    assert [(r["part"], r["count"]) for r in rows] == [
+        ("readings_2026_10", 2),
+        ("readings_2026_11", 3),
+    ]
+    bounds = asyncio.run(
+        _fetch(
+            database_url,
+            """
         SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) AS bound
         FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-        WHERE i.inhparent = 'readings'::regclass ORDER BY 1"""))
+        WHERE i.inhparent = 'readings'::regclass ORDER BY 1""",
+        )
+    )
     assert "2026-11-01 00:00:00+00" in bounds[1]["bound"]
 
 
