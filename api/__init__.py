@@ -1,0 +1,1 @@
+"""symbiont HTTP API and dashboard (being built)."""

@@ -1,0 +1,1 @@
+"""symbiont rules: window quantities, reconciliation, alerts and statements (being built)."""
