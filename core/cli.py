@@ -162,12 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(handler=_ingest)
 
     simulate = sub.add_parser("simulate", help="publish realistic readings for a network")
-    try:
-        from core import simulate as simulate_module
+    from core import simulate as simulate_module
 
-        simulate_module.add_arguments(simulate)
-    except ImportError:  # TEMP-DEV
-        pass
+    simulate_module.add_arguments(simulate)
     simulate.set_defaults(handler=_simulate)
 
     imp = sub.add_parser("import", help="backfill readings from a CSV file")

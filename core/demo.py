@@ -46,7 +46,7 @@ def _embedded_postgres(directory: Path) -> str:
             "`pip install symbiont[embedded]`, or set SYMBIONT_DATABASE_URL"
         ) from None
     directory.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(directory.resolve(), cleanup_mode="stop")
+    server = pgserver.get_server(directory.resolve(), cleanup_mode="stop")  # type: ignore[attr-defined]
     uri: str = server.get_uri()
     return uri
 
@@ -86,8 +86,9 @@ class Services:
     def check(self) -> None:
         for name, proc, _ in self.procs:
             if proc.poll() is not None and name != "backfill":
-                raise RuntimeError(f"{name} stopped (exit {proc.returncode}); see "
-                                   f"{self.logs / (name + '.log')}")
+                raise RuntimeError(
+                    f"{name} stopped (exit {proc.returncode}); see {self.logs / (name + '.log')}"
+                )
 
     def stop(self) -> None:
         for _name, proc, _ in reversed(self.procs):
@@ -168,12 +169,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             console.print("ingest: subscribed (logs in .demo/logs/ingest.log)")
             now = datetime.now(UTC).replace(second=0, microsecond=0)
             start = now - timedelta(days=args.days)
-            console.print(f"backfill: simulating {args.days} days of readings for "
-                          f"{len(net.meters)} meters …")
+            console.print(
+                f"backfill: simulating {args.days} days of readings for {len(net.meters)} meters …"
+            )
             began = time.monotonic()
             backfill = services.start(
-                "backfill", "simulate", str(network_file), "--from", start.isoformat(),
-                "--to", now.isoformat(), "--form", "batch",
+                "backfill",
+                "simulate",
+                str(network_file),
+                "--from",
+                start.isoformat(),
+                "--to",
+                now.isoformat(),
+                "--form",
+                "batch",
             )
             live_started = False
             deadline = None if args.duration is None else time.monotonic() + args.duration
