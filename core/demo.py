@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -45,6 +46,7 @@ def _embedded_postgres(directory: Path) -> str:
             "no database configured and the embedded PostgreSQL (pgserver) is not installed: "
             "`pip install symbiont[embedded]`, or set SYMBIONT_DATABASE_URL"
         ) from None
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
     directory.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(directory.resolve(), cleanup_mode="stop")  # type: ignore[attr-defined]
     uri: str = server.get_uri()
