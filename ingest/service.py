@@ -102,6 +102,7 @@ class IngestService:
         self.connected = threading.Event()
         self._ack_lock = threading.Lock()
         self._client: mqtt.Client | None = None
+        self._stopping = False
         self.writer = BatchWriter(self.dsn, application_name=f"symbiont-ingest:{self.client_id}")
         self.stats = {"messages": 0, "readings": 0, "inserted": 0, "rejected": 0, "batches": 0}
 
@@ -145,7 +146,8 @@ class IngestService:
             self.generation += 1
         self.connected.clear()
         metrics.CONNECTED.set(0)
-        log.warning("disconnected from the broker (%s); reconnecting", reason)
+        if not self._stopping:
+            log.warning("disconnected from the broker (%s); reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         now = time.time()
@@ -263,6 +265,10 @@ class IngestService:
                 asyncpg.CannotConnectNowError,
                 TimeoutError,
                 asyncpg.exceptions.AdminShutdownError,
+                # A query started on a connection that has just received the server's FATAL
+                # "terminating connection" message (PostgreSQL shutting down): asyncpg
+                # reports "cannot switch to state …; another operation … is in progress".
+                asyncpg.InternalClientError,
             ) as exc:
                 metrics.DB_ERRORS.inc()
                 log.warning(
@@ -335,6 +341,7 @@ class IngestService:
         finally:
             watcher.cancel()
             reporter.cancel()
+            self._stopping = True
             self._client.disconnect()
             self._client.loop_stop()
             await self.writer.close()
