@@ -292,9 +292,7 @@ def _cross_check(net: Network) -> list[str]:
         froms = [t.from_ for t in ex.terms]
         if froms != sorted(froms) or len(set(froms)) != len(froms):
             problems.append(f"exchanges[{i}].terms: dates must be strictly increasing")
-        for rule in ex.rules:
-            if rule not in RULE_NAMES:
-                problems.append(f"exchanges[{i}].rules.{rule}: unknown rule")
+        problems.extend(_check_rules(f"exchanges[{i}].rules", ex.rules, EXCHANGE_RULES))
 
     for i, bal in enumerate(net.balances):
         for side in ("in_", "out"):
@@ -313,12 +311,44 @@ def _cross_check(net: Network) -> list[str]:
         if set(bal.in_) & set(bal.out):
             problems.append(f"balances[{i}]: a meter is both in and out")
 
+    finest = net.meter_windows() if not problems else {}
+    for i, ex in enumerate(net.exchanges):
+        for mid in (*ex.sent, *ex.received):
+            if mid in finest and ex.window % finest[mid]:
+                problems.append(
+                    f"exchanges[{i}].window: {format_duration(ex.window)} is not a multiple of "
+                    f"{format_duration(finest[mid])}, the finest window of meter '{mid}'"
+                )
     for mid, rules in net.meter_rules.items():
         if mid not in meters:
             problems.append(f"meter_rules.{mid}: unknown meter '{mid}'")
-        for rule in rules:
-            if rule not in RULE_NAMES:
-                problems.append(f"meter_rules.{mid}.{rule}: unknown rule")
+        problems.extend(_check_rules(f"meter_rules.{mid}", rules, METER_RULES))
+    return problems
+
+
+EXCHANGE_RULES = frozenset({"imbalance", "drift"})
+METER_RULES = frozenset(
+    {"meter_suspect", "meter_stale", "meter_stuck", "counter_reset", "negative_flow"}
+)
+
+
+def _check_rules(path: str, rules: dict[str, Any], allowed: frozenset[str]) -> list[str]:
+    from rules.alerts import rule_config  # the rules engine owns the rule settings
+
+    problems = []
+    for rule, overrides in rules.items():
+        if rule not in RULE_NAMES:
+            problems.append(f"{path}.{rule}: unknown rule")
+        elif rule not in allowed:
+            problems.append(
+                f"{path}.{rule}: not a rule for this kind of subject "
+                f"(use one of {', '.join(sorted(allowed))})"
+            )
+        else:
+            try:
+                rule_config(rule, overrides)
+            except ValueError as exc:
+                problems.append(f"{path}.{exc}")
     return problems
 
 

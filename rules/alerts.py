@@ -1,0 +1,509 @@
+"""Alert rules (SPEC §6) as pure functions: window history in, desired alert state out.
+
+Every function takes what it needs, including ``now``; none reads the clock or the database.
+The engine asks each rule for a :class:`Verdict` per subject and the lifecycle
+(``rules.lifecycle``) turns verdicts into firing, resolved and updated alerts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+
+class Rule(StrEnum):
+    imbalance = "imbalance"
+    drift = "drift"
+    meter_suspect = "meter_suspect"
+    meter_stale = "meter_stale"
+    meter_stuck = "meter_stuck"
+    counter_reset = "counter_reset"
+    negative_flow = "negative_flow"
+    rejections = "rejections"
+
+
+class Severity(StrEnum):
+    warning = "warning"
+    critical = "critical"
+
+
+class Decision(StrEnum):
+    fire = "fire"  # should be firing (fire it, or keep it firing and refresh its details)
+    resolve = "resolve"  # should not be firing
+    keep = "keep"  # not enough evidence either way: leave the alert as it is
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: Decision
+    severity: Severity = Severity.warning
+    summary: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+KEEP = Verdict(Decision.keep)
+
+
+# -- configuration (defaults per SPEC §6, overridable per exchange or meter) ------------------
+
+
+@dataclass(frozen=True)
+class ImbalanceConfig:
+    enabled: bool = True
+    z: float = 3.0  # |z| above this is an imbalanced window (the window status uses it too)
+    fire_after: int = 2  # consecutive imbalanced windows to fire
+    clear_after: int = 2  # consecutive clean windows to resolve
+    critical_fraction: float = 0.10  # |d| above this share of S is critical
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    enabled: bool = True
+    k: float = 0.5  # CUSUM allowance, in σ
+    h: float = 5.0  # CUSUM decision limit, in σ
+    windows: int = 336  # how many recent windows the CUSUM runs over
+
+
+@dataclass(frozen=True)
+class SuspectConfig:
+    enabled: bool = True
+    fire_after: int = 2
+    clear_after: int = 2
+
+
+@dataclass(frozen=True)
+class StaleConfig:
+    enabled: bool = True
+    intervals: float = 3.0  # no reading for this many × interval
+    after_s: float | None = None  # or an explicit age (delta meters have no interval)
+
+
+@dataclass(frozen=True)
+class StuckConfig:
+    enabled: bool = True
+    min_counterpart_share: float = 0.05  # counterpart flow above this share of its usual flow
+
+
+@dataclass(frozen=True)
+class CounterResetConfig:
+    enabled: bool = True
+    hold_s: float = 86400.0  # stays firing this long after the last reset
+
+
+@dataclass(frozen=True)
+class NegativeFlowConfig:
+    enabled: bool = True
+    clear_after: int = 1
+
+
+@dataclass(frozen=True)
+class RejectionsConfig:
+    enabled: bool = True
+    fraction: float = 0.01
+    min_messages: int = 20
+
+
+RULE_CONFIG: dict[str, type] = {
+    Rule.imbalance: ImbalanceConfig,
+    Rule.drift: DriftConfig,
+    Rule.meter_suspect: SuspectConfig,
+    Rule.meter_stale: StaleConfig,
+    Rule.meter_stuck: StuckConfig,
+    Rule.counter_reset: CounterResetConfig,
+    Rule.negative_flow: NegativeFlowConfig,
+    Rule.rejections: RejectionsConfig,
+}
+
+
+def rule_config(rule: str, overrides: object) -> Any:
+    """The rule's config with overrides applied; raises ValueError naming a bad key or value."""
+    cls = RULE_CONFIG[rule]
+    if not overrides:
+        return cls()
+    if overrides is False or overrides == "off":
+        return cls(enabled=False)
+    if not isinstance(overrides, Mapping):
+        raise ValueError(f"{rule}: overrides must be a mapping (or `off`)")
+    known = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in overrides.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ValueError(f"{rule}.{key}: unknown setting (known: {', '.join(known)})")
+        default = getattr(cls(), name)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{rule}.{key}: must be true or false")
+        elif isinstance(default, int) and not isinstance(default, bool):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{rule}.{key}: must be a whole number ≥ 1")
+        else:
+            if (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise ValueError(f"{rule}.{key}: must be a non-negative number")
+            value = float(value)
+        values[name] = value
+    return cls(**values)
+
+
+# -- inputs -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """One reconciled exchange window, as stored in ``exchange_windows``."""
+
+    start: datetime
+    end: datetime
+    status: str  # ok | imbalance | incomplete | no_data
+    sent: float | None
+    received: float | None
+    imbalance: float | None
+    sigma: float | None
+    z: float | None
+    coverage: float
+
+
+def _fmt(q: float | None, unit: str) -> str:
+    if q is None or not math.isfinite(q):
+        return "-"
+    return f"{q:,.2f} {unit}"
+
+
+def _window_details(w: WindowResult) -> dict[str, Any]:
+    return {
+        "window_start": w.start.isoformat(),
+        "window_end": w.end.isoformat(),
+        "sent": w.sent,
+        "received": w.received,
+        "imbalance": w.imbalance,
+        "sigma": w.sigma,
+        "z": w.z,
+        "coverage": w.coverage,
+        "status": w.status,
+    }
+
+
+def evaluate_imbalance(
+    exchange_id: str,
+    unit: str,
+    windows: Sequence[WindowResult],
+    firing: bool,
+    cfg: ImbalanceConfig,
+) -> Verdict:
+    """Fire after ``fire_after`` consecutive imbalanced windows; resolve after ``clear_after``
+    consecutive ok windows. Incomplete and empty windows are evidence of nothing."""
+    if not cfg.enabled:
+        return Verdict(Decision.resolve)
+    decided = [w for w in windows if w.status in ("ok", "imbalance")]
+    if not decided:
+        return KEEP
+    last = decided[-1]
+    run_bad = 0
+    for w in reversed(decided):
+        if w.status != "imbalance":
+            break
+        run_bad += 1
+    run_ok = 0
+    for w in reversed(decided):
+        if w.status != "ok":
+            break
+        run_ok += 1
+    if run_bad >= cfg.fire_after or (firing and run_bad > 0):
+        bad = decided[-run_bad:]
+        worst = max(bad, key=lambda w: abs(w.z or 0.0))
+        share = (
+            abs(worst.imbalance or 0.0) / abs(worst.sent)
+            if worst.sent not in (None, 0.0)
+            else math.inf
+        )
+        severity = Severity.critical if share > cfg.critical_fraction else Severity.warning
+        lost = "lost" if (last.imbalance or 0.0) > 0 else "gained"
+        summary = (
+            f"exchange {exchange_id}: {_fmt(abs(last.imbalance or 0.0), unit)} {lost} in the "
+            f"window from {last.start:%Y-%m-%d %H:%M}Z (z = {last.z:+.1f}, "
+            f"{run_bad} imbalanced windows in a row)"
+        )
+        return Verdict(
+            Decision.fire,
+            severity,
+            summary,
+            {**_window_details(last), "consecutive": run_bad, "share_of_sent": share},
+        )
+    if firing and run_ok >= cfg.clear_after:
+        return Verdict(Decision.resolve, details={"clean_windows": run_ok})
+    if not firing:
+        return Verdict(Decision.resolve)
+    return KEEP
+
+
+def cusum(z: Sequence[float], k: float) -> tuple[list[float], list[float]]:
+    """Two-sided tabular CUSUM of standardised values: (upper, lower) paths."""
+    hi, lo = 0.0, 0.0
+    highs: list[float] = []
+    lows: list[float] = []
+    for value in z:
+        hi = max(0.0, hi + value - k)
+        lo = max(0.0, lo - value - k)
+        highs.append(hi)
+        lows.append(lo)
+    return highs, lows
+
+
+def evaluate_drift(
+    exchange_id: str,
+    windows: Sequence[WindowResult],
+    cfg: DriftConfig,
+) -> Verdict:
+    """A slow one-sided bias: the CUSUM of z over recent windows crosses ``h``."""
+    if not cfg.enabled:
+        return Verdict(Decision.resolve)
+    decided = [w for w in windows if w.status in ("ok", "imbalance") and w.z is not None]
+    decided = decided[-cfg.windows :]
+    if not decided:
+        return KEEP
+    z = [max(-10.0, min(10.0, w.z or 0.0)) for w in decided]  # one wild window is not drift
+    highs, lows = cusum(z, cfg.k)
+    hi, lo = highs[-1], lows[-1]
+    if hi > cfg.h or lo > cfg.h:
+        direction = "short at the receiver" if hi > lo else "more received than sent"
+        value = max(hi, lo)
+        # where the current excursion began: the last window the path was at zero
+        path = highs if hi > lo else lows
+        began = len(path) - 1
+        while began > 0 and path[began - 1] > 0:
+            began -= 1
+        mean_z = sum(z[began:]) / max(len(z) - began, 1)
+        summary = (
+            f"exchange {exchange_id}: slow one-sided imbalance ({direction}), "
+            f"CUSUM {value:.1f} > {cfg.h:g} since {decided[began].start:%Y-%m-%d %H:%M}Z, "
+            f"mean z {mean_z:+.2f}"
+        )
+        return Verdict(
+            Decision.fire,
+            Severity.warning,
+            summary,
+            {
+                "cusum": value,
+                "limit": cfg.h,
+                "k": cfg.k,
+                "since": decided[began].start.isoformat(),
+                "mean_z": mean_z,
+                "windows": len(z) - began,
+            },
+        )
+    return Verdict(Decision.resolve)
+
+
+def evaluate_stale(
+    meter_id: str,
+    last_reading: datetime | None,
+    interval_s: float | None,
+    now: datetime,
+    cfg: StaleConfig,
+    *,
+    watched_since: datetime | None = None,
+) -> Verdict:
+    """No reading for ``intervals`` × interval (or ``after_s``)."""
+    if not cfg.enabled:
+        return Verdict(Decision.resolve)
+    limit = (
+        cfg.after_s
+        if cfg.after_s is not None
+        else (cfg.intervals * interval_s if interval_s else None)
+    )
+    if limit is None:
+        return Verdict(Decision.resolve)
+    reference = last_reading or watched_since
+    if reference is None:
+        return KEEP
+    age = (now - reference).total_seconds()
+    if age > limit:
+        last = f"last reading {last_reading:%Y-%m-%d %H:%M}Z" if last_reading else "no reading yet"
+        return Verdict(
+            Decision.fire,
+            Severity.warning,
+            f"meter {meter_id} stale for {_age(age)} ({last})",
+            {
+                "last_reading": last_reading.isoformat() if last_reading else None,
+                "age_s": age,
+                "limit_s": limit,
+            },
+        )
+    return Verdict(Decision.resolve)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+@dataclass(frozen=True)
+class MeterWindow:
+    """One meter's window, as stored in ``meter_windows``."""
+
+    start: datetime
+    end: datetime
+    quantity: float | None
+    coverage: float
+    readings: int
+    stuck: bool
+    negatives: int
+    resets: int
+
+
+def evaluate_stuck(
+    meter_id: str,
+    windows: Sequence[MeterWindow],
+    counterpart_flowing: Sequence[bool],
+    cfg: StuckConfig,
+) -> Verdict:
+    """A register or rate that does not move for a whole window while its counterpart flows.
+
+    ``counterpart_flowing[i]`` says whether the other side of the meter's exchange showed
+    flow in ``windows[i]``. The latest complete window decides."""
+    if not cfg.enabled or not windows:
+        return Verdict(Decision.resolve) if not cfg.enabled else KEEP
+    last = windows[-1]
+    if last.readings < 2:
+        return KEEP
+    if last.stuck and counterpart_flowing[-1]:
+        run = 0
+        for w, flowing in zip(reversed(windows), reversed(counterpart_flowing), strict=True):
+            if not (w.stuck and flowing):
+                break
+            run += 1
+        first = windows[len(windows) - run]
+        return Verdict(
+            Decision.fire,
+            Severity.warning,
+            f"meter {meter_id} stuck since {first.start:%Y-%m-%d %H:%M}Z while its "
+            "counterpart shows flow",
+            {"since": first.start.isoformat(), "windows": run},
+        )
+    return Verdict(Decision.resolve)
+
+
+def evaluate_counter_reset(
+    meter_id: str,
+    resets: Sequence[tuple[datetime, float, float]],
+    now: datetime,
+    cfg: CounterResetConfig,
+) -> Verdict:
+    """A ``total`` register went down: fires, and resolves ``hold_s`` after the last reset."""
+    if not cfg.enabled:
+        return Verdict(Decision.resolve)
+    recent = [r for r in resets if (now - r[0]).total_seconds() <= cfg.hold_s]
+    if not recent:
+        return Verdict(Decision.resolve)
+    at, before, after = recent[-1]
+    return Verdict(
+        Decision.fire,
+        Severity.warning,
+        f"meter {meter_id} register went down at {at:%Y-%m-%d %H:%M}Z "
+        f"({before:,.3f} → {after:,.3f}); counting continues from the new register",
+        {"at": at.isoformat(), "before": before, "after": after, "count": len(recent)},
+    )
+
+
+def evaluate_negative_flow(
+    meter_id: str, windows: Sequence[MeterWindow], firing: bool, cfg: NegativeFlowConfig
+) -> Verdict:
+    """A rate or delta below zero."""
+    if not cfg.enabled:
+        return Verdict(Decision.resolve)
+    with_data = [w for w in windows if w.readings > 0]
+    if not with_data:
+        return KEEP
+    last = with_data[-1]
+    if last.negatives > 0:
+        return Verdict(
+            Decision.fire,
+            Severity.warning,
+            f"meter {meter_id} reported {last.negatives} negative value(s) in the window from "
+            f"{last.start:%Y-%m-%d %H:%M}Z",
+            {"window_start": last.start.isoformat(), "negatives": last.negatives},
+        )
+    clean = 0
+    for w in reversed(with_data):
+        if w.negatives:
+            break
+        clean += 1
+    if firing and clean < cfg.clear_after:
+        return KEEP
+    return Verdict(Decision.resolve)
+
+
+def evaluate_suspect(
+    meter_id: str,
+    flags: Sequence[bool],
+    firing: bool,
+    cfg: SuspectConfig,
+    details: Mapping[str, Any] | None = None,
+) -> Verdict:
+    """Serial elimination named this meter in ``fire_after`` consecutive reconciliations."""
+    if not cfg.enabled:
+        return Verdict(Decision.resolve)
+    if not flags:
+        return KEEP
+    run = 0
+    for flag in reversed(flags):
+        if not flag:
+            break
+        run += 1
+    clean = 0
+    for flag in reversed(flags):
+        if flag:
+            break
+        clean += 1
+    if run >= cfg.fire_after or (firing and run > 0):
+        return Verdict(
+            Decision.fire,
+            Severity.warning,
+            f"meter {meter_id} named suspect by network reconciliation in {run} windows in a "
+            "row (its reading disagrees with the balances around it)",
+            {"consecutive": run, **(details or {})},
+        )
+    if firing and clean < cfg.clear_after:
+        return KEEP
+    return Verdict(Decision.resolve)
+
+
+def evaluate_rejections(
+    partner_id: str, messages: int, rejected: int, cfg: RejectionsConfig
+) -> Verdict:
+    """More than ``fraction`` of a partner's messages rejected over the last hour."""
+    if not cfg.enabled or messages < cfg.min_messages:
+        return Verdict(Decision.resolve)
+    share = rejected / messages
+    if share > cfg.fraction:
+        return Verdict(
+            Decision.fire,
+            Severity.warning,
+            f"partner {partner_id}: {rejected} of {messages} messages rejected in the last "
+            f"hour ({share:.1%})",
+            {"messages": messages, "rejected": rejected, "share": share},
+        )
+    return Verdict(Decision.resolve)
+
+
+def stale_window(interval_s: float | None, cfg: StaleConfig) -> timedelta | None:
+    limit = (
+        cfg.after_s
+        if cfg.after_s is not None
+        else (cfg.intervals * interval_s if interval_s else None)
+    )
+    return timedelta(seconds=limit) if limit else None
