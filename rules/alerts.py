@@ -122,10 +122,10 @@ RULE_CONFIG: dict[str, type] = {
 def rule_config(rule: str, overrides: object) -> Any:
     """The rule's config with overrides applied; raises ValueError naming a bad key or value."""
     cls = RULE_CONFIG[rule]
-    if not overrides:
-        return cls()
     if overrides is False or overrides == "off":
         return cls(enabled=False)
+    if overrides is None or overrides == {}:
+        return cls()
     if not isinstance(overrides, Mapping):
         raise ValueError(f"{rule}: overrides must be a mapping (or `off`)")
     known = {f.name: f for f in fields(cls)}
