@@ -245,64 +245,6 @@ def evaluate_imbalance(
     return KEEP
 
 
-def cusum(z: Sequence[float], k: float) -> tuple[list[float], list[float]]:
-    """Two-sided tabular CUSUM of standardised values: (upper, lower) paths."""
-    hi, lo = 0.0, 0.0
-    highs: list[float] = []
-    lows: list[float] = []
-    for value in z:
-        hi = max(0.0, hi + value - k)
-        lo = max(0.0, lo - value - k)
-        highs.append(hi)
-        lows.append(lo)
-    return highs, lows
-
-
-def evaluate_drift(
-    exchange_id: str,
-    windows: Sequence[WindowResult],
-    cfg: DriftConfig,
-) -> Verdict:
-    """A slow one-sided bias: the CUSUM of z over recent windows crosses ``h``."""
-    if not cfg.enabled:
-        return Verdict(Decision.resolve)
-    decided = [w for w in windows if w.status in ("ok", "imbalance") and w.z is not None]
-    decided = decided[-cfg.windows :]
-    if not decided:
-        return KEEP
-    z = [max(-10.0, min(10.0, w.z or 0.0)) for w in decided]  # one wild window is not drift
-    highs, lows = cusum(z, cfg.k)
-    hi, lo = highs[-1], lows[-1]
-    if hi > cfg.h or lo > cfg.h:
-        direction = "short at the receiver" if hi > lo else "more received than sent"
-        value = max(hi, lo)
-        # where the current excursion began: the last window the path was at zero
-        path = highs if hi > lo else lows
-        began = len(path) - 1
-        while began > 0 and path[began - 1] > 0:
-            began -= 1
-        mean_z = sum(z[began:]) / max(len(z) - began, 1)
-        summary = (
-            f"exchange {exchange_id}: slow one-sided imbalance ({direction}), "
-            f"CUSUM {value:.1f} > {cfg.h:g} since {decided[began].start:%Y-%m-%d %H:%M}Z, "
-            f"mean z {mean_z:+.2f}"
-        )
-        return Verdict(
-            Decision.fire,
-            Severity.warning,
-            summary,
-            {
-                "cusum": value,
-                "limit": cfg.h,
-                "k": cfg.k,
-                "since": decided[began].start.isoformat(),
-                "mean_z": mean_z,
-                "windows": len(z) - began,
-            },
-        )
-    return Verdict(Decision.resolve)
-
-
 def evaluate_stale(
     meter_id: str,
     last_reading: datetime | None,
@@ -507,3 +449,95 @@ def stale_window(interval_s: float | None, cfg: StaleConfig) -> timedelta | None
         else (cfg.intervals * interval_s if interval_s else None)
     )
     return timedelta(seconds=limit) if limit else None
+
+
+# -- series: one verdict per window, in one pass (the engine replays history with these) -----
+
+
+def imbalance_series(
+    exchange_id: str,
+    unit: str,
+    windows: Sequence[WindowResult],
+    firing: bool,
+    cfg: ImbalanceConfig,
+) -> list[Verdict]:
+    """The verdict of :func:`evaluate_imbalance` after each window, with the alert's state
+    carried along (so hysteresis holds across the series). O(len(windows))."""
+    out: list[Verdict] = []
+    tail: list[WindowResult] = []
+    keep = max(cfg.fire_after, cfg.clear_after) + 1
+    for w in windows:
+        if w.status in ("ok", "imbalance"):
+            tail.append(w)
+            if len(tail) > 4 * keep:
+                del tail[: len(tail) - keep]
+        verdict = evaluate_imbalance(exchange_id, unit, tail, firing, cfg)
+        if verdict.decision == Decision.fire:
+            firing = True
+        elif verdict.decision == Decision.resolve:
+            firing = False
+        out.append(verdict)
+    return out
+
+
+def drift_series(
+    exchange_id: str, windows: Sequence[WindowResult], cfg: DriftConfig
+) -> list[Verdict]:
+    """The drift verdict after each window, from one continuous tabular CUSUM."""
+    out: list[Verdict] = []
+    if not cfg.enabled:
+        return [Verdict(Decision.resolve) for _ in windows]
+    hi = lo = 0.0
+    hi_since: WindowResult | None = None
+    lo_since: WindowResult | None = None
+    hi_n = lo_n = 0
+    hi_sum = lo_sum = 0.0
+    seen = False
+    for w in windows:
+        if w.status in ("ok", "imbalance") and w.z is not None and math.isfinite(w.z):
+            seen = True
+            z = max(-10.0, min(10.0, w.z))  # one wild window is not drift
+            hi = max(0.0, hi + z - cfg.k)
+            lo = max(0.0, lo - z - cfg.k)
+            if hi == 0.0:
+                hi_since, hi_n, hi_sum = None, 0, 0.0
+            else:
+                hi_since = hi_since or w
+                hi_n += 1
+                hi_sum += z
+            if lo == 0.0:
+                lo_since, lo_n, lo_sum = None, 0, 0.0
+            else:
+                lo_since = lo_since or w
+                lo_n += 1
+                lo_sum += z
+        if not seen:
+            out.append(KEEP)
+            continue
+        if hi > cfg.h or lo > cfg.h:
+            upper = hi >= lo
+            value = hi if upper else lo
+            since = hi_since if upper else lo_since
+            n = hi_n if upper else lo_n
+            mean_z = (hi_sum if upper else lo_sum) / max(n, 1)
+            direction = "less received than expected" if upper else "more received than sent"
+            start = since.start if since else w.start
+            out.append(
+                Verdict(
+                    Decision.fire,
+                    Severity.warning,
+                    f"exchange {exchange_id}: slow one-sided imbalance ({direction}), CUSUM "
+                    f"{value:.1f} > {cfg.h:g} since {start:%Y-%m-%d %H:%M}Z, mean z {mean_z:+.2f}",
+                    {
+                        "cusum": value,
+                        "limit": cfg.h,
+                        "k": cfg.k,
+                        "since": start.isoformat(),
+                        "mean_z": mean_z,
+                        "windows": n,
+                    },
+                )
+            )
+        else:
+            out.append(Verdict(Decision.resolve))
+    return out

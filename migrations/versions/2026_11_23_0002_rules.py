@@ -15,6 +15,18 @@ branch_labels = None
 depends_on = None
 
 UPGRADE = r"""
+-- Second stage of the rules engine's work list: exchange windows and reconciliation
+-- components whose meter windows changed. Filled by the first stage, claimed FOR UPDATE
+-- SKIP LOCKED by any worker, so each is computed from committed meter windows, once.
+CREATE TABLE dirty_subjects (
+    kind         text NOT NULL CHECK (kind IN ('exchange', 'component')),
+    subject      text NOT NULL,
+    window_start timestamptz NOT NULL,
+    version      bigint NOT NULL DEFAULT 1,
+    marked_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (kind, subject, window_start)
+);
+
 -- One meter's quantity per window (its finest window), recomputed when readings change.
 CREATE TABLE meter_windows (
     meter_id      text NOT NULL,
@@ -144,6 +156,7 @@ CREATE INDEX deliveries_outbox ON deliveries (outbox_id);
 """
 
 DOWNGRADE = """
+DROP TABLE dirty_subjects;
 DROP TABLE deliveries;
 DROP TABLE outbox;
 DROP TABLE alert_events;
