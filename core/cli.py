@@ -96,6 +96,12 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     return run(settings, client_id=args.client_id)
 
 
+def _rules(args: argparse.Namespace, settings: Settings) -> int:
+    from rules.engine import run
+
+    return run(settings, once=args.once, worker_id=args.worker_id)
+
+
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     from core import simulate
 
@@ -160,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--client-id", default=None, help="MQTT client id (each ingest worker needs its own)"
     )
     ingest.set_defaults(handler=_ingest)
+
+    rules = sub.add_parser("rules", help="reconcile windows and raise alerts")
+    rules.add_argument("--once", action="store_true",
+                       help="process everything pending, then exit")
+    rules.add_argument("--worker-id", default=None, help="name of this worker in claims")
+    rules.set_defaults(handler=_rules)
 
     simulate = sub.add_parser("simulate", help="publish realistic readings for a network")
     from core import simulate as simulate_module

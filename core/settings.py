@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -34,6 +36,53 @@ class Settings(BaseSettings):
 
     webhook_secret: str | None = None
     smtp_url: str | None = None
+
+    # Integrations (SPEC §6): where alert events go and how the outbox delivers them (see
+    # rules/notify.py).  webhook_secret above: whsec_<base64 key>, or any other text whose
+    # UTF-8 bytes are the key; without one, webhooks go out unsigned.
+    alert_webhooks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated http(s) URLs that receive every alert event",
+    )
+    alertmanager_url: str | None = Field(
+        default=None, description="Prometheus Alertmanager base URL, e.g. http://127.0.0.1:9093"
+    )
+    alert_mqtt: bool = Field(
+        default=True, description="Publish alert state retained on symbiont/alerts/{subject}"
+    )
+    notify_timeout_s: float = Field(default=10.0, gt=0)
+    notify_max_age_h: float = Field(default=24.0, gt=0)
+    notify_backoff_base_s: float = Field(default=10.0, gt=0)
+    notify_backoff_cap_s: float = Field(default=3600.0, gt=0)
+    notify_batch: int = Field(default=32, ge=1)
+    notify_poll_s: float = Field(default=1.0, gt=0)
+    alertmanager_resend_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("alert_webhooks", mode="before")
+    @classmethod
+    def _split_webhooks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("alert_webhooks")
+    @classmethod
+    def _check_webhooks(cls, value: list[str]) -> list[str]:
+        for url in value:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"not an http(s) URL: {url!r}")
+        return value
+
+    @field_validator("alertmanager_url")
+    @classmethod
+    def _check_alertmanager(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {value!r}")
+        return value.strip().rstrip("/")
 
 
 @lru_cache(maxsize=1)

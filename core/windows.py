@@ -60,3 +60,34 @@ def utc_month_start(ts: datetime) -> datetime:
 
 def next_month(ts: datetime) -> datetime:
     return datetime(ts.year + (ts.month == 12), ts.month % 12 + 1, 1, tzinfo=ts.tzinfo)
+
+
+class WindowCutter:
+    """Fast ``window_start`` for many instants in one zone: local day bounds are cached per
+    15-minute UTC bucket (every zone's offset is a multiple of 15 minutes, so such a bucket
+    never straddles a local midnight), the rest is float arithmetic."""
+
+    def __init__(self, tz: ZoneInfo) -> None:
+        self.tz = tz
+        self._days: dict[int, tuple[float, float]] = {}
+
+    def day(self, epoch: float) -> tuple[float, float]:
+        bucket = int(epoch // 900)
+        bounds = self._days.get(bucket)
+        if bounds is None:
+            if len(self._days) > 100_000:
+                self._days.clear()
+            local_day = datetime.fromtimestamp(epoch, UTC).astimezone(self.tz).date()
+            bounds = (
+                local_midnight(local_day, self.tz).timestamp(),
+                local_midnight(local_day + DAY, self.tz).timestamp(),
+            )
+            self._days[bucket] = bounds
+        return bounds
+
+    def start(self, epoch: float, window_s: float) -> float:
+        """Epoch seconds of the start of the window of ``window_s`` containing ``epoch``."""
+        lo, _ = self.day(epoch)
+        if window_s >= 86400:
+            return lo
+        return lo + ((epoch - lo) // window_s) * window_s

@@ -14,12 +14,12 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from core.windows import window_start
+from core.windows import WindowCutter
 from ingest.parse import KEEP_PAYLOAD, NetworkIndex, Parsed, Reason, Rejection
 
 log = logging.getLogger("symbiont.ingest")
@@ -113,7 +113,7 @@ class BatchWriter:
         self.application_name = application_name
         self.conn: asyncpg.Connection | None = None
         self._months: set[tuple[int, int]] = set()
-        self._window_cache: dict[tuple[str, int], datetime] = {}
+        self._cutters: dict[str, WindowCutter] = {}
 
     async def connect(self) -> asyncpg.Connection:
         if self.conn is None or self.conn.is_closed():
@@ -139,17 +139,11 @@ class BatchWriter:
                 await conn.execute("SELECT symbiont_ensure_partition($1)", ts)
                 self._months.add(key)
 
-    def _window(self, meter_window_s: int, tz: ZoneInfo, meter_id: str, ts: datetime) -> datetime:
-        # Cache per (meter, minute): window starts are minute-aligned for windows ≥ 1 min.
-        minute = int(ts.timestamp()) // 60
-        key = (meter_id, minute)
-        start = self._window_cache.get(key)
-        if start is None:
-            if len(self._window_cache) > 200_000:
-                self._window_cache.clear()
-            start = window_start(ts, timedelta(seconds=meter_window_s), tz)
-            self._window_cache[key] = start
-        return start
+    def _cutter(self, timezone: str) -> WindowCutter:
+        cutter = self._cutters.get(timezone)
+        if cutter is None:
+            cutter = self._cutters[timezone] = WindowCutter(ZoneInfo(timezone))
+        return cutter
 
     async def write(self, batch: Sequence[Message], index: NetworkIndex) -> BatchResult:
         """Commit the batch; raises on database errors (nothing is committed then)."""
@@ -212,17 +206,19 @@ class BatchWriter:
         inserted_mask: list[bool],
         index: NetworkIndex,
     ) -> None:
-        tz = ZoneInfo(index.timezone)
-        touched: set[tuple[str, datetime]] = set()
+        cut = self._cutter(index.timezone).start
+        touched: set[tuple[str, float]] = set()
         meters = index.meters
         for seq, meter_id, ts, _ in records:
             if inserted_mask[seq]:
                 meter = meters.get(meter_id)
                 window_s = meter.window_s if meter is not None else 3600
-                touched.add((meter_id, self._window(window_s, tz, meter_id, ts)))
+                touched.add((meter_id, cut(ts.timestamp(), window_s)))
         if touched:
             ids, starts = zip(*sorted(touched), strict=True)
-            await conn.execute(_DIRTY, list(ids), list(starts))
+            await conn.execute(
+                _DIRTY, list(ids), [datetime.fromtimestamp(s, UTC) for s in starts]
+            )
 
     async def _record_rejections(
         self, conn: asyncpg.Connection, rejections: list[tuple[Message, Rejection]]

@@ -8,9 +8,9 @@ The engine asks each rule for a :class:`Verdict` per subject and the lifecycle
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -63,16 +63,20 @@ class ImbalanceConfig:
 @dataclass(frozen=True)
 class DriftConfig:
     enabled: bool = True
-    k: float = 0.5  # CUSUM allowance, in σ
-    h: float = 5.0  # CUSUM decision limit, in σ
+    # k = 1 σ, h = 6 σ: in-control run length ≈ 4·10⁵ windows (a false alarm per exchange in
+    # about 45 years of hourly windows); a 1.5 σ bias is caught in about 12 windows.
+    k: float = 1.0  # CUSUM allowance, in σ
+    h: float = 6.0  # CUSUM decision limit, in σ
     windows: int = 336  # how many recent windows the CUSUM runs over
 
 
 @dataclass(frozen=True)
 class SuspectConfig:
+    # The global test fails by chance in α = 5 % of windows and then names some meter:
+    # three windows in a row keep chance out (≈ 10⁻⁷ per meter and window).
     enabled: bool = True
-    fire_after: int = 2
-    clear_after: int = 2
+    fire_after: int = 3
+    clear_after: int = 3
 
 
 @dataclass(frozen=True)
@@ -307,38 +311,6 @@ class MeterWindow:
     resets: int
 
 
-def evaluate_stuck(
-    meter_id: str,
-    windows: Sequence[MeterWindow],
-    counterpart_flowing: Sequence[bool],
-    cfg: StuckConfig,
-) -> Verdict:
-    """A register or rate that does not move for a whole window while its counterpart flows.
-
-    ``counterpart_flowing[i]`` says whether the other side of the meter's exchange showed
-    flow in ``windows[i]``. The latest complete window decides."""
-    if not cfg.enabled or not windows:
-        return Verdict(Decision.resolve) if not cfg.enabled else KEEP
-    last = windows[-1]
-    if last.readings < 2:
-        return KEEP
-    if last.stuck and counterpart_flowing[-1]:
-        run = 0
-        for w, flowing in zip(reversed(windows), reversed(counterpart_flowing), strict=True):
-            if not (w.stuck and flowing):
-                break
-            run += 1
-        first = windows[len(windows) - run]
-        return Verdict(
-            Decision.fire,
-            Severity.warning,
-            f"meter {meter_id} stuck since {first.start:%Y-%m-%d %H:%M}Z while its "
-            "counterpart shows flow",
-            {"since": first.start.isoformat(), "windows": run},
-        )
-    return Verdict(Decision.resolve)
-
-
 def evaluate_counter_reset(
     meter_id: str,
     resets: Sequence[tuple[datetime, float, float]],
@@ -361,69 +333,6 @@ def evaluate_counter_reset(
     )
 
 
-def evaluate_negative_flow(
-    meter_id: str, windows: Sequence[MeterWindow], firing: bool, cfg: NegativeFlowConfig
-) -> Verdict:
-    """A rate or delta below zero."""
-    if not cfg.enabled:
-        return Verdict(Decision.resolve)
-    with_data = [w for w in windows if w.readings > 0]
-    if not with_data:
-        return KEEP
-    last = with_data[-1]
-    if last.negatives > 0:
-        return Verdict(
-            Decision.fire,
-            Severity.warning,
-            f"meter {meter_id} reported {last.negatives} negative value(s) in the window from "
-            f"{last.start:%Y-%m-%d %H:%M}Z",
-            {"window_start": last.start.isoformat(), "negatives": last.negatives},
-        )
-    clean = 0
-    for w in reversed(with_data):
-        if w.negatives:
-            break
-        clean += 1
-    if firing and clean < cfg.clear_after:
-        return KEEP
-    return Verdict(Decision.resolve)
-
-
-def evaluate_suspect(
-    meter_id: str,
-    flags: Sequence[bool],
-    firing: bool,
-    cfg: SuspectConfig,
-    details: Mapping[str, Any] | None = None,
-) -> Verdict:
-    """Serial elimination named this meter in ``fire_after`` consecutive reconciliations."""
-    if not cfg.enabled:
-        return Verdict(Decision.resolve)
-    if not flags:
-        return KEEP
-    run = 0
-    for flag in reversed(flags):
-        if not flag:
-            break
-        run += 1
-    clean = 0
-    for flag in reversed(flags):
-        if flag:
-            break
-        clean += 1
-    if run >= cfg.fire_after or (firing and run > 0):
-        return Verdict(
-            Decision.fire,
-            Severity.warning,
-            f"meter {meter_id} named suspect by network reconciliation in {run} windows in a "
-            "row (its reading disagrees with the balances around it)",
-            {"consecutive": run, **(details or {})},
-        )
-    if firing and clean < cfg.clear_after:
-        return KEEP
-    return Verdict(Decision.resolve)
-
-
 def evaluate_rejections(
     partner_id: str, messages: int, rejected: int, cfg: RejectionsConfig
 ) -> Verdict:
@@ -440,15 +349,6 @@ def evaluate_rejections(
             {"messages": messages, "rejected": rejected, "share": share},
         )
     return Verdict(Decision.resolve)
-
-
-def stale_window(interval_s: float | None, cfg: StaleConfig) -> timedelta | None:
-    limit = (
-        cfg.after_s
-        if cfg.after_s is not None
-        else (cfg.intervals * interval_s if interval_s else None)
-    )
-    return timedelta(seconds=limit) if limit else None
 
 
 # -- series: one verdict per window, in one pass (the engine replays history with these) -----
@@ -540,4 +440,36 @@ def drift_series(
             )
         else:
             out.append(Verdict(Decision.resolve))
+    return out
+
+
+def flag_series(
+    flags: Sequence[bool],
+    fire_after: int,
+    clear_after: int,
+    fire: Callable[[int, int], Verdict],
+) -> list[Verdict]:
+    """Debounce a per-window condition: fire after ``fire_after`` consecutive true windows,
+    resolve after ``clear_after`` consecutive false ones; ``fire(i, run)`` builds the verdict
+    at window ``i`` with the current run of true windows."""
+    out: list[Verdict] = []
+    firing = False
+    run = clean = 0
+    for i, flag in enumerate(flags):
+        if flag:
+            run += 1
+            clean = 0
+        else:
+            clean += 1
+            run = 0
+        if run and (firing or run >= fire_after):
+            firing = True
+            out.append(fire(i, run))
+        elif firing and clean >= clear_after:
+            firing = False
+            out.append(Verdict(Decision.resolve))
+        elif not firing:
+            out.append(Verdict(Decision.resolve))
+        else:
+            out.append(KEEP)
     return out

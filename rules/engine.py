@@ -1,0 +1,1036 @@
+"""``symbiont rules``: the event-driven, incremental rules engine.
+
+Stage 1 claims the (meter, window) pairs ingest marked dirty, recomputes those meter
+windows from readings (and their neighbours, whose edges a total register shares), stores
+them and marks the exchange windows, reconciliation components and meters they feed.
+Stage 2 claims those subjects ``FOR UPDATE SKIP LOCKED``, computes exchange windows
+(SPEC §5) and network reconciliations from the committed meter windows, then replays the
+alert rules over the windows that changed, in time order, so alerts start and resolve at the
+window where the evidence appeared — whether the data came live or as a backfill.
+
+Several workers can run side by side: claims never overlap, and whatever changes while a
+worker computes is marked again (versions) and recomputed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+import math
+import os
+import signal
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from core.apply import load_applied
+from core.db import asyncpg_dsn, require_database_url
+from core.network import ReadingType
+from core.settings import Settings
+from core.windows import window_bounds
+from rules import lifecycle
+from rules.alerts import (
+    Decision,
+    MeterWindow,
+    Rule,
+    Severity,
+    Verdict,
+    WindowResult,
+    drift_series,
+    evaluate_counter_reset,
+    evaluate_rejections,
+    evaluate_stale,
+    flag_series,
+    imbalance_series,
+)
+from rules.quantities import window_quantities
+from rules.reconcile import MeterQuantity, meter_sigma, reconcile_exchange, reconcile_network
+from rules.store import (
+    claim_meter_windows,
+    copy_upsert,
+    fetch_series,
+    finish_meter_windows,
+    jsonb,
+    mark_subjects,
+)
+from rules.topology import Topology, build_topology
+
+log = logging.getLogger("symbiont.rules")
+
+DIRTY_CHANNEL = "symbiont_dirty"
+WINDOWS_CHANNEL = "symbiont_windows"
+HISTORY_WINDOWS = 336  # how far back the alert replay looks for context (two weeks hourly)
+
+METER_WINDOW_COLUMNS = (
+    "meter_id",
+    "window_start",
+    "window_end",
+    "quantity",
+    "coverage",
+    "readings",
+    "stuck",
+    "negatives",
+    "resets",
+    "reset_events",
+    "outliers",
+    "first_ts",
+    "last_ts",
+    "computed_at",
+)
+EXCHANGE_WINDOW_COLUMNS = (
+    "exchange_id",
+    "window_start",
+    "window_end",
+    "sent",
+    "received",
+    "loss",
+    "imbalance",
+    "sigma",
+    "z",
+    "coverage",
+    "status",
+    "reconciled_sent",
+    "reconciled_received",
+    "computed_at",
+)
+
+
+@dataclass
+class Stats:
+    meter_windows: int = 0
+    exchange_windows: int = 0
+    reconciliations: int = 0
+    subjects: int = 0
+    alerts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, other: Stats) -> None:
+        self.meter_windows += other.meter_windows
+        self.exchange_windows += other.exchange_windows
+        self.reconciliations += other.reconciliations
+        self.subjects += other.subjects
+        for key, n in other.alerts.items():
+            self.alerts[key] += n
+
+
+def _dt(epoch: float) -> datetime | None:
+    return None if not math.isfinite(epoch) else datetime.fromtimestamp(epoch, UTC)
+
+
+def _num(value: float | None) -> float | None:
+    """NULL for what JSON and people cannot use (nan), ±inf kept as a large finite z."""
+    if value is None or math.isnan(value):
+        return None
+    if math.isinf(value):
+        return math.copysign(1e300, value)
+    return float(value)
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        worker_id: str | None = None,
+        claim_limit: int = 200_000,
+        subject_limit: int = 20_000,
+    ) -> None:
+        self.settings = settings
+        self.dsn = asyncpg_dsn(require_database_url(settings.database_url))
+        self.worker = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.claim_limit = claim_limit
+        self.subject_limit = subject_limit
+        self.topology: Topology | None = None
+        self._targets = self._alert_targets()
+
+    def _alert_targets(self) -> lifecycle.Targets | None:
+        try:
+            from rules import notify
+        except ImportError:  # pragma: no cover - notify is part of the package
+            return None
+        settings = self.settings
+
+        def targets(alert: dict[str, Any]) -> list[tuple[str, str]]:
+            return list(notify.alert_targets(settings, alert))
+
+        return targets
+
+    async def topology_for(self, conn: asyncpg.Connection) -> Topology | None:
+        version = await conn.fetchval("SELECT applied_at FROM network LIMIT 1")
+        if version is None:
+            return None
+        key = version.isoformat()
+        if self.topology is None or self.topology.version != key:
+            net = await load_applied(conn)
+            assert net is not None
+            self.topology = build_topology(net, key)
+            log.info(
+                "network loaded: %d exchanges, %d components",
+                len(net.exchanges),
+                len(self.topology.components),
+            )
+        return self.topology
+
+    # -- the work loop ----------------------------------------------------------------------
+
+    async def process_pending(self, conn: asyncpg.Connection, now: datetime | None = None) -> Stats:
+        """Process everything pending (both stages) until nothing is left; ``now`` decides
+        which windows have ended and is the time alerts are evaluated at."""
+        total = Stats()
+        topo = await self.topology_for(conn)
+        if topo is None:
+            return total
+        while True:
+            at = now or datetime.now(UTC)
+            stage1 = await self.stage1(conn, topo, at)
+            stage2 = await self.stage2(conn, topo, at)
+            total.add(stage1)
+            total.add(stage2)
+            if not stage1.meter_windows and not stage2.subjects:
+                return total
+
+    # -- stage 1: meter windows ------------------------------------------------------------
+
+    async def stage1(self, conn: asyncpg.Connection, topo: Topology, now: datetime) -> Stats:
+        stats = Stats()
+        claimed = await claim_meter_windows(conn, self.worker, self.claim_limit)
+        if not claimed:
+            return stats
+        by_meter: dict[str, set[datetime]] = defaultdict(set)
+        for meter_id, start, _ in claimed:
+            by_meter[meter_id].add(start)
+        rows: list[tuple[Any, ...]] = []
+        subjects: list[tuple[str, str, datetime]] = []
+        computed_at = datetime.now(UTC)
+        for meter_id, starts in by_meter.items():
+            meter = topo.meters.get(meter_id)
+            if meter is None:
+                continue  # retired or unknown: nothing derives from it
+            window = topo.meter_window[meter_id]
+            bounds: set[tuple[datetime, datetime]] = set()
+            for s in starts:
+                b = window_bounds(s, window, topo.tz)
+                bounds.add(b)
+                if meter.reading != ReadingType.delta:  # edges shared with neighbours
+                    bounds.add(window_bounds(b[0] - timedelta(seconds=1), window, topo.tz))
+                    bounds.add(window_bounds(b[1], window, topo.tz))
+            for cluster in _clusters(sorted(bounds)):
+                lo, hi = cluster[0][0], cluster[-1][1]
+                margin = timedelta(seconds=max(meter.interval or 0.0, 60.0) * 2)
+                ts, value = await fetch_series(conn, meter_id, lo - margin, hi + margin)
+                q = window_quantities(
+                    meter.reading, ts, value, cluster, interval=meter.interval, now=now
+                )
+                resets_by_window: dict[int, list[dict[str, Any]]] = defaultdict(list)
+                if len(q.reset_events.ts):
+                    starts_arr = np.array([c[0].timestamp() for c in cluster])
+                    for t, before, after in zip(
+                        q.reset_events.ts,
+                        q.reset_events.before,
+                        q.reset_events.after,
+                        strict=True,
+                    ):
+                        i = int(np.searchsorted(starts_arr, t, side="right")) - 1
+                        if 0 <= i < len(cluster) and t < cluster[i][1].timestamp():
+                            resets_by_window[i].append(
+                                {
+                                    "at": _dt(float(t)),
+                                    "before": float(before),
+                                    "after": float(after),
+                                }
+                            )
+                for i, (ws, we) in enumerate(cluster):
+                    rows.append(
+                        (
+                            meter_id,
+                            ws,
+                            we,
+                            _num(float(q.quantity[i])),
+                            float(q.coverage[i]),
+                            int(q.readings[i]),
+                            bool(q.stuck[i]),
+                            int(q.negatives[i]),
+                            int(q.resets[i]),
+                            jsonb(resets_by_window[i]) if resets_by_window.get(i) else None,
+                            int(q.outliers[i]),
+                            _dt(float(q.first_ts[i])),
+                            _dt(float(q.last_ts[i])),
+                            computed_at,
+                        )
+                    )
+                    subjects.append(("meter", meter_id, ws))
+                    for ex_id in topo.exchanges_of.get(meter_id, ()):
+                        ex = topo.exchanges[ex_id]
+                        subjects.append(
+                            ("exchange", ex_id, window_bounds(ws, ex.window, topo.tz)[0])
+                        )
+                    comp = topo.component_of.get(meter_id)
+                    if comp is not None:
+                        cw = topo.components[comp].window
+                        subjects.append(("component", comp, window_bounds(ws, cw, topo.tz)[0]))
+        async with conn.transaction():
+            await copy_upsert(
+                conn, "meter_windows", METER_WINDOW_COLUMNS, ("meter_id", "window_start"), rows
+            )
+            await mark_subjects(conn, subjects)
+            await finish_meter_windows(conn, self.worker, claimed)
+        stats.meter_windows = len(rows)
+        return stats
+
+    # -- stage 2: exchanges, components, alerts ---------------------------------------------
+
+    async def stage2(self, conn: asyncpg.Connection, topo: Topology, now: datetime) -> Stats:
+        stats = Stats()
+        async with conn.transaction():
+            rows = await conn.fetch(
+                """SELECT kind, subject, window_start FROM dirty_subjects
+                   ORDER BY window_start LIMIT $1 FOR UPDATE SKIP LOCKED""",
+                self.subject_limit,
+            )
+            if not rows:
+                return stats
+            stats.subjects = len(rows)
+            work: dict[str, dict[str, set[datetime]]] = defaultdict(lambda: defaultdict(set))
+            for r in rows:
+                work[r["kind"]][r["subject"]].add(r["window_start"])
+            exchange_results = await self._exchanges(conn, topo, work["exchange"], now, stats)
+            component_results = await self._components(conn, topo, work["component"], stats)
+            await self._meter_alerts(conn, topo, work["meter"], component_results, now, stats)
+            await self._exchange_alerts(conn, topo, exchange_results, now, stats)
+            await conn.execute(
+                """DELETE FROM dirty_subjects d
+                   USING unnest($1::text[], $2::text[], $3::timestamptz[]) AS c(k, s, w)
+                   WHERE d.kind = c.k AND d.subject = c.s AND d.window_start = c.w""",
+                [r["kind"] for r in rows],
+                [r["subject"] for r in rows],
+                [r["window_start"] for r in rows],
+            )
+            await conn.execute(
+                "SELECT pg_notify($1, $2)", WINDOWS_CHANNEL, str(stats.exchange_windows)
+            )
+        return stats
+
+    async def _meter_windows(
+        self, conn: asyncpg.Connection, meters: Sequence[str], lo: datetime, hi: datetime
+    ) -> dict[str, list[asyncpg.Record]]:
+        rows = await conn.fetch(
+            """SELECT * FROM meter_windows WHERE meter_id = ANY($1::text[])
+               AND window_start >= $2 AND window_start < $3 ORDER BY meter_id, window_start""",
+            list(meters),
+            lo,
+            hi,
+        )
+        out: dict[str, list[asyncpg.Record]] = defaultdict(list)
+        for r in rows:
+            out[r["meter_id"]].append(r)
+        return out
+
+    @staticmethod
+    def _sum_windows(
+        windows: list[asyncpg.Record], start: datetime, end: datetime
+    ) -> tuple[float | None, float]:
+        """A meter's quantity and coverage over [start, end) from its finer windows
+        (``windows`` sorted by start)."""
+        starts = [w["window_start"] for w in windows]
+        inside = windows[bisect.bisect_left(starts, start) : bisect.bisect_left(starts, end)]
+        length = (end - start).total_seconds()
+        if not inside:
+            return None, 0.0
+        covered = sum(
+            w["coverage"] * (w["window_end"] - w["window_start"]).total_seconds() for w in inside
+        )
+        quantities = [w["quantity"] for w in inside if w["quantity"] is not None]
+        quantity = math.fsum(quantities) if quantities else None
+        return quantity, covered / length
+
+    def _side(
+        self,
+        topo: Topology,
+        ids: Sequence[str],
+        windows: dict[str, list[asyncpg.Record]],
+        start: datetime,
+        end: datetime,
+    ) -> list[MeterQuantity]:
+        result = []
+        for mid in ids:
+            m = topo.meters[mid]
+            q, cov = self._sum_windows(windows.get(mid, []), start, end)
+            result.append(MeterQuantity(mid, q, m.uncertainty, m.uncertainty_abs, cov))
+        return result
+
+    async def _exchanges(
+        self,
+        conn: asyncpg.Connection,
+        topo: Topology,
+        dirty: dict[str, set[datetime]],
+        now: datetime,
+        stats: Stats,
+    ) -> dict[str, list[datetime]]:
+        out: dict[str, list[datetime]] = {}
+        rows: list[tuple[Any, ...]] = []
+        computed_at = datetime.now(UTC)
+        for ex_id, starts in dirty.items():
+            ex = topo.exchanges.get(ex_id)
+            if ex is None:
+                continue
+            bounds = sorted({window_bounds(s, ex.window, topo.tz) for s in starts})
+            meters = [*ex.sent, *ex.received]
+            windows = await self._meter_windows(conn, meters, bounds[0][0], bounds[-1][1])
+            z_limit = topo.rule(Rule.imbalance, ex_id).z
+            for ws, we in bounds:
+                res = reconcile_exchange(
+                    self._side(topo, ex.sent, windows, ws, we),
+                    self._side(topo, ex.received, windows, ws, we),
+                    ex.loss,
+                    z_threshold=z_limit,
+                )
+                status = res.status
+                if we > now and status != "no_data":
+                    status = "incomplete"  # a window still running is never judged
+                rows.append(
+                    (
+                        ex_id,
+                        ws,
+                        we,
+                        _num(res.sent),
+                        _num(res.received),
+                        ex.loss,
+                        _num(res.imbalance),
+                        _num(res.sigma),
+                        _num(res.z),
+                        float(res.coverage),
+                        status,
+                        _num(res.reconciled_sent),
+                        _num(res.reconciled_received),
+                        computed_at,
+                    )
+                )
+            out[ex_id] = [b[0] for b in bounds]
+        await copy_upsert(
+            conn, "exchange_windows", EXCHANGE_WINDOW_COLUMNS, ("exchange_id", "window_start"), rows
+        )
+        stats.exchange_windows += len(rows)
+        return out
+
+    async def _components(
+        self,
+        conn: asyncpg.Connection,
+        topo: Topology,
+        dirty: dict[str, set[datetime]],
+        stats: Stats,
+    ) -> dict[str, dict[datetime, tuple[str, ...]]]:
+        """Network reconciliation per component and window; returns the suspects per window."""
+        suspects: dict[str, dict[datetime, tuple[str, ...]]] = {}
+        for cid, starts in dirty.items():
+            comp = topo.components.get(cid)
+            if comp is None:
+                continue
+            bounds = sorted({window_bounds(s, comp.window, topo.tz) for s in starts})
+            windows = await self._meter_windows(conn, comp.meters, bounds[0][0], bounds[-1][1])
+            suspects[cid] = {}
+            for ws, we in bounds:
+                measurements: dict[str, tuple[float, float]] = {}
+                unmeasured: list[str] = []
+                complete = True
+                for mid in comp.meters:
+                    m = topo.meters[mid]
+                    q, cov = self._sum_windows(windows.get(mid, []), ws, we)
+                    if q is None or cov < 0.9:
+                        complete = complete and q is not None
+                        unmeasured.append(mid)
+                        continue
+                    sigma = meter_sigma(q, m.uncertainty, m.uncertainty_abs)
+                    if sigma <= 0:
+                        sigma = 1e-9
+                    measurements[mid] = (q, sigma)
+                if len(measurements) < 2:
+                    continue
+                result = reconcile_network(list(comp.constraints), measurements, unmeasured)
+                final = result.final
+                rec_id = await conn.fetchval(
+                    """INSERT INTO reconciliations (component, window_start, window_end,
+                           statistic, dof, critical, passed, suspects, computed_at)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
+                       ON CONFLICT (component, window_start) DO UPDATE SET
+                           window_end = excluded.window_end, statistic = excluded.statistic,
+                           dof = excluded.dof, critical = excluded.critical,
+                           passed = excluded.passed, suspects = excluded.suspects,
+                           computed_at = excluded.computed_at
+                       RETURNING id""",
+                    cid,
+                    ws,
+                    we,
+                    _num(result.steps[0].statistic),
+                    result.steps[0].dof,
+                    result.steps[0].critical,
+                    result.steps[0].passed,
+                    list(result.suspects),
+                )
+                await conn.execute(
+                    "DELETE FROM reconciliation_meters WHERE reconciliation_id = $1", rec_id
+                )
+                first = result.steps[0]
+                await conn.executemany(
+                    """INSERT INTO reconciliation_meters (reconciliation_id, meter_id, measured,
+                           reconciled, adjustment, z, suspect)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+                    [
+                        (
+                            rec_id,
+                            m.id,
+                            m.measured,
+                            _num(m.reconciled),
+                            _num(m.adjustment),
+                            _num(first.meter(m.id).z),
+                            m.suspect,
+                        )
+                        for m in final.meters
+                    ],
+                )
+                suspects[cid][ws] = result.suspects
+                stats.reconciliations += 1
+        return suspects
+
+    # -- alerts -----------------------------------------------------------------------------
+
+    async def _last_transition(
+        self, conn: asyncpg.Connection, fingerprints: Sequence[str]
+    ) -> dict[str, tuple[bool, datetime]]:
+        """Per fingerprint: firing now?, and when its state last changed."""
+        rows = await conn.fetch(
+            """SELECT DISTINCT ON (fingerprint) fingerprint, status,
+                      COALESCE(resolved_at, started_at) AS changed
+               FROM alerts WHERE fingerprint = ANY($1::text[])
+               ORDER BY fingerprint, id DESC""",
+            list(fingerprints),
+        )
+        return {r["fingerprint"]: (r["status"] == "firing", r["changed"]) for r in rows}
+
+    async def _replay(
+        self,
+        conn: asyncpg.Connection,
+        subject: lifecycle.Subject,
+        timeline: Sequence[tuple[datetime, Verdict]],
+        state: tuple[bool, datetime] | None,
+        now: datetime,
+        stats: Stats,
+        *,
+        inhibited: Callable[[datetime], bool] | None = None,
+    ) -> None:
+        """Apply the verdicts at their times, after the alert's last change, touching the
+        database only on transitions (and once at the end to refresh a firing alert)."""
+        firing, since = state if state else (False, datetime.min.replace(tzinfo=UTC))
+        last_fire: tuple[datetime, Verdict] | None = None
+        for at, verdict in timeline:
+            if at <= since or at > now:
+                continue
+            if verdict.decision == Decision.fire:
+                last_fire = (at, verdict)
+                if not firing:
+                    done = await lifecycle.apply_verdict(
+                        conn,
+                        subject,
+                        verdict,
+                        at,
+                        targets=self._targets,
+                        inhibited=inhibited(at) if inhibited else False,
+                    )
+                    if done:
+                        stats.alerts[done] += 1
+                        firing = True
+                        last_fire = None
+            elif verdict.decision == Decision.resolve and firing:
+                done = await lifecycle.apply_verdict(
+                    conn, subject, verdict, at, targets=self._targets
+                )
+                if done:
+                    stats.alerts[done] += 1
+                firing = False
+                last_fire = None
+        if firing and last_fire is not None:
+            done = await lifecycle.apply_verdict(
+                conn, subject, last_fire[1], last_fire[0], targets=self._targets
+            )
+            if done:
+                stats.alerts[done] += 1
+
+    async def _exchange_alerts(
+        self,
+        conn: asyncpg.Connection,
+        topo: Topology,
+        changed: dict[str, list[datetime]],
+        now: datetime,
+        stats: Stats,
+    ) -> None:
+        if not changed:
+            return
+        fps = [f"{r}:{e}" for e in changed for r in (Rule.imbalance, Rule.drift)]
+        states = await self._last_transition(conn, fps)
+        stale: dict[str, list[tuple[datetime, datetime | None]]] = defaultdict(list)
+        for r in await conn.fetch(
+            "SELECT subject, started_at, resolved_at FROM alerts WHERE rule = 'meter_stale'"
+        ):
+            stale[r["subject"]].append((r["started_at"], r["resolved_at"]))
+        for ex_id, starts in changed.items():
+            ex = topo.exchanges[ex_id]
+            first = min(starts)
+            history_from = first - ex.window * HISTORY_WINDOWS
+            rows = await conn.fetch(
+                """SELECT * FROM exchange_windows WHERE exchange_id = $1
+                   AND window_start >= $2 AND window_end <= $3 ORDER BY window_start""",
+                ex_id,
+                history_from,
+                now,
+            )
+            windows = [
+                WindowResult(
+                    r["window_start"],
+                    r["window_end"],
+                    r["status"],
+                    r["sent"],
+                    r["received"],
+                    r["imbalance"],
+                    r["sigma"],
+                    r["z"],
+                    r["coverage"],
+                )
+                for r in rows
+            ]
+            if not windows:
+                continue
+            times = [w.end for w in windows]
+            spans = [span for m in (*ex.sent, *ex.received) for span in stale.get(m, [])]
+
+            def inhibited(
+                at: datetime, spans: list[tuple[datetime, datetime | None]] = spans
+            ) -> bool:
+                return any(a <= at and (b is None or at < b) for a, b in spans)
+
+            imb_cfg = topo.rule(Rule.imbalance, ex_id)
+            imb = imbalance_series(ex_id, topo.unit(ex_id), windows, False, imb_cfg)
+            subject = lifecycle.Subject(Rule.imbalance, ex_id, "exchange")
+            await self._replay(
+                conn,
+                subject,
+                list(zip(times, imb, strict=True)),
+                states.get(subject.fingerprint),
+                now,
+                stats,
+                inhibited=inhibited,
+            )
+            drift = drift_series(ex_id, windows, topo.rule(Rule.drift, ex_id))
+            subject = lifecycle.Subject(Rule.drift, ex_id, "exchange")
+            await self._replay(
+                conn,
+                subject,
+                list(zip(times, drift, strict=True)),
+                states.get(subject.fingerprint),
+                now,
+                stats,
+            )
+
+    async def _meter_alerts(
+        self,
+        conn: asyncpg.Connection,
+        topo: Topology,
+        dirty: dict[str, set[datetime]],
+        suspects: dict[str, dict[datetime, tuple[str, ...]]],
+        now: datetime,
+        stats: Stats,
+    ) -> None:
+        meters = set(dirty)
+        for cid in suspects:
+            meters.update(topo.components[cid].meters)
+        if not meters:
+            return
+        rules = (
+            Rule.meter_stale,
+            Rule.meter_stuck,
+            Rule.counter_reset,
+            Rule.negative_flow,
+            Rule.meter_suspect,
+        )
+        states = await self._last_transition(conn, [f"{r}:{m}" for m in meters for r in rules])
+        for meter_id in sorted(meters):
+            meter = topo.meters.get(meter_id)
+            if meter is None:
+                continue
+            window = topo.meter_window[meter_id]
+            starts = dirty.get(meter_id) or set()
+            lo = (min(starts) if starts else now - window * 48) - window * 48
+            rows = await conn.fetch(
+                """SELECT * FROM meter_windows WHERE meter_id = $1 AND window_start >= $2
+                   AND window_end <= $3 ORDER BY window_start""",
+                meter_id,
+                lo,
+                now,
+            )
+            mws = [
+                MeterWindow(
+                    r["window_start"],
+                    r["window_end"],
+                    r["quantity"],
+                    r["coverage"],
+                    r["readings"],
+                    r["stuck"],
+                    r["negatives"],
+                    r["resets"],
+                )
+                for r in rows
+            ]
+            times = [w.end for w in mws]
+
+            async def replay(
+                rule: Rule, timeline: list[tuple[datetime, Verdict]], meter_id: str = meter_id
+            ) -> None:
+                await self._replay(
+                    conn,
+                    lifecycle.Subject(rule, meter_id, "meter"),
+                    timeline,
+                    states.get(f"{rule}:{meter_id}"),
+                    now,
+                    stats,
+                )
+
+            # stale: at each window end, the age of the newest reading so far (a meter that
+            # never sent anything in the period looked at is not judged here)
+            stale_cfg = topo.rule(Rule.meter_stale, meter_id)
+            last: datetime | None = None
+            timeline: list[tuple[datetime, Verdict]] = []
+            for r in rows:
+                if r["last_ts"] is not None:
+                    last = r["last_ts"]
+                if last is not None:
+                    timeline.append(
+                        (
+                            r["window_end"],
+                            evaluate_stale(
+                                meter_id, last, meter.interval, r["window_end"], stale_cfg
+                            ),
+                        )
+                    )
+            await replay(Rule.meter_stale, timeline)
+
+            # stuck: no movement for a whole window while the counterpart shows flow
+            if meter_id in topo.counterpart:
+                ex_id, other = topo.counterpart[meter_id]
+                flows = {
+                    r["window_start"]: r[other]
+                    for r in await conn.fetch(
+                        f"""SELECT window_start, {other} FROM exchange_windows
+                            WHERE exchange_id = $1 AND window_start >= $2""",
+                        ex_id,
+                        lo,
+                    )
+                }
+                known = [v for v in flows.values() if v is not None and math.isfinite(v)]
+                usual = float(np.median(known)) if known else math.nan
+                stuck_cfg = topo.rule(Rule.meter_stuck, meter_id)
+                ex_window = topo.exchanges[ex_id].window
+                flags = []
+                for w in mws:
+                    v = flows.get(window_bounds(w.start, ex_window, topo.tz)[0])
+                    flowing = bool(
+                        v is not None
+                        and math.isfinite(usual)
+                        and v > 0
+                        and v > stuck_cfg.min_counterpart_share * usual
+                    )
+                    flags.append(stuck_cfg.enabled and w.stuck and w.readings >= 2 and flowing)
+
+                def stuck_verdict(
+                    i: int, run: int, mws: list[MeterWindow] = mws, meter_id: str = meter_id
+                ) -> Verdict:
+                    since = mws[i - run + 1].start
+                    return Verdict(
+                        Decision.fire,
+                        Severity.warning,
+                        f"meter {meter_id} stuck since {since:%Y-%m-%d %H:%M}Z while its "
+                        "counterpart shows flow",
+                        {"since": since.isoformat(), "windows": run},
+                    )
+
+                verdicts = flag_series(flags, 1, 1, stuck_verdict)
+                await replay(Rule.meter_stuck, list(zip(times, verdicts, strict=True)))
+
+            # counter resets: fire at the reset, resolve a while after the last one
+            reset_cfg = topo.rule(Rule.counter_reset, meter_id)
+            resets: list[tuple[datetime, float, float]] = []
+            timeline = []
+            for r in rows:
+                for ev in _events(r["reset_events"]):
+                    resets.append((datetime.fromisoformat(ev["at"]), ev["before"], ev["after"]))
+                if resets:
+                    timeline.append(
+                        (
+                            r["window_end"],
+                            evaluate_counter_reset(meter_id, resets, r["window_end"], reset_cfg),
+                        )
+                    )
+            await replay(Rule.counter_reset, timeline)
+
+            # negative flow (rates and deltas; a register's small step back is jitter)
+            if meter.reading != ReadingType.total:
+                neg_cfg = topo.rule(Rule.negative_flow, meter_id)
+                with_data = [(w.end, w) for w in mws if w.readings > 0]
+
+                def negative_verdict(
+                    i: int,
+                    run: int,
+                    with_data: list[tuple[datetime, MeterWindow]] = with_data,
+                    meter_id: str = meter_id,
+                ) -> Verdict:
+                    w = with_data[i][1]
+                    return Verdict(
+                        Decision.fire,
+                        Severity.warning,
+                        f"meter {meter_id} reported {w.negatives} negative value(s) in the "
+                        f"window from {w.start:%Y-%m-%d %H:%M}Z",
+                        {"window_start": w.start.isoformat(), "negatives": w.negatives},
+                    )
+
+                verdicts = flag_series(
+                    [neg_cfg.enabled and w.negatives > 0 for _, w in with_data],
+                    1,
+                    neg_cfg.clear_after,
+                    negative_verdict,
+                )
+                await replay(
+                    Rule.negative_flow,
+                    [(t, v) for (t, _), v in zip(with_data, verdicts, strict=True)],
+                )
+
+            # suspects named by network reconciliation
+            comp_id = topo.component_of.get(meter_id)
+            if comp_id is not None:
+                rec = await conn.fetch(
+                    """SELECT window_start, window_end, suspects, statistic, critical
+                       FROM reconciliations WHERE component = $1 AND window_start >= $2
+                       AND window_end <= $3 ORDER BY window_start""",
+                    comp_id,
+                    lo,
+                    now,
+                )
+                sus_cfg = topo.rule(Rule.meter_suspect, meter_id)
+
+                def suspect_verdict(
+                    i: int,
+                    run: int,
+                    rec: list[asyncpg.Record] = rec,
+                    meter_id: str = meter_id,
+                    cid: str = comp_id,
+                ) -> Verdict:
+                    r = rec[i]
+                    return Verdict(
+                        Decision.fire,
+                        Severity.warning,
+                        f"meter {meter_id} named suspect by network reconciliation of {cid} "
+                        f"in {run} windows in a row (latest from "
+                        f"{r['window_start']:%Y-%m-%d %H:%M}Z, "
+                        f"χ² {r['statistic']:.1f} > {r['critical'] or 0:.1f})",
+                        {
+                            "component": cid,
+                            "window_start": r["window_start"].isoformat(),
+                            "statistic": r["statistic"],
+                            "critical": r["critical"],
+                            "consecutive": run,
+                        },
+                    )
+
+                verdicts = flag_series(
+                    [sus_cfg.enabled and meter_id in (r["suspects"] or []) for r in rec],
+                    sus_cfg.fire_after,
+                    sus_cfg.clear_after,
+                    suspect_verdict,
+                )
+                await replay(
+                    Rule.meter_suspect,
+                    [(r["window_end"], v) for r, v in zip(rec, verdicts, strict=True)],
+                )
+
+    # -- time-driven rules ------------------------------------------------------------------
+
+    async def periodic(self, conn: asyncpg.Connection, now: datetime) -> Stats:
+        """Rules that fire on the passing of time rather than on data: stale meters and
+        partners' rejection rates."""
+        stats = Stats()
+        topo = await self.topology_for(conn)
+        if topo is None:
+            return stats
+        last = {
+            r["meter_id"]: r["last"]
+            for r in await conn.fetch(
+                """SELECT meter_id, max(last_ts) AS last FROM meter_windows
+                   WHERE window_start > $1 GROUP BY meter_id""",
+                now - timedelta(days=7),
+            )
+        }
+        applied = await conn.fetchval("SELECT applied_at FROM network LIMIT 1")
+        async with conn.transaction():
+            for meter_id, meter in topo.meters.items():
+                verdict = evaluate_stale(
+                    meter_id,
+                    last.get(meter_id),
+                    meter.interval,
+                    now,
+                    topo.rule(Rule.meter_stale, meter_id),
+                    watched_since=applied,
+                )
+                done = await lifecycle.apply_verdict(
+                    conn,
+                    lifecycle.Subject(Rule.meter_stale, meter_id, "meter"),
+                    verdict,
+                    now,
+                    targets=self._targets,
+                )
+                if done:
+                    stats.alerts[done] += 1
+            counts = await conn.fetch(
+                """SELECT partner_id, sum(messages) AS messages, sum(rejected) AS rejected
+                   FROM ingest_counts WHERE hour >= $1 GROUP BY partner_id""",
+                now - timedelta(hours=1),
+            )
+            cfg = topo.rule(Rule.rejections, "")
+            for r in counts:
+                verdict = evaluate_rejections(
+                    r["partner_id"], int(r["messages"]), int(r["rejected"]), cfg
+                )
+                done = await lifecycle.apply_verdict(
+                    conn,
+                    lifecycle.Subject(Rule.rejections, r["partner_id"], "partner"),
+                    verdict,
+                    now,
+                    targets=self._targets,
+                )
+                if done:
+                    stats.alerts[done] += 1
+        return stats
+
+    # -- service ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        conn = await self._connect_forever(stop)
+        if conn is None:
+            return
+        wake = asyncio.Event()
+        listener = await asyncpg.connect(self.dsn)
+        await listener.add_listener(DIRTY_CHANNEL, lambda *_: wake.set())
+        notifier_task = None
+        try:
+            from rules import notify
+
+            notifier = notify.Notifier(self.settings)
+            notifier_task = asyncio.create_task(notifier.run(stop))
+        except (ImportError, AttributeError):  # pragma: no cover
+            pass
+        last_periodic = 0.0
+        log.info("rules worker %s started", self.worker)
+        try:
+            while not stop.is_set():
+                try:
+                    stats = await self.process_pending(conn)
+                    if stats.meter_windows or stats.exchange_windows or stats.alerts:
+                        log.info(
+                            "%d meter windows, %d exchange windows, %d reconciliations; alerts: %s",
+                            stats.meter_windows,
+                            stats.exchange_windows,
+                            stats.reconciliations,
+                            dict(stats.alerts) or "no change",
+                        )
+                    if time.monotonic() - last_periodic > 15:
+                        periodic = await self.periodic(conn, datetime.now(UTC))
+                        if periodic.alerts:
+                            log.info("time-driven alerts: %s", dict(periodic.alerts))
+                        last_periodic = time.monotonic()
+                except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+                    log.warning("database unavailable (%s); reconnecting", exc)
+                    await asyncio.sleep(2)
+                    conn = await self._connect_forever(stop)
+                    if conn is None:
+                        return
+                    with contextlib.suppress(Exception):
+                        await listener.close()
+                    listener = await asyncpg.connect(self.dsn)
+                    await listener.add_listener(DIRTY_CHANNEL, lambda *_: wake.set())
+                    continue
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=5.0)
+        finally:
+            if notifier_task is not None:
+                notifier_task.cancel()
+            with contextlib.suppress(Exception):
+                await listener.close()
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+
+    async def _connect_forever(self, stop: asyncio.Event) -> asyncpg.Connection | None:
+        while not stop.is_set():
+            try:
+                conn: asyncpg.Connection = await asyncpg.connect(
+                    self.dsn, server_settings={"application_name": f"symbiont-rules:{self.worker}"}
+                )
+                return conn
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("database not reachable (%s); retrying", exc)
+                await asyncio.sleep(2)
+        return None
+
+
+def _events(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        import json
+
+        parsed: list[dict[str, Any]] = json.loads(value)
+        return parsed
+    return list(value)
+
+
+def _clusters(bounds: list[tuple[datetime, datetime]]) -> list[list[tuple[datetime, datetime]]]:
+    """Split sorted windows where they are more than two days apart (separate fetches)."""
+    out: list[list[tuple[datetime, datetime]]] = []
+    for b in bounds:
+        if out and b[0] - out[-1][-1][1] <= timedelta(days=2):
+            out[-1].append(b)
+        else:
+            out.append([b])
+    return out
+
+
+def run(settings: Settings, *, once: bool = False, worker_id: str | None = None) -> int:
+    engine = Engine(settings, worker_id=worker_id)
+
+    async def main() -> None:
+        if once:
+            conn = await asyncpg.connect(engine.dsn)
+            try:
+                stats = await engine.process_pending(conn)
+                periodic = await engine.periodic(conn, datetime.now(UTC))
+                stats.add(periodic)
+                print(
+                    f"processed {stats.meter_windows} meter windows, {stats.exchange_windows} "
+                    f"exchange windows, {stats.reconciliations} reconciliations; alerts: "
+                    f"{dict(stats.alerts) or 'no change'}"
+                )
+            finally:
+                await conn.close()
+            return
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await engine.run(stop)
+
+    asyncio.run(main())
+    return 0

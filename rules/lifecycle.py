@@ -1,0 +1,185 @@
+"""Alert lifecycle: verdicts become firing, updated and resolved alerts, with events and
+outbox rows written in the caller's transaction (so an alert and its notifications commit
+together or not at all).
+
+An alert's identity is its fingerprint (rule + subject); the partial unique index
+``alerts_one_firing`` guarantees at most one firing alert per fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from rules.alerts import Decision, Verdict
+
+ALERTS_CHANNEL = "symbiont_alerts"
+
+Targets = Callable[[dict[str, Any]], Sequence[tuple[str, str]]]
+
+
+@dataclass(frozen=True)
+class Subject:
+    rule: str
+    subject: str
+    kind: str  # exchange | meter | partner
+
+    @property
+    def fingerprint(self) -> str:
+        return f"{self.rule}:{self.subject}"
+
+
+def alert_json(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
+    def ts(value: Any) -> str | None:
+        return value.isoformat() if isinstance(value, datetime) else None
+
+    details = row["details"]
+    if isinstance(details, str):
+        details = json.loads(details)
+    return {
+        "id": row["id"],
+        "fingerprint": row["fingerprint"],
+        "rule": row["rule"],
+        "subject": row["subject"],
+        "subject_kind": row["subject_kind"],
+        "severity": row["severity"],
+        "status": row["status"],
+        "acknowledged_by": row["acknowledged_by"],
+        "acknowledged_at": ts(row["acknowledged_at"]),
+        "started_at": ts(row["started_at"]),
+        "resolved_at": ts(row["resolved_at"]),
+        "summary": row["summary"],
+        "details": details,
+    }
+
+
+async def _event(
+    conn: asyncpg.Connection,
+    row: asyncpg.Record,
+    kind: str,
+    now: datetime,
+    targets: Targets | None,
+) -> None:
+    from rules import notify
+
+    alert = alert_json(row)
+    payload = {"event": kind, "alert": alert, "at": now.isoformat()}
+    event_id = await conn.fetchval(
+        "INSERT INTO alert_events (alert_id, kind, at, payload) VALUES ($1, $2, $3, $4::jsonb) "
+        "RETURNING id",
+        row["id"],
+        kind,
+        now,
+        json.dumps(payload),
+    )
+    if targets is not None:
+        deliveries = list(targets(alert))
+        if deliveries:
+            await notify.enqueue(
+                conn, event_key=f"alert-event-{event_id}", payload=payload, deliveries=deliveries
+            )
+    await conn.execute("SELECT pg_notify($1, $2)", ALERTS_CHANNEL, str(row["id"]))
+
+
+_SELECT = "SELECT * FROM alerts WHERE fingerprint = $1 AND status = 'firing' FOR UPDATE"
+
+
+async def apply_verdict(
+    conn: asyncpg.Connection,
+    subject: Subject,
+    verdict: Verdict,
+    now: datetime,
+    *,
+    targets: Targets | None = None,
+    inhibited: bool = False,
+) -> str | None:
+    """Bring the alert of ``subject`` in line with ``verdict``; returns what happened
+    (``fired``, ``resolved``, ``updated``) or None. Call inside a transaction."""
+    current = await conn.fetchrow(_SELECT, subject.fingerprint)
+    if verdict.decision == Decision.fire:
+        if current is None:
+            if inhibited:
+                return None
+            row = await conn.fetchrow(
+                """INSERT INTO alerts (fingerprint, rule, subject, subject_kind, severity, status,
+                                       started_at, summary, details, updated_at)
+                   VALUES ($1, $2, $3, $4, $5, 'firing', $6, $7, $8::jsonb, $6)
+                   ON CONFLICT (fingerprint) WHERE status = 'firing' DO NOTHING
+                   RETURNING *""",
+                subject.fingerprint,
+                subject.rule,
+                subject.subject,
+                subject.kind,
+                verdict.severity.value,
+                now,
+                verdict.summary,
+                json.dumps(verdict.details, default=str),
+            )
+            if row is None:  # another worker fired it a moment ago
+                return None
+            await _event(conn, row, "firing", now, targets)
+            return "fired"
+        severity_changed = current["severity"] != verdict.severity.value
+        row = await conn.fetchrow(
+            """UPDATE alerts SET severity = $2, summary = $3, details = $4::jsonb, updated_at = $5
+               WHERE id = $1 RETURNING *""",
+            current["id"],
+            verdict.severity.value,
+            verdict.summary,
+            json.dumps(verdict.details, default=str),
+            now,
+        )
+        if severity_changed and row is not None:
+            await _event(conn, row, "updated", now, targets)
+            return "updated"
+        return None
+    if verdict.decision == Decision.resolve and current is not None:
+        row = await conn.fetchrow(
+            """UPDATE alerts SET status = 'resolved', resolved_at = $2, updated_at = $2
+               WHERE id = $1 RETURNING *""",
+            current["id"],
+            now,
+        )
+        assert row is not None
+        await _event(conn, row, "resolved", now, targets)
+        return "resolved"
+    return None
+
+
+async def acknowledge(
+    conn: asyncpg.Connection,
+    alert_id: int,
+    by: str,
+    now: datetime,
+    *,
+    targets: Targets | None = None,
+) -> asyncpg.Record | None:
+    """Acknowledge an alert (idempotent: a second acknowledgement changes nothing)."""
+    async with conn.transaction():
+        row = await conn.fetchrow("SELECT * FROM alerts WHERE id = $1 FOR UPDATE", alert_id)
+        if row is None:
+            return None
+        if row["acknowledged_at"] is not None:
+            return row
+        row = await conn.fetchrow(
+            """UPDATE alerts SET acknowledged_by = $2, acknowledged_at = $3, updated_at = $3
+               WHERE id = $1 RETURNING *""",
+            alert_id,
+            by,
+            now,
+        )
+        assert row is not None
+        await _event(conn, row, "acknowledged", now, targets)
+        return row
+
+
+async def firing(conn: asyncpg.Connection, rule: str | None = None) -> dict[str, asyncpg.Record]:
+    rows = await conn.fetch(
+        "SELECT * FROM alerts WHERE status = 'firing' AND ($1::text IS NULL OR rule = $1)", rule
+    )
+    return {r["fingerprint"]: r for r in rows}

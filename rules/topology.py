@@ -1,0 +1,105 @@
+"""What the rules engine derives from a network once: windows per meter, exchanges and
+reconciliation components per meter, rule settings per subject."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from core.network import Exchange, Meter, Network
+from rules.alerts import Rule, rule_config
+from rules.reconcile import Constraint, balance_constraint, exchange_constraint
+
+
+@dataclass(frozen=True)
+class Component:
+    """A connected part of the network with at least one balance: reconciled as a whole."""
+
+    id: str
+    meters: tuple[str, ...]
+    constraints: tuple[Constraint, ...]
+    window: timedelta
+
+
+@dataclass
+class Topology:
+    net: Network
+    version: str
+    tz: ZoneInfo
+    meters: dict[str, Meter]
+    meter_window: dict[str, timedelta]
+    exchanges: dict[str, Exchange]
+    exchanges_of: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    components: dict[str, Component] = field(default_factory=dict)
+    component_of: dict[str, str] = field(default_factory=dict)
+    counterpart: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def rule(self, rule: Rule, subject: str) -> Any:
+        """The settings of ``rule`` for an exchange or meter, overrides applied."""
+        if subject in self.exchanges:
+            return rule_config(rule, self.exchanges[subject].rules.get(rule))
+        return rule_config(rule, self.net.meter_rules.get(subject, {}).get(rule))
+
+    def unit(self, exchange_id: str) -> str:
+        from core.network import CANONICAL_UNIT
+
+        return CANONICAL_UNIT[self.exchanges[exchange_id].kind]
+
+
+def build_topology(net: Network, version: str = "") -> Topology:
+    topo = Topology(
+        net=net,
+        version=version,
+        tz=net.tz,
+        meters={m.id: m for m in net.meters},
+        meter_window=net.meter_windows(),
+        exchanges={e.id: e for e in net.exchanges},
+    )
+    for ex in net.exchanges:
+        for mid in (*ex.sent, *ex.received):
+            topo.exchanges_of[mid].append(ex.id)
+        for mid in ex.sent:
+            topo.counterpart.setdefault(mid, (ex.id, "received"))
+        for mid in ex.received:
+            topo.counterpart.setdefault(mid, (ex.id, "sent"))
+
+    # Components: union-find over meters linked by balances and exchanges; only the parts
+    # with a balance need a network reconciliation (a lone exchange is SPEC §5's formula).
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(items: list[str]) -> None:
+        for other in items[1:]:
+            parent[find(other)] = find(items[0])
+
+    for bal in net.balances:
+        union([*bal.in_, *bal.out])
+    for ex in net.exchanges:
+        union([*ex.sent, *ex.received])
+    groups: dict[str, list[str]] = defaultdict(list)
+    for mid in parent:
+        groups[find(mid)].append(mid)
+    for members in groups.values():
+        member_set = set(members)
+        balances = [b for b in net.balances if set(b.in_) & member_set]
+        if not balances:
+            continue
+        exchanges = [e for e in net.exchanges if set(e.sent) & member_set]
+        constraints = [balance_constraint(b.id, b.in_, b.out, b.loss) for b in balances] + [
+            exchange_constraint(e.id, e.sent, e.received, e.loss) for e in exchanges
+        ]
+        window = max([b.window for b in balances] + [e.window for e in exchanges])
+        cid = "+".join(sorted(b.id for b in balances))
+        topo.components[cid] = Component(cid, tuple(sorted(members)), tuple(constraints), window)
+        for mid in members:
+            topo.component_of[mid] = cid
+    return topo
