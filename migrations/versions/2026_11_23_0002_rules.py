@@ -19,7 +19,7 @@ UPGRADE = r"""
 -- components whose meter windows changed. Filled by the first stage, claimed FOR UPDATE
 -- SKIP LOCKED by any worker, so each is computed from committed meter windows, once.
 CREATE TABLE dirty_subjects (
-    kind         text NOT NULL CHECK (kind IN ('exchange', 'component')),
+    kind         text NOT NULL CHECK (kind IN ('exchange', 'component', 'meter')),
     subject      text NOT NULL,
     window_start timestamptz NOT NULL,
     version      bigint NOT NULL DEFAULT 1,
@@ -38,6 +38,8 @@ CREATE TABLE meter_windows (
     stuck         boolean NOT NULL DEFAULT false,
     negatives     integer NOT NULL DEFAULT 0,
     resets        integer NOT NULL DEFAULT 0,
+    reset_events  jsonb,
+    outliers      integer NOT NULL DEFAULT 0,
     first_ts      timestamptz,
     last_ts       timestamptz,
     computed_at   timestamptz NOT NULL DEFAULT now(),
