@@ -168,8 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(handler=_ingest)
 
     rules = sub.add_parser("rules", help="reconcile windows and raise alerts")
-    rules.add_argument("--once", action="store_true",
-                       help="process everything pending, then exit")
+    rules.add_argument("--once", action="store_true", help="process everything pending, then exit")
     rules.add_argument("--worker-id", default=None, help="name of this worker in claims")
     rules.set_defaults(handler=_rules)
 

@@ -328,7 +328,14 @@ def _cross_check(net: Network) -> list[str]:
 
 EXCHANGE_RULES = frozenset({"imbalance", "drift"})
 METER_RULES = frozenset(
-    {"meter_suspect", "meter_stale", "meter_stuck", "counter_reset", "negative_flow"}
+    {
+        "meter_suspect",
+        "meter_stale",
+        "meter_stuck",
+        "counter_reset",
+        "negative_flow",
+        "meter_spike",
+    }
 )
 
 
@@ -361,6 +368,7 @@ RULE_NAMES = frozenset(
         "meter_stuck",
         "counter_reset",
         "negative_flow",
+        "meter_spike",
         "rejections",
     }
 )

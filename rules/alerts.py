@@ -23,6 +23,7 @@ class Rule(StrEnum):
     meter_stuck = "meter_stuck"
     counter_reset = "counter_reset"
     negative_flow = "negative_flow"
+    meter_spike = "meter_spike"
     rejections = "rejections"
 
 
@@ -105,6 +106,12 @@ class NegativeFlowConfig:
 
 
 @dataclass(frozen=True)
+class SpikeConfig:
+    enabled: bool = True
+    clear_after: int = 1
+
+
+@dataclass(frozen=True)
 class RejectionsConfig:
     enabled: bool = True
     fraction: float = 0.01
@@ -119,6 +126,7 @@ RULE_CONFIG: dict[str, type] = {
     Rule.meter_stuck: StuckConfig,
     Rule.counter_reset: CounterResetConfig,
     Rule.negative_flow: NegativeFlowConfig,
+    Rule.meter_spike: SpikeConfig,
     Rule.rejections: RejectionsConfig,
 }
 

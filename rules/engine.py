@@ -687,6 +687,7 @@ class Engine:
                 for r in rows
             ]
             times = [w.end for w in mws]
+            outliers = [int(r["outliers"]) for r in rows]
 
             async def replay(
                 rule: Rule, timeline: list[tuple[datetime, Verdict]], meter_id: str = meter_id
@@ -807,6 +808,33 @@ class Engine:
                     Rule.negative_flow,
                     [(t, v) for (t, _), v in zip(with_data, verdicts, strict=True)],
                 )
+
+            # spikes: single readings far off their neighbours (left out of the quantity)
+            spike_cfg = topo.rule(Rule.meter_spike, meter_id)
+
+            def spike_verdict(
+                i: int,
+                run: int,
+                mws: list[MeterWindow] = mws,
+                outliers: list[int] = outliers,
+                meter_id: str = meter_id,
+            ) -> Verdict:
+                w = mws[i]
+                return Verdict(
+                    Decision.fire,
+                    Severity.warning,
+                    f"meter {meter_id} sent {outliers[i]} reading(s) far off its neighbours in "
+                    f"the window from {w.start:%Y-%m-%d %H:%M}Z (left out of the quantity)",
+                    {"window_start": w.start.isoformat(), "outliers": outliers[i]},
+                )
+
+            verdicts = flag_series(
+                [spike_cfg.enabled and n > 0 for n in outliers],
+                1,
+                spike_cfg.clear_after,
+                spike_verdict,
+            )
+            await replay(Rule.meter_spike, list(zip(times, verdicts, strict=True)))
 
             # suspects named by network reconciliation
             comp_id = topo.component_of.get(meter_id)

@@ -465,6 +465,26 @@ def _rate_integral(ts: FloatArray, r: FloatArray, at: FloatArray) -> FloatArray:
     return out
 
 
+SPIKE_FACTOR = 3.0
+
+
+def _rate_spikes(v: FloatArray, factor: float = SPIKE_FACTOR) -> BoolArray:
+    """Single rate readings far off their two neighbours, which agree with each other: more
+    than ``factor`` × above the larger or below the smaller (both neighbours positive and
+    within ``factor`` of each other). A real change of flow moves more than one reading."""
+    out = np.zeros(v.size, dtype=bool)
+    if v.size < 3:
+        return out
+    prev, mid, nxt = v[:-2], v[1:-1], v[2:]
+    lo = np.minimum(prev, nxt)
+    hi = np.maximum(prev, nxt)
+    steady = (lo > 0) & (hi <= factor * lo)
+    flagged = steady & ((mid > factor * hi) | (mid * factor < lo))
+    flagged[1:] &= ~flagged[:-1]
+    out[1:-1] = flagged
+    return out
+
+
 def rate_quantities(
     ts: npt.ArrayLike,
     value: npt.ArrayLike,
@@ -480,6 +500,11 @@ def rate_quantities(
     s = _slices(t, starts, ends)
     first, last = _first_last(t, s)
     none = _no_data(t, starts, ends)
+    spikes = _rate_spikes(v)
+    if spikes.any():  # integrate across a spike as if it were the mean of its neighbours
+        v = v.copy()
+        idx = np.flatnonzero(spikes)
+        v[idx] = 0.5 * (v[idx - 1] + v[idx + 1])
     if t.size < 2:
         quantity = np.full(starts.size, np.nan)
     else:
@@ -499,7 +524,7 @@ def rate_quantities(
         _stuck(v, s),
         s.counts(v < 0),
         zeros,
-        zeros.copy(),
+        s.counts(spikes),
         Resets.none(),
     )
 
