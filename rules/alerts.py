@@ -401,6 +401,7 @@ def drift_series(
     hi_n = lo_n = 0
     hi_sum = lo_sum = 0.0
     seen = False
+    firing = False
     for w in windows:
         if w.status in ("ok", "imbalance") and w.z is not None and math.isfinite(w.z):
             seen = True
@@ -422,7 +423,10 @@ def drift_series(
         if not seen:
             out.append(KEEP)
             continue
-        if hi > cfg.h or lo > cfg.h:
+        # hysteresis: once firing, it stays so until the CUSUM is back under half the limit
+        limit = cfg.h / 2 if firing else cfg.h
+        if hi > limit or lo > limit:
+            firing = True
             upper = hi >= lo
             value = hi if upper else lo
             since = hi_since if upper else lo_since
@@ -447,6 +451,7 @@ def drift_series(
                 )
             )
         else:
+            firing = False
             out.append(Verdict(Decision.resolve))
     return out
 

@@ -651,13 +651,7 @@ class Engine:
             meters.update(topo.components[cid].meters)
         if not meters:
             return
-        rules = (
-            Rule.meter_stale,
-            Rule.meter_stuck,
-            Rule.counter_reset,
-            Rule.negative_flow,
-            Rule.meter_suspect,
-        )
+        rules = [r for r in Rule if r not in (Rule.imbalance, Rule.drift, Rule.rejections)]
         states = await self._last_transition(conn, [f"{r}:{m}" for m in meters for r in rules])
         for meter_id in sorted(meters):
             meter = topo.meters.get(meter_id)
