@@ -1454,6 +1454,12 @@ class MqttPublisher:
         self.error: str | None = None
         self._since_pump = 0
         self._mqtt = mqtt
+        # Messages in flight, and those the broker answered "no matching subscribers"
+        # (MQTT 5 reason 0x10: ingest's subscription is not there yet, e.g. just after a
+        # broker restart): a careful device sends those again rather than dropping them.
+        self._in_flight: dict[int, tuple[str, bytes]] = {}
+        self._unheard: list[tuple[str, bytes]] = []
+        self._retry_at = 0.0
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id or f"symbiont-simulate-{uuid.uuid4().hex[:8]}",
@@ -1503,6 +1509,10 @@ class MqttPublisher:
     def _on_publish(
         self, client: object, userdata: object, mid: int, reason: object, properties: object
     ) -> None:
+        message = self._in_flight.pop(mid, None)
+        if getattr(reason, "value", 0) == NO_MATCHING_SUBSCRIBERS and message is not None:
+            self._unheard.append(message)  # still pending: sent again by pump()
+            return
         self.pending -= 1
         if getattr(reason, "is_failure", False):
             self.failed += 1
@@ -1513,6 +1523,12 @@ class MqttPublisher:
         """Run the network loop once: send, read PUBACKs, keep alive, reconnect if lost."""
         self._since_pump = 0
         rc = self.client.loop(timeout=timeout)
+        if self._unheard and self.connected and time.monotonic() >= self._retry_at:
+            again, self._unheard = self._unheard, []
+            self._retry_at = time.monotonic() + 0.5
+            for topic, payload in again:
+                info = self.client.publish(topic, payload, qos=self.qos)
+                self._in_flight[info.mid] = (topic, payload)
         if rc == self._mqtt.MQTT_ERR_SUCCESS:
             return
         self.connected = False
@@ -1525,10 +1541,13 @@ class MqttPublisher:
             self.pump(0.05)
         self.pending += 1
         info = self.client.publish(topic, payload, qos=self.qos)
+        if self.qos:
+            self._in_flight[info.mid] = (topic, payload)
         ok = info.rc == self._mqtt.MQTT_ERR_SUCCESS or (
             self.qos > 0 and info.rc == self._mqtt.MQTT_ERR_NO_CONN
         )
         if not ok:
+            self._in_flight.pop(info.mid, None)
             self.pending -= 1
             self.failed += 1
         self._since_pump += 1
@@ -1562,6 +1581,8 @@ class MqttPublisher:
         with contextlib.suppress(Exception):
             self.client.loop(timeout=0.1)
 
+
+NO_MATCHING_SUBSCRIBERS = 0x10
 
 ProgressCallback = Callable[[PublishResult], None]
 

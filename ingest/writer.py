@@ -216,9 +216,7 @@ class BatchWriter:
                 touched.add((meter_id, cut(ts.timestamp(), window_s)))
         if touched:
             ids, starts = zip(*sorted(touched), strict=True)
-            await conn.execute(
-                _DIRTY, list(ids), [datetime.fromtimestamp(s, UTC) for s in starts]
-            )
+            await conn.execute(_DIRTY, list(ids), [datetime.fromtimestamp(s, UTC) for s in starts])
 
     async def _record_rejections(
         self, conn: asyncpg.Connection, rejections: list[tuple[Message, Rejection]]
