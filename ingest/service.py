@@ -205,7 +205,12 @@ class IngestService:
                 if not announced:
                     log.warning("no network applied yet; run `symbiont network apply FILE`")
                     announced = True
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+            ) as exc:
                 log.warning("database not reachable (%s); retrying", exc)
             await _sleep_or_stop(stop, 2.0)
         return None
@@ -228,7 +233,12 @@ class IngestService:
                             log.info("network reloaded (%d meters)", len(index.meters))
                 finally:
                     await conn.close()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except (
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+            ):
                 pass  # the writer reports database trouble
 
     def _parser(self, index: NetworkIndex) -> Parser:
