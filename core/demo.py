@@ -29,7 +29,7 @@ from rich.console import Console
 from core.apply import apply_network
 from core.broker import LocalMosquitto
 from core.db import asyncpg_dsn, upgrade
-from core.network import load_network
+from core.network import Network, load_network
 from core.settings import Settings
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "kalundborg.yaml"
@@ -87,7 +87,7 @@ class Services:
 
     def check(self) -> None:
         for name, proc, _ in self.procs:
-            if proc.poll() is not None and name != "backfill":
+            if proc.poll() is not None:
                 raise RuntimeError(
                     f"{name} stopped (exit {proc.returncode}); see {self.logs / (name + '.log')}"
                 )
@@ -114,7 +114,11 @@ async def _status(dsn: str) -> dict[str, object]:
                           AS recent,
                       (SELECT count(*) FROM rejections) AS rejections,
                       (SELECT max(ts) FROM readings) AS latest,
-                      (SELECT count(*) FROM dirty_windows) AS dirty"""
+                      (SELECT count(*) FROM dirty_windows) AS dirty,
+                      (SELECT count(*) FROM exchange_windows) AS windows,
+                      (SELECT count(*) FROM exchange_windows WHERE status = 'imbalance')
+                          AS imbalanced,
+                      (SELECT count(*) FROM alerts WHERE status = 'firing') AS firing"""
         )
         return dict(row) if row else {}
     finally:
@@ -145,6 +149,21 @@ def _embedded(settings: Settings) -> Iterator[tuple[str, str]]:
             broker.stop()
 
 
+def _demo_faults(net: Network, now: datetime, days: int) -> list[str]:
+    """A leak in the past (so history has alerts) and a meter that goes quiet two minutes
+    into the live run (a `meter_stale` alert a few minutes after start)."""
+    exchanges = {e.id for e in net.exchanges}
+    meters = {m.id for m in net.meters}
+    faults = []
+    if "water-forsyning-equinor" in exchanges and days >= 3:
+        at = (now - timedelta(days=min(days, 12))).strftime("%Y-%m-%dT%H:%MZ")
+        faults.append(f"leak:water-forsyning-equinor:8%@{at}+2d")
+    if "novo-steam-in" in meters:
+        at = (now + timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%MZ")
+        faults.append(f"gap:novo-steam-in@{at}+30m")
+    return faults
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     network_file: Path = args.network or EXAMPLE
     net = load_network(network_file)
@@ -169,38 +188,26 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             services.start("ingest", "ingest")
             services.wait_log("ingest", "subscribed to", 60)
             console.print("ingest: subscribed (logs in .demo/logs/ingest.log)")
+            services.start("rules", "rules")
+            console.print("rules: reconciling as data arrives (logs in .demo/logs/rules.log)")
             now = datetime.now(UTC).replace(second=0, microsecond=0)
             start = now - timedelta(days=args.days)
+            faults = _demo_faults(net, now, args.days)
             console.print(
-                f"backfill: simulating {args.days} days of readings for {len(net.meters)} meters …"
+                f"simulator: {args.days} days of readings for {len(net.meters)} meters as a "
+                "backfill, then live; injected faults:"
             )
-            began = time.monotonic()
-            backfill = services.start(
-                "backfill",
-                "simulate",
-                str(network_file),
-                "--from",
-                start.isoformat(),
-                "--to",
-                now.isoformat(),
-                "--form",
-                "batch",
-            )
-            live_started = False
+            for fault in faults:
+                console.print(f"  --fault {fault}")
+            sim_args = ["simulate", str(network_file), "--from", start.isoformat()]
+            for fault in faults:
+                sim_args += ["--fault", fault]
+            services.start("simulate", *sim_args)
             deadline = None if args.duration is None else time.monotonic() + args.duration
             last: dict[str, object] = {}
             while deadline is None or time.monotonic() < deadline:
                 time.sleep(5)
                 services.check()
-                if backfill.poll() is not None and not live_started:
-                    if backfill.returncode != 0:
-                        raise RuntimeError("backfill failed; see .demo/logs/backfill.log")
-                    console.print(
-                        f"backfill: published in {time.monotonic() - began:.0f} s; "
-                        "starting the live simulator"
-                    )
-                    services.start("simulate", "simulate", str(network_file))
-                    live_started = True
                 status = asyncio.run(_status(dsn))
                 if status != last:
                     latest = status.get("latest")
@@ -208,7 +215,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                         f"[bold]{datetime.now():%H:%M:%S}[/] readings stored: "
                         f"{status['readings']:,} (+{status['recent']:,} in 10 s), "
                         f"rejected: {status['rejections']}, windows to reconcile: "
-                        f"{status['dirty']:,}, newest reading: "
+                        f"{status['dirty']:,}, exchange windows: {status['windows']:,} "
+                        f"({status['imbalanced']} imbalanced), alerts firing: "
+                        f"{status['firing']}, newest reading: "
                         f"{latest.isoformat() if isinstance(latest, datetime) else '-'}"
                     )
                     last = status

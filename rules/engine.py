@@ -697,13 +697,17 @@ class Engine:
 
             # stale: at each window end, the age of the newest reading so far (a meter that
             # never sent anything in the period looked at is not judged here)
+            # Only gaps with data after them are judged here: data may still be on its way
+            # for the time after the newest reading, and the live check (``periodic``)
+            # judges that edge by the wall clock and by what arrives.
             stale_cfg = topo.rule(Rule.meter_stale, meter_id)
+            newest = max((r["last_ts"] for r in rows if r["last_ts"] is not None), default=None)
             last: datetime | None = None
             timeline: list[tuple[datetime, Verdict]] = []
             for r in rows:
                 if r["last_ts"] is not None:
                     last = r["last_ts"]
-                if last is not None:
+                if last is not None and newest is not None and r["window_end"] <= newest:
                     timeline.append(
                         (
                             r["window_end"],
@@ -887,14 +891,17 @@ class Engine:
         topo = await self.topology_for(conn)
         if topo is None:
             return stats
-        last = {
-            r["meter_id"]: r["last"]
-            for r in await conn.fetch(
-                """SELECT meter_id, max(last_ts) AS last FROM meter_windows
-                   WHERE window_start > $1 GROUP BY meter_id""",
-                now - timedelta(days=7),
-            )
-        }
+        # A meter is stale when its newest reading is old AND nothing of it has arrived for
+        # as long (a backfill of old readings is data arriving, not silence).
+        last: dict[str, datetime] = {}
+        arrived: dict[str, datetime] = {}
+        for r in await conn.fetch(
+            """SELECT meter_id, max(last_ts) AS last, max(computed_at) AS arrived
+               FROM meter_windows WHERE window_start > $1 GROUP BY meter_id""",
+            now - timedelta(days=7),
+        ):
+            last[r["meter_id"]] = r["last"]
+            arrived[r["meter_id"]] = r["arrived"]
         applied = await conn.fetchval("SELECT applied_at FROM network LIMIT 1")
         async with conn.transaction():
             for meter_id, meter in topo.meters.items():
@@ -906,6 +913,16 @@ class Engine:
                     topo.rule(Rule.meter_stale, meter_id),
                     watched_since=applied,
                 )
+                if verdict.decision == Decision.fire and arrived.get(meter_id, now) < now:
+                    quiet = evaluate_stale(
+                        meter_id,
+                        arrived[meter_id],
+                        meter.interval,
+                        now,
+                        topo.rule(Rule.meter_stale, meter_id),
+                    )
+                    if quiet.decision != Decision.fire:
+                        continue  # old readings still arriving: a backfill, not silence
                 done = await lifecycle.apply_verdict(
                     conn,
                     lifecycle.Subject(Rule.meter_stale, meter_id, "meter"),
