@@ -684,7 +684,8 @@ def serial_elimination(
             break
         worst, worst_abs = -1, -1.0
         for pos, mr in enumerate(step.meters):
-            if mr.z is not None and abs(mr.z) > worst_abs:
+            # equal up to rounding is a tie (e.g. the two meters of a lone exchange)
+            if mr.z is not None and abs(mr.z) > worst_abs + 1e-9 * max(worst_abs, 1.0):
                 worst, worst_abs = pos, abs(mr.z)
         removed.append(kept.pop(worst))
 
