@@ -110,6 +110,7 @@ class Stats:
     exchange_windows: int = 0
     reconciliations: int = 0
     subjects: int = 0
+    deferred: int = 0
     alerts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def add(self, other: Stats) -> None:
@@ -117,6 +118,7 @@ class Stats:
         self.exchange_windows += other.exchange_windows
         self.reconciliations += other.reconciliations
         self.subjects += other.subjects
+        self.deferred += other.deferred
         for key, n in other.alerts.items():
             self.alerts[key] += n
 
@@ -196,6 +198,8 @@ class Engine:
             total.add(stage2)
             if not stage1.meter_windows and not stage2.subjects:
                 return total
+            if not stage1.meter_windows and stage2.deferred and not stage2.exchange_windows:
+                await asyncio.sleep(0.2)  # waiting for another worker's earlier windows
 
     # -- stage 1: meter windows ------------------------------------------------------------
 
@@ -303,20 +307,64 @@ class Engine:
                 work[r["kind"]][r["subject"]].add(r["window_start"])
             exchange_results = await self._exchanges(conn, topo, work["exchange"], now, stats)
             component_results = await self._components(conn, topo, work["component"], stats)
-            await self._meter_alerts(conn, topo, work["meter"], component_results, now, stats)
+            # Alerts are replayed over an unbroken history: a subject whose earlier windows
+            # are still pending (another worker holds them, or their readings are not yet
+            # turned into meter windows) waits, keeping its first and last rows for later.
+            keep: set[tuple[str, str, datetime]] = set()
+            meter_work = dict(work["meter"])
+            for meter_id, starts in list(meter_work.items()):
+                if await self._earlier_pending(conn, "meter", meter_id, [meter_id], starts):
+                    del meter_work[meter_id]
+                    keep |= {("meter", meter_id, min(starts)), ("meter", meter_id, max(starts))}
+            for ex_id, ex_starts in list(exchange_results.items()):
+                ex = topo.exchanges[ex_id]
+                if await self._earlier_pending(
+                    conn, "exchange", ex_id, [*ex.sent, *ex.received], set(ex_starts)
+                ):
+                    del exchange_results[ex_id]
+                    keep |= {
+                        ("exchange", ex_id, min(ex_starts)),
+                        ("exchange", ex_id, max(ex_starts)),
+                    }
+            stats.deferred = len(keep)
+            await self._meter_alerts(conn, topo, meter_work, component_results, now, stats)
             await self._exchange_alerts(conn, topo, exchange_results, now, stats)
+            done = [r for r in rows if (r["kind"], r["subject"], r["window_start"]) not in keep]
             await conn.execute(
                 """DELETE FROM dirty_subjects d
                    USING unnest($1::text[], $2::text[], $3::timestamptz[]) AS c(k, s, w)
                    WHERE d.kind = c.k AND d.subject = c.s AND d.window_start = c.w""",
-                [r["kind"] for r in rows],
-                [r["subject"] for r in rows],
-                [r["window_start"] for r in rows],
+                [r["kind"] for r in done],
+                [r["subject"] for r in done],
+                [r["window_start"] for r in done],
             )
             await conn.execute(
                 "SELECT pg_notify($1, $2)", WINDOWS_CHANNEL, str(stats.exchange_windows)
             )
         return stats
+
+    async def _earlier_pending(
+        self,
+        conn: asyncpg.Connection,
+        kind: str,
+        subject: str,
+        meters: Sequence[str],
+        starts: set[datetime],
+    ) -> bool:
+        """Is work on windows before the last of ``starts`` still pending elsewhere?"""
+        pending: bool = await conn.fetchval(
+            """SELECT EXISTS (SELECT 1 FROM dirty_subjects WHERE kind = $1 AND subject = $2
+                              AND window_start < $3
+                              AND NOT (window_start = ANY($4::timestamptz[])))
+                   OR EXISTS (SELECT 1 FROM dirty_windows WHERE meter_id = ANY($5::text[])
+                              AND window_start < $3)""",
+            kind,
+            subject,
+            max(starts),
+            list(starts),
+            list(meters),
+        )
+        return pending
 
     async def _meter_windows(
         self, conn: asyncpg.Connection, meters: Sequence[str], lo: datetime, hi: datetime

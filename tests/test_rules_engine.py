@@ -700,12 +700,6 @@ def test_alert_lifecycle_leak_acknowledge_stale_and_inhibition(database_url: str
     asyncio.run(go())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rules/engine.py stage2 replays an exchange's alerts over a history with a hole "
-    "while another worker still computes (uncommitted) earlier windows of it: with several "
-    "workers an alert can start or resolve at the wrong window, or never fire",
-)
 def test_alert_replay_waits_for_earlier_windows_of_other_workers(database_url: str) -> None:
     """Worker A holds the windows before 08:00 (its stage-2 transaction is open) while worker B
     processes the later ones: the leak's alert must still start at 06:00 as with one worker."""
