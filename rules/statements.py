@@ -1,0 +1,789 @@
+"""Monthly exchange statements (SPEC §7): pure computation, no I/O, no clock.
+
+A statement is one partner's account of one calendar month, cut in the network's time zone
+(``core.windows.month_bounds``: October 2026 in Europe/Copenhagen runs from
+``2026-10-01T00:00:00+02:00`` to ``2026-11-01T00:00:00+01:00``, 745 hours). Everything the
+statement needs comes in as arguments: the network model, the reconciled exchange windows
+(rows of ``exchange_windows``), alert counts, earlier issued months for adjustments, and the
+instants (``issued_at``, ``as_of``); nothing here reads the clock or the database.
+``rules.render`` turns a :class:`Statement` into JSON (with its content hash), CSV and PDF.
+
+Lines
+-----
+One line per exchange the partner takes part in (``role`` provider or receiver), in the order
+of the network file, also when no window has data (quantities 0, coverage 0).
+
+* A window belongs to the month of its **start**, and to the terms whose ``from`` date (local
+  midnight in the network's zone) is the latest one at or before its start.
+* ``sent`` / ``received``: Σ over the month's windows of the measured quantities (a side
+  without data in a window adds nothing).
+* ``billed`` by the exchange's ``billing`` (the ``basis`` of the line):
+
+  - ``received``: Σ ``received``;
+  - ``sent``: Σ ``sent``;
+  - ``reconciled``: Σ ``reconciled_received``, the receiver-side reconciled value x̂_R. The
+    receiver side is billed because it is what arrives and what the receiver can use; the
+    sent side differs from it only by the agreed transit loss, ``R̂ = (1 − loss)·Ŝ``, which by
+    contract is the provider's. Where a window has no reconciled value, its estimate with the
+    missing side unmeasured is used: ``received`` when only the sent side is missing (or the
+    reconciliation had no solution), ``(1 − loss)·sent`` when only the received side is
+    missing. A window with neither side adds nothing.
+
+  ``sent`` and ``received`` never estimate: a window without data on the billed side adds
+  nothing, and ``coverage`` shows how much of the month is behind the figure.
+* ``coverage``: the duration-weighted mean of the windows' coverage over the period of the
+  line (the month, or the part of it up to ``as_of`` for a draft); a missing window counts 0.
+  So an incomplete month has ``coverage < 1`` and is billed from what exists.
+* ``windows``: how many windows were summed.
+
+Terms that change during the month split the exchange into one line per terms period, each
+with its ``period`` (start and end); an unsplit line has ``period`` ``None``. Before an
+exchange's first terms (or without any) the quantities are reported with ``price`` ``None``
+and all money zero.
+
+Rounding (``decimal``, ``ROUND_HALF_UP``: halves away from zero)
+-------------------------------------------------------------
+1. Quantities are summed exactly (each float converted exactly to ``Decimal``) and rounded
+   to **3 decimals** of the canonical unit (kWh, litre, kg): ``sent``, ``received``,
+   ``billed``. Money is computed from the *rounded* ``billed``, so anyone can recompute a line
+   from the printed quantity and the printed factors.
+2. ``amount = round(billed × price, 2)``.
+3. Receiver: ``avoided_cost = round(billed × receiver_avoided_cost, 2)``,
+   ``savings = avoided_cost − amount``, ``co2_avoided_t = round(billed × receiver_avoided_co2,
+   3)``.
+   Provider: ``avoided_cost = round(billed × provider_avoided_cost, 2)``,
+   ``savings = amount + avoided_cost``, ``co2_avoided_t = round(billed × provider_avoided_co2,
+   3)``.
+   The line prints the factors it used (``price``, ``avoided_cost_per_unit``,
+   ``co2_per_unit_t``).
+4. CO2 in tonnes to **3 decimals** (kg).
+5. Coverage to 4 decimals, rounded **down**, so ``1.0000`` means every window is complete.
+6. Totals and adjustments are sums and differences of the rounded line values: no further
+   rounding, so a total always equals the sum of the column it totals.
+
+Totals
+------
+``receivable`` = Σ amount as provider, ``payable`` = Σ amount as receiver, ``net_amount`` =
+receivable − payable, ``avoided_cost``, ``net_savings`` = Σ savings, ``co2_avoided_t``; the
+same per kind (heat, water, material; every kind is present, zero when unused). Adjustments
+add to the totals of the statement they appear on (Δ amount to receivable or payable by role).
+
+Adjustments
+-----------
+An issued statement never changes. When data that arrives later changes an issued month, the
+month is recomputed and compared per exchange with what was billed (the issued statement plus
+any adjustments for that month already issued): :func:`billed_lines` summarises both,
+:func:`compute_adjustments` gives one :class:`Adjustment` per exchange that differs (Δ
+quantity, Δ amount, Δ avoided cost, Δ CO2, Δ savings, reason), and :func:`build_statement`
+puts them on the partner's next statement.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, localcontext
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from core.network import CANONICAL_UNIT, Billing, Exchange, Kind, Network, Terms
+from core.windows import local_midnight, month_bounds
+
+Role = Literal["provider", "receiver"]
+Status = Literal["draft", "issued"]
+Number = float | int | Decimal
+
+QUANTITY_PLACES = Decimal("0.001")
+MONEY_PLACES = Decimal("0.01")
+CO2_PLACES = Decimal("0.001")
+COVERAGE_PLACES = Decimal("0.0001")
+ZERO = Decimal(0)
+KINDS: tuple[Kind, ...] = (Kind.heat, Kind.water, Kind.material)
+
+# Sums of exactly converted floats need more digits than the default context (28): a float
+# near 1,000 has ~46 significant decimal digits. 100 digits keep every sum here exact.
+_EXACT_PREC = 100
+_MICRO = timedelta(microseconds=1)
+
+
+def _round(value: Decimal, places: Decimal, rounding: str = ROUND_HALF_UP) -> Decimal:
+    with localcontext() as ctx:
+        ctx.prec = _EXACT_PREC
+        out = value.quantize(places, rounding=rounding)
+    return out.copy_abs() if out.is_zero() else out  # never "-0.00"
+
+
+def _at_least(value: Decimal, places: int) -> Decimal:
+    """``value`` unchanged, shown with at least ``places`` decimals (25.0 → 25.00)."""
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and -exponent >= places:
+        return value
+    return value.quantize(Decimal(1).scaleb(-places))
+
+
+def _dec(value: Number) -> Decimal:
+    """An exact Decimal of a number (a float's exact binary value)."""
+    return value if isinstance(value, Decimal) else Decimal(value)
+
+
+def _finite(value: Number | None) -> Number | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Decimal) and not value.is_finite():
+        return None
+    return value
+
+
+def month_label(year: int, month: int) -> str:
+    return f"{year:04d}-{month:02d}"
+
+
+def parse_month(text: str) -> tuple[int, int]:
+    """``2026-10`` → ``(2026, 10)``."""
+    try:
+        year_s, month_s = text.split("-")
+        year, month = int(year_s), int(month_s)
+    except ValueError:
+        raise ValueError(f"bad month {text!r} (use YYYY-MM, e.g. 2026-10)") from None
+    if len(year_s) != 4 or len(month_s) != 2 or not 1 <= month <= 12:
+        raise ValueError(f"bad month {text!r} (use YYYY-MM, e.g. 2026-10)")
+    return year, month
+
+
+# ----------------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRow:
+    """One reconciled exchange window (a row of ``exchange_windows``), canonical unit.
+
+    ``sent``/``received`` are ``None`` when that side had no data; the reconciled values are
+    ``None`` when the reconciliation gave none. ``coverage`` is in [0, 1].
+    """
+
+    exchange_id: str
+    window_start: datetime
+    window_end: datetime
+    sent: Number | None
+    received: Number | None
+    reconciled_sent: Number | None = None
+    reconciled_received: Number | None = None
+    coverage: float = 1.0
+    status: str = "ok"
+
+    @classmethod
+    def from_mapping(cls, row: Mapping[str, Any]) -> WindowRow:
+        """From a database row or dict with the ``exchange_windows`` column names."""
+        return cls(
+            exchange_id=row["exchange_id"],
+            window_start=row["window_start"],
+            window_end=row["window_end"],
+            sent=row.get("sent"),
+            received=row.get("received"),
+            reconciled_sent=row.get("reconciled_sent"),
+            reconciled_received=row.get("reconciled_received"),
+            coverage=float(row.get("coverage") or 0.0),
+            status=str(row.get("status") or "ok"),
+        )
+
+
+# ---------------------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """[start, end) as aware instants."""
+
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StatementLine:
+    exchange: str
+    role: Role
+    counterparty: str
+    counterparty_name: str
+    kind: Kind
+    unit: str
+    period: Period | None  # set when the exchange's terms change within the month
+    sent: Decimal
+    received: Decimal
+    billed: Decimal
+    basis: Billing
+    coverage: Decimal
+    windows: int
+    price: Decimal | None  # None: no terms in force
+    avoided_cost_per_unit: Decimal | None
+    co2_per_unit_t: Decimal | None
+    amount: Decimal
+    avoided_cost: Decimal
+    co2_avoided_t: Decimal
+    savings: Decimal
+    alerts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Adjustment:
+    """A change to an issued month, shown on a later statement (all values are Δ)."""
+
+    month: str
+    exchange: str
+    role: Role
+    kind: Kind
+    unit: str
+    delta_quantity: Decimal
+    delta_amount: Decimal
+    delta_avoided_cost: Decimal
+    delta_co2_avoided_t: Decimal
+    delta_savings: Decimal
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    receivable: Decimal = Decimal("0.00")
+    payable: Decimal = Decimal("0.00")
+    avoided_cost: Decimal = Decimal("0.00")
+    net_savings: Decimal = Decimal("0.00")
+    co2_avoided_t: Decimal = Decimal("0.000")
+
+    @property
+    def net_amount(self) -> Decimal:
+        """What the partner receives net (negative: pays)."""
+        return self.receivable - self.payable
+
+    def add(
+        self,
+        role: Role,
+        amount: Decimal,
+        avoided_cost: Decimal,
+        savings: Decimal,
+        co2: Decimal,
+    ) -> Totals:
+        return Totals(
+            receivable=self.receivable + (amount if role == "provider" else ZERO),
+            payable=self.payable + (amount if role == "receiver" else ZERO),
+            avoided_cost=self.avoided_cost + avoided_cost,
+            net_savings=self.net_savings + savings,
+            co2_avoided_t=self.co2_avoided_t + co2,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    network: str
+    network_name: str
+    partner: str
+    partner_name: str
+    month: str
+    status: Status
+    issued_at: datetime | None
+    as_of: datetime | None  # drafts: the data cut (coverage counts up to here)
+    currency: str
+    timezone: str
+    period: Period
+    lines: tuple[StatementLine, ...]
+    adjustments: tuple[Adjustment, ...]
+    totals: Totals
+    totals_by_kind: Mapping[Kind, Totals] = field(default_factory=dict)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+# ------------------------------------------------------------------------------ computation
+
+
+def partner_exchanges(network: Network, partner: str) -> list[tuple[Exchange, Role]]:
+    """The exchanges ``partner`` takes part in, in network order, with its role."""
+    out: list[tuple[Exchange, Role]] = []
+    for ex in network.exchanges:
+        if ex.provider == partner:
+            out.append((ex, "provider"))
+        elif ex.receiver == partner:
+            out.append((ex, "receiver"))
+    return out
+
+
+def terms_periods(
+    exchange: Exchange, start: datetime, end: datetime, tz: ZoneInfo
+) -> list[tuple[Period, Terms | None]]:
+    """The terms in force over [start, end): each ``from`` holds from local midnight of its
+    date until the next one; before the first (or without any) there are no terms."""
+    edges: list[tuple[datetime | None, Terms | None]] = [(None, None)]
+    edges += [(local_midnight(t.from_, tz), t) for t in sorted(exchange.terms, key=_from)]
+    out: list[tuple[Period, Terms | None]] = []
+    for i, (begin, terms) in enumerate(edges):
+        following = edges[i + 1][0] if i + 1 < len(edges) else None
+        p_start = start if begin is None else max(start, begin)
+        p_end = end if following is None else min(end, following)
+        if p_start < p_end:
+            out.append((Period(p_start, p_end), terms))
+    return out
+
+
+def _from(terms: Terms) -> date:
+    return terms.from_
+
+
+def _billed_value(ex: Exchange, w: WindowRow) -> Decimal | None:
+    sent = _finite(w.sent)
+    received = _finite(w.received)
+    if ex.billing == Billing.sent:
+        return None if sent is None else _dec(sent)
+    if ex.billing == Billing.received:
+        return None if received is None else _dec(received)
+    reconciled = _finite(w.reconciled_received)
+    if reconciled is not None:
+        return _dec(reconciled)
+    if received is not None:
+        return _dec(received)
+    if sent is not None:
+        return (1 - Decimal(repr(ex.loss))) * _dec(sent)
+    return None
+
+
+def _money(
+    billed: Decimal, terms: Terms | None, role: Role
+) -> tuple[Decimal | None, Decimal | None, Decimal | None, Decimal, Decimal, Decimal, Decimal]:
+    """(price, avoided cost/unit, CO2/unit, amount, avoided_cost, co2_avoided_t, savings)."""
+    if terms is None:
+        zero_m = _round(ZERO, MONEY_PLACES)
+        return None, None, None, zero_m, zero_m, _round(ZERO, CO2_PLACES), zero_m
+    if role == "receiver":
+        cost_rate, co2_rate = terms.receiver_avoided_cost, terms.receiver_avoided_co2
+    else:
+        cost_rate, co2_rate = terms.provider_avoided_cost, terms.provider_avoided_co2
+    price = _at_least(terms.price, 2)
+    cost_rate = _at_least(cost_rate, 2)
+    co2_rate = _at_least(co2_rate, 3)
+    amount = _round(billed * price, MONEY_PLACES)
+    avoided_cost = _round(billed * cost_rate, MONEY_PLACES)
+    co2 = _round(billed * co2_rate, CO2_PLACES)
+    savings = avoided_cost - amount if role == "receiver" else amount + avoided_cost
+    return price, cost_rate, co2_rate, amount, avoided_cost, co2, savings
+
+
+def _exact_sum(values: Iterable[Decimal]) -> Decimal:
+    with localcontext() as ctx:
+        ctx.prec = _EXACT_PREC
+        total = Decimal(0)
+        for v in values:
+            total += v
+    return total
+
+
+def _coverage(rows: Sequence[WindowRow], period: Period, cut: datetime) -> Decimal:
+    span_end = min(period.end, cut)
+    span = (span_end - period.start) // _MICRO
+    if span <= 0:
+        return _round(ZERO, COVERAGE_PLACES)
+    weighted = []
+    for w in rows:
+        seconds = (min(w.window_end, span_end) - max(w.window_start, period.start)) // _MICRO
+        if seconds > 0:
+            cov = min(max(float(w.coverage), 0.0), 1.0) if math.isfinite(w.coverage) else 0.0
+            weighted.append(Decimal(cov) * seconds)
+    with localcontext() as ctx:
+        ctx.prec = _EXACT_PREC
+        value = min(_exact_sum(weighted) / span, Decimal(1))
+    return _round(value, COVERAGE_PLACES, ROUND_DOWN)
+
+
+def _check_aware(ts: datetime, what: str) -> None:
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        raise ValueError(f"{what} {ts.isoformat()} has no time zone")
+
+
+def _month_windows(
+    network: Network, partner: str, start: datetime, end: datetime, windows: Iterable[WindowRow]
+) -> dict[str, list[WindowRow]]:
+    """The partner's windows that start in [start, end), by exchange, sorted; no duplicates."""
+    wanted = {ex.id for ex, _ in partner_exchanges(network, partner)}
+    by_exchange: dict[str, list[WindowRow]] = {eid: [] for eid in wanted}
+    seen: set[tuple[str, datetime]] = set()
+    for w in windows:
+        if w.exchange_id not in wanted:
+            continue
+        _check_aware(w.window_start, "window_start")
+        _check_aware(w.window_end, "window_end")
+        if not start <= w.window_start < end:
+            continue
+        key = (w.exchange_id, w.window_start)
+        if key in seen:
+            raise ValueError(
+                f"window of {w.exchange_id} at {w.window_start.isoformat()} given twice"
+            )
+        seen.add(key)
+        by_exchange[w.exchange_id].append(w)
+    for rows in by_exchange.values():
+        rows.sort(key=lambda w: w.window_start)
+    return by_exchange
+
+
+def build_statement(
+    network: Network,
+    partner: str,
+    year: int,
+    month: int,
+    windows: Iterable[WindowRow],
+    *,
+    status: Status = "draft",
+    issued_at: datetime | None = None,
+    as_of: datetime | None = None,
+    alerts: Mapping[str, int] | None = None,
+    adjustments: Sequence[Adjustment] = (),
+) -> Statement:
+    """The statement of ``partner`` for ``year``-``month`` (see the module docstring).
+
+    ``windows`` may hold any exchange windows: only the partner's, starting in the month,
+    count. ``status="issued"`` needs ``issued_at``; a draft has none. ``as_of`` (a draft's
+    data cut, usually "now") limits the span that coverage is measured against. ``alerts``:
+    per exchange id, the number of alerts on it during the month (shown on each of its lines).
+    ``adjustments`` (for earlier months, from :func:`compute_adjustments`) are listed and
+    added to the totals.
+    """
+    if not 1 <= month <= 12:
+        raise ValueError(f"month must be 1-12, not {month}")
+    try:
+        who = network.partner(partner)
+    except StopIteration:
+        raise ValueError(f"unknown partner {partner!r}") from None
+    if status == "issued" and issued_at is None:
+        raise ValueError("an issued statement needs issued_at")
+    if status == "draft" and issued_at is not None:
+        raise ValueError("a draft has no issued_at")
+    if status not in ("draft", "issued"):
+        raise ValueError(f"status must be draft or issued, not {status!r}")
+    for ts, what in ((issued_at, "issued_at"), (as_of, "as_of")):
+        if ts is not None:
+            _check_aware(ts, what)
+    label = month_label(year, month)
+    for adj in adjustments:
+        if adj.month >= label:
+            raise ValueError(
+                f"adjustment for {adj.month} cannot appear on the statement of {label}"
+            )
+
+    tz = network.tz
+    start, end = month_bounds(year, month, tz)
+    cut = end if as_of is None else max(start, min(end, as_of))
+    by_exchange = _month_windows(network, partner, start, end, windows)
+    alert_counts = alerts or {}
+
+    lines: list[StatementLine] = []
+    for ex, role in partner_exchanges(network, partner):
+        other = ex.receiver if role == "provider" else ex.provider
+        periods = terms_periods(ex, start, end, tz)
+        rows = by_exchange[ex.id]
+        for period, terms in periods:
+            part = [w for w in rows if period.start <= w.window_start < period.end]
+            sent = _exact_sum(_dec(v) for w in part if (v := _finite(w.sent)) is not None)
+            received = _exact_sum(_dec(v) for w in part if (v := _finite(w.received)) is not None)
+            billed = _exact_sum(b for w in part if (b := _billed_value(ex, w)) is not None)
+            billed_q = _round(billed, QUANTITY_PLACES)
+            price, cost_rate, co2_rate, amount, avoided, co2, savings = _money(
+                billed_q, terms, role
+            )
+            lines.append(
+                StatementLine(
+                    exchange=ex.id,
+                    role=role,
+                    counterparty=other,
+                    counterparty_name=network.partner(other).name,
+                    kind=ex.kind,
+                    unit=CANONICAL_UNIT[ex.kind],
+                    period=period if len(periods) > 1 else None,
+                    sent=_round(sent, QUANTITY_PLACES),
+                    received=_round(received, QUANTITY_PLACES),
+                    billed=billed_q,
+                    basis=ex.billing,
+                    coverage=_coverage(part, period, cut),
+                    windows=len(part),
+                    price=price,
+                    avoided_cost_per_unit=cost_rate,
+                    co2_per_unit_t=co2_rate,
+                    amount=amount,
+                    avoided_cost=avoided,
+                    co2_avoided_t=co2,
+                    savings=savings,
+                    alerts=int(alert_counts.get(ex.id, 0)),
+                )
+            )
+
+    adjusted = tuple(sorted(adjustments, key=lambda a: (a.month, a.exchange)))
+    totals = Totals()
+    by_kind = {k: Totals() for k in KINDS}
+    for line in lines:
+        args = (line.role, line.amount, line.avoided_cost, line.savings, line.co2_avoided_t)
+        totals = totals.add(*args)
+        by_kind[line.kind] = by_kind[line.kind].add(*args)
+    for adj in adjusted:
+        args = (
+            adj.role,
+            adj.delta_amount,
+            adj.delta_avoided_cost,
+            adj.delta_savings,
+            adj.delta_co2_avoided_t,
+        )
+        totals = totals.add(*args)
+        by_kind[adj.kind] = by_kind[adj.kind].add(*args)
+
+    return Statement(
+        network=network.network,
+        network_name=network.name,
+        partner=partner,
+        partner_name=who.name,
+        month=label,
+        status=status,
+        issued_at=issued_at,
+        as_of=as_of,
+        currency=network.currency,
+        timezone=network.timezone,
+        period=Period(start, end),
+        lines=tuple(lines),
+        adjustments=adjusted,
+        totals=totals,
+        totals_by_kind=by_kind,
+    )
+
+
+# ------------------------------------------------------------------------------ adjustments
+
+
+@dataclass(frozen=True, slots=True)
+class BilledLine:
+    """What a statement billed for one exchange in one month (split lines summed)."""
+
+    month: str
+    exchange: str
+    role: Role
+    kind: Kind
+    unit: str
+    billed: Decimal
+    amount: Decimal
+    avoided_cost: Decimal
+    co2_avoided_t: Decimal
+    savings: Decimal
+
+    def plus(self, adj: Adjustment) -> BilledLine:
+        return BilledLine(
+            month=self.month,
+            exchange=self.exchange,
+            role=self.role,
+            kind=self.kind,
+            unit=self.unit,
+            billed=self.billed + adj.delta_quantity,
+            amount=self.amount + adj.delta_amount,
+            avoided_cost=self.avoided_cost + adj.delta_avoided_cost,
+            co2_avoided_t=self.co2_avoided_t + adj.delta_co2_avoided_t,
+            savings=self.savings + adj.delta_savings,
+        )
+
+
+def billed_lines(statement: Statement | Mapping[str, Any]) -> list[BilledLine]:
+    """Per exchange, what ``statement`` billed: from a :class:`Statement` or its JSON document
+    (as stored when issued; decimals as strings)."""
+    out: dict[str, BilledLine] = {}
+    if isinstance(statement, Statement):
+        month = statement.month
+        items = [
+            (
+                ln.exchange,
+                ln.role,
+                ln.kind,
+                ln.unit,
+                (ln.billed, ln.amount, ln.avoided_cost, ln.co2_avoided_t, ln.savings),
+            )
+            for ln in statement.lines
+        ]
+    else:
+        month = str(statement["month"])
+        items = []
+        for ln in statement["lines"]:
+            role: Role = "provider" if ln["role"] == "provider" else "receiver"
+            b, a, c, co2, sv = (
+                Decimal(str(ln[k]))
+                for k in ("billed", "amount", "avoided_cost", "co2_avoided_t", "savings")
+            )
+            items.append(
+                (str(ln["exchange"]), role, Kind(ln["kind"]), str(ln["unit"]), (b, a, c, co2, sv))
+            )
+    for exchange, role, kind, unit, (billed, amount, avoided, co2, savings) in items:
+        before = out.get(exchange)
+        if before is None:
+            out[exchange] = BilledLine(
+                month, exchange, role, kind, unit, billed, amount, avoided, co2, savings
+            )
+        else:
+            out[exchange] = BilledLine(
+                month,
+                exchange,
+                role,
+                kind,
+                unit,
+                before.billed + billed,
+                before.amount + amount,
+                before.avoided_cost + avoided,
+                before.co2_avoided_t + co2,
+                before.savings + savings,
+            )
+    return list(out.values())
+
+
+def adjustments_from_document(doc: Mapping[str, Any]) -> list[Adjustment]:
+    """The adjustments listed on a statement's JSON document."""
+    return [
+        Adjustment(
+            month=str(a["month"]),
+            exchange=str(a["exchange"]),
+            role="provider" if a["role"] == "provider" else "receiver",
+            kind=Kind(a["kind"]),
+            unit=str(a["unit"]),
+            delta_quantity=Decimal(str(a["delta_quantity"])),
+            delta_amount=Decimal(str(a["delta_amount"])),
+            delta_avoided_cost=Decimal(str(a["delta_avoided_cost"])),
+            delta_co2_avoided_t=Decimal(str(a["delta_co2_avoided_t"])),
+            delta_savings=Decimal(str(a["delta_savings"])),
+            reason=str(a["reason"]),
+        )
+        for a in doc.get("adjustments", ())
+    ]
+
+
+def with_adjustments(
+    lines: Sequence[BilledLine], adjustments: Iterable[Adjustment]
+) -> list[BilledLine]:
+    """``lines`` (what an issued statement billed) plus the adjustments already issued for
+    the same month and exchange on later statements: the baseline for the next comparison."""
+    out = {(ln.month, ln.exchange): ln for ln in lines}
+    for adj in adjustments:
+        key = (adj.month, adj.exchange)
+        base = out.get(key)
+        if base is None:
+            zero = ZERO
+            base = BilledLine(
+                adj.month, adj.exchange, adj.role, adj.kind, adj.unit, zero, zero, zero, zero, zero
+            )
+        out[key] = base.plus(adj)
+    return list(out.values())
+
+
+REASON_QUANTITY = "late or corrected meter data changed the billed quantity"
+REASON_TERMS = "terms changed"
+REASON_NEW = "exchange not on the issued statement"
+
+
+def compute_adjustments(
+    billed_before: Sequence[BilledLine],
+    billed_now: Sequence[BilledLine],
+    *,
+    reason: str | None = None,
+) -> list[Adjustment]:
+    """One adjustment per (month, exchange) whose recomputed values differ from those billed.
+
+    ``billed_before``: what was billed (see :func:`with_adjustments`); ``billed_now``: the
+    same months recomputed (``billed_lines(build_statement(...))``). An exchange that is not
+    in the recomputation (retired from the network) is left as billed. ``reason`` overrides
+    the derived one (quantity changed, terms changed, new exchange).
+    """
+    before = {(ln.month, ln.exchange): ln for ln in billed_before}
+    out: list[Adjustment] = []
+    for now in billed_now:
+        key = (now.month, now.exchange)
+        old = before.get(key)
+        zero = ZERO
+        if old is None:
+            old = BilledLine(
+                now.month, now.exchange, now.role, now.kind, now.unit, zero, zero, zero, zero, zero
+            )
+            why = REASON_NEW
+        else:
+            why = REASON_QUANTITY if now.billed != old.billed else REASON_TERMS
+        deltas = (
+            now.billed - old.billed,
+            now.amount - old.amount,
+            now.avoided_cost - old.avoided_cost,
+            now.co2_avoided_t - old.co2_avoided_t,
+            now.savings - old.savings,
+        )
+        if all(d.is_zero() for d in deltas):
+            continue
+        dq, da, dc, dco2, ds = (d.copy_abs() if d.is_zero() else d for d in deltas)
+        out.append(
+            Adjustment(
+                month=now.month,
+                exchange=now.exchange,
+                role=now.role,
+                kind=now.kind,
+                unit=now.unit,
+                delta_quantity=dq,
+                delta_amount=da,
+                delta_avoided_cost=dc,
+                delta_co2_avoided_t=dco2,
+                delta_savings=ds,
+                reason=reason or why,
+            )
+        )
+    out.sort(key=lambda a: (a.month, a.exchange))
+    return out
+
+
+# ----------------------------------------------------------------------------- daily series
+
+
+@dataclass(frozen=True, slots=True)
+class DailySeries:
+    """Daily sums of one exchange over a month, by local day of the window's start.
+
+    ``sent``/``received`` hold ``None`` for a day without any data on that side.
+    """
+
+    exchange: str
+    role: Role
+    kind: Kind
+    unit: str
+    days: tuple[date, ...]
+    sent: tuple[float | None, ...]
+    received: tuple[float | None, ...]
+
+
+def daily_series(
+    network: Network, partner: str, year: int, month: int, windows: Iterable[WindowRow]
+) -> list[DailySeries]:
+    """Per exchange of ``partner`` (network order), daily sent and received in ``month``, the
+    days cut in the network's time zone (for the statement's chart)."""
+    tz = network.tz
+    start, end = month_bounds(year, month, tz)
+    by_exchange = _month_windows(network, partner, start, end, windows)
+    first = date(year, month, 1)
+    days = tuple(first + timedelta(days=i) for i in range((end.astimezone(tz).date() - first).days))
+    index = {d: i for i, d in enumerate(days)}
+    out: list[DailySeries] = []
+    for ex, role in partner_exchanges(network, partner):
+        sent: list[list[float]] = [[] for _ in days]
+        received: list[list[float]] = [[] for _ in days]
+        for w in by_exchange[ex.id]:
+            i = index[w.window_start.astimezone(tz).date()]
+            if (s := _finite(w.sent)) is not None:
+                sent[i].append(float(s))
+            if (r := _finite(w.received)) is not None:
+                received[i].append(float(r))
+        out.append(
+            DailySeries(
+                exchange=ex.id,
+                role=role,
+                kind=ex.kind,
+                unit=CANONICAL_UNIT[ex.kind],
+                days=days,
+                sent=tuple(math.fsum(v) if v else None for v in sent),
+                received=tuple(math.fsum(v) if v else None for v in received),
+            )
+        )
+    return out
