@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from core import logs
 from core.db import ConfigError
@@ -102,6 +103,75 @@ def _rules(args: argparse.Namespace, settings: Settings) -> int:
     return run(settings, once=args.once, worker_id=args.worker_id)
 
 
+def _statements_issue(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import UTC, datetime
+
+    from core.apply import load_applied
+    from core.db import connect
+    from rules.issue import issue_month
+    from rules.statements import parse_month
+
+    year, month = parse_month(args.month)
+
+    async def go() -> list[Any]:
+        conn = await connect(settings.database_url, application_name="symbiont-cli")
+        try:
+            net = await load_applied(conn)
+            if net is None:
+                raise ValueError("no network applied yet: run `symbiont network apply FILE`")
+            return await issue_month(conn, net, year, month, datetime.now(UTC))
+        finally:
+            await conn.close()
+
+    for item in asyncio.run(go()):
+        state = "issued" if item.new else "already issued"
+        print(f"{item.partner} {item.month}: {state}, content hash {item.content_hash}")
+    return 0
+
+
+def _statements_show(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import UTC, datetime
+
+    from core.apply import load_applied
+    from core.db import connect
+    from rules import render
+    from rules.issue import document_for, render_pdf_for
+    from rules.statements import parse_month
+
+    parse_month(args.month)  # a clear error for a bad month before anything else
+
+    async def go() -> bytes:
+        conn = await connect(settings.database_url, application_name="symbiont-cli")
+        try:
+            net = await load_applied(conn)
+            if net is None:
+                raise ValueError("no network applied yet: run `symbiont network apply FILE`")
+            if args.partner not in {p.id for p in net.partners}:
+                raise ValueError(f"unknown partner '{args.partner}'")
+            doc, csv, pdf = await document_for(
+                conn, net, args.partner, args.month, datetime.now(UTC)
+            )
+            if args.format == "csv":
+                return csv or render.render_csv(doc).encode()
+            if args.format == "pdf":
+                return pdf or await render_pdf_for(conn, net, doc)
+            return render.render_json(doc)
+        finally:
+            await conn.close()
+
+    data = asyncio.run(go())
+    if args.output:
+        Path(args.output).write_bytes(data)
+        print(f"wrote {args.output} ({len(data):,} bytes)", file=sys.stderr)
+    elif args.format == "pdf" and sys.stdout.isatty():
+        raise ValueError("a PDF is binary: use --output FILE (or redirect stdout)")
+    else:
+        sys.stdout.buffer.write(data)
+        if args.format == "json":
+            sys.stdout.buffer.write(b"\n")
+    return 0
+
+
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     from core import simulate
 
@@ -177,6 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate_module.add_arguments(simulate)
     simulate.set_defaults(handler=_simulate)
+
+    statements = sub.add_parser("statements", help="monthly statements").add_subparsers(
+        dest="statements", required=True
+    )
+    issue = statements.add_parser("issue", help="issue every partner's statement for a month")
+    issue.add_argument("month", help="YYYY-MM, in the network's time zone")
+    issue.set_defaults(handler=_statements_issue)
+    show = statements.add_parser("show", help="a partner's statement (issued, else the draft)")
+    show.add_argument("partner")
+    show.add_argument("month", help="YYYY-MM")
+    show.add_argument("--format", choices=("json", "csv", "pdf"), default="json")
+    show.add_argument("--output", "-o", default=None, help="write to this file")
+    show.set_defaults(handler=_statements_show)
 
     imp = sub.add_parser("import", help="backfill readings from a CSV file")
     imp.add_argument("csv", type=Path, help="CSV with columns meter, ts, value[, unit]")
