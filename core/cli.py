@@ -119,7 +119,7 @@ def _statements_issue(args: argparse.Namespace, settings: Settings) -> int:
             net = await load_applied(conn)
             if net is None:
                 raise ValueError("no network applied yet: run `symbiont network apply FILE`")
-            return await issue_month(conn, net, year, month, datetime.now(UTC))
+            return await issue_month(conn, net, year, month, datetime.now(UTC), settings=settings)
         finally:
             await conn.close()
 

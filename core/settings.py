@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from email.utils import parseaddr
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,7 +36,20 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     webhook_secret: str | None = None
-    smtp_url: str | None = None
+    # Statement mail (SPEC §7, rules/notify.py): sent only when smtp_url is set.
+    #   smtp://[user[:password]@]host[:port]           port 25, STARTTLS if the server offers it
+    #   smtp+starttls://[user[:password]@]host[:port]  port 587, STARTTLS required
+    #   smtps://[user[:password]@]host[:port]          port 465, implicit TLS
+    # user and password are percent-decoded; credentials are never sent unencrypted to a
+    # host other than the loopback.
+    smtp_url: str | None = Field(
+        default=None, description="smtp://user:pass@host:port, smtp+starttls:// or smtps://"
+    )
+    smtp_from: str | None = Field(
+        default=None,
+        description="From of statement mail, e.g. 'Park billing <billing@park.example>';"
+        " default: the SMTP user if it is an address, else symbiont@<this host's FQDN>",
+    )
 
     # Integrations (SPEC §6): where alert events go and how the outbox delivers them (see
     # rules/notify.py).  webhook_secret above: whsec_<base64 key>, or any other text whose
@@ -83,6 +97,36 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {value!r}")
         return value.strip().rstrip("/")
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _check_smtp(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        parts = urlsplit(value)
+        if parts.scheme not in SMTP_SCHEMES or not parts.hostname:
+            shown = f"{parts.scheme}://{parts.hostname or ''}"
+            raise ValueError(f"not an smtp://, smtp+starttls:// or smtps:// URL: {shown!r}")
+        try:
+            parts.port  # noqa: B018 (raises on a bad port)
+        except ValueError as exc:
+            raise ValueError(f"bad port in SMTP URL: {exc}") from None
+        return value
+
+    @field_validator("smtp_from")
+    @classmethod
+    def _check_smtp_from(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        _, address = parseaddr(value)
+        if "@" not in address or "\r" in value or "\n" in value:
+            raise ValueError(f"not a mail address: {value!r}")
+        return value
+
+
+SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")
 
 
 @lru_cache(maxsize=1)

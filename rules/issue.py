@@ -3,6 +3,7 @@ with adjustments for issued months whose data changed), delivery through the out
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Any
 import asyncpg
 
 from core.network import Network, parse_duration
+from core.settings import Settings
 from core.windows import month_bounds
 from rules import render
 from rules.statements import (
@@ -148,9 +150,16 @@ async def issue_month(
     year: int,
     month: int,
     now: datetime,
+    *,
+    settings: Settings | None = None,
 ) -> list[Issued]:
     """Issue every partner's statement for the month (idempotent: an issued one is left as
-    it is and nothing is sent again)."""
+    it is and nothing is sent again).
+
+    Each new statement is enqueued for delivery in its own transaction (``_enqueue_delivery``):
+    the MQTT notice, the partner's webhook, and, when ``settings`` configure SMTP, a mail to
+    the partner's address(es).  Without ``settings`` no mail is sent: callers that should mail
+    pass the service's settings."""
     label = month_label(year, month)
     _, end = month_bounds(year, month, net.tz)
     if now < end:
@@ -196,7 +205,9 @@ async def issue_month(
                 csv,
                 pdf,
             )
-            await _enqueue_delivery(conn, net, partner.id, label, statement_id, doc)
+            await _enqueue_delivery(
+                conn, net, partner.id, label, statement_id, doc, settings=settings
+            )
             out.append(Issued(partner.id, label, doc["content_hash"], True))
             log.info("issued statement %s %s (%s)", partner.id, label, doc["content_hash"][:12])
     return out
@@ -209,10 +220,20 @@ async def _enqueue_delivery(
     label: str,
     statement_id: int,
     doc: dict[str, Any],
+    *,
+    settings: Settings | None = None,
 ) -> None:
+    """Outbox rows for a new statement, keyed ``statement-<id>``: the MQTT notice and webhook
+    carry the document; a mail row (one per recipient address, only when SMTP is configured)
+    carries just the statement's id, the sender reads the PDF and CSV when it sends."""
     from rules import notify
 
     who = net.partner(partner)
+    max_age = (
+        timedelta(hours=settings.notify_max_age_h)
+        if settings is not None
+        else notify.DEFAULT_MAX_AGE
+    )
     notice = {
         "event": "statement.issued",
         "partner": partner,
@@ -225,12 +246,34 @@ async def _enqueue_delivery(
     deliveries: list[tuple[str, str]] = [("mqtt", STATEMENTS_TOPIC.format(partner=partner))]
     if who.webhook:
         deliveries.append(("webhook", who.webhook))
+    event_key = f"statement-{statement_id}"
     await notify.enqueue(
         conn,
-        event_key=f"statement-{statement_id}",
+        event_key=event_key,
         payload={**notice, "document": doc},
         deliveries=deliveries,
+        max_age=max_age,
     )
+    if settings is not None and settings.smtp_url and who.email:
+        recipients = mail_recipients(who.email)
+        if not recipients:
+            log.warning("partner %s: no usable mail address in %r", partner, who.email)
+        await notify.enqueue(
+            conn,
+            event_key=event_key,
+            payload={k: notice[k] for k in ("event", "partner", "month", "statement_id")}
+            | {"content_hash": doc["content_hash"]},
+            deliveries=[(notify.Channel.mail, address) for address in recipients],
+            max_age=max_age,
+        )
+
+
+def mail_recipients(field: str) -> list[str]:
+    """A partner's ``email`` as outbox targets: one bare address each (the field may hold
+    several, comma-separated, bare or as ``Name <address>``), so each is delivered and
+    retried on its own."""
+    found = (address.strip() for _, address in email.utils.getaddresses([field]))
+    return list(dict.fromkeys(a for a in found if "@" in a and not any(c.isspace() for c in a)))
 
 
 def previous_month(now: datetime, net: Network) -> tuple[int, int]:
@@ -240,7 +283,12 @@ def previous_month(now: datetime, net: Network) -> tuple[int, int]:
 
 
 async def issue_due(
-    conn: asyncpg.Connection, net: Network, now: datetime, grace: str
+    conn: asyncpg.Connection,
+    net: Network,
+    now: datetime,
+    grace: str,
+    *,
+    settings: Settings | None = None,
 ) -> list[Issued]:
     """Issue last month's statements once its grace period has passed."""
     year, month = previous_month(now, net)
@@ -252,7 +300,8 @@ async def issue_due(
     )
     if done >= len(net.partners):
         return []
-    return [i for i in await issue_month(conn, net, year, month, now) if i.new]
+    issued = await issue_month(conn, net, year, month, now, settings=settings)
+    return [i for i in issued if i.new]
 
 
 def utcnow() -> datetime:

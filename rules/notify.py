@@ -1,4 +1,4 @@
-"""Deliver alert (and later statement) events to integrations through the transactional outbox.
+"""Deliver alert and statement events to integrations through the transactional outbox.
 
 Producers call ``enqueue`` (or ``enqueue_alert_event``) inside the transaction that records the
 event, so an event is announced if and only if it happened, and once per (event, channel,
@@ -23,6 +23,14 @@ target) thanks to the outbox's unique key.  ``Notifier`` workers then deliver:
   What leaves the process (``webhook-timestamp``, Alertmanager ``endsAt``) uses the wall clock,
   since receivers compare it with theirs.
 
+Issued statements (rules/issue.py) go out as a signed webhook, a retained MQTT notice and, when
+SMTP is configured (``smtp_url``), a mail per recipient address with the PDF and CSV attached.
+A mail row's payload names the statement; the sender reads the stored PDF and CSV at send
+time, so the outbox stays small.  SMTP replies 4xx and connection trouble are retried, 5xx
+fail at once; the ``Message-ID`` is derived from the outbox row, the same on every retry, so a
+receiving system can drop the duplicate left by a crash between the server's 250 and our
+commit.
+
 Alertmanager forgets a firing alert once its ``endsAt`` passes, so firing alerts must be
 re-sent periodically (as Prometheus does): ``resend_firing_to_alertmanager`` posts every firing
 alert with ``endsAt = now + 4 × alertmanager_resend_s``; ``Notifier.run`` calls it every
@@ -35,18 +43,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import ipaddress
 import logging
 import random
+import re
 import secrets
+import smtplib
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from email.message import EmailMessage
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Self
-from urllib.parse import urlsplit
+from typing import Any, Literal, Self
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 import httpx
@@ -75,6 +90,7 @@ class Channel(StrEnum):
     webhook = "webhook"  # target: the URL
     alertmanager = "alertmanager"  # target: the base URL (…/api/v2/alerts is appended)
     mqtt = "mqtt"  # target: the topic
+    mail = "mail"  # target: one recipient address (statements only; needs smtp_url)
 
 
 class AlertEvent(StrEnum):
@@ -580,6 +596,275 @@ def _topic_problem(topic: str) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------------------------- mail
+
+SmtpSecurity = Literal["starttls-if-offered", "starttls", "tls"]
+_SMTP_SECURITY: dict[str, tuple[SmtpSecurity, int]] = {
+    "smtp": ("starttls-if-offered", 25),
+    "smtp+starttls": ("starttls", 587),
+    "smtps": ("tls", 465),
+}
+STATEMENT_SUBJECT = "Exchange statement {month} — {name}"
+
+
+@dataclass(frozen=True)
+class SmtpServer:
+    """Where statement mail goes, from ``smtp_url`` (see core/settings.py for the forms)."""
+
+    host: str
+    port: int
+    security: SmtpSecurity
+    user: str | None = None
+    password: str | None = None
+
+    @property
+    def where(self) -> str:  # never the credentials
+        return f"{self.host}:{self.port}"
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_smtp_url(url: str) -> SmtpServer:
+    """``smtp://``, ``smtp+starttls://`` or ``smtps://`` ``[user[:password]@]host[:port]``."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in _SMTP_SECURITY or not parts.hostname:
+        raise ValueError("expected smtp://, smtp+starttls:// or smtps://[user[:pass]@]host[:port]")
+    security, default_port = _SMTP_SECURITY[parts.scheme]
+    return SmtpServer(
+        host=parts.hostname,
+        port=parts.port or default_port,
+        security=security,
+        user=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+    )
+
+
+def mail_sender(settings: Settings, server: SmtpServer) -> str:
+    """The From: ``smtp_from``, else the SMTP user if it is an address, else
+    ``symbiont@<this host's FQDN>``."""
+    if settings.smtp_from:
+        return settings.smtp_from
+    if server.user and mail_address(server.user):
+        return server.user
+    return f"symbiont@{socket.getfqdn()}"
+
+
+def mail_address(target: str) -> str | None:
+    """The bare address of one recipient (``a@b.example`` or ``Name <a@b.example>``), or
+    ``None`` if ``target`` is not exactly one plausible address."""
+    if "\r" in target or "\n" in target:
+        return None
+    found = email.utils.getaddresses([target])
+    if len(found) != 1:
+        return None
+    address = found[0][1]
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain or any(c.isspace() for c in address):
+        return None
+    return address
+
+
+def mail_message_id(row: OutboxRow, sender: str) -> str:
+    """A ``Message-ID`` that is the same on every attempt of the outbox row."""
+    domain = email.utils.parseaddr(sender)[1].rpartition("@")[2] or "symbiont.invalid"
+    key = re.sub(r"[^A-Za-z0-9._-]", "-", row.event_key)
+    return f"<symbiont.outbox-{row.id}.{key}@{domain}>"
+
+
+def _amount(value: Any) -> str:
+    try:
+        return f"{Decimal(str(value)):,.2f}"
+    except (InvalidOperation, ValueError):
+        return str(value)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def statement_mail(
+    doc: Mapping[str, Any],
+    *,
+    csv: bytes,
+    pdf: bytes,
+    sender: str,
+    recipient: str,
+    message_id: str,
+    date: datetime | None = None,
+) -> EmailMessage:
+    """The mail of one issued statement: totals and content hash in a plain-text body, the
+    stored PDF and CSV attached as ``statement-<partner>-<month>.pdf|.csv``."""
+    partner, month, currency = str(doc["partner"]), str(doc["month"]), str(doc["currency"])
+    name = _one_line(doc.get("partner_name") or partner)
+    totals = doc["totals"]
+    period = doc.get("period") or {}
+    rows = [
+        ("Receivable", _amount(totals["receivable"]), currency),
+        ("Payable", _amount(totals["payable"]), currency),
+        ("Net amount", _amount(totals["net_amount"]), currency),
+        ("Avoided cost", _amount(totals["avoided_cost"]), currency),
+        ("Net savings", _amount(totals["net_savings"]), currency),
+        ("CO2 avoided", str(totals["co2_avoided_t"]), "t"),
+    ]
+    width = max(len(value) for _, value, _ in rows)
+    body = [
+        f"Exchange statement of {name} ({partner}) for {month}",
+        f"Network: {_one_line(doc.get('network_name') or doc.get('network') or '')}",
+        f"Period: {period.get('start', '')} to {period.get('end', '')} ({doc.get('timezone')})",
+        f"Issued: {doc.get('issued_at')}",
+        "",
+        *(f"  {label + ':':<14}{value:>{width}} {unit}" for label, value, unit in rows),
+        "",
+        f"Exchanges: {len(doc.get('lines') or [])}; "
+        f"adjustments to earlier months: {len(doc.get('adjustments') or [])}",
+        f"Content hash (SHA-256 of the JSON document): {doc['content_hash']}",
+        "",
+        "The statement is attached as PDF and CSV. This message was sent automatically;",
+        "an issued statement never changes, later corrections appear as adjustments on the",
+        "next one.",
+    ]
+    message = EmailMessage()
+    message["Subject"] = STATEMENT_SUBJECT.format(month=month, name=name)
+    message["From"] = sender
+    message["To"] = recipient
+    message["Date"] = email.utils.format_datetime(date or datetime.now(UTC))
+    message["Message-ID"] = message_id
+    message["Auto-Submitted"] = "auto-generated"
+    message["X-Symbiont-Statement"] = f"{partner} {month}"
+    message.set_content("\n".join(body) + "\n")
+    stem = f"statement-{partner}-{month}"
+    message.add_attachment(pdf, maintype="application", subtype="pdf", filename=f"{stem}.pdf")
+    message.add_attachment(
+        csv, maintype="text", subtype="csv", filename=f"{stem}.csv", params={"charset": "utf-8"}
+    )
+    return message
+
+
+def _smtp_reply(code: int, message: bytes | str, what: str) -> Outcome:
+    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+    error = f"{what}: {code} {_one_line(text)[:300]}".rstrip()
+    if 400 <= code < 500:
+        return Outcome.retry(error, code)
+    if 500 <= code < 600:
+        return Outcome.fail(error, code)
+    return Outcome.retry(error, code if code > 0 else None)
+
+
+def classify_smtp_error(exc: BaseException, where: str) -> Outcome:
+    """4xx replies, lost or refused connections and timeouts are worth retrying; 5xx replies,
+    a server that lacks what we require (STARTTLS, AUTH) and a certificate that does not
+    verify are final."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        refused = list(exc.recipients.items())
+        if not refused:
+            return Outcome.retry(f"{where} refused the recipients")
+        code = min(code for _, (code, _) in refused)  # a 4xx among them: worth retrying
+        detail = "; ".join(
+            f"{rcpt}: {c} {m.decode('utf-8', 'replace') if isinstance(m, bytes) else m}"
+            for rcpt, (c, m) in refused
+        )
+        return _smtp_reply(code, detail, f"{where} refused the recipient")
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return _smtp_reply(exc.smtp_code, exc.smtp_error, f"{where} ({type(exc).__name__})")
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        if isinstance(exc.__context__, TimeoutError):  # smtplib's wording for a timeout
+            return Outcome.retry(f"timeout waiting for {where}: {exc.__context__}")
+        return Outcome.retry(f"lost the connection to {where}: {exc}")
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        return Outcome.fail(f"{where}: {exc}")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Outcome.fail(f"{where}: TLS certificate does not verify: {exc.verify_message}")
+    if isinstance(exc, TimeoutError):
+        return Outcome.retry(f"timeout talking to {where}")
+    if isinstance(exc, OSError):
+        return Outcome.retry(f"{type(exc).__name__} talking to {where}: {exc}")
+    if isinstance(exc, smtplib.SMTPException):  # e.g. no AUTH method in common
+        return Outcome.fail(f"{where}: {exc}")
+    raise exc
+
+
+def _smtp_send(
+    server: SmtpServer,
+    message: EmailMessage,
+    sender: str,
+    recipients: list[str],
+    timeout_s: float,
+) -> None:
+    """Blocking: connect, secure, authenticate, send; raises what smtplib raises.
+
+    ``timeout_s`` bounds the whole exchange, not each step, so the thread is done before the
+    notifier's guard gives up on the attempt (a thread still sending after the attempt was
+    recorded as failed would make the retry a duplicate)."""
+    deadline = time.monotonic() + timeout_s
+    context = ssl.create_default_context()
+    client: smtplib.SMTP
+    if server.security == "tls":
+        client = smtplib.SMTP_SSL(server.host, server.port, timeout=timeout_s, context=context)
+    else:
+        client = smtplib.SMTP(server.host, server.port, timeout=timeout_s)
+
+    def budget() -> None:  # what is left of timeout_s, for the next step
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no answer from {server.where} within {timeout_s:g} s")
+        if client.sock is not None:
+            client.sock.settimeout(left)
+
+    try:
+        budget()
+        client.ehlo()
+        secure = server.security == "tls"
+        if not secure and (server.security == "starttls" or client.has_extn("starttls")):
+            if not client.has_extn("starttls"):
+                raise smtplib.SMTPNotSupportedError("the server does not offer STARTTLS")
+            client.starttls(context=context)
+            budget()
+            client.ehlo()
+            secure = True
+        if server.user:
+            if not secure and not server.loopback:
+                raise smtplib.SMTPNotSupportedError(
+                    "refusing to send SMTP credentials unencrypted: the server offers no"
+                    " STARTTLS (use smtps:// or a server that does)"
+                )
+            budget()
+            client.login(server.user, server.password or "")
+        budget()
+        client.send_message(message, from_addr=sender, to_addrs=recipients)
+        # Sent: whatever QUIT says changes nothing (an error now must not cause a resend), and
+        # waiting for it must not outlast the attempt.
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            if client.sock is not None:
+                client.sock.settimeout(0.5)
+            client.quit()
+    finally:
+        client.close()
+
+
+async def send_mail(
+    server: SmtpServer,
+    message: EmailMessage,
+    *,
+    sender: str,
+    recipients: list[str],
+    timeout_s: float,
+) -> Outcome:
+    """Send ``message`` through ``server`` (smtplib in a worker thread; ``timeout_s`` per
+    network operation) and classify what happened."""
+    try:
+        await asyncio.to_thread(_smtp_send, server, message, sender, recipients, timeout_s)
+    except (smtplib.SMTPException, OSError) as exc:
+        return classify_smtp_error(exc, server.where)
+    return Outcome.success(250)
+
+
 # ------------------------------------------------------------------------------ notifier
 
 CLAIM = """
@@ -627,12 +912,22 @@ class Notifier:
                 self.key = webhook.secret_key(settings.webhook_secret)
             except webhook.InvalidSecret as exc:
                 raise ConfigError(f"SYMBIONT_WEBHOOK_SECRET: {exc}") from None
+        self.smtp: SmtpServer | None = None
+        self.mail_from = ""
+        if settings.smtp_url:
+            try:
+                self.smtp = parse_smtp_url(settings.smtp_url)
+            except ValueError as exc:
+                raise ConfigError(f"SYMBIONT_SMTP_URL: {exc}") from None
+            self.mail_from = mail_sender(settings, self.smtp)
         self.senders: dict[str, Sender] = {
             Channel.webhook: self._send_webhook,
             Channel.alertmanager: self._send_alertmanager,
             Channel.mqtt: self._send_mqtt,
-            **(senders or {}),
         }
+        if self.smtp is not None:
+            self.senders[Channel.mail] = self._send_mail
+        self.senders.update(senders or {})
         self.pool: asyncpg.Pool | None = None
         self.http: httpx.AsyncClient | None = None
         self.mqtt: MqttPublisher | None = None
@@ -848,6 +1143,38 @@ class Notifier:
             orjson.dumps(row.payload),
             retain=True,
             ack_within_s=self.settings.notify_timeout_s,
+        )
+
+    async def _send_mail(self, row: OutboxRow) -> Outcome:
+        server = self.smtp
+        if server is None:
+            return Outcome.fail("no SMTP server configured (SYMBIONT_SMTP_URL)")
+        recipient = mail_address(row.target)
+        if recipient is None:
+            return Outcome.fail(f"invalid target: not a mail address: {row.target!r}")
+        statement_id = row.payload.get("statement_id")
+        if not isinstance(statement_id, int) or isinstance(statement_id, bool):
+            return Outcome.fail("not a statement event: mail carries statements only")
+        async with self._require_pool().acquire() as conn:
+            stored = await conn.fetchrow(
+                "SELECT document, csv, pdf FROM statements WHERE id = $1", statement_id
+            )
+        if stored is None:
+            return Outcome.fail(f"statement {statement_id} does not exist")
+        message = statement_mail(
+            orjson.loads(stored["document"]),
+            csv=bytes(stored["csv"]),
+            pdf=bytes(stored["pdf"]),
+            sender=self.mail_from,
+            recipient=row.target,
+            message_id=mail_message_id(row, self.mail_from),
+        )
+        return await send_mail(
+            server,
+            message,
+            sender=email.utils.parseaddr(self.mail_from)[1],
+            recipients=[recipient],
+            timeout_s=self.settings.notify_timeout_s,
         )
 
     # -- service --------------------------------------------------------------------------
