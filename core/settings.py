@@ -5,7 +5,7 @@ from __future__ import annotations
 from email.utils import parseaddr
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
@@ -28,6 +28,9 @@ class Settings(BaseSettings):
 
     ingest_client_id: str = "symbiont-ingest"
     ingest_share_group: str = "symbiont"
+    # "5" (default: the in-flight window is bounded by Receive Maximum) or "3.1.1" (cheaper
+    # per message; the broker's max_inflight_messages must then be configured)
+    ingest_mqtt_protocol: Literal["5", "3.1.1"] = "5"
     ingest_batch_readings: int = Field(default=20000, ge=1)
     ingest_batch_wait_ms: float = Field(default=20.0, ge=0)
     ingest_queue_messages: int = Field(default=60000, ge=100)

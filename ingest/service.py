@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 import orjson
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -66,12 +66,17 @@ def parse_mqtt_url(url: str | None) -> MqttTarget:
 
 
 def mqtt_client(
-    target: MqttTarget, client_id: str, *, manual_ack: bool = False, **kwargs: Any
+    target: MqttTarget,
+    client_id: str,
+    *,
+    manual_ack: bool = False,
+    protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5,
+    **kwargs: Any,
 ) -> mqtt.Client:
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
-        protocol=mqtt.MQTTv5,
+        protocol=protocol,
         manual_ack=manual_ack,
         **kwargs,
     )
@@ -175,6 +180,24 @@ class IngestService:
         self.pending.append(Message(parsed, now, msg.mid, msg.qos, self.generation, msg.dup))
 
     def _start_mqtt(self) -> mqtt.Client:
+        if self.settings.ingest_mqtt_protocol == "3.1.1":
+            # MQTT 3.1.1 costs paho about half as much per message as MQTT 5 (no properties
+            # to parse); the broker's max_inflight_messages then bounds what ingest holds
+            # unacknowledged, so configure it (the shipped configs lift it).
+            client = mqtt_client(
+                self.target,
+                self.client_id,
+                manual_ack=True,
+                protocol=MQTTProtocolVersion.MQTTv311,
+                clean_session=False,
+            )
+            client.on_connect = self._on_connect
+            client.on_disconnect = self._on_disconnect
+            client.on_message = self._on_message
+            client.reconnect_delay_set(min_delay=1, max_delay=10)
+            client.connect_async(self.target.host, self.target.port, keepalive=30)
+            client.loop_start()
+            return client
         client = mqtt_client(self.target, self.client_id, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
