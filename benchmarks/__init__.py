@@ -1,0 +1,1 @@
+"""Benchmarks (``make bench``): figures for BENCHMARKS.md, measured, not asserted as tests."""

@@ -1,0 +1,1254 @@
+"""Ingest throughput, latency and memory against a real Mosquitto and PostgreSQL.
+
+Broker, consumers and PostgreSQL share this machine. Every figure is QoS 1 with the
+acknowledgement after the commit, and every drain checks that all readings were stored.
+
+Backlog drain (separates the publisher's CPU from the consumer's): each consumer first opens
+its persistent session (a shared subscription to ``symbiont/readings/#``, QoS 1) and leaves;
+the backlog is published while it is offline and queues in the broker (one publish feeds
+every session); then the consumer starts alone and is timed until it has taken everything.
+
+- raw paho: ``benchmarks.clients raw``, a subscriber doing nothing but ``json.loads``, MQTT 5
+  (ingest's protocol) and MQTT 3.1.1; the rate is N / (last message − connect).
+- ingest: ``symbiont ingest`` as a subprocess; the rate is N / (max − min ``received_at``)
+  over the stored readings (``received_at`` is each batch's transaction start), and the
+  wall time runs from the process start to the last commit (its NOTIFY on ``symbiont_dirty``).
+- naive (optional): ``benchmarks.clients naive``, one INSERT and commit per message.
+
+Latency: ingest runs live while ``benchmarks.clients pace`` publishes single-reading
+messages at a steady rate, each carrying its publish time as its value. Every batch's
+commit NOTIFYs once; the k-th notification belongs to the k-th distinct ``received_at``, so
+a reading's latency is its batch's notification arrival minus its publish time.
+
+Peak memory is VmHWM from ``/proc/<pid>/status`` just before each process is stopped.
+CPU seconds of every process involved, and of the whole machine, are read from /proc, so a
+run disturbed by other work on the box says so. The publishers are ``QoS1Publisher`` (4 µs of
+CPU per message in bulk, 20–30 µs paced) rather than paho (about 100 µs): they share the cores
+too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import platform
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.clients import QoS1Publisher, create_session, vm_hwm_kib  # noqa: E402
+from core.apply import apply_network  # noqa: E402
+from core.db import asyncpg_dsn  # noqa: E402
+from core.network import parse_network  # noqa: E402
+from core.settings import Settings  # noqa: E402
+from tests.services import (  # noqa: E402
+    Mosquitto,
+    create_database,
+    create_migrated_template,
+    drop_database,
+    system_postgres_url,
+)
+
+NOTIFY_CHANNEL = "symbiont_dirty"
+PARTNER = "bench"
+METER_PREFIX = "bench-m"
+INTERVAL_S = 60
+SECTION = "## Ingest throughput (issue: ingestion pipeline)"
+TARGET_MSGS = 15_000.0
+TARGET_READINGS = 150_000.0
+
+
+class BenchError(RuntimeError):
+    """A benchmark step failed; the message says which and why."""
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_")
+
+
+def log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------- options
+
+
+@dataclass
+class Options:
+    messages: int = 200_000  # single-reading backlog
+    batch_messages: int = 20_000  # backlog of multi-reading messages
+    readings_per_message: int = 100
+    naive_messages: int = 10_000  # 0 skips the naive baseline
+    latency_seconds: float = 20.0  # 0 skips the latency run
+    latency_rate: float | None = None  # default: half the measured single-reading rate
+    meters: int = 100
+    autosave_interval: int = 1  # Mosquitto's, as in tests.services
+    raw_v311: bool = True  # also drain with a raw MQTT 3.1.1 subscriber
+    quiet_wait: float = 5.0  # before each measurement, wait up to this long for an idle box
+    write: Path | None = ROOT / "BENCHMARKS.md"
+    command: str = ""
+    ingest_env: dict[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- environment
+
+
+def bench_network(meters: int) -> dict[str, Any]:
+    return {
+        "network": "bench",
+        "name": "Ingest benchmark",
+        "timezone": "UTC",
+        "partners": [{"id": PARTNER, "name": "Benchmark partner"}],
+        "meters": [
+            {
+                "id": f"{METER_PREFIX}{i:03d}",
+                "partner": PARTNER,
+                "kind": "heat",
+                "reading": "total",
+                "unit": "MWh",
+                "uncertainty": 0.02,
+                "interval": INTERVAL_S,
+            }
+            for i in range(meters)
+        ],
+    }
+
+
+class Databases:
+    """A migrated template on the system PostgreSQL and fresh databases cloned from it."""
+
+    def __init__(self, meters: int) -> None:
+        self.admin = system_postgres_url()
+        self.tag = f"{os.getpid()}_{secrets.token_hex(3)}"
+        self.template = f"symbiont_bench_tpl_{self.tag}"
+        self.created: list[str] = []
+        self.network = parse_network(bench_network(meters))
+        create_migrated_template(self.admin, self.template)
+
+    def fresh(self, label: str) -> str:
+        name = f"symbiont_bench_{label}_{self.tag}"
+        url = create_database(self.admin, name, template=self.template)
+        self.created.append(name)
+        asyncio.run(self._apply(url))
+        return url
+
+    async def _apply(self, url: str) -> None:
+        conn = await asyncpg.connect(asyncpg_dsn(url))
+        try:
+            await apply_network(conn, self.network)
+        finally:
+            await conn.close()
+
+    def close(self) -> None:
+        for name in [*self.created, self.template]:
+            with contextlib.suppress(Exception):
+                drop_database(self.admin, name)
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds a live process has used, None if it cannot be read."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> float | None:
+    """CPU seconds all cores of this machine have spent busy since boot (/proc/stat)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.25) -> None:
+    """Wait (at most ``max_wait`` s) until the machine was busy for less than ``threshold``
+    cores over the last second: other work on the box skews every figure."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        before = machine_busy()
+        time.sleep(1.0)
+        busy = _delta(machine_busy(), before)
+        if busy is None or busy < threshold:
+            return
+        if time.monotonic() >= deadline:
+            log(f"the machine is still busy ({busy:.2f} cores of other work); measuring anyway")
+            return
+
+
+def _delta(after: float | None, before: float | None) -> float | None:
+    return None if after is None or before is None else after - before
+
+
+class Backend:
+    """The PostgreSQL backend serving a connection with ``application_name``, found through
+    pg_stat_activity (its CPU is readable when the server runs on this machine)."""
+
+    def __init__(self, url: str, application_name: str) -> None:
+        self.url = url
+        self.application_name = application_name
+        self.pid: int | None = None
+        self._next = 0.0
+
+    def poll(self) -> None:
+        if self.pid is not None or time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + 0.2
+        rows = fetch(
+            self.url,
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+            self.application_name,
+        )
+        if rows:
+            self.pid = rows[0]["pid"]
+
+    def cpu_seconds(self) -> float | None:
+        return cpu_seconds(self.pid)
+
+
+def fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    async def go() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(asyncpg_dsn(url))
+        try:
+            rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+            return rows
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+class Listener:
+    """LISTENs on ``symbiont_dirty`` in a thread of its own; records each notification's
+    arrival time and payload (the batch's inserted count)."""
+
+    def __init__(self, url: str) -> None:
+        self.dsn = asyncpg_dsn(url)
+        self.events: list[tuple[float, int]] = []
+        self.total = 0
+        self.target = math.inf
+        self.reached = threading.Event()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="listener", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait(15)
+        if self._error is not None:
+            raise BenchError(f"LISTEN failed: {self._error}")
+
+    def expect(self, total: int) -> None:
+        self.target = total
+        if self.total >= total:
+            self.reached.set()
+
+    def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        now = time.time()
+        n = int(payload or 0)
+        self.events.append((now, n))
+        self.total += n
+        if self.total >= self.target:
+            self.reached.set()
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                await conn.add_listener(NOTIFY_CHANNEL, self._notified)
+                self._ready.set()
+                await self._stop.wait()
+            finally:
+                await conn.close()
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+
+    def progress_wait(
+        self, stall_s: float, alive: Callable[[], bool], tick: Callable[[], None] | None = None
+    ) -> bool:
+        """Wait until the expected total arrived; False if nothing came for ``stall_s`` or
+        ``alive()`` turned false. ``tick()`` is called every 0.1 s meanwhile."""
+        last_total, last_change = self.total, time.monotonic()
+        while not self.reached.wait(0.1):
+            if tick is not None:
+                tick()
+            if self.total != last_total:
+                last_total, last_change = self.total, time.monotonic()
+            elif time.monotonic() - last_change > stall_s or not alive():
+                return self.reached.is_set()
+        return True
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+class Ingest:
+    """``symbiont ingest`` as a subprocess, logging to a file."""
+
+    def __init__(
+        self, broker: Mosquitto, database_url: str, client_id: str, opts: Options, log_path: Path
+    ) -> None:
+        self.env = dict(os.environ)
+        for key in ("SYMBIONT_METRICS_PORT", "SYMBIONT_LOG_JSON"):
+            self.env.pop(key, None)
+        self.env.update(opts.ingest_env)
+        self.env.update(
+            SYMBIONT_DATABASE_URL=database_url,
+            SYMBIONT_MQTT_URL=broker.url,
+            SYMBIONT_INGEST_CLIENT_ID=client_id,
+            SYMBIONT_LOG_LEVEL="INFO",
+        )
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self._log_offset = 0
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as out:
+            self._log_offset = out.tell()
+            self.started_at = time.time()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "core.cli", "ingest"],
+                cwd=ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+            )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_connected(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.connected():
+                return
+            if not self.alive():
+                break
+            time.sleep(0.05)
+        raise BenchError(f"ingest did not connect:\n{self.log_tail()}")
+
+    def connected(self) -> bool:
+        """Whether it has logged its connection to the broker since it was started."""
+        with self.log_path.open("rb") as handle:
+            handle.seek(self._log_offset)
+            return b"connected to mqtt://" in handle.read()
+
+    def vm_hwm_kib(self) -> int | None:
+        return vm_hwm_kib(self.proc.pid) if self.alive() and self.proc is not None else None
+
+    def cpu_seconds(self) -> float | None:
+        return cpu_seconds(self.proc.pid) if self.alive() and self.proc is not None else None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log_path.read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def run_client(
+    role: str, *args: str, timeout: float = 900.0, tick: Callable[[], None] | None = None
+) -> tuple[dict[str, Any], float]:
+    """Run ``benchmarks.clients ROLE``; its JSON result and the time it was started.
+
+    ``tick()`` is called every 0.1 s while it runs."""
+    started = time.time()
+    with subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.clients", role, *args],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            if tick is not None:
+                tick()
+            time.sleep(0.1)
+        if proc.poll() is None:
+            proc.kill()
+        out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise BenchError(f"benchmarks.clients {role} failed:\n{err.decode()[-3000:]}")
+    result: dict[str, Any] = orjson.loads(out.splitlines()[-1])
+    return result, started
+
+
+# -------------------------------------------------------------------------------- backlog
+
+
+def readings_start(per_meter: int) -> int:
+    """Epoch second of every meter's first reading: the last one lands a day before now."""
+    now = int(time.time()) // INTERVAL_S * INTERVAL_S
+    return now - per_meter * INTERVAL_S - 86400
+
+
+def backlog(n: int, per_message: int, meters: int) -> Iterator[tuple[str, bytes]]:
+    """``n`` messages of ``per_message`` readings (a JSON object, or an array of them),
+    round-robin over the meters; every (meter, ts) is distinct, 60 s apart per meter."""
+    per_meter_msgs = -(-n // meters)
+    start = readings_start(per_meter_msgs * per_message)
+    stamps = [
+        datetime.fromtimestamp(start + k * INTERVAL_S, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for k in range(per_meter_msgs * per_message)
+    ]
+    topics = [f"symbiont/readings/{PARTNER}/{METER_PREFIX}{m:03d}" for m in range(meters)]
+    for j in range(n):
+        first = (j // meters) * per_message
+        items = [
+            {"ts": stamps[k], "value": round(1000.0 + k * 0.25, 3)}
+            for k in range(first, first + per_message)
+        ]
+        yield topics[j % meters], orjson.dumps(items[0] if per_message == 1 else items)
+
+
+def publish_backlog(url: str, n: int, per_message: int, meters: int) -> float:
+    """Publish the backlog at QoS 1 and wait for every PUBACK; returns the seconds taken."""
+    pub = QoS1Publisher(url, f"bench-publisher-{secrets.token_hex(3)}")
+    started = time.perf_counter()
+    chunk: list[tuple[bytes, bytes]] = []
+    try:
+        for topic, payload in backlog(n, per_message, meters):
+            chunk.append((topic.encode(), payload))
+            if len(chunk) >= 200:
+                pub.publish(chunk)
+                chunk = []
+        if chunk:
+            pub.publish(chunk)
+        if not pub.wait_acked(120) or pub.acked < n:
+            raise BenchError(f"only {pub.acked} of {n} PUBACKs arrived ({pub.error or 'timeout'})")
+    finally:
+        pub.close()
+    return time.perf_counter() - started
+
+
+# -------------------------------------------------------------------------------- results
+
+
+@dataclass
+class DrainResult:
+    workload: str
+    consumer: str
+    messages: int
+    readings: int
+    seconds: float  # the timed span the rate is computed over
+    wall_s: float  # from process start to the last message / commit
+    peak_kib: int | None
+    stored: int | None = None  # readings found in the database
+    rejected: int | None = None
+    batches: int | None = None
+    cpu_consumer: float | None = None  # CPU seconds of the consumer process
+    cpu_backend: float | None = None  # of its PostgreSQL backend (ingest only)
+    cpu_broker: float | None = None  # of Mosquitto while this consumer drained
+    cpu_machine: float | None = None  # of the whole machine (all processes) meanwhile
+    cpu_startup: float | None = None  # of the consumer until it connected to the broker
+
+    @property
+    def cpu_others(self) -> float | None:
+        """CPU seconds of everything else while this consumer drained."""
+        if self.cpu_machine is None:
+            return None
+        ours = (self.cpu_consumer or 0.0) + (self.cpu_backend or 0.0) + (self.cpu_broker or 0.0)
+        return max(0.0, self.cpu_machine - ours)
+
+    @property
+    def msg_rate(self) -> float:
+        return self.messages / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def msgs_per_cpu_s(self) -> float | None:
+        """Messages per CPU second the consumer process spent after connecting: about what
+        it could manage with a core of its own and nothing to wait for."""
+        if self.cpu_consumer is None:
+            return None
+        spent = self.cpu_consumer - (self.cpu_startup or 0.0)
+        return self.messages / spent if spent > 0 else None
+
+    @property
+    def reading_rate(self) -> float:
+        return self.readings / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class LatencyResult:
+    target_rate: float
+    achieved_rate: float
+    published: int
+    stored: int
+    batches: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    max_behind_s: float
+    peak_kib: int | None
+    cpu_ingest: float | None  # while the publisher ran and ingest caught up
+    cpu_publisher: float | None
+    cpu_machine: float | None  # all processes, same span
+    span_s: float  # wall time of that span
+
+
+@dataclass
+class Report:
+    drains: list[DrainResult] = field(default_factory=list)
+    latency: LatencyResult | None = None
+    load_before: str = ""
+    load_after: str = ""
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------- cases
+
+
+RAW_CONSUMERS = (
+    ("5", "raw paho MQTT 5 + json.loads"),
+    ("3.1.1", "raw paho MQTT 3.1.1 + json.loads"),
+)
+INGEST = "symbiont ingest"
+
+
+def drain_raw(
+    quiet: float,
+    broker: Mosquitto,
+    workload: str,
+    n: int,
+    per_message: int,
+    protocol: str,
+    label: str,
+    client_id: str,
+    group: str,
+) -> DrainResult:
+    wait_quiet(quiet)
+    log(f"{workload}: {label} draining")
+    broker_cpu = cpu_seconds(broker.pid)
+    busy = machine_busy()
+    raw, started = run_client(
+        "raw", "--url", broker.url, "--client-id", client_id, "--group", group,
+        "--n", str(n), "--protocol", protocol,
+    )  # fmt: skip
+    if not raw["complete"]:
+        raise BenchError(f"{label} received {raw['received']} of {n} messages")
+    result = DrainResult(
+        workload, label, n, n * per_message,
+        seconds=raw["last_at"] - raw["connect_at"],
+        wall_s=raw["last_at"] - started,
+        peak_kib=raw["vm_hwm_kib"],
+        cpu_consumer=raw["cpu_s"],
+        cpu_startup=raw["startup_cpu_s"],
+        cpu_broker=_delta(cpu_seconds(broker.pid), broker_cpu),
+        cpu_machine=_delta(machine_busy(), busy),
+    )  # fmt: skip
+    log(f"{workload}: {label} {result.msg_rate:,.0f} msg/s")
+    return result
+
+
+def drain_case(
+    dbs: Databases, opts: Options, workload: str, n: int, per_message: int, workdir: Path
+) -> list[DrainResult]:
+    """The raw paho subscribers and ingest drain the same backlog, published once while all
+    of them are offline, one after the other."""
+    readings = n * per_message
+    url = dbs.fresh(slug(workload))
+    results: list[DrainResult] = []
+    with Mosquitto(autosave_interval=opts.autosave_interval) as broker:
+        tag = secrets.token_hex(3)
+        raws = [
+            (protocol, label, f"bench-raw{i}-{tag}", f"raw{i}{tag}")
+            for i, (protocol, label) in enumerate(RAW_CONSUMERS)
+            if protocol == "5" or opts.raw_v311
+        ]
+        for protocol, _, client_id, group in raws:
+            create_session(broker.url, client_id, group, protocol=protocol)
+        client_id = f"bench-ingest-{tag}"
+        ingest = Ingest(broker, url, client_id, opts, workdir / f"ingest-{slug(workload)}.log")
+        ingest.start()
+        try:
+            ingest.wait_connected()
+        finally:
+            ingest.stop()
+
+        log(f"{workload}: publishing {n:,} messages × {per_message} readings (QoS 1)")
+        took = publish_backlog(broker.url, n, per_message, opts.meters)
+        log(f"{workload}: published in {took:.1f} s ({n / took:,.0f} msg/s)")
+
+        for protocol, label, raw_id, group in raws:
+            results.append(
+                drain_raw(
+                    opts.quiet_wait,
+                    broker,
+                    workload,
+                    n,
+                    per_message,
+                    protocol,
+                    label,
+                    raw_id,
+                    group,
+                )
+            )
+
+        wait_quiet(opts.quiet_wait)
+        log(f"{workload}: {INGEST} draining")
+        listener = Listener(url)
+        listener.start()
+        backend = Backend(url, f"symbiont-ingest:{client_id}")
+        startup: list[float | None] = []
+
+        def tick() -> None:
+            backend.poll()
+            if not startup and ingest.connected():
+                startup.append(ingest.cpu_seconds())  # within 0.1 s of the connection
+
+        broker_cpu = cpu_seconds(broker.pid)
+        busy = machine_busy()
+        try:
+            listener.expect(readings)
+            ingest.start()
+            complete = listener.progress_wait(60.0, ingest.alive, tick)
+            last_commit = listener.events[-1][0] if listener.events else time.time()
+            peak = ingest.vm_hwm_kib()
+            cpu_ingest = ingest.cpu_seconds()
+            cpu_backend = backend.cpu_seconds()
+            cpu_broker = _delta(cpu_seconds(broker.pid), broker_cpu)
+            cpu_machine = _delta(machine_busy(), busy)
+        finally:
+            ingest.stop()
+            listener.stop()
+        if not complete:
+            raise BenchError(
+                f"ingest stored {listener.total} of {readings} readings:\n{ingest.log_tail()}"
+            )
+        row = fetch(
+            url,
+            """SELECT count(*) AS n, count(DISTINCT received_at) AS batches,
+                      extract(epoch FROM max(received_at) - min(received_at)) AS span,
+                      (SELECT count(*) FROM rejections) AS rejected
+               FROM readings""",
+        )[0]
+        results.append(
+            DrainResult(
+                workload, INGEST, n, readings,
+                seconds=float(row["span"]),
+                wall_s=last_commit - ingest.started_at,
+                peak_kib=peak,
+                stored=row["n"],
+                rejected=row["rejected"],
+                batches=row["batches"],
+                cpu_consumer=cpu_ingest,
+                cpu_startup=startup[0] if startup else None,
+                cpu_backend=cpu_backend,
+                cpu_broker=cpu_broker,
+                cpu_machine=cpu_machine,
+            )
+        )  # fmt: skip
+        if row["n"] != readings or row["rejected"]:
+            raise BenchError(
+                f"ingest stored {row['n']} of {readings} readings, {row['rejected']} rejected"
+            )
+        log(
+            f"{workload}: ingest {results[-1].msg_rate:,.0f} msg/s, "
+            f"{results[-1].reading_rate:,.0f} readings/s, {row['batches']} batches"
+        )
+    return results
+
+
+def naive_case(dbs: Databases, opts: Options, n: int) -> DrainResult:
+    url = dbs.fresh("naive")
+    with Mosquitto(autosave_interval=opts.autosave_interval) as broker:
+        tag = secrets.token_hex(3)
+        client_id, group = f"bench-naive-{tag}", f"naive{tag}"
+        create_session(broker.url, client_id, group)
+        log(f"naive: publishing {n:,} single-reading messages")
+        publish_backlog(broker.url, n, 1, opts.meters)
+        wait_quiet(opts.quiet_wait)
+        log("naive: per-message INSERT + commit draining")
+        backend = Backend(url, client_id)
+        cpu: dict[str, float | None] = {}
+
+        def tick() -> None:
+            backend.poll()
+            if backend.pid is not None:
+                cpu["backend"] = backend.cpu_seconds()  # the last reading before it exits
+
+        broker_cpu = cpu_seconds(broker.pid)
+        busy = machine_busy()
+        res, started = run_client(
+            "naive", "--url", broker.url, "--client-id", client_id, "--group", group,
+            "--n", str(n), "--database", asyncpg_dsn(url), tick=tick,
+        )  # fmt: skip
+        cpu_broker = _delta(cpu_seconds(broker.pid), broker_cpu)
+        cpu_machine = _delta(machine_busy(), busy)
+    stored = fetch(url, "SELECT count(*) AS n FROM readings")[0]["n"]
+    if not res["complete"] or stored != n:
+        raise BenchError(f"naive consumer stored {stored} of {n} readings")
+    result = DrainResult(
+        "1 reading/msg",
+        "naive INSERT+commit per msg",
+        n,
+        n,
+        seconds=res["last_at"] - res["connect_at"],
+        wall_s=res["last_at"] - started,
+        peak_kib=res["vm_hwm_kib"],
+        stored=stored,
+        rejected=0,
+        cpu_consumer=res["cpu_s"],
+        cpu_startup=res["startup_cpu_s"],
+        cpu_backend=cpu.get("backend"),
+        cpu_broker=cpu_broker,
+        cpu_machine=cpu_machine,
+    )
+    log(f"naive: {result.msg_rate:,.0f} msg/s")
+    return result
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def latency_case(dbs: Databases, opts: Options, rate: float, workdir: Path) -> LatencyResult:
+    url = dbs.fresh("latency")
+    with Mosquitto(autosave_interval=opts.autosave_interval) as broker:
+        ingest = Ingest(
+            broker,
+            url,
+            f"bench-ingest-live-{secrets.token_hex(3)}",
+            opts,
+            workdir / "ingest-latency.log",
+        )
+        listener = Listener(url)
+        listener.start()
+        try:
+            ingest.start()
+            ingest.wait_connected()
+            wait_quiet(opts.quiet_wait)
+            busy = machine_busy()
+            span_start = time.monotonic()
+            cpu_before = ingest.cpu_seconds()
+            total = int(rate * opts.latency_seconds)
+            per_meter = -(-total // opts.meters)
+            start_ts = int(time.time()) - per_meter - 86400
+            log(
+                f"latency: publishing {rate:,.0f} msg/s for {opts.latency_seconds:g} s "
+                "to a live ingest"
+            )
+            pub, _ = run_client(
+                "pace",
+                "--url",
+                broker.url,
+                "--client-id",
+                f"bench-pace-{secrets.token_hex(3)}",
+                "--rate",
+                repr(rate),
+                "--duration",
+                repr(opts.latency_seconds),
+                "--partner",
+                PARTNER,
+                "--meter-prefix",
+                METER_PREFIX,
+                "--meters",
+                str(opts.meters),
+                "--start-ts",
+                str(start_ts),
+            )
+            if pub["acked"] != pub["published"]:
+                raise BenchError(f"only {pub['acked']} of {pub['published']} PUBACKs arrived")
+            listener.expect(pub["published"])
+            if not listener.progress_wait(30.0, ingest.alive):
+                raise BenchError(
+                    f"ingest stored {listener.total} of {pub['published']}:\n{ingest.log_tail()}"
+                )
+            peak = ingest.vm_hwm_kib()
+            cpu_ingest = _delta(ingest.cpu_seconds(), cpu_before)
+            cpu_machine = _delta(machine_busy(), busy)
+            span = time.monotonic() - span_start
+        finally:
+            ingest.stop()
+            listener.stop()
+    rows = fetch(url, "SELECT value, received_at FROM readings")
+    batches = sorted({r["received_at"] for r in rows})
+    if len(batches) != len(listener.events):
+        raise BenchError(
+            f"{len(batches)} batches stored but {len(listener.events)} notifications arrived"
+        )
+    committed = {at: listener.events[k][0] for k, at in enumerate(batches)}
+    latencies = sorted(committed[r["received_at"]] - r["value"] for r in rows)
+    if len(rows) != pub["published"]:
+        raise BenchError(f"ingest stored {len(rows)} of {pub['published']} readings")
+    result = LatencyResult(
+        target_rate=rate,
+        achieved_rate=pub["achieved_rate"],
+        published=pub["published"],
+        stored=len(rows),
+        batches=len(batches),
+        p50_ms=percentile(latencies, 50) * 1000,
+        p99_ms=percentile(latencies, 99) * 1000,
+        max_ms=latencies[-1] * 1000,
+        max_behind_s=pub["max_behind_s"],
+        peak_kib=peak,
+        cpu_ingest=cpu_ingest,
+        cpu_publisher=pub["cpu_s"],
+        cpu_machine=cpu_machine,
+        span_s=span,
+    )
+    log(
+        f"latency: p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, "
+        f"max {result.max_ms:.1f} ms at {result.achieved_rate:,.0f} msg/s"
+    )
+    return result
+
+
+# -------------------------------------------------------------------------------- running
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def run(opts: Options) -> Report:
+    report = Report(load_before=loadavg())
+    began = time.monotonic()
+    workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"symbiont-bench-{os.getpid()}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    log(f"logs in {workdir}")
+    dbs = Databases(opts.meters)
+    try:
+        single_rate: float | None = None
+        if opts.messages:
+            drains = drain_case(dbs, opts, "1 reading/msg", opts.messages, 1, workdir)
+            report.drains.extend(drains)
+            single_rate = drains[-1].msg_rate
+        if opts.batch_messages:
+            report.drains.extend(
+                drain_case(
+                    dbs,
+                    opts,
+                    f"{opts.readings_per_message} readings/msg",
+                    opts.batch_messages,
+                    opts.readings_per_message,
+                    workdir,
+                )
+            )
+        if opts.naive_messages:
+            report.drains.append(naive_case(dbs, opts, opts.naive_messages))
+        if opts.latency_seconds:
+            rate = opts.latency_rate or (single_rate / 2 if single_rate else None)
+            if rate is None:
+                log("latency: skipped (no single-reading rate measured; pass --latency-rate)")
+            else:
+                report.latency = latency_case(dbs, opts, rate, workdir)
+    finally:
+        dbs.close()
+    report.load_after = loadavg()
+    report.seconds = time.monotonic() - began
+    return report
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = Options()
+    p.add_argument(
+        "--messages",
+        type=int,
+        default=d.messages,
+        help="single-reading messages in the backlog (0 skips; default %(default)s)",
+    )
+    p.add_argument(
+        "--batch-messages",
+        type=int,
+        default=d.batch_messages,
+        help="multi-reading messages in the backlog (0 skips; default %(default)s)",
+    )
+    p.add_argument(
+        "--readings-per-message",
+        type=int,
+        default=d.readings_per_message,
+        help="readings in each multi-reading message (default %(default)s)",
+    )
+    p.add_argument(
+        "--naive-messages",
+        type=int,
+        default=d.naive_messages,
+        help="messages for the per-message INSERT baseline (0 skips; default %(default)s)",
+    )
+    p.add_argument(
+        "--latency-seconds",
+        type=float,
+        default=d.latency_seconds,
+        help="length of the live latency run (0 skips; default %(default)s)",
+    )
+    p.add_argument(
+        "--latency-rate",
+        type=float,
+        default=None,
+        help="messages/s for the latency run (default: half the measured "
+        "single-reading ingest rate)",
+    )
+    p.add_argument(
+        "--meters",
+        type=int,
+        default=d.meters,
+        help="meters in the benchmark network (default %(default)s)",
+    )
+    p.add_argument(
+        "--autosave-interval",
+        type=int,
+        default=d.autosave_interval,
+        help="Mosquitto autosave interval in s (default %(default)s, as the tests)",
+    )
+    p.add_argument("--no-raw-v311", action="store_true", help="skip the raw MQTT 3.1.1 subscriber")
+    p.add_argument(
+        "--batch-readings",
+        type=int,
+        default=None,
+        help="SYMBIONT_INGEST_BATCH_READINGS for ingest (default: its setting)",
+    )
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=None,
+        help="SYMBIONT_INGEST_BATCH_WAIT_MS for ingest (default: its setting)",
+    )
+
+
+def options(argv: Sequence[str], *, command: str = "") -> Options:
+    """The benchmark's options from its own command line (``benchmarks.run --only ingest``)."""
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.run --only ingest",
+        description="Ingest throughput, latency and memory (benchmarks/ingest_throughput.py).",
+    )
+    add_arguments(p)
+    add_common_arguments(p)
+    return from_args(p.parse_args(argv), command=command)
+
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """The options every benchmark takes (``benchmarks.run`` without ``--only``)."""
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes for a smoke run (figures not written unless --write is given)",
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=Options().quiet_wait,
+        help="before each measurement wait up to this many seconds for the machine to be "
+        "idle (default %(default)s)",
+    )
+    out = p.add_mutually_exclusive_group()
+    out.add_argument(
+        "--write",
+        type=Path,
+        default=None,
+        help="file to record the figures in (default BENCHMARKS.md)",
+    )
+    out.add_argument("--no-write", action="store_true", help="only print the figures")
+
+
+def from_args(args: argparse.Namespace, *, command: str = "") -> Options:
+    """Options from parsed arguments; what ``args`` lacks keeps its default."""
+    d = Options()
+
+    def get(name: str, default: Any) -> Any:
+        return getattr(args, name, default)
+
+    opts = Options(
+        messages=get("messages", d.messages),
+        batch_messages=get("batch_messages", d.batch_messages),
+        readings_per_message=get("readings_per_message", d.readings_per_message),
+        naive_messages=get("naive_messages", d.naive_messages),
+        latency_seconds=get("latency_seconds", d.latency_seconds),
+        latency_rate=get("latency_rate", d.latency_rate),
+        meters=get("meters", d.meters),
+        autosave_interval=get("autosave_interval", d.autosave_interval),
+        raw_v311=not get("no_raw_v311", False),
+        quiet_wait=get("quiet_wait", d.quiet_wait),
+        command=command,
+    )
+    quick = get("quick", False)
+    if quick:
+        opts.messages = min(opts.messages, 20_000)
+        opts.batch_messages = min(opts.batch_messages, 2_000)
+        opts.naive_messages = min(opts.naive_messages, 2_000)
+        opts.latency_seconds = min(opts.latency_seconds, 5.0)
+        opts.quiet_wait = min(opts.quiet_wait, 3.0)
+    if get("batch_readings", None) is not None:
+        opts.ingest_env["SYMBIONT_INGEST_BATCH_READINGS"] = str(args.batch_readings)
+    if get("batch_wait_ms", None) is not None:
+        opts.ingest_env["SYMBIONT_INGEST_BATCH_WAIT_MS"] = str(args.batch_wait_ms)
+    write = get("write", None)
+    if get("no_write", False) or (quick and write is None):
+        opts.write = None
+    elif write is not None:
+        opts.write = write
+    return opts
+
+
+# -------------------------------------------------------------------------------- output
+
+
+def _mib(kib: int | None) -> str:
+    return f"{kib / 1024:,.0f} MiB" if kib else "n/a"
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    pg = fetch(system_postgres_url(), "SELECT version() AS v")[0]["v"].split(" on ")[0]
+    mosq = Mosquitto(autosave_interval=1)
+    try:
+        out = subprocess.run([mosq.binary, "-h"], capture_output=True, text=True, check=False)
+        mosquitto = (out.stdout or out.stderr).splitlines()[0].strip()
+    finally:
+        mosq.close()
+    revision = "unknown"
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        git = ["git", "-C", str(ROOT)]
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--", "ingest", "core"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        revision = head + (" with uncommitted changes in ingest/ or core/" if dirty else "")
+    return {
+        "revision": revision,
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "memory": mem,
+        "kernel": platform.release(),
+        "postgresql": pg,
+        "mosquitto": mosquitto,
+        "python": platform.python_version(),
+        "paho-mqtt": metadata.version("paho-mqtt"),
+        "asyncpg": metadata.version("asyncpg"),
+    }
+
+
+def settings_used(opts: Options) -> str:
+    s = Settings()  # what ingest reads from this environment, before the options' overrides
+    env = opts.ingest_env
+    batch = env.get("SYMBIONT_INGEST_BATCH_READINGS", str(s.ingest_batch_readings))
+    wait = env.get("SYMBIONT_INGEST_BATCH_WAIT_MS", str(s.ingest_batch_wait_ms))
+    return f"SYMBIONT_INGEST_BATCH_READINGS={batch}, SYMBIONT_INGEST_BATCH_WAIT_MS={wait}"
+
+
+def _rate(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.0f}"
+
+
+def _cpu(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def table(report: Report) -> list[str]:
+    lines = [
+        "| Workload | Consumer | Messages | Readings | Timed span | Messages/s | Readings/s "
+        "| Wall from process start | Peak RSS (VmHWM) | CPU s: consumer / its PG backend / "
+        "broker / everything else | Messages per consumer CPU s after connecting |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for d in report.drains:
+        lines.append(
+            f"| {d.workload} | {d.consumer} | {d.messages:,} | {d.readings:,} | "
+            f"{d.seconds:.2f} s | {d.msg_rate:,.0f} | {d.reading_rate:,.0f} | "
+            f"{d.wall_s:.2f} s | {_mib(d.peak_kib)} | {_cpu(d.cpu_consumer)} / "
+            f"{_cpu(d.cpu_backend)} / {_cpu(d.cpu_broker)} / {_cpu(d.cpu_others)} | "
+            f"{_rate(d.msgs_per_cpu_s)} |"
+        )
+    return lines
+
+
+def verdicts(report: Report) -> list[str]:
+    lines: list[str] = []
+    by = {(d.workload, d.consumer): d for d in report.drains}
+    for workload in dict.fromkeys(d.workload for d in report.drains):
+        raw = by.get((workload, RAW_CONSUMERS[0][1]))
+        raw3 = by.get((workload, RAW_CONSUMERS[1][1]))
+        ing = by.get((workload, INGEST))
+        if raw is None or ing is None:
+            continue
+        single = workload.startswith("1 ")
+        value = ing.msg_rate if single else ing.reading_rate
+        target = TARGET_MSGS if single else TARGET_READINGS
+        unit = "messages/s" if single else "readings/s"
+        also = (
+            f", {ing.msg_rate / raw3.msg_rate:.2f} × raw paho MQTT 3.1.1 "
+            f"({raw3.msg_rate:,.0f} msg/s)"
+            if raw3 is not None
+            else ""
+        )
+        lines.append(
+            f"- {workload}: ingest {value:,.0f} {unit} = **{ing.msg_rate / raw.msg_rate:.2f} × "
+            f"raw paho MQTT 5** ({raw.msg_rate:,.0f} msg/s, same protocol as ingest){also}. "
+            f"Target {target:,.0f} {unit}: **{'met' if value >= target else 'not met'}**. "
+            f"Stored {ing.stored:,} of {ing.readings:,} readings, {ing.rejected} rejected, in "
+            f"{ing.batches:,} batches."
+        )
+    return lines
+
+
+def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    out = [
+        SECTION,
+        "",
+        f"Measured {now} with `{opts.command}` (from the repository root), code at "
+        f"{info['revision']}.",
+        "",
+        f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} RAM, Linux "
+        f"{info['kernel']}; {info['postgresql']}; {info['mosquitto']}; Python {info['python']}, "
+        f"paho-mqtt {info['paho-mqtt']}, asyncpg {info['asyncpg']}. Broker, consumers and "
+        "PostgreSQL all on this machine.",
+        "",
+        f"Ingest settings: {settings_used(opts)}. Mosquitto from `tests.services` "
+        f"(persistence on, unlimited queues, autosave every {opts.autosave_interval} s). "
+        f"Network: 1 partner, {opts.meters} `total` meters in MWh.",
+        "",
+        "Backlog drain: each consumer's persistent session (shared subscription, QoS 1; MQTT 5 "
+        "with Receive Maximum 65535 unless marked 3.1.1) is created, the backlog is published "
+        "once while all are offline, then each consumer in turn drains its queue alone. Raw "
+        "paho (one process, `loop_forever`, `json.loads` in `on_message`, automatic PUBACK): "
+        "N / (last message − connect). Ingest (`symbiont ingest`, PUBACK after commit): N / "
+        "(max − min `received_at`) of the stored readings, after checking that every reading "
+        "was stored and none rejected; wall = process start → last commit (its NOTIFY). CPU "
+        "seconds from /proc: the consumer process over its whole life, the PostgreSQL backend "
+        "of ingest's writer connection, Mosquitto during that drain, and everything else the "
+        "machine ran meanwhile (PostgreSQL's background writers, this harness, and any other "
+        "work on the box: the 2 cores hold 2 CPU seconds per second of wall time). The last "
+        "column divides the messages by the consumer's CPU seconds after it connected: about "
+        "the rate it could reach with a core to itself, a figure other work on the box "
+        "disturbs far less than the rates.",
+        "",
+        *table(report),
+        "",
+        *verdicts(report),
+    ]
+    if report.latency is not None:
+        lat = report.latency
+        out += [
+            "",
+            f"Latency at half load: a publisher aimed at {lat.target_rate:,.0f} single-reading "
+            f"messages/s for {opts.latency_seconds:g} s and achieved "
+            f"{lat.achieved_rate:,.0f} msg/s (at worst {lat.max_behind_s * 1000:.0f} ms behind "
+            f"schedule); {lat.stored:,} of {lat.published:,} readings stored in "
+            f"{lat.batches:,} batches. Publish → committed (NOTIFY received): "
+            f"p50 {lat.p50_ms:.1f} ms, **p99 {lat.p99_ms:.1f} ms**, max {lat.max_ms:.1f} ms. "
+            f"Ingest peak RSS {_mib(lat.peak_kib)}. CPU seconds meanwhile: ingest "
+            f"{_cpu(lat.cpu_ingest)}, publisher {_cpu(lat.cpu_publisher)}, the whole machine "
+            f"{_cpu(lat.cpu_machine)} (of {2 * lat.span_s:.1f} available on 2 cores in those "
+            f"{lat.span_s:.1f} s).",
+        ]
+    peaks = [d.peak_kib for d in report.drains if d.consumer == INGEST and d.peak_kib]
+    if report.latency is not None and report.latency.peak_kib:
+        peaks.append(report.latency.peak_kib)
+    if peaks:
+        out += ["", f"Ingest peak memory (largest VmHWM of all runs): {_mib(max(peaks))}."]
+    out += [
+        "",
+        f"Load average before the run {report.load_before}, after it {report.load_after} "
+        f"(anything else running on the machine competes for the same 2 cores); the whole run "
+        f"took {report.seconds:.0f} s.",
+    ]
+    return "\n".join(out) + "\n"
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace this benchmark's section of ``path`` (or append it), keeping the rest."""
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    lines = old.splitlines()
+    try:
+        start = lines.index(SECTION)
+    except ValueError:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+        )
+        tail = "\n".join(lines[end:])
+        new = "\n".join(lines[:start]) + "\n" + text + ("\n" + tail + "\n" if tail else "")
+    path.write_text(new)
+
+
+def main(opts: Options) -> Report:
+    info = machine()
+    report = run(opts)
+    text = markdown(report, opts, info)
+    print()
+    print(text)
+    if opts.write is not None:
+        write_section(opts.write, text)
+        log(f"wrote {opts.write}")
+    return report
+
+
+def default_command(argv: list[str]) -> str:
+    python = Path(sys.executable)
+    with contextlib.suppress(ValueError):
+        python = python.relative_to(ROOT)
+    return shlex.join([str(python), "-m", "benchmarks.run", *argv])
