@@ -239,8 +239,8 @@ class BatchWriter:
         for seq, meter_id, ts, _ in records:
             if inserted_mask[seq]:
                 epoch = ts.timestamp()
-                bucket = int(epoch // 900)  # a window of ≥ 15 min never splits this bucket
-                if meter_id == last_meter and bucket == last_bucket and window_s >= 900:
+                bucket = int(epoch // 900)  # a window of whole quarter hours never splits it
+                if meter_id == last_meter and bucket == last_bucket and window_s % 900 == 0:
                     continue
                 if meter_id != last_meter:
                     meter = meters.get(meter_id)

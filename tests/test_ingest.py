@@ -447,3 +447,29 @@ def test_float_values_round_trip_exactly(
     asyncio.run(go())
     rows = asyncio.run(_fetch(database_url, "SELECT value FROM readings ORDER BY ts DESC"))
     assert [r[0] for r in rows] == values
+
+
+def test_dirty_windows_of_windows_that_are_not_whole_quarter_hours(database_url: str) -> None:
+    """A 20-minute window starts inside a quarter hour: each reading still marks its own."""
+    doc = {**NETWORK, "exchanges": [{**NETWORK["exchanges"][0], "window": "20m"}]}
+    net = parse_network(doc)
+    index = NetworkIndex.from_network(net)
+    base = datetime(2026, 10, 31, 22, tzinfo=UTC)  # 23:00 local
+    minutes = (16, 18, 21, 23)
+    readings = [
+        {"ts": (base + timedelta(minutes=m)).timestamp(), "value": float(m)} for m in minutes
+    ]
+
+    async def go() -> None:
+        await _apply(database_url, net)
+        writer = BatchWriter(asyncpg_dsn(database_url))
+        p = Parser(index, backfill_days=400)
+        parsed = p.parse(T_HEAT, orjson.dumps(readings), (base + timedelta(hours=1)).timestamp())
+        await writer.write([message(parsed)], index)
+        await writer.close()
+
+    asyncio.run(go())
+    rows = asyncio.run(
+        _fetch(database_url, "SELECT window_start FROM dirty_windows ORDER BY window_start")
+    )
+    assert [r[0] for r in rows] == [base, base + timedelta(minutes=20)]
