@@ -1219,7 +1219,10 @@ def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
 
 
 def write_section(path: Path, text: str) -> None:
-    """Replace this benchmark's section of ``path`` (or append it), keeping the rest."""
+    """Replace this benchmark's section of ``path`` (or append it), keeping the rest.
+
+    The section runs from its heading to the next heading of any level: what is written by
+    hand under a heading of its own (a ``###`` note on another run, an analysis) stays."""
     old = path.read_text() if path.exists() else "# Benchmarks\n"
     lines = old.splitlines()
     try:
@@ -1228,7 +1231,7 @@ def write_section(path: Path, text: str) -> None:
         new = old.rstrip("\n") + "\n\n" + text
     else:
         end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("#")), len(lines)
         )
         tail = "\n".join(lines[end:])
         new = "\n".join(lines[:start]) + "\n" + text + ("\n" + tail + "\n" if tail else "")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -36,7 +37,7 @@ from core.apply import load_applied
 from core.db import asyncpg_dsn, require_database_url
 from core.network import ReadingType
 from core.settings import Settings
-from core.windows import window_bounds
+from core.windows import window_bounds as _window_bounds
 from rules import lifecycle
 from rules.alerts import (
     Decision,
@@ -49,9 +50,9 @@ from rules.alerts import (
     evaluate_counter_reset,
     evaluate_rejections,
     evaluate_stale,
-    flag_series,
     imbalance_series,
 )
+from rules.alerts import flag_series as _flag_series
 from rules.quantities import window_quantities
 from rules.reconcile import MeterQuantity, meter_sigma, reconcile_exchange, reconcile_network
 from rules.store import (
@@ -65,6 +66,26 @@ from rules.store import (
 from rules.topology import Topology, build_topology
 
 log = logging.getLogger("symbiont.rules")
+
+# window_bounds is pure and the engine asks for the same few thousand windows over and over
+# (every meter window of a replay, every subject it marks): memoised, it costs a dict lookup.
+window_bounds = functools.lru_cache(maxsize=1 << 16)(_window_bounds)
+
+_RESOLVE = Verdict(Decision.resolve)
+
+
+def flag_series(
+    flags: Sequence[bool],
+    fire_after: int,
+    clear_after: int,
+    fire: Callable[[int, int], Verdict],
+) -> list[Verdict]:
+    """``rules.alerts.flag_series`` with a fast path for the usual case, no flag set: then
+    every verdict is a plain resolve (``Verdict`` is frozen, so one instance serves all)."""
+    if not any(flags):
+        return [_RESOLVE] * len(flags)
+    return _flag_series(flags, fire_after, clear_after, fire)
+
 
 DIRTY_CHANNEL = "symbiont_dirty"
 WINDOWS_CHANNEL = "symbiont_windows"
@@ -370,8 +391,9 @@ class Engine:
         self, conn: asyncpg.Connection, meters: Sequence[str], lo: datetime, hi: datetime
     ) -> dict[str, list[asyncpg.Record]]:
         rows = await conn.fetch(
-            """SELECT * FROM meter_windows WHERE meter_id = ANY($1::text[])
-               AND window_start >= $2 AND window_start < $3 ORDER BY meter_id, window_start""",
+            """SELECT meter_id, window_start, window_end, quantity, coverage FROM meter_windows
+               WHERE meter_id = ANY($1::text[]) AND window_start >= $2 AND window_start < $3
+               ORDER BY meter_id, window_start""",
             list(meters),
             lo,
             hi,
@@ -387,8 +409,8 @@ class Engine:
     ) -> tuple[float | None, float]:
         """A meter's quantity and coverage over [start, end) from its finer windows
         (``windows`` sorted by start)."""
-        starts = [w["window_start"] for w in windows]
-        inside = windows[bisect.bisect_left(starts, start) : bisect.bisect_left(starts, end)]
+        lo = bisect.bisect_left(windows, start, key=_window_start)
+        inside = windows[lo : bisect.bisect_left(windows, end, lo, key=_window_start)]
         length = (end - start).total_seconds()
         if not inside:
             return None, 0.0
@@ -632,7 +654,9 @@ class Engine:
             first = min(starts)
             history_from = first - ex.window * HISTORY_WINDOWS
             rows = await conn.fetch(
-                """SELECT * FROM exchange_windows WHERE exchange_id = $1
+                """SELECT window_start, window_end, status, sent, received, imbalance, sigma,
+                          z, coverage
+                   FROM exchange_windows WHERE exchange_id = $1
                    AND window_start >= $2 AND window_end <= $3 ORDER BY window_start""",
                 ex_id,
                 history_from,
@@ -709,7 +733,9 @@ class Engine:
             starts = dirty.get(meter_id) or set()
             lo = (min(starts) if starts else now - window * 48) - window * 48
             rows = await conn.fetch(
-                """SELECT * FROM meter_windows WHERE meter_id = $1 AND window_start >= $2
+                """SELECT window_start, window_end, quantity, coverage, readings, stuck,
+                          negatives, resets, reset_events, outliers, last_ts
+                   FROM meter_windows WHERE meter_id = $1 AND window_start >= $2
                    AND window_end <= $3 ORDER BY window_start""",
                 meter_id,
                 lo,
@@ -1071,6 +1097,11 @@ class Engine:
                 log.warning("database not reachable (%s); retrying", exc)
                 await asyncio.sleep(2)
         return None
+
+
+def _window_start(row: asyncpg.Record) -> datetime:
+    start: datetime = row["window_start"]
+    return start
 
 
 def _events(value: Any) -> list[dict[str, Any]]:
