@@ -132,6 +132,7 @@ class Stats:
     reconciliations: int = 0
     subjects: int = 0
     deferred: int = 0
+    statements: int = 0
     alerts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def add(self, other: Stats) -> None:
@@ -140,6 +141,7 @@ class Stats:
         self.reconciliations += other.reconciliations
         self.subjects += other.subjects
         self.deferred += other.deferred
+        self.statements += other.statements
         for key, n in other.alerts.items():
             self.alerts[key] += n
 
@@ -1025,6 +1027,13 @@ class Engine:
                 )
                 if done:
                     stats.alerts[done] += 1
+        # last month's statements, once its grace period (SYMBIONT_STATEMENT_GRACE) is over
+        from rules.issue import issue_due
+
+        issued = await issue_due(
+            conn, topo.net, now, self.settings.statement_grace, settings=self.settings
+        )
+        stats.statements += len(issued)
         return stats
 
     # -- service ------------------------------------------------------------------------------
@@ -1062,6 +1071,8 @@ class Engine:
                         periodic = await self.periodic(conn, datetime.now(UTC))
                         if periodic.alerts:
                             log.info("time-driven alerts: %s", dict(periodic.alerts))
+                        if periodic.statements:
+                            log.info("issued %d statements", periodic.statements)
                         last_periodic = time.monotonic()
                 except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
                     log.warning("database unavailable (%s); reconnecting", exc)

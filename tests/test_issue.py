@@ -183,3 +183,25 @@ def test_late_data_after_issue_is_one_adjustment(database_url: str) -> None:
             await conn.close()
 
     asyncio.run(go())
+
+
+def test_statements_are_issued_automatically_after_the_grace_period(database_url: str) -> None:
+    net = parse_network(NETWORK)
+
+    async def go() -> None:
+        conn = await _setup(database_url)
+        try:
+            engine = Engine(Settings(database_url=database_url, statement_grace="3d"))
+            early = await engine.periodic(conn, datetime(2026, 11, 2, 12, tzinfo=UTC))
+            assert early.statements == 0
+            assert await conn.fetchval("SELECT count(*) FROM statements") == 0
+            late = await engine.periodic(conn, datetime(2026, 11, 4, tzinfo=UTC))
+            assert late.statements == len(net.partners)
+            months = await conn.fetch("SELECT DISTINCT month FROM statements")
+            assert [r["month"] for r in months] == ["2026-10"]
+            again = await engine.periodic(conn, datetime(2026, 11, 4, 1, tzinfo=UTC))
+            assert again.statements == 0
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
