@@ -43,8 +43,8 @@ NETWORK: dict[str, Any] = {
             "id": "in",
             "partner": "town",
             "kind": "heat",
-            "reading": "total",
-            "unit": "MWh",
+            "reading": "rate",
+            "unit": "MW",
             "uncertainty": 0.01,
             "interval": 300,
         },
@@ -168,8 +168,8 @@ def test_late_data_after_issue_is_one_adjustment(database_url: str) -> None:
             assert len(adjustments) == 1, adjustments
             adj = adjustments[0]
             assert adj["month"] == "2026-09" and adj["exchange"] == "heat"
-            # the received register is interpolated across a gap, so the month's total moves
-            # only by what interpolation got wrong; the adjustment is exactly the difference
+            # the received rate is interpolated across the gap, so September's total moves by
+            # what the interpolation got wrong; the adjustment is exactly the difference
             # between September recomputed now and September as issued
             again = await issue_month(conn, net, 2026, 10, ISSUE_OCT)
             assert [i.new for i in again] == [False, False]
