@@ -1027,14 +1027,35 @@ class Engine:
                 )
                 if done:
                     stats.alerts[done] += 1
-        # last month's statements, once its grace period (SYMBIONT_STATEMENT_GRACE) is over
+        return stats
+
+    async def issue_statements(self, conn: asyncpg.Connection, now: datetime) -> int:
+        """Last month's statements, once its grace period (SYMBIONT_STATEMENT_GRACE) is over.
+        The service runs this in a task of its own, so rendering never delays windows."""
         from rules.issue import issue_due
 
+        topo = await self.topology_for(conn)
+        if topo is None:
+            return 0
         issued = await issue_due(
             conn, topo.net, now, self.settings.statement_grace, settings=self.settings
         )
-        stats.statements += len(issued)
-        return stats
+        return len(issued)
+
+    async def _statements_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                conn = await asyncpg.connect(self.dsn)
+                try:
+                    n = await self.issue_statements(conn, datetime.now(UTC))
+                    if n:
+                        log.info("issued %d statements", n)
+                finally:
+                    await conn.close()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("could not issue statements (%s); retrying", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=60.0)
 
     # -- service ------------------------------------------------------------------------------
 
@@ -1053,6 +1074,7 @@ class Engine:
             notifier_task = asyncio.create_task(notifier.run(stop))
         except (ImportError, AttributeError):  # pragma: no cover
             pass
+        statements_task = asyncio.create_task(self._statements_loop(stop))
         last_periodic = 0.0
         log.info("rules worker %s started", self.worker)
         try:
@@ -1071,8 +1093,6 @@ class Engine:
                         periodic = await self.periodic(conn, datetime.now(UTC))
                         if periodic.alerts:
                             log.info("time-driven alerts: %s", dict(periodic.alerts))
-                        if periodic.statements:
-                            log.info("issued %d statements", periodic.statements)
                         last_periodic = time.monotonic()
                 except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
                     log.warning("database unavailable (%s); reconnecting", exc)
@@ -1089,6 +1109,7 @@ class Engine:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=5.0)
         finally:
+            statements_task.cancel()
             if notifier_task is not None:
                 notifier_task.cancel()
             with contextlib.suppress(Exception):
@@ -1147,6 +1168,7 @@ def run(settings: Settings, *, once: bool = False, worker_id: str | None = None)
                 stats = await engine.process_pending(conn)
                 periodic = await engine.periodic(conn, datetime.now(UTC))
                 stats.add(periodic)
+                stats.statements += await engine.issue_statements(conn, datetime.now(UTC))
                 print(
                     f"processed {stats.meter_windows} meter windows, {stats.exchange_windows} "
                     f"exchange windows, {stats.reconciliations} reconciliations; alerts: "

@@ -3,6 +3,7 @@ with adjustments for issued months whose data changed), delivery through the out
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import logging
@@ -192,7 +193,9 @@ async def issue_month(
             doc = render.statement_document(statement)
             text = render.render_json(doc).decode()
             csv = render.render_csv(doc).encode()
-            pdf = render.render_pdf(doc, daily_series(net, partner.id, year, month, windows))
+            daily = daily_series(net, partner.id, year, month, windows)
+            # rendering a PDF takes about a second: off the event loop
+            pdf = await asyncio.to_thread(render.render_pdf, doc, daily)
             statement_id = await conn.fetchval(
                 """INSERT INTO statements (partner_id, month, issued_at, document, content_hash,
                                            csv, pdf)

@@ -192,15 +192,15 @@ def test_statements_are_issued_automatically_after_the_grace_period(database_url
         conn = await _setup(database_url)
         try:
             engine = Engine(Settings(database_url=database_url, statement_grace="3d"))
-            early = await engine.periodic(conn, datetime(2026, 11, 2, 12, tzinfo=UTC))
-            assert early.statements == 0
+            early = await engine.issue_statements(conn, datetime(2026, 11, 2, 12, tzinfo=UTC))
+            assert early == 0
             assert await conn.fetchval("SELECT count(*) FROM statements") == 0
-            late = await engine.periodic(conn, datetime(2026, 11, 4, tzinfo=UTC))
-            assert late.statements == len(net.partners)
+            late = await engine.issue_statements(conn, datetime(2026, 11, 4, tzinfo=UTC))
+            assert late == len(net.partners)
             months = await conn.fetch("SELECT DISTINCT month FROM statements")
             assert [r["month"] for r in months] == ["2026-10"]
-            again = await engine.periodic(conn, datetime(2026, 11, 4, 1, tzinfo=UTC))
-            assert again.statements == 0
+            again = await engine.issue_statements(conn, datetime(2026, 11, 4, 1, tzinfo=UTC))
+            assert again == 0
         finally:
             await conn.close()
 
