@@ -24,6 +24,9 @@ private Mosquitto and a fresh database with the same network; a publisher proces
 -m benchmarks.rules_engine publish``) sends ``rate / readings_per_message`` messages/s
 round-robin over the meters, each carrying the meter's readings since its previous message,
 timestamped up to "now" (registers rising at the exchange's nominal flow, rates at it).
+Before the services start, ``symbiont rules --once`` issues the previous month's statements
+(due, since its grace period is over), so that the run measures the steady state;
+``--statements-during-run`` leaves them to the live service instead.
 
 For every committed ingest batch the latency is measured from its commit to the commit of
 the rules transaction that stored the last exchange window covering its readings (that
@@ -172,6 +175,7 @@ class Options:
     quiet_wait: float = 10.0
     profile: Path | None = None  # py-spy flame graph of the timed engine run
     baseline: str | None = None  # git revision whose engine is timed on the same data too
+    statements_during_run: bool = False  # leave last month's statements to the live service
     write: Path | None = ROOT / "BENCHMARKS.md"
     command: str = ""
 
@@ -620,7 +624,8 @@ def backfill_case(dbs: Databases, opts: Options, workdir: Path) -> BackfillResul
     result = timed_engine(url, opts, workdir)
     log(
         f"backfill: {result['wall_s']:.1f} s, {result['counts']['meter_windows']:,} meter "
-        f"windows, {result['counts']['exchange_windows']:,} exchange windows"
+        f"windows, {result['counts']['exchange_windows']:,} exchange windows; everything else "
+        f"on the machine meanwhile {_s(others(result))} CPU s"
     )
     out = BackfillResult(load, result, stored, len(starts), digest=digest(url))
     if opts.baseline and baseline_url is not None:
@@ -632,8 +637,8 @@ def backfill_case(dbs: Databases, opts: Options, workdir: Path) -> BackfillResul
         out.baseline_rev = _describe(opts.baseline)
         log(
             f"backfill: baseline ({out.baseline['engine_file']}) "
-            f"{out.baseline['wall_s']:.1f} s; results "
-            + ("identical" if out.baseline_digest == out.digest else "DIFFER")
+            f"{out.baseline['wall_s']:.1f} s (everything else {_s(others(out.baseline))} CPU s); "
+            "results " + ("identical" if out.baseline_digest == out.digest else "DIFFER")
         )
     return out
 
@@ -912,8 +917,24 @@ class LatencyResult:
     ingest_peak_kib: int | None
     alerts: dict[str, int] = field(default_factory=dict)
     by_phase: list[tuple[str, int, float, float]] = field(default_factory=list)
-    once_s: float = 0.0  # ``symbiont rules --once`` before the run
-    statements: int = 0  # statements it issued
+    once_s: float | None = None  # ``symbiont rules --once`` before the run (None: skipped)
+    statements_before: int = 0  # statements issued before the run
+    statements_during: int = 0  # statements issued during the run
+
+    @property
+    def others_cpu_s(self) -> float | None:
+        """CPU seconds of everything on the machine but the processes listed."""
+        if self.machine_cpu_s is None:
+            return None
+        ours = [
+            self.rules_cpu_s,
+            self.rules_backend_cpu_s,
+            self.ingest_cpu_s,
+            self.ingest_backend_cpu_s,
+            self.broker_cpu_s,
+            self.publisher_cpu_s,
+        ]
+        return max(0.0, self.machine_cpu_s - sum(v or 0.0 for v in ours))
 
     def p(self, q: float, naive: bool = False) -> float:
         values = sorted(self.naive if naive else self.latencies)
@@ -945,21 +966,24 @@ def latency_case(dbs: Databases, opts: Options, workdir: Path) -> LatencyResult:
         rules = Service(
             "rules", ["rules", "--worker-id", RULES_WORKER], env, workdir / "rules-live.log"
         )
-        # The engine's periodic work includes issuing last month's statements once its grace
-        # period is over: done here, before the run, rather than in its first minute.
-        began_once = time.perf_counter()
-        once = subprocess.run(
-            [sys.executable, "-m", "core.cli", "rules", "--once"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            check=False,
-            timeout=900,
-        )
-        once_s = time.perf_counter() - began_once
-        if once.returncode != 0:
-            raise BenchError(f"symbiont rules --once failed:\n{once.stderr.decode()[-3000:]}")
-        statements = fetch(url, "SELECT count(*) AS n FROM statements")[0]["n"]
+        # The rules service issues last month's statements once its grace period is over (PDFs
+        # included), beside the windows: done here, before the run, for a steady state, unless
+        # --statements-during-run asks for that once-a-month case.
+        once_s: float | None = None
+        if not opts.statements_during_run:
+            began_once = time.perf_counter()
+            once = subprocess.run(
+                [sys.executable, "-m", "core.cli", "rules", "--once"],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                check=False,
+                timeout=900,
+            )
+            once_s = time.perf_counter() - began_once
+            if once.returncode != 0:
+                raise BenchError(f"symbiont rules --once failed:\n{once.stderr.decode()[-3000:]}")
+        statements_before = fetch(url, "SELECT count(*) AS n FROM statements")[0]["n"]
         listener = Listener(url)
         listener.start()
         try:
@@ -1035,7 +1059,9 @@ def latency_case(dbs: Databases, opts: Options, workdir: Path) -> LatencyResult:
         alerts=alerts,
         by_phase=result["by_phase"],
         once_s=once_s,
-        statements=statements,
+        statements_before=statements_before,
+        statements_during=fetch(url, "SELECT count(*) AS n FROM statements")[0]["n"]
+        - statements_before,
     )
     if lat.stored != lat.readings:
         raise BenchError(f"ingest stored {lat.stored} of {lat.readings} readings")
@@ -1263,6 +1289,13 @@ def _ms(value: float) -> str:
     return f"{value * 1000:,.0f} ms"
 
 
+def others(run: dict[str, Any]) -> float | None:
+    """CPU seconds the rest of the machine spent during a timed engine run."""
+    if run["machine_cpu_s"] is None:
+        return None
+    return float(max(0.0, run["machine_cpu_s"] - run["cpu_s"] - (run["backend_cpu_s"] or 0.0)))
+
+
 def backfill_lines(b: BackfillResult, opts: Options, n_meters: int) -> list[str]:
     e = b.engine
     c = e["counts"]
@@ -1285,8 +1318,8 @@ def backfill_lines(b: BackfillResult, opts: Options, n_meters: int) -> list[str]
             f"- Baseline: the engine (`core`, `ingest`, `rules`) of commit {b.baseline_rev}, "
             f"timed the same way on a copy of the same loaded database: **{bl['wall_s']:.1f} s** "
             f"(stage 1 {bl['stage1_s']:.1f} s / stage 2 {bl['stage2_s']:.1f} s; CPU s engine / "
-            f"backend / machine {_s(bl['cpu_s'])} / {_s(bl['backend_cpu_s'])} / "
-            f"{_s(bl['machine_cpu_s'])}; peak RSS {_mib(bl['peak_rss_kib'])}). What the two "
+            f"backend / everything else {_s(bl['cpu_s'])} / {_s(bl['backend_cpu_s'])} / "
+            f"{_s(others(bl))}; peak RSS {_mib(bl['peak_rss_kib'])}). What the two "
             "produced (md5 of meter windows, exchange windows, alerts and alert events, "
             f"computation times left out) is **{'identical' if same else 'different'}**.",
         ]
@@ -1311,8 +1344,9 @@ def backfill_lines(b: BackfillResult, opts: Options, n_meters: int) -> list[str]
         f"| Left dirty afterwards | {c['dirty_windows']} windows, {c['dirty_subjects']} subjects |",
         f"| Engine process peak RSS (`ru_maxrss`) | {_mib(e['peak_rss_kib'])} "
         f"({_mib(e['rss_before_kib'])} before the run) |",
-        f"| CPU s: engine process / its PostgreSQL backend / whole machine | "
-        f"{_s(e['cpu_s'])} / {_s(e['backend_cpu_s'])} / {_s(e['machine_cpu_s'])} |",
+        f"| CPU s: engine process / its PostgreSQL backend / everything else on the machine "
+        f"(PostgreSQL's background writers and autovacuum, other work) | {_s(e['cpu_s'])} / "
+        f"{_s(e['backend_cpu_s'])} / {_s(others(e))} |",
         "",
         f"- Target: a month for 100 exchanges reconciled from scratch in under "
         f"{TARGET_BACKFILL_S:.0f} s: **{verdict}** ({e['wall_s']:.1f} s).",
@@ -1326,13 +1360,22 @@ def latency_lines(lat: LatencyResult, opts: Options) -> list[str]:
         f"{name}: {n} batches, p50 {_ms(p50)}, p99 {_ms(p99)}" for name, n, p50, p99 in lat.by_phase
     )
     alerts = ", ".join(f"{k} {v}" for k, v in lat.alerts.items()) or "none"
+    if lat.once_s is not None:
+        prewarm = (
+            f"Before they start, `symbiont rules --once` runs once ({lat.once_s:.1f} s; it issued "
+            f"{lat.statements_before} statements for the previous month, whose grace period is "
+            "over), so that the service does not issue them, PDFs included, during the run "
+            f"(statements issued during the run: {lat.statements_during}). "
+        )
+    else:
+        prewarm = (
+            "The previous month's statements are due (its grace period is over) and the service "
+            f"issued {lat.statements_during} of them, PDFs included, during the run. "
+        )
     return [
         f"**Live latency** — `symbiont ingest` and `symbiont rules` (one worker) as "
         f"subprocesses, private Mosquitto, same network (freshly applied, no readings yet). "
-        f"Before they start, `symbiont rules --once` runs once ({lat.once_s:.1f} s; it issued "
-        f"{lat.statements} statements for the previous month, whose grace period is over: the "
-        f"engine's periodic work, which would otherwise hold up the windows of the run's first "
-        f"seconds). A publisher process aimed at "
+        f"{prewarm}A publisher process aimed at "
         f"{lat.target_rate:,.0f} readings/s for {opts.latency_seconds:g} s "
         f"({opts.readings_per_message} readings per message, "
         f"{lat.target_rate / opts.readings_per_message:,.0f} messages/s, QoS 1, round-robin "
@@ -1358,7 +1401,8 @@ def latency_lines(lat: LatencyResult, opts: Options) -> list[str]:
         f"{_s(lat.ingest_cpu_s)}, its PostgreSQL writer backend {_s(lat.ingest_backend_cpu_s)} "
         "(whole life), "
         f"Mosquitto {_s(lat.broker_cpu_s)}, publisher {_s(lat.publisher_cpu_s)} (whole life); "
-        f"whole machine {_s(lat.machine_cpu_s)}. Peak RSS (VmHWM): rules "
+        f"whole machine {_s(lat.machine_cpu_s)}, of which everything else (PostgreSQL's "
+        f"background processes, other work) {_s(lat.others_cpu_s)}. Peak RSS (VmHWM): rules "
         f"{_mib(lat.rules_peak_kib)}, ingest {_mib(lat.ingest_peak_kib)}. Alerts raised during "
         f"the run: {alerts}.",
     ]
@@ -1391,7 +1435,7 @@ def code_version() -> str:
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "rules", "core", "ingest"],
+            ["git", "status", "--porcelain", "--", "rules", "core", "ingest", "benchmarks"],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -1518,6 +1562,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "same loaded database, and compare what both produced",
     )
     p.add_argument(
+        "--statements-during-run",
+        action="store_true",
+        help="do not issue the previous month's statements before the live run (the service "
+        "then issues them during it)",
+    )
+    p.add_argument(
         "--profile",
         type=Path,
         default=None,
@@ -1554,6 +1604,7 @@ def from_args(args: argparse.Namespace, *, command: str = "") -> Options:
         quiet_wait=getattr(args, "quiet_wait", d.quiet_wait),
         profile=getattr(args, "profile", None),
         baseline=getattr(args, "baseline", None),
+        statements_during_run=getattr(args, "statements_during_run", False),
         command=command,
     )
     quick = getattr(args, "quick", False)

@@ -248,7 +248,11 @@ def evaluate_imbalance(
             Decision.fire,
             severity,
             summary,
-            {**_window_details(last), "consecutive": run_bad, "share_of_sent": share},
+            {
+                **_window_details(last),
+                "consecutive": run_bad,
+                "share_of_sent": share if math.isfinite(share) else None,
+            },
         )
     if firing and run_ok >= cfg.clear_after:
         return Verdict(Decision.resolve, details={"clean_windows": run_ok})
