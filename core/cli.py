@@ -190,6 +190,76 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return demo.run(args, settings)
 
 
+def _api(args: argparse.Namespace, settings: Settings) -> int:
+    from api.app import serve
+
+    return serve(settings, host=args.host, port=args.port)
+
+
+def _token_create(args: argparse.Namespace, settings: Settings) -> int:
+    from api.tokens import create_token
+    from core.db import connect
+
+    async def go() -> Any:
+        conn = await connect(settings.database_url, application_name="symbiont-cli")
+        try:
+            return await create_token(conn, args.role, args.partner, args.name or "")
+        finally:
+            await conn.close()
+
+    created = asyncio.run(go())
+    scope = f" for partner {created.partner}" if created.partner else ""
+    print(
+        f"token {created.id} ({created.role.value}{scope}); shown once, keep it safe:",
+        file=sys.stderr,
+    )
+    print(created.token)
+    return 0
+
+
+def _token_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from api.tokens import revoke_token
+    from core.db import connect
+
+    async def go() -> bool:
+        conn = await connect(settings.database_url, application_name="symbiont-cli")
+        try:
+            return await revoke_token(conn, args.id)
+        finally:
+            await conn.close()
+
+    if not asyncio.run(go()):
+        raise ValueError(f"no active token with id {args.id}")
+    print(f"token {args.id} revoked")
+    return 0
+
+
+def _token_list(args: argparse.Namespace, settings: Settings) -> int:
+    from core.db import connect
+
+    async def go() -> list[Any]:
+        conn = await connect(settings.database_url, application_name="symbiont-cli")
+        try:
+            return list(
+                await conn.fetch(
+                    "SELECT id, role, partner_id, name, created_at, revoked_at, last_used_at"
+                    " FROM api_tokens ORDER BY id"
+                )
+            )
+        finally:
+            await conn.close()
+
+    for row in asyncio.run(go()):
+        state = f"revoked {row['revoked_at']:%Y-%m-%d}" if row["revoked_at"] else "active"
+        partner = f" partner={row['partner_id']}" if row["partner_id"] else ""
+        name = f" {row['name']!r}" if row["name"] else ""
+        print(
+            f"{row['id']:>5} {row['role']:<11}{partner}{name} created"
+            f" {row['created_at']:%Y-%m-%d %H:%M} {state}"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="symbiont",
@@ -260,6 +330,26 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--format", choices=("json", "csv", "pdf"), default="json")
     show.add_argument("--output", "-o", default=None, help="write to this file")
     show.set_defaults(handler=_statements_show)
+
+    api = sub.add_parser("api", help="serve the HTTP API and the dashboard")
+    api.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+    api.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    api.set_defaults(handler=_api)
+
+    token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token", required=True)
+    create = token.add_parser("create", help="make a token (shown once)")
+    create.add_argument(
+        "--role", required=True, choices=("admin", "operator", "partner", "integration")
+    )
+    create.add_argument("--partner", default=None, help="the partner (partner role only)")
+    create.add_argument("--name", default=None, help="a note on who or what uses it")
+    create.set_defaults(handler=_token_create)
+    revoke = token.add_parser("revoke", help="revoke a token by its id")
+    revoke.add_argument("id", type=int)
+    revoke.set_defaults(handler=_token_revoke)
+    token.add_parser("list", help="list tokens (never their secrets)").set_defaults(
+        handler=_token_list
+    )
 
     imp = sub.add_parser("import", help="backfill readings from a CSV file")
     imp.add_argument("csv", type=Path, help="CSV with columns meter, ts, value[, unit]")

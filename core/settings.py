@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     ingest_batch_wait_ms: float = Field(default=20.0, ge=0)
     ingest_queue_messages: int = Field(default=60000, ge=100)
     metrics_port: int | None = None
+    # The API (SPEC §8, api/): where `symbiont api` listens and how live streams behave.
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    api_pool_size: int = Field(default=10, ge=1)
+    live_stream_max_s: float = Field(default=900.0, gt=0)
+    live_heartbeat_s: float = Field(default=15.0, gt=0)
+    live_max_streams: int = Field(default=2000, ge=1)
     log_json: bool = False
     log_level: str = "INFO"
 

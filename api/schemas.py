@@ -1,0 +1,275 @@
+"""Response models: what the OpenAPI document promises and every response is checked against."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Status = Literal["ok", "imbalance", "incomplete", "no_data"]
+
+
+class Problem(BaseModel):
+    detail: Any = Field(description="what went wrong")
+
+
+class WhoAmI(BaseModel):
+    role: Literal["admin", "operator", "partner", "integration"]
+    partner: str | None
+    token_id: int
+
+
+class PartnerOut(BaseModel):
+    id: str
+    name: str
+
+
+class MeterOut(BaseModel):
+    id: str
+    partner: str
+    kind: str
+    medium: str | None
+    reading: str
+    unit: str = Field(description="canonical unit of its readings (MWh, m3, t; per hour for rates)")
+    uncertainty: float
+    interval_s: float | None
+    window_s: int
+
+
+class ExchangeOut(BaseModel):
+    id: str
+    name: str
+    provider: str
+    receiver: str
+    kind: str
+    medium: str | None
+    unit: str = Field(description="canonical quantity unit: MWh, m3 or t")
+    loss: float
+    window_s: int
+    billing: str
+    nominal: float | None = Field(description="typical flow per hour in `unit`")
+    sent_meters: list[str]
+    received_meters: list[str]
+
+
+class BalanceOut(BaseModel):
+    id: str
+    kind: str
+    loss: float
+    window_s: int
+    in_meters: list[str]
+    out_meters: list[str]
+
+
+class NetworkOut(BaseModel):
+    id: str
+    name: str
+    timezone: str
+    currency: str
+    partners: list[PartnerOut]
+    meters: list[MeterOut]
+    exchanges: list[ExchangeOut]
+    balances: list[BalanceOut]
+
+
+class AlertOut(BaseModel):
+    id: int
+    fingerprint: str
+    rule: str
+    subject: str
+    subject_kind: Literal["exchange", "meter", "partner"]
+    severity: Literal["warning", "critical"]
+    status: Literal["firing", "resolved"]
+    acknowledged_by: str | None
+    acknowledged_at: datetime | None
+    started_at: datetime
+    resolved_at: datetime | None
+    summary: str
+    details: dict[str, Any]
+
+
+class AlertPage(BaseModel):
+    items: list[AlertOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page")
+
+
+class LiveExchange(BaseModel):
+    id: str
+    provider: str
+    receiver: str
+    kind: str
+    unit: str
+    window_start: datetime | None
+    window_end: datetime | None
+    sent: float | None
+    received: float | None
+    sent_rate: float | None
+    received_rate: float | None
+    rate_unit: str
+    status: Status | None
+    imbalance: float | None
+    z: float | None
+    coverage: float | None
+    open_alerts: int
+
+
+class LiveMeter(BaseModel):
+    id: str
+    partner: str
+    unit: str
+    last_ts: datetime | None
+    last_value: float | None
+    age_s: float | None
+
+
+class Live(BaseModel):
+    generated_at: datetime
+    exchanges: list[LiveExchange]
+    meters: list[LiveMeter]
+    alerts: list[AlertOut]
+
+
+class ReadingOut(BaseModel):
+    ts: datetime
+    value: float
+
+
+class ReadingPage(BaseModel):
+    meter: str
+    unit: str
+    items: list[ReadingOut]
+    next_cursor: str | None
+
+
+class WindowOut(BaseModel):
+    start: datetime
+    end: datetime
+    sent: float | None
+    received: float | None
+    loss: float
+    imbalance: float | None
+    sigma: float | None
+    z: float | None
+    coverage: float
+    status: Status
+
+
+class WindowList(BaseModel):
+    exchange: str
+    unit: str
+    items: list[WindowOut]
+
+
+class BalanceRow(BaseModel):
+    start: datetime
+    end: datetime
+    windows: int
+    sent: float | None
+    received: float | None
+    loss: float = Field(description="the exchange's loss fraction")
+    imbalance: float | None
+    sigma: float | None
+    z: float | None
+    coverage: float
+    imbalance_windows: int
+    incomplete_windows: int
+
+
+class BalanceList(BaseModel):
+    exchange: str
+    unit: str
+    interval: Literal["day", "month"]
+    timezone: str
+    items: list[BalanceRow]
+
+
+class ReconciledMeter(BaseModel):
+    meter: str
+    measured: float | None
+    reconciled: float | None
+    adjustment: float | None
+    z: float | None
+    suspect: bool
+
+
+class ReconciliationOut(BaseModel):
+    component: str
+    start: datetime
+    end: datetime
+    statistic: float | None
+    dof: int
+    critical: float | None
+    passed: bool | None
+    suspects: list[str]
+    meters: list[ReconciledMeter]
+
+
+class ReconciliationPage(BaseModel):
+    items: list[ReconciliationOut]
+    next_cursor: str | None
+
+
+class StatementInfo(BaseModel):
+    month: str
+    status: Literal["draft", "issued"]
+    issued_at: datetime | None
+    revision: int | None
+    content_hash: str | None
+
+
+class StatementList(BaseModel):
+    partner: str
+    items: list[StatementInfo]
+
+
+class IssuedOut(BaseModel):
+    partner: str
+    month: str
+    new: bool
+    content_hash: str
+
+
+class IssueResult(BaseModel):
+    month: str
+    statements: list[IssuedOut]
+
+
+class RejectionOut(BaseModel):
+    id: int
+    received_at: datetime
+    topic: str
+    partner: str | None
+    meter: str | None
+    reason: str
+    detail: str
+    payload: str | None = Field(description="the first 4 KiB of the payload, as text")
+
+
+class RejectionPage(BaseModel):
+    items: list[RejectionOut]
+    next_cursor: str | None
+
+
+class IngestRejection(BaseModel):
+    reason: str
+    detail: str
+
+
+class IngestResult(BaseModel):
+    readings: int = Field(description="valid readings in the payload")
+    stored: int
+    duplicates: int
+    rejected: list[IngestRejection]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    status: Literal["ready", "not ready"]
+    database: bool
+    broker: bool | None = Field(description="null when no broker is configured")
+    network: bool
+    detail: list[str]

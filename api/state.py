@@ -1,0 +1,87 @@
+"""What one API process holds: settings, the database pool, the network, the live hub."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from core.apply import load_applied
+from core.network import Network
+from core.settings import Settings
+
+if TYPE_CHECKING:
+    from api.live import LiveHub
+    from api.tokens import Principal
+    from ingest.parse import Parser
+    from ingest.writer import BatchWriter
+
+
+class NoNetwork(RuntimeError):
+    """No network file has been applied to this database yet."""
+
+
+@dataclass
+class NetworkCache:
+    """The applied network, reloaded when a NOTIFY says it changed (or every ``ttl_s``)."""
+
+    ttl_s: float = 30.0
+    network: Network | None = None
+    loaded_at: float = 0.0
+    stale: bool = True
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def invalidate(self) -> None:
+        self.stale = True
+
+    async def get(self, pool: asyncpg.Pool) -> Network:
+        now = time.monotonic()
+        if self.network is None or self.stale or now - self.loaded_at > self.ttl_s:
+            async with self.lock:
+                if self.network is None or self.stale or now - self.loaded_at > self.ttl_s:
+                    self.stale = False
+                    async with pool.acquire() as conn:
+                        net = await load_applied(conn)
+                    self.network = net
+                    self.loaded_at = time.monotonic()
+        if self.network is None:
+            raise NoNetwork("no network applied yet: run `symbiont network apply FILE`")
+        return self.network
+
+
+@dataclass
+class TokenCache:
+    """Verified tokens for a few seconds, so a busy client costs no query per request.
+
+    A revoked token stops working within ``ttl_s``.
+    """
+
+    ttl_s: float = 5.0
+    entries: dict[str, tuple[float, Principal]] = field(default_factory=dict)
+
+    def get(self, token: str) -> Principal | None:
+        hit = self.entries.get(token)
+        if hit is None or time.monotonic() - hit[0] > self.ttl_s:
+            return None
+        return hit[1]
+
+    def put(self, token: str, principal: Principal) -> None:
+        if len(self.entries) > 10_000:
+            self.entries.clear()
+        self.entries[token] = (time.monotonic(), principal)
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    pool: asyncpg.Pool
+    network: NetworkCache
+    tokens: TokenCache
+    hub: LiveHub
+    writer: BatchWriter
+    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    ingest_parser: tuple[Network, Parser] | None = None
+    started: float = field(default_factory=time.monotonic)
