@@ -17,6 +17,8 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
+from api_system import ApiSystem
+from api_system import build as build_api_system
 from services import (
     SYSTEM_POSTGRES_URL_ENV,
     Mosquitto,
@@ -143,3 +145,19 @@ def private_database_url(
     if not private_postgres.running:
         private_postgres.start()
     drop_database(private_postgres.url(), name)
+
+
+@pytest.fixture(scope="module")
+def api_system(postgres_admin_url: str, database_template: str) -> Iterator[ApiSystem]:
+    """The API served on a free port over two simulated days of the example network, with a
+    25 % leak on ``api_system.LEAKING`` and tokens for every role (see tests/api_system.py).
+    Shared by a module's tests: don't change what others rely on."""
+    name = unique_name("symbiont_api")
+    url = create_database(postgres_admin_url, name, template=database_template)
+    system = build_api_system(url)
+    system.serve()
+    try:
+        yield system
+    finally:
+        system.stop()
+        drop_database(postgres_admin_url, name)
