@@ -95,6 +95,11 @@ function fmtNumber(v) {
   return Math.abs(v) >= 100 ? numberFormat.format(v) : preciseFormat.format(v);
 }
 
+function fmtZ(v) {
+  if (v === null || v === undefined || !Number.isFinite(v)) return "–";
+  return (v > 0 ? "+" : v < 0 ? "−" : "") + Math.abs(v).toFixed(1);
+}
+
 function fmtRate(v, unit) {
   return v === null || v === undefined ? "–" : `${fmtNumber(v)} ${unit || ""}`.trim();
 }
@@ -549,8 +554,10 @@ function escapeHtml(s) {
 }
 
 function exchangeTitle(id) {
+  // The API may name an exchange after its id ("water forsyning equinor"): show the id then.
   const meta = exchangeMeta(id);
-  return meta && meta.name ? meta.name : id;
+  if (!meta || !meta.name || meta.name.trim().replace(/\s+/g, "-") === id) return id;
+  return meta.name;
 }
 
 function edgeTooltip(id) {
@@ -561,7 +568,7 @@ function edgeTooltip(id) {
     `${escapeHtml(partnerName(ex.provider))} → ${escapeHtml(partnerName(ex.receiver))}`,
     `sent ${escapeHtml(fmtRate(ex.sent_rate, u))}, received ${escapeHtml(fmtRate(ex.received_rate, u))}`,
     `status <b style="color:${STATUS_COLOURS[ex.status] || "#666"}">${escapeHtml(ex.status || "no_data")}</b>` +
-      (ex.z !== null && ex.z !== undefined ? `, z = ${fmtNumber(ex.z)}` : ""),
+      (ex.z !== null && ex.z !== undefined ? `, z = ${fmtZ(ex.z)}` : ""),
   ].join("<br>");
 }
 
@@ -609,10 +616,10 @@ function renderTable() {
       ),
       el("td", { class: "num" }, fmtRate(ex.sent_rate, u)),
       el("td", { class: "num" }, fmtRate(ex.received_rate, u)),
-      el("td", { class: "num col-z" }, fmtNumber(ex.z)),
+      el("td", { class: "num col-z" }, fmtZ(ex.z)),
       el(
         "td",
-        {},
+        { class: "nowrap" },
         el("span", { class: `badge status-${status}` }, status.replace("_", " ")),
         alerts ? el("span", { class: "alert-pill", title: "open alerts" }, `⚠ ${alerts}`) : null,
       ),
@@ -768,8 +775,16 @@ function renderHistory(id, data, from, to) {
   const lower = [];
   const band = [];
   const flagged = [];
+  let skipped = 0;
   for (const w of items) {
     const x = t(w);
+    // Windows without full data (incomplete, no data, the one in progress) hold partial
+    // quantities: leave a gap rather than draw a false dip.
+    if (w.status !== "ok" && w.status !== "imbalance") {
+      skipped += 1;
+      for (const series of [sent, received, expected, lower, band]) series.push([x, null]);
+      continue;
+    }
     sent.push([x, w.sent]);
     received.push([x, w.received]);
     const exp = w.sent === null || w.sent === undefined ? null : w.sent * (1 - (w.loss || 0));
@@ -792,6 +807,7 @@ function renderHistory(id, data, from, to) {
     `: ${Object.entries(counts)
       .map(([k, v]) => `${v} ${k.replace("_", " ")}`)
       .join(", ") || "none"}. ` +
+    (skipped ? `Windows without full data are left as gaps. ` : "") +
     `Band: expected received = sent × (1 − loss) ± 2σ.`;
   const narrow = $("exchange-chart").clientWidth < 560;
   historyChart.setOption(
