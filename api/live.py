@@ -88,6 +88,10 @@ class Subscriber:
                 event.subject, event.subject_kind
             ):
                 return
+            if event.kind == "alert":
+                event = Event(
+                    "alert", self.scope.redact_alert(event.data), event.subject, event.subject_kind
+                )
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:

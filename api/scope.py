@@ -8,7 +8,10 @@ answered as if it did not exist (404), so a partner cannot even learn what other
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
 
 from api.tokens import Principal, Role
 from core.network import Network
@@ -23,6 +26,7 @@ class Scope:
     exchange_meters: frozenset[str]  # meters behind the exchanges it sees
     exchanges: frozenset[str]
     balances: frozenset[str]
+    hidden: frozenset[str] = field(default=frozenset())  # ids it must never read
 
     @property
     def everything(self) -> bool:
@@ -40,6 +44,43 @@ class Scope:
         if subject_kind == "meter":
             return subject in self.meters
         return subject in self.partners
+
+    def redact(self, value: Any) -> Any:
+        """``value`` (text, or JSON-like data) with every identifier this caller may not see
+        replaced by a neutral word: alert summaries and details and reconciliation components
+        name other partners' meters and balances."""
+        if self.everything or not self.hidden:
+            return value
+        pattern = _pattern(self.hidden)
+        return _redact(value, pattern)
+
+    def redact_alert(self, alert: dict[str, Any]) -> dict[str, Any]:
+        if self.everything:
+            return alert
+        return {
+            **alert,
+            "summary": self.redact(alert["summary"]),
+            "details": self.redact(alert["details"]),
+        }
+
+
+REDACTED = "(not shared)"
+
+
+@lru_cache(maxsize=256)
+def _pattern(hidden: frozenset[str]) -> re.Pattern[str]:
+    names = "|".join(re.escape(h) for h in sorted(hidden, key=len, reverse=True))
+    return re.compile(rf"(?<![\w-])(?:{names})(?![\w-])")
+
+
+def _redact(value: Any, pattern: re.Pattern[str]) -> Any:
+    if isinstance(value, str):
+        return pattern.sub(REDACTED, value)
+    if isinstance(value, dict):
+        return {_redact(k, pattern): _redact(v, pattern) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact(v, pattern) for v in value]
+    return value
 
 
 def scope_for(network: Network, principal: Principal) -> Scope:
@@ -59,6 +100,10 @@ def scope_for(network: Network, principal: Principal) -> Scope:
     exchanges = [e for e in network.exchanges if me in (e.provider, e.receiver)]
     behind = frozenset(mid for e in exchanges for mid in (*e.sent, *e.received))
     balances = frozenset(b.id for b in network.balances if set(b.in_) | set(b.out) <= meters)
+    counterparts = {p for e in exchanges for p in (e.provider, e.receiver)}
+    visible = {me} | counterparts | meters | behind | {e.id for e in exchanges} | balances
+    every = {p.id for p in network.partners} | {m.id for m in network.meters}
+    every |= {e.id for e in network.exchanges} | {b.id for b in network.balances}
     return Scope(
         network,
         me,
@@ -67,4 +112,5 @@ def scope_for(network: Network, principal: Principal) -> Scope:
         meters | behind,
         frozenset(e.id for e in exchanges),
         balances,
+        frozenset(every - visible),
     )

@@ -212,7 +212,7 @@ async def reconciliations(
                 more = True
                 break
             last_id = r["id"]
-            items.append(_reconciliation(r))
+            items.append(caller.scope.redact(_reconciliation(r)))
         if more or len(rows) < batch:
             break
     return {"items": items, "next_cursor": str(last_id) if more else None}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Request, status
+from fastapi import APIRouter, Depends, Request, status
 from fastapi.responses import JSONResponse
 
 from api.deps import Caller, State, allow, not_found
@@ -55,7 +55,6 @@ async def post_readings(
     request: Request,
     state: State,
     caller: Annotated[Caller, Depends(allow(Role.admin, Role.partner))],
-    _body: Annotated[None, Body(include_in_schema=False)] = None,
 ) -> Any:
     """Store readings as if published on `symbiont/readings/{partner}/{meter}` (SPEC §3).
     A partner token may post only for its own partner."""

@@ -112,7 +112,11 @@ async def live(
         "generated_at": snap.generated_at,
         "exchanges": [e for e in snap.exchanges.values() if e["id"] in scope.exchanges],
         "meters": meters,
-        "alerts": [a for a in snap.alerts if scope.sees_alert(a["subject"], a["subject_kind"])],
+        "alerts": [
+            scope.redact_alert(a)
+            for a in snap.alerts
+            if scope.sees_alert(a["subject"], a["subject_kind"])
+        ],
     }
 
 
