@@ -1,140 +1,54 @@
 """The web dashboard in a real browser (Playwright driving Chromium) against a running system.
 
-The system: a migrated database with the Kalundborg example applied, two simulated days with a
-10 % leak on one exchange for the last hours, the rules engine run once, API tokens, and the
-API served by uvicorn on a free port.  Live streams are kept short so that the page has to
-reconnect.  The checks: every exchange of the network is drawn and listed; the leaking one is
-an imbalance, red in the Sankey and the list, and its alert is open; acknowledging it in one
-browser shows who acknowledged it there, in a second browser through the live stream, and in
-the API; a partner sees its statements and downloads one; a bad token stays at the sign-in.
+The system is tests/api_system.py's: the Kalundborg example applied to a migrated database,
+two simulated days with a leak on ``LEAKING``, the rules engine run once, a token for every
+role, and the API served by uvicorn on a free port; here with short live streams, so that the
+page has to reconnect.  The checks: every exchange of the network is drawn and listed; the
+leaking one is an imbalance, red in the Sankey and the list, and its alert is open; its
+history chart shows the imbalanced windows; acknowledging the alert in one browser shows who
+acknowledged it there, in a second browser through the live stream, and in the API; a partner
+sees only its part and its statements, and downloads one; a bad token stays at the sign-in.
 A screenshot goes to ``artifacts/dashboard.png``.
 
-Chromium is the system one (``/usr/bin/chromium``, or ``$SYMBIONT_TEST_CHROMIUM``).
+Chromium is the system one (``/usr/bin/chromium``, or ``$SYMBIONT_TEST_CHROMIUM``); Playwright's
+own browser download is not used.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import secrets
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
-import uvicorn
+from api_system import LEAKING, OWN, ApiSystem, build
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from services import create_database, drop_database
-
-from api.app import create_app
-from api.tokens import create_token
-from core.apply import apply_network
-from core.db import asyncpg_dsn
-from core.network import Network, load_network
-from core.settings import Settings
-from core.simulate import parse_fault
-from rules.backfill import write_simulation
-from rules.engine import Engine
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "artifacts"
 CHROMIUM_ENV = "SYMBIONT_TEST_CHROMIUM"
-LEAKING = "water-forsyning-equinor"
-PARTNER = "equinor"  # the leak's receiver
 IMBALANCE_RED = "rgb(214, 69, 65)"  # #d64541, app.js STATUS_COLOURS.imbalance
 STREAM_MAX_S = 4.0
 TIMEOUT_MS = 20_000
 
 
-@dataclass(frozen=True)
-class System:
-    url: str  # the API's base URL
-    network: Network
-    admin: str  # tokens
-    operator: str
-    partner: str
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-async def _prepare(url: str, net: Network) -> dict[str, str]:
-    """Apply the network, simulate two days with a leak, run the rules once, make tokens."""
-    now = datetime.now(UTC).replace(second=0, microsecond=0)
-    start = (now - timedelta(days=2)).replace(minute=0)
-    leak_at = (now - timedelta(hours=8)).replace(minute=0)
-    leak = parse_fault(f"leak:{LEAKING}:10%@{leak_at.isoformat()}", net)
-    dsn = asyncpg_dsn(url)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await apply_network(conn, net)
-        await write_simulation(dsn, net, start, now, faults=[leak], seed=7)
-        await Engine(Settings(database_url=url)).process_pending(conn, now=now)
-        tokens = {
-            "admin": await create_token(conn, "admin", name="dashboard-test-admin"),
-            "operator": await create_token(conn, "operator", name="control-room"),
-            "partner": await create_token(conn, "partner", PARTNER, name="equinor-finance"),
-        }
-    finally:
-        await conn.close()
-    return {role: t.token for role, t in tokens.items()}
-
-
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # not the main thread
-        pass
-
-
 @pytest.fixture(scope="module")
-def system(postgres_admin_url: str, database_template: str) -> Iterator[System]:
-    name = f"symbiont_test_{secrets.token_hex(6)}"
+def system(postgres_admin_url: str, database_template: str) -> Iterator[ApiSystem]:
+    """Like conftest's ``api_system``, but live streams end after STREAM_MAX_S."""
+    name = f"symbiont_dash_{os.urandom(6).hex()}"
     url = create_database(postgres_admin_url, name, template=database_template)
     try:
-        net = load_network(REPO / "examples" / "kalundborg.yaml")
-        tokens = asyncio.run(_prepare(url, net))
-        settings = Settings(database_url=url, live_stream_max_s=STREAM_MAX_S, live_heartbeat_s=1.0)
-        port = _free_port()
-        server = _Server(
-            uvicorn.Config(
-                create_app(settings),
-                host="127.0.0.1",
-                port=port,
-                log_level="warning",
-                access_log=False,
-                timeout_graceful_shutdown=2,
-            )
-        )
-        thread = threading.Thread(target=server.run, name="dashboard-api", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive(), "the API server stopped while starting"
-            assert time.monotonic() < deadline, "the API server did not start in 30 s"
-            time.sleep(0.05)
+        built = build(url)
+        built.serve(live_stream_max_s=STREAM_MAX_S, live_heartbeat_s=1.0)
         try:
-            yield System(
-                url=f"http://127.0.0.1:{port}",
-                network=net,
-                admin=tokens["admin"],
-                operator=tokens["operator"],
-                partner=tokens["partner"],
-            )
+            yield built
         finally:
-            server.should_exit = True
-            thread.join(timeout=15)
+            built.stop()
     finally:
         drop_database(postgres_admin_url, name)
 
@@ -182,32 +96,30 @@ def new_page(browser: Browser) -> Iterator[Any]:
     assert errors == [], f"JavaScript errors on the page: {errors}"
 
 
-def _sign_in(page: Page, system: System, token: str) -> None:
-    page.goto(system.url + "/")
-    page.fill("#token-input", token)
+def _sign_in(page: Page, system: ApiSystem, who: str) -> None:
+    page.goto(system.base_url + "/")
+    page.fill("#token-input", system.tokens[who])
     page.click("#signin-button")
     page.wait_for_function("window.symbiont && window.symbiont.ready === true")
 
 
-def _api(system: System, token: str, path: str) -> Any:
-    resp = httpx.get(
-        system.url + "/api/v1" + path, headers={"Authorization": f"Bearer {token}"}, timeout=30
-    )
+def _api(system: ApiSystem, who: str, path: str) -> Any:
+    resp = httpx.get(system.base_url + "/api/v1" + path, headers=system.headers(who), timeout=30)
     resp.raise_for_status()
     return resp.json()
 
 
-def _leak_alert(system: System) -> dict[str, Any]:
-    alerts = _api(system, system.admin, "/alerts?status=firing&limit=100")["items"]
+def _leak_alert(system: ApiSystem) -> dict[str, Any]:
+    alerts = _api(system, "admin", "/alerts?status=firing&limit=100")["items"]
     found = [a for a in alerts if a["subject"] == LEAKING and a["rule"] == "imbalance"]
     assert found, f"no firing imbalance alert on {LEAKING}: {alerts}"
     alert: dict[str, Any] = found[0]
     return alert
 
 
-def test_network_exchanges_and_the_leak(system: System, new_page: Any) -> None:
+def test_network_exchanges_and_the_leak(system: ApiSystem, new_page: Any) -> None:
     page = new_page()
-    _sign_in(page, system, system.admin)
+    _sign_in(page, system, "admin")
     expect(page.locator("#whoami")).to_have_attribute("data-role", "admin")
 
     ids = [e.id for e in system.network.exchanges]
@@ -269,26 +181,26 @@ def test_network_exchanges_and_the_leak(system: System, new_page: Any) -> None:
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
 
-def test_acknowledge_shows_everywhere(system: System, new_page: Any) -> None:
+def test_acknowledge_shows_everywhere(system: ApiSystem, new_page: Any) -> None:
     alert = _leak_alert(system)
     assert alert["acknowledged_by"] is None
     selector = f'#alerts li[data-alert-id="{alert["id"]}"]'
 
     watcher = new_page()  # an admin watching: learns of the acknowledgement by the live stream
-    _sign_in(watcher, system, system.admin)
+    _sign_in(watcher, system, "admin")
     expect(watcher.locator(selector)).to_be_visible()
     watcher.wait_for_function("window.symbiont.stream.connected === true")
     events_before = watcher.evaluate("window.symbiont.stream.events")
 
     page = new_page()
-    _sign_in(page, system, system.operator)
+    _sign_in(page, system, "operator")
     expect(page.locator("#whoami")).to_have_attribute("data-role", "operator")
     item = page.locator(selector)
     item.locator("button.ack").click()
     expect(item).to_contain_text("acknowledged by ")
     expect(item.locator("button.ack")).to_have_count(0)
 
-    confirmed = _api(system, system.admin, f"/alerts/{alert['id']}")
+    confirmed = _api(system, "admin", f"/alerts/{alert['id']}")
     by = confirmed["acknowledged_by"]
     assert by, confirmed
     assert confirmed["acknowledged_at"] is not None
@@ -306,15 +218,15 @@ def test_acknowledge_shows_everywhere(system: System, new_page: Any) -> None:
     )
 
 
-def test_partner_sees_its_statements(system: System, new_page: Any) -> None:
+def test_partner_sees_its_statements(system: ApiSystem, new_page: Any) -> None:
     page = new_page(width=1100)
-    _sign_in(page, system, system.partner)
-    expect(page.locator("#whoami")).to_have_attribute("data-partner", PARTNER)
+    _sign_in(page, system, "partner:" + OWN)
+    expect(page.locator("#whoami")).to_have_attribute("data-partner", OWN)
     expect(page.locator("#statements-card")).to_be_visible()
     expect(page.locator("#partner-picker-label")).to_be_hidden()
-    expect(page.locator("#statements")).to_have_attribute("data-partner", PARTNER)
+    expect(page.locator("#statements")).to_have_attribute("data-partner", OWN)
 
-    listed = _api(system, system.partner, f"/partners/{PARTNER}/statements")["items"]
+    listed = _api(system, "partner:" + OWN, f"/partners/{OWN}/statements")["items"]
     assert listed, "the API lists no statement (not even this month's draft)"
     rows = page.locator("#statement-rows tr[data-month]")
     expect(rows).to_have_count(len(listed))
@@ -328,10 +240,10 @@ def test_partner_sees_its_statements(system: System, new_page: Any) -> None:
     download = info.value
     assert download.suggested_filename.endswith(".json")
     body = json.loads(Path(download.path()).read_text())
-    assert PARTNER in json.dumps(body)
+    assert OWN in json.dumps(body)
 
     # A partner sees only its part of the network, and cannot acknowledge.
-    mine = {e.id for e in system.network.exchanges if PARTNER in (e.provider, e.receiver)}
+    mine = {e.id for e in system.network.exchanges if OWN in (e.provider, e.receiver)}
     shown = set(
         page.locator("#exchange-rows tr[data-exchange]").evaluate_all(
             "rs => rs.map(r => r.dataset.exchange)"
@@ -341,16 +253,22 @@ def test_partner_sees_its_statements(system: System, new_page: Any) -> None:
     expect(page.locator("#alerts button.ack")).to_have_count(0)
 
 
-def test_bad_token_and_sign_out(system: System, new_page: Any) -> None:
+def test_bad_token_and_sign_out(system: ApiSystem, new_page: Any) -> None:
     page = new_page(width=420, height=900)
-    page.goto(system.url + "/")
+    page.goto(system.base_url + "/")
     page.fill("#token-input", "sym_1_" + "x" * 43)
     page.click("#signin-button")
     expect(page.locator("#signin-error")).to_be_visible()
     expect(page.locator("#dashboard")).to_be_hidden()
 
-    _sign_in(page, system, system.admin)
+    _sign_in(page, system, "admin")
     expect(page.locator("#dashboard")).to_be_visible()
+    expect(page.locator("#exchange-rows tr[data-exchange]")).to_have_count(
+        len(system.network.exchanges)
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-narrow.png"), full_page=True)
     assert page.evaluate("sessionStorage.length") == 1
     page.reload()  # the token survives a reload of the tab
     page.wait_for_function("window.symbiont && window.symbiont.ready === true")

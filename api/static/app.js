@@ -527,7 +527,7 @@ function renderSankey() {
           label: {
             color: "#1f2933",
             fontSize: narrow ? 10 : 12,
-            backgroundColor: "rgba(255, 255, 255, 0.75)",
+            backgroundColor: "rgba(255, 255, 255, 0.85)",
             padding: [1, 3],
             borderRadius: 3,
             formatter: (p) => {
