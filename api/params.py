@@ -1,30 +1,39 @@
-"""Query parameters shared by several endpoints, validated to 422 (never a 500)."""
+"""Query parameters shared by several endpoints, validated to 422 (never a 500).
+
+Every 422 has FastAPI's validation-error shape (``detail``: a list of ``{loc, msg, type}``),
+whether pydantic or a check here found the problem, so clients parse one format.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import HTTPException, Query, status
+from fastapi import Query
+from fastapi.exceptions import RequestValidationError
 
 MAX_SPAN = timedelta(days=800)
+
+
+def invalid(where: str, name: str | int, message: str, value: Any = None) -> RequestValidationError:
+    """A 422 naming the parameter (``where``: query, path or body) and what is wrong."""
+    return RequestValidationError(
+        [{"type": "value_error", "loc": (where, name), "msg": message, "input": value}]
+    )
 
 
 def _aware(value: datetime | None, name: str) -> datetime | None:
     if value is None:
         return None
     if value.tzinfo is None or value.utcoffset() is None:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
-            detail=f"'{name}' needs a UTC offset (RFC 3339, e.g. 2026-10-01T00:00:00Z)",
+        raise invalid(
+            "query", name, f"'{name}' needs a UTC offset (RFC 3339, e.g. 2026-10-01T00:00:00Z)"
         )
     try:
         return value.astimezone(UTC)
     except (OverflowError, ValueError) as exc:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY, detail=f"'{name}' is out of range: {exc}"
-        ) from None
+        raise invalid("query", name, f"'{name}' is out of range: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +59,9 @@ def span(
         except OverflowError:
             start = datetime.min.replace(tzinfo=UTC)
     if start > end:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail="'from' is after 'to'")
+        raise invalid("query", "from", "'from' is after 'to'")
     if end - start > MAX_SPAN:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
-            detail=f"the span from 'from' to 'to' is over {MAX_SPAN.days} days",
-        )
+        raise invalid("query", "from", f"the span from 'from' to 'to' is over {MAX_SPAN.days} days")
     return Span(start, end)
 
 
@@ -67,7 +73,7 @@ def int_cursor(cursor: str | None) -> int | None:
     if cursor is None:
         return None
     if not cursor.isdigit() or len(cursor) > 18:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail="'cursor' is not valid")
+        raise invalid("query", "cursor", "'cursor' is not a cursor this API gave")
     return int(cursor)
 
 
@@ -77,9 +83,7 @@ def ts_cursor(cursor: str | None) -> datetime | None:
     try:
         value = datetime.fromisoformat(cursor)
     except ValueError:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY, detail="'cursor' is not valid"
-        ) from None
+        raise invalid("query", "cursor", "'cursor' is not a cursor this API gave") from None
     return _aware(value, "cursor")
 
 

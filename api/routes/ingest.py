@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from api.deps import Caller, State, allow, not_found
@@ -47,7 +47,6 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     "/readings/{partner_id}/{meter_id}",
     response_model=IngestResult,
     openapi_extra={"requestBody": _PAYLOAD_DOC},
-    responses={422: {"model": Problem}},
 )
 async def post_readings(
     partner_id: str,
@@ -90,7 +89,12 @@ async def post_readings(
     }
     if not result.inserted and not result.duplicates and rejected:
         return JSONResponse(
-            {"detail": {"message": "nothing stored", **body}},
-            status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
+            {
+                "detail": [
+                    {"type": r["reason"], "loc": ["body"], "msg": f"{r['reason']}: {r['detail']}"}
+                    for r in rejected
+                ]
+            },
+            status_code=422,
         )
     return body

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.responses import JSONResponse, Response
 
 from api.deps import READERS, Caller, State, allow, not_found
+from api.params import invalid
 from api.schemas import IssueResult, Problem, StatementList
 from api.tokens import Role
 from core.windows import month_bounds
@@ -29,11 +30,9 @@ def _month(text: str) -> tuple[int, int]:
     try:
         year, month = parse_month(text)
     except ValueError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(exc)) from None
+        raise invalid("path", "month", str(exc)) from None
     if not 2000 <= year <= 2999:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY, detail=f"month {text!r} is out of range"
-        )
+        raise invalid("path", "month", f"month {text!r} is out of range (2000-01 to 2999-12)")
     return year, month
 
 
@@ -108,7 +107,6 @@ def _format(request: Request, fmt: str | None) -> str:
                 "application/pdf": {"schema": {"type": "string", "format": "binary"}},
             },
         },
-        422: {"model": Problem},
     },
 )
 async def statement(
@@ -148,7 +146,7 @@ async def statement(
 @router.post(
     "/statements/{month}/issue",
     response_model=IssueResult,
-    responses={409: {"model": Problem}, 422: {"model": Problem}},
+    responses={409: {"model": Problem}},
 )
 async def issue(
     month: str, state: State, caller: Annotated[Caller, Depends(allow(Role.admin))]
