@@ -275,3 +275,18 @@ def test_bad_token_and_sign_out(system: ApiSystem, new_page: Any) -> None:
     page.click("#sign-out")
     expect(page.locator("#signin")).to_be_visible()
     assert page.evaluate("sessionStorage.length") == 0
+
+
+def test_integration_token_sees_flows_and_alerts(system: ApiSystem, new_page: Any) -> None:
+    page = new_page()
+    _sign_in(page, system, "integration")  # /network is not open to it: /live fills in
+    expect(page.locator("#whoami")).to_have_attribute("data-role", "integration")
+    rows = page.locator("#exchange-rows tr[data-exchange]")
+    expect(rows).to_have_count(len(system.network.exchanges))
+    expect(page.locator(f'#exchange-rows tr[data-exchange="{LEAKING}"]')).to_have_attribute(
+        "data-status", "imbalance"
+    )
+    expect(page.locator(f'#alerts li[data-subject="{LEAKING}"]').first).to_be_visible()
+    expect(page.locator("#alerts button.ack")).to_have_count(0)
+    expect(page.locator("#statements-card")).to_be_hidden()
+    expect(page.locator("#error")).to_be_hidden()

@@ -187,6 +187,7 @@ function signOut(message) {
   if (historyChart) historyChart.clear();
   $("exchange-chart").hidden = true;
   $("detail-hint").hidden = false;
+  $("detail-hint").textContent = "Select an exchange in the diagram or the table.";
   $("detail-title").textContent = "Exchange history";
   $("detail-summary").textContent = "";
   publish();
@@ -321,6 +322,7 @@ async function runStream(gen) {
       }
       first = false;
       await readEvents(resp, gen, handleEvent);
+      backoff = BACKOFF_MIN_MS; // a stream that ended cleanly (bounded lifetime): come back soon
     } catch (err) {
       if (gen !== generation || (err && err.name === "AbortError")) return;
       if (err instanceof ApiError && err.status === 401) return;
@@ -328,7 +330,6 @@ async function runStream(gen) {
     }
     if (gen !== generation) return;
     setStreamState("offline");
-    // A stream that lived a while ended normally (bounded lifetime): reconnect soon.
     if (Date.now() - started > 10000) backoff = BACKOFF_MIN_MS;
     const wait = backoff * (0.75 + Math.random() * 0.5);
     backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
@@ -732,6 +733,10 @@ async function selectExchange(id) {
   state.selected = id;
   renderExchanges();
   $("detail-title").textContent = exchangeTitle(id);
+  if (state.whoami && state.whoami.role === "integration") {
+    $("detail-hint").textContent = "The history of an exchange is not open to integration tokens.";
+    return;
+  }
   $("detail-hint").hidden = true;
   $("exchange-chart").hidden = false;
   $("exchange-detail").dataset.exchange = id;
