@@ -1079,6 +1079,9 @@ class Engine:
         log.info("rules worker %s started", self.worker)
         try:
             while not stop.is_set():
+                # Cleared before the work, not after: a NOTIFY that arrives while a batch is
+                # processed sets it again, so that data is not left waiting for the timeout.
+                wake.clear()
                 try:
                     stats = await self.process_pending(conn)
                     if stats.meter_windows or stats.exchange_windows or stats.alerts:
@@ -1105,7 +1108,6 @@ class Engine:
                     listener = await asyncpg.connect(self.dsn)
                     await listener.add_listener(DIRTY_CHANNEL, lambda *_: wake.set())
                     continue
-                wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=5.0)
         finally:
