@@ -7,9 +7,10 @@ record them in BENCHMARKS.md (each benchmark replaces its own section).
     python -m benchmarks.run --only NAME [OPTIONS]
         one benchmark, with its own options (``--only NAME --help`` lists them)
 
-Benchmarks: ``ingest`` (benchmarks/ingest_throughput.py) and ``rules``
-(benchmarks/rules_engine.py). They need PostgreSQL (``$SYMBIONT_TEST_DATABASE_URL`` or
-postgres@127.0.0.1:5432, allowed to create databases) and the ``mosquitto`` binary.
+Benchmarks: ``ingest`` (benchmarks/ingest_throughput.py), ``rules``
+(benchmarks/rules_engine.py) and ``statements`` (benchmarks/statements.py). They need
+PostgreSQL (``$SYMBIONT_TEST_DATABASE_URL`` or postgres@127.0.0.1:5432, allowed to create
+databases) and the ``mosquitto`` binary.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from benchmarks import ingest_throughput as it
 BENCHMARKS = {
     "ingest": "benchmarks.ingest_throughput",
     "rules": "benchmarks.rules_engine",
+    "statements": "benchmarks.statements",
 }
 
 

@@ -18,7 +18,7 @@ from core.network import parse_network
 from core.settings import Settings
 from rules.backfill import write_simulation
 from rules.engine import Engine
-from rules.issue import issue_month, stored
+from rules.issue import IssueTimings, issue_month, render_pdf_for, stored
 from rules.render import verify_hash
 
 NETWORK: dict[str, Any] = {
@@ -201,6 +201,35 @@ def test_statements_are_issued_automatically_after_the_grace_period(database_url
             assert [r["month"] for r in months] == ["2026-10"]
             again = await engine.issue_statements(conn, datetime(2026, 11, 4, 1, tzinfo=UTC))
             assert again == 0
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_pdfs_rendered_in_workers_are_the_bytes_rendered_here(
+    database_url: str, workers: int
+) -> None:
+    """Whether issue_month renders the PDFs in worker processes or in a thread, the stored
+    PDF is byte for byte the one this process renders from the stored document."""
+    net = parse_network(NETWORK)
+
+    async def go() -> None:
+        conn = await _setup(database_url)
+        try:
+            timings = IssueTimings()
+            issued = await issue_month(
+                conn, net, 2026, 9, ISSUE_SEPT, workers=workers, timings=timings
+            )
+            assert [i.new for i in issued] == [True, True]
+            assert timings.workers == workers and timings.pdfs == 2
+            assert timings.pdf > 0 and timings.compute > 0 and timings.store > 0
+            for partner in ("plant", "town"):
+                row = await stored(conn, partner, "2026-09")
+                assert row is not None
+                doc = json.loads(row["document"])
+                assert bytes(row["pdf"]) == await render_pdf_for(conn, net, doc)
         finally:
             await conn.close()
 
