@@ -24,6 +24,31 @@ def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _db_prune(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import UTC, datetime
+
+    from core.db import connect
+    from rules.retention import prune
+
+    keep = settings.readings_retention_days
+    if keep is None:
+        raise ValueError("SYMBIONT_READINGS_RETENTION_DAYS is not set: readings are kept for ever")
+
+    async def go() -> Any:
+        conn = await connect(settings.database_url, application_name="symbiont-cli")
+        try:
+            return await prune(conn, keep, datetime.now(UTC), backfill_days=settings.backfill_days)
+        finally:
+            await conn.close()
+
+    pruned = asyncio.run(go())
+    print(
+        f"dropped {len(pruned.partitions)} reading partitions"
+        f" ({', '.join(pruned.partitions) or 'none'}) and {pruned.rejections} rejections"
+    )
+    return 0
+
+
 def _network_validate(args: argparse.Namespace, settings: Settings) -> int:
     from core.network import load_network
 
@@ -190,6 +215,12 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return demo.run(args, settings)
 
 
+def _broker_config(args: argparse.Namespace, settings: Settings) -> int:
+    from core import brokerconfig
+
+    return brokerconfig.run(args)
+
+
 def _api(args: argparse.Namespace, settings: Settings) -> int:
     from api.app import serve
 
@@ -274,8 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="network file (default: the bundled Kalundborg example)",
     )
-    demo.add_argument("--days", type=int, default=30, help="days of history to backfill")
-    demo.add_argument("--speed", type=float, default=60.0, help="live simulation speed-up")
+    demo.add_argument(
+        "--days",
+        type=int,
+        default=None,
+        help="days of history to backfill (default: since the start of the previous month)",
+    )
     demo.add_argument(
         "--duration",
         type=float,
@@ -288,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     up = db.add_parser("upgrade", help="apply migrations (Alembic)")
     up.add_argument("revision", nargs="?", default="head")
     up.set_defaults(handler=_db_upgrade)
+    prune = db.add_parser(
+        "prune", help="drop raw readings older than SYMBIONT_READINGS_RETENTION_DAYS now"
+    )
+    prune.set_defaults(handler=_db_prune)
 
     network = sub.add_parser("network", help="the network file").add_subparsers(
         dest="network", required=True
@@ -350,6 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_parser("list", help="list tokens (never their secrets)").set_defaults(
         handler=_token_list
     )
+
+    broker = sub.add_parser(
+        "broker-config", help="Mosquitto users, passwords and ACL for a network file"
+    )
+    from core import brokerconfig
+
+    brokerconfig.add_arguments(broker)
+    broker.set_defaults(handler=_broker_config)
 
     imp = sub.add_parser("import", help="backfill readings from a CSV file")
     imp.add_argument("csv", type=Path, help="CSV with columns meter, ts, value[, unit]")

@@ -127,3 +127,10 @@ def current_revision(url: str | None) -> str | None:
             await conn.close()
 
     return asyncio.run(read())
+
+
+def downgrade(url: str | None, revision: str) -> None:
+    """Revert migrations down to ``revision`` (``base``: an empty schema)."""
+    from alembic import command
+
+    command.downgrade(alembic_config(require_database_url(url)), revision)

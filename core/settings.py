@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     mqtt_url: str | None = Field(default=None, description="mqtt://user:pass@host:1883")
     network_file: Path | None = None
     backfill_days: int = Field(default=400, ge=1)
+    # Raw readings older than this are dropped by whole month partitions (rules/retention.py);
+    # unset keeps them for ever.  Window results, alerts and statements are always kept.
+    readings_retention_days: int | None = Field(default=None, ge=1)
     future_tolerance_s: float = Field(default=300.0, ge=0)
     max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)
     statement_grace: str = "3d"
@@ -34,7 +37,8 @@ class Settings(BaseSettings):
     ingest_batch_readings: int = Field(default=20000, ge=1)
     ingest_batch_wait_ms: float = Field(default=20.0, ge=0)
     ingest_queue_messages: int = Field(default=60000, ge=100)
-    metrics_port: int | None = None
+    metrics_port: int | None = None  # ingest and rules serve Prometheus metrics here
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can scrape it
     # The API (SPEC §8, api/): where `symbiont api` listens and how live streams behave.
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
@@ -134,6 +138,16 @@ class Settings(BaseSettings):
         if "@" not in address or "\r" in value or "\n" in value:
             raise ValueError(f"not a mail address: {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _check_retention(self) -> Settings:
+        keep = self.readings_retention_days
+        if keep is not None and keep < self.backfill_days + 31:
+            raise ValueError(
+                f"SYMBIONT_READINGS_RETENTION_DAYS={keep} must be at least"
+                f" SYMBIONT_BACKFILL_DAYS + 31 = {self.backfill_days + 31}"
+            )
+        return self
 
 
 SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")

@@ -28,5 +28,5 @@ PENDING = Gauge("symbiont_ingest_pending_messages", "Messages received, not yet 
 CONNECTED = Gauge("symbiont_ingest_connected", "1 while connected to the broker")
 
 
-def serve(port: int) -> None:
-    start_http_server(port, addr="127.0.0.1")
+def serve(port: int, host: str = "127.0.0.1") -> None:
+    start_http_server(port, addr=host)

@@ -407,7 +407,7 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
 
 def run(settings: Settings, *, client_id: str | None = None) -> int:
     if settings.metrics_port:
-        metrics.serve(settings.metrics_port)
+        metrics.serve(settings.metrics_port, settings.metrics_host)
     service = IngestService(settings, client_id=client_id)
 
     async def main() -> None:

@@ -175,6 +175,7 @@ class Engine:
         self.subject_limit = subject_limit
         self.topology: Topology | None = None
         self._targets = self._alert_targets()
+        self._last_retention = float("-inf")
 
     def _alert_targets(self) -> lifecycle.Targets | None:
         try:
@@ -1083,7 +1084,9 @@ class Engine:
                 # processed sets it again, so that data is not left waiting for the timeout.
                 wake.clear()
                 try:
+                    started = time.perf_counter()
                     stats = await self.process_pending(conn)
+                    _observe(stats, time.perf_counter() - started)
                     if stats.meter_windows or stats.exchange_windows or stats.alerts:
                         log.info(
                             "%d meter windows, %d exchange windows, %d reconciliations; alerts: %s",
@@ -1097,6 +1100,7 @@ class Engine:
                         if periodic.alerts:
                             log.info("time-driven alerts: %s", dict(periodic.alerts))
                         last_periodic = time.monotonic()
+                        await self._retention(conn)
                 except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
                     log.warning("database unavailable (%s); reconnecting", exc)
                     await asyncio.sleep(2)
@@ -1119,6 +1123,29 @@ class Engine:
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await conn.close()
+
+    async def _retention(self, conn: asyncpg.Connection) -> None:
+        """Drop expired reading partitions, at most hourly, by one worker at a time."""
+        keep = self.settings.readings_retention_days
+        if keep is None or time.monotonic() - self._last_retention < 3600:
+            return
+        self._last_retention = time.monotonic()
+        if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext('symbiont_retention'))"):
+            return
+        try:
+            from rules.retention import prune
+
+            pruned = await prune(
+                conn, keep, datetime.now(UTC), backfill_days=self.settings.backfill_days
+            )
+            if pruned.partitions or pruned.rejections:
+                log.info(
+                    "retention: dropped %s and %d rejections",
+                    ", ".join(pruned.partitions) or "no partitions",
+                    pruned.rejections,
+                )
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtext('symbiont_retention'))")
 
     async def _connect_forever(self, stop: asyncio.Event) -> asyncpg.Connection | None:
         while not stop.is_set():
@@ -1160,8 +1187,23 @@ def _clusters(bounds: list[tuple[datetime, datetime]]) -> list[list[tuple[dateti
     return out
 
 
+def _observe(stats: Stats, seconds: float) -> None:
+    from rules import metrics
+
+    metrics.PASS_SECONDS.observe(seconds)
+    metrics.METER_WINDOWS.inc(stats.meter_windows)
+    metrics.EXCHANGE_WINDOWS.inc(stats.exchange_windows)
+    metrics.RECONCILIATIONS.inc(stats.reconciliations)
+    for rule, n in stats.alerts.items():
+        metrics.ALERT_CHANGES.labels(str(rule)).inc(n)
+
+
 def run(settings: Settings, *, once: bool = False, worker_id: str | None = None) -> int:
     engine = Engine(settings, worker_id=worker_id)
+    if settings.metrics_port and not once:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
 
     async def main() -> None:
         if once:
