@@ -498,6 +498,16 @@ async def issue_due(
     )
     if done >= len(net.partners):
         return []
+    # Not while readings of the month still wait to be reconciled (after an outage, or a
+    # backfill in progress): the statement would miss them and need adjustments next month.
+    pending = await conn.fetchval(
+        """SELECT EXISTS (SELECT 1 FROM dirty_windows WHERE window_start < $1)
+               OR EXISTS (SELECT 1 FROM dirty_subjects WHERE window_start < $1)""",
+        end,
+    )
+    if pending:
+        log.info("statements for %s wait for pending windows", month_label(year, month))
+        return []
     issued = await issue_month(conn, net, year, month, now, settings=settings)
     return [i for i in issued if i.new]
 

@@ -207,6 +207,31 @@ def test_statements_are_issued_automatically_after_the_grace_period(database_url
     asyncio.run(go())
 
 
+def test_automatic_issue_waits_for_the_months_pending_windows(database_url: str) -> None:
+    """Readings of the month still waiting to be reconciled (a backfill in progress, an
+    outage) hold the automatic issue back; it happens once they are processed."""
+    net = parse_network(NETWORK)
+
+    async def go() -> None:
+        conn = await _setup(database_url)
+        try:
+            meter = net.exchanges[0].received[0]
+            await conn.execute(
+                "INSERT INTO dirty_windows (meter_id, window_start) VALUES ($1, $2)",
+                meter,
+                datetime(2026, 10, 20, 10, tzinfo=UTC),
+            )
+            engine = Engine(Settings(database_url=database_url, statement_grace="3d"))
+            late = datetime(2026, 11, 4, tzinfo=UTC)
+            assert await engine.issue_statements(conn, late) == 0
+            await engine.process_pending(conn, now=NOV)
+            assert await engine.issue_statements(conn, late) == len(net.partners)
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_pdfs_rendered_in_workers_are_the_bytes_rendered_here(
     database_url: str, workers: int
