@@ -8,9 +8,9 @@ record them in BENCHMARKS.md (each benchmark replaces its own section).
         one benchmark, with its own options (``--only NAME --help`` lists them)
 
 Benchmarks: ``ingest`` (benchmarks/ingest_throughput.py), ``rules``
-(benchmarks/rules_engine.py) and ``statements`` (benchmarks/statements.py). They need
-PostgreSQL (``$SYMBIONT_TEST_DATABASE_URL`` or postgres@127.0.0.1:5432, allowed to create
-databases) and the ``mosquitto`` binary.
+(benchmarks/rules_engine.py), ``statements`` (benchmarks/statements.py) and ``api``
+(benchmarks/api_latency.py). They need PostgreSQL (``$SYMBIONT_TEST_DATABASE_URL`` or
+postgres@127.0.0.1:5432, allowed to create databases) and the ``mosquitto`` binary.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ BENCHMARKS = {
     "ingest": "benchmarks.ingest_throughput",
     "rules": "benchmarks.rules_engine",
     "statements": "benchmarks.statements",
+    "api": "benchmarks.api_latency",
 }
 
 

@@ -1,0 +1,1460 @@
+"""API speed: ``/live`` and a month of windows under load, and 500 live streams (issue 5).
+
+Set-up, everything on this machine: a fresh migrated database with the example network
+(``examples/kalundborg.yaml``), ``days`` of simulated readings up to the current minute
+(``rules.backfill.write_simulation``, seed 5, a 25 % leak on ``steam-asnaes-novo`` from the
+start, as ``tests/api_system.py`` does) reconciled by ``symbiont rules --once``; then a
+private Mosquitto, ``symbiont ingest``, ``symbiont rules`` and ``symbiont api --port P`` as
+processes of their own, and a publisher process (``python -m benchmarks.api_latency
+publish``) sending ``ingest_rate`` readings/s for as long as the measurements last.
+
+The publisher continues the backfill's simulation (same network, faults and seed, simulated
+from the backfill's start so that the registers carry on where the backfill stopped):
+``readings_per_message`` readings per QoS 1 message, round-robin over the 26 meters that read
+continuously (the weighbridges are left out), each message holding its meter's readings since
+its previous message, evenly spaced up to now and interpolated from the simulation. The last
+complete windows, which is what ``/live`` shows and the live streams announce, only change
+when an hour ends or late data arrives, so the publisher also sends ``late_per_s`` late
+readings per second, each one reading of a rate meter somewhere in the previous hour (the
+simulated value ± 1 %): the rules engine recomputes that window and the API's live hub
+announces the changed exchange as a ``flow`` event.
+
+Measurements, one after the other while ingest, rules and the publisher run:
+
+- ``/api/v1/live`` and ``/api/v1/exchanges/steam-asnaes-novo/windows?from=…&to=…`` (the
+  ``days`` × 24 hourly windows of the backfill), each for ``seconds`` at ``rate`` requests/s
+  with an operator token, from a load generator process (``python -m benchmarks.api_latency
+  load``). It is open loop: request i is due at t0 + i / rate whatever happened before, goes
+  out on the first free one of ``connections`` keep-alive connections (HTTP/1.1 on raw asyncio
+  streams: little CPU of its own), and its latency runs from when it was due to the last byte
+  of the response, so time spent queueing, for a connection or in the server, is counted.
+- ``streams`` server-sent-event streams (``/api/v1/live/stream``, half with an operator token,
+  half with the token of partner ``novo``), opened at once from one client process (``python
+  -m benchmarks.api_latency sse``) and held for ``hold_seconds`` while readings flow; per
+  stream the events received, per event how long it took to reach every stream that got it.
+  The API's resident memory (VmRSS from /proc) is sampled every second before, during and
+  after.
+
+CPU seconds of every process involved (the API and its PostgreSQL backends, rules and its
+backends, ingest and its backends, Mosquitto, the publisher, the load generator) and of the
+whole machine are read from /proc around each measurement, so a run disturbed by other work on
+the box says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import math
+import os
+import random
+import resource
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.clients import QoS1Publisher  # noqa: E402
+from benchmarks.ingest_throughput import (  # noqa: E402
+    BenchError,
+    add_common_arguments,
+    cpu_seconds,
+    fetch,
+    loadavg,
+    log,
+    machine,
+    machine_busy,
+    percentile,
+    wait_quiet,
+)
+from benchmarks.rules_engine import Service, _clean_env  # noqa: E402
+from core.apply import apply_network  # noqa: E402
+from core.db import asyncpg_dsn, upgrade  # noqa: E402
+from core.network import Network, ReadingType, load_network  # noqa: E402
+from core.simulate import parse_fault, simulate  # noqa: E402
+from tests.services import (  # noqa: E402
+    Mosquitto,
+    create_database,
+    drop_database,
+    free_port,
+    system_postgres_url,
+    wait_port,
+)
+
+SECTION = "## API (issue 5: speed)"
+NETWORK_FILE = ROOT / "examples" / "kalundborg.yaml"
+LEAKING = "steam-asnaes-novo"  # leaks 25 % from the start of the backfill, as in the API tests
+WINDOWS_EXCHANGE = LEAKING
+PARTNER = "novo"  # the partner token of half the live streams (receiver of LEAKING)
+SEED = 5
+RULES_WORKER = "bench-api-rules"
+TARGET_LIVE_P99_S = 0.050
+TARGET_WINDOWS_P99_S = 0.100
+PUB_WINDOW = 1000  # unacknowledged messages the publisher allows itself
+
+
+def faults_for(start: datetime) -> list[str]:
+    return [f"leak:{LEAKING}:25%@{start.isoformat()}"]
+
+
+# --------------------------------------------------------------------------------- options
+
+
+@dataclass
+class Options:
+    days: int = 30
+    rate: float = 200.0  # requests/s in each HTTP measurement
+    seconds: float = 60.0  # length of each HTTP measurement
+    connections: int = 32  # keep-alive connections of the load generator
+    ingest_rate: float = 5000.0  # readings/s published meanwhile
+    readings_per_message: int = 100
+    late_per_s: float = 2.0  # late readings/s into the previous hour (0: none)
+    streams: int = 500
+    hold_seconds: float = 60.0
+    warmup: float = 15.0  # publishing before the first measurement
+    pool_size: int | None = None  # SYMBIONT_API_POOL_SIZE for the API (None: its default)
+    profile: Path | None = None  # directory for py-spy flame graphs of the API, per phase
+    quiet_wait: float = 60.0
+    write: Path | None = ROOT / "BENCHMARKS.md"
+    command: str = ""
+
+
+# -------------------------------------------------------------------------- the publisher
+
+
+def run_publish(args: argparse.Namespace) -> dict[str, Any]:
+    """Publish ``rate`` readings/s until SIGTERM (or ``max_seconds``); see the module
+    docstring. Writes ``ready_file`` once the simulation is done and it is connected."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    net = load_network(args.network)
+    faults = [parse_fault(f, net) for f in args.fault]
+    sim_start = datetime.fromisoformat(args.sim_start)
+    live_from = float(args.live_from)
+    horizon = datetime.fromtimestamp(live_from + args.max_seconds + 600, UTC)
+    keep_from = live_from - 3 * 3600
+    continuous = [
+        m for m in net.meters if m.interval is not None and m.reading != ReadingType.delta
+    ]
+    wanted = {m.id for m in continuous}
+    pieces: dict[str, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+    for piece in simulate(net, sim_start, horizon, faults=faults, seed=args.seed):
+        if piece.meter_id in wanted and len(piece) and piece.end > keep_from:
+            keep = piece.ts >= keep_from
+            pieces[piece.meter_id].append((piece.ts[keep], piece.value[keep]))
+    series = {
+        mid: (np.concatenate([t for t, _ in ps]), np.concatenate([v for _, v in ps]))
+        for mid, ps in pieces.items()
+    }
+    topics = [f"symbiont/readings/{m.partner}/{m.id}".encode() for m in continuous]
+    # Late readings go to rate meters of hourly exchanges: one more reading changes the window.
+    hourly = {
+        mid
+        for ex in net.exchanges
+        if ex.window == timedelta(hours=1)
+        for mid in (*ex.sent, *ex.received)
+    }
+    late_meters = [
+        (i, m.id) for i, m in enumerate(continuous) if m.id in hourly and m.reading == "rate"
+    ]
+    pub = QoS1Publisher(args.url, args.client_id, window=PUB_WINDOW)
+    Path(args.ready_file).write_text("ready\n")
+    rng = random.Random(args.seed)
+    per = args.per_message
+    msg_rate = args.rate / per
+    n = len(continuous)
+    last = [live_from] * n
+    published = readings = late = 0
+    behind_max = 0.0
+    per_second: dict[int, int] = defaultdict(int)
+    t0 = time.time()
+    first = t0
+    next_late = t0
+    late_period = 1.0 / args.late_per_s if args.late_per_s > 0 else math.inf
+    try:
+        while not stop.is_set() and time.time() - t0 < args.max_seconds:
+            due = t0 + published / msg_rate
+            wait = due - time.time()
+            if wait > 0:
+                time.sleep(min(wait, 0.05))
+                continue
+            now = time.time()
+            behind_max = max(behind_max, now - due)
+            i = published % n
+            mid = continuous[i].id
+            ts, val = series[mid]
+            step = (now - last[i]) / per
+            stamps = np.round(last[i] + step * np.arange(1, per + 1), 6)
+            values = np.interp(stamps, ts, val)
+            payload = orjson.dumps(
+                [
+                    {"ts": t, "value": v}
+                    for t, v in zip(stamps.tolist(), values.tolist(), strict=True)
+                ]
+            )
+            batch = [(topics[i], payload)]
+            if late_meters and now >= next_late:
+                j, late_id = late_meters[late % len(late_meters)]
+                hour = math.floor(now / 3600) * 3600 - 3600
+                at = round(hour + rng.uniform(30.0, 3570.0), 6)
+                ts_l, val_l = series[late_id]
+                value = float(np.interp(at, ts_l, val_l)) * (1 + rng.uniform(-0.01, 0.01))
+                batch.append((topics[j], orjson.dumps([{"ts": at, "value": value}])))
+                late += 1
+                next_late += late_period
+            pub.publish(batch)
+            last[i] = float(stamps[-1])
+            if published == 0:
+                first = now
+            published += 1
+            readings += per
+            per_second[int(now)] += per
+        last_at = time.time()
+        pub.wait_acked()
+    finally:
+        pub.close()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    span = last_at - first
+    return {
+        "published": published + late,
+        "acked": pub.acked,
+        "readings": readings,
+        "late": late,
+        "first_at": first,
+        "last_at": last_at,
+        "achieved_readings_per_s": readings / span if span > 0 else 0.0,
+        "max_behind_s": behind_max,
+        "meters": n,
+        "late_meters": [mid for _, mid in late_meters],
+        "per_second": sorted(per_second.items()),
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+    }
+
+
+# ----------------------------------------------------------------- HTTP over raw asyncio
+
+
+class HttpConnection:
+    """One keep-alive HTTP/1.1 connection: a GET, then read the whole response."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+    async def get(self, request: bytes) -> tuple[int, int]:
+        """(status, body bytes); reconnects first if the connection was closed."""
+        if self.writer is None or self.writer.is_closing():
+            await self.connect()
+        assert self.reader is not None and self.writer is not None
+        self.writer.write(request)
+        status, headers = await read_head(self.reader)
+        if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+            size = 0
+            while True:
+                chunk = await read_chunk(self.reader)
+                if chunk is None:
+                    break
+                size += len(chunk)
+        elif b"content-length" in headers:
+            size = len(await self.reader.readexactly(int(headers[b"content-length"])))
+        else:
+            size = len(await self.reader.read())
+            self.close()
+        if headers.get(b"connection", b"").lower() == b"close":
+            self.close()
+        return status, size
+
+
+async def read_head(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes]]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
+async def read_chunk(reader: asyncio.StreamReader) -> bytes | None:
+    """One chunk of a chunked body; None at its end."""
+    size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip(), 16)
+    if size == 0:
+        await reader.readuntil(b"\r\n")
+        return None
+    data = await reader.readexactly(size + 2)
+    return data[:-2]
+
+
+def request_bytes(host: str, port: int, path: str, token: str, accept: str) -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
+        f"Accept: {accept}\r\nUser-Agent: symbiont-bench\r\n\r\n"
+    ).encode()
+
+
+async def open_loop(args: argparse.Namespace) -> dict[str, Any]:
+    """Requests due at t0 + i / rate, each on the first free connection; latency from when it
+    was due to the end of its response."""
+    host, _, port_text = args.url.split("://", 1)[1].rstrip("/").partition(":")
+    port = int(port_text)
+    request = request_bytes(host, port, args.path, args.token, "application/json")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    startup_cpu = usage.ru_utime + usage.ru_stime
+    idle: asyncio.Queue[HttpConnection] = asyncio.Queue()
+    for _ in range(args.connections):
+        conn = HttpConnection(host, port)
+        await conn.connect()
+        idle.put_nowait(conn)
+    loop = asyncio.get_running_loop()
+    total = int(args.rate * args.duration)
+    results: list[list[float]] = []
+    errors: list[str] = []
+    reconnects = 0
+    t0 = loop.time() + 0.2
+    wall0 = time.time() + (t0 - loop.time())
+
+    async def one(due: float) -> None:
+        nonlocal reconnects
+        conn = await idle.get()
+        sent = loop.time()
+        try:
+            try:
+                status, size = await conn.get(request)
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                # The server closed an idle keep-alive connection: once more on a new one.
+                reconnects += 1
+                conn.close()
+                errors.append(f"retried after {type(exc).__name__}")
+                status, size = await conn.get(request)
+            results.append([due - t0, loop.time() - due, status, size, sent - due])
+        except Exception as exc:
+            conn.close()
+            errors.append(f"{type(exc).__name__}: {exc}")
+            results.append([due - t0, loop.time() - due, 0, 0, sent - due])
+        finally:
+            idle.put_nowait(conn)
+
+    tasks: set[asyncio.Task[None]] = set()
+    for i in range(total):
+        due = t0 + i / args.rate
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(one(due))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    while tasks:
+        await asyncio.gather(*list(tasks))
+    ended = loop.time()
+    while not idle.empty():
+        idle.get_nowait().close()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "requests": total,
+        "results": results,
+        "errors": errors[:20],
+        "error_count": len(errors),
+        "reconnects": reconnects,
+        "started_at": wall0,
+        "span_s": ended - t0,
+        "cpu_s": usage.ru_utime + usage.ru_stime - startup_cpu,
+    }
+
+
+async def hold_streams(args: argparse.Namespace) -> dict[str, Any]:
+    """Open every stream at once, hold them ``hold`` s after the last one answered, count
+    what each received; then close them all."""
+    host, _, port_text = args.url.split("://", 1)[1].rstrip("/").partition(":")
+    port = int(port_text)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    startup_cpu = usage.ru_utime + usage.ru_stime
+    plan: list[tuple[str, str]] = []
+    for spec in args.token:
+        label, token, count = spec.split(":", 2)
+        plan += [(label, token)] * int(count)
+    loop = asyncio.get_running_loop()
+    opened = asyncio.Event()
+    answered = 0
+    t_open = loop.time()
+    arrivals: dict[bytes, list[float]] = defaultdict(list)  # event (kind + data) → arrivals
+    streams: list[dict[str, Any]] = []
+
+    def answer() -> None:
+        nonlocal answered
+        answered += 1
+        if answered == len(plan):
+            opened.set()
+
+    async def stream(label: str, token: str) -> None:
+        rec: dict[str, Any] = {
+            "label": label,
+            "status": 0,
+            "connect_s": None,
+            "counts": defaultdict(int),
+            "bytes": 0,
+            "error": None,
+        }
+        streams.append(rec)
+        writer: asyncio.StreamWriter | None = None
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(request_bytes(host, port, args.path, token, "text/event-stream"))
+            status, headers = await read_head(reader)
+            rec["status"] = status
+            rec["connect_s"] = loop.time() - t_open
+            answer()
+            if status != 200:
+                return
+            chunked = headers.get(b"transfer-encoding", b"").lower() == b"chunked"
+            pending = b""
+            kind = b"message"
+            while True:  # until cancelled at the end of the hold
+                data = await (read_chunk(reader) if chunked else reader.read(65536))
+                if not data:
+                    rec["error"] = "the server ended the stream"
+                    return
+                at = loop.time()
+                rec["bytes"] += len(data)
+                pending += data
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.startswith(b"event:"):
+                        kind = line[6:].strip()
+                    elif line.startswith(b"data:"):
+                        rec["counts"][kind.decode()] += 1
+                        key = kind + b"\0" + hashlib.blake2b(line, digest_size=16).digest()
+                        arrivals[key].append(at)
+                    elif line.startswith(b":"):
+                        word = line[1:].strip().split(b" ")[0].decode()
+                        rec["counts"][word or "comment"] += 1
+                    elif not line.strip():
+                        kind = b"message"
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:
+            rec["error"] = f"{type(exc).__name__}: {exc}"
+            if rec["connect_s"] is None:
+                answer()
+        finally:
+            if writer is not None:
+                writer.close()
+
+    tasks = [asyncio.create_task(stream(label, token)) for label, token in plan]
+    await asyncio.wait_for(opened.wait(), 120)
+    all_open = loop.time()
+    wall_open = time.time()
+    await asyncio.sleep(args.hold)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    closed = time.time()
+    spreads = [
+        {
+            "kind": key.split(b"\0", 1)[0].decode(),
+            "streams": len(times),
+            "spread_s": max(times) - min(times),
+        }
+        for key, times in arrivals.items()
+    ]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "streams": [{**s, "counts": dict(s["counts"])} for s in streams],
+        "open_s": all_open - t_open,
+        "held_from": wall_open,
+        "closed_at": closed,
+        "events": spreads,
+        "cpu_s": usage.ru_utime + usage.ru_stime - startup_cpu,
+    }
+
+
+# ------------------------------------------------------------------------------ processes
+
+
+def read_status_kib(pid: int | None, key: str) -> int | None:
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def backend_cpu(url: str) -> dict[int, tuple[str, float]]:
+    """CPU seconds of every PostgreSQL backend of the benchmark database, by pid."""
+    rows = fetch(
+        url,
+        "SELECT pid, application_name FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid()",
+    )
+    out: dict[int, tuple[str, float]] = {}
+    for r in rows:
+        cpu = cpu_seconds(r["pid"])
+        if cpu is not None:
+            out[r["pid"]] = (r["application_name"] or "", cpu)
+    return out
+
+
+GROUPS = ("api", "api_pg", "rules", "rules_pg", "ingest", "ingest_pg", "broker", "publisher")
+
+
+@dataclass
+class Processes:
+    url: str
+    api: Service
+    rules: Service
+    ingest: Service
+    broker: Mosquitto
+    publisher: subprocess.Popen[bytes] | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "t": time.time(),
+            "api": cpu_seconds(self.api.pid),
+            "rules": cpu_seconds(self.rules.pid),
+            "ingest": cpu_seconds(self.ingest.pid),
+            "broker": cpu_seconds(self.broker.pid),
+            "publisher": cpu_seconds(self.publisher.pid if self.publisher else None),
+            "machine": machine_busy(),
+            "backends": backend_cpu(self.url),
+            "rss": read_status_kib(self.api.pid, "VmRSS"),
+        }
+
+
+def cpu_spent(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float | None]:
+    """CPU seconds per group between two snapshots (backends by application name; one that
+    appeared in between counts from zero)."""
+    out: dict[str, float | None] = {}
+    for key in ("api", "rules", "ingest", "broker", "publisher", "machine"):
+        out[key] = None if a[key] is None or b[key] is None else b[key] - a[key]
+    for group, prefix in (
+        ("api_pg", "symbiont-api"),
+        ("rules_pg", "symbiont-rules"),
+        ("ingest_pg", "symbiont-ingest"),
+    ):
+        total = 0.0
+        for pid, (name, cpu) in b["backends"].items():
+            if name.startswith(prefix):
+                total += cpu - a["backends"].get(pid, (name, 0.0))[1]
+        out[group] = total
+    out["wall"] = b["t"] - a["t"]
+    return out
+
+
+def run_client(
+    cmd: Sequence[str], procs: Processes, timeout: float
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A client role as a process; samples the processes every second while it runs. Returns
+    its JSON result and the samples (first before it started, last after it ended)."""
+    samples = [procs.snapshot()]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.api_latency", *cmd],
+        cwd=ROOT,
+        env=_clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out: list[bytes] = []
+    err: list[bytes] = []
+    readers = [
+        threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True),  # type: ignore[union-attr]
+        threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True),  # type: ignore[union-attr]
+    ]
+    for r in readers:
+        r.start()
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise BenchError(f"{cmd[0]} did not finish within {timeout:.0f} s")
+        time.sleep(1.0)
+        samples.append(procs.snapshot())
+    for r in readers:
+        r.join(10)
+    samples.append(procs.snapshot())
+    if proc.returncode != 0:
+        raise BenchError(f"{cmd[0]} failed:\n{b''.join(err).decode()[-3000:]}")
+    lines = [line for line in b"".join(out).splitlines() if line.startswith(b"{")]
+    result: dict[str, Any] = orjson.loads(lines[-1])
+    return result, samples
+
+
+# ----------------------------------------------------------------------------- the phases
+
+
+@dataclass
+class HttpPhase:
+    name: str
+    path: str
+    who: str
+    target_rate: float
+    seconds: float
+    connections: int
+    result: dict[str, Any]
+    cpu: dict[str, float | None]
+    rss_kib: list[int]
+
+    @property
+    def ok(self) -> list[list[float]]:
+        return [r for r in self.result["results"] if r[2] == 200]
+
+    @property
+    def latencies(self) -> list[float]:
+        return sorted(r[1] for r in self.result["results"])
+
+    def p(self, q: float) -> float:
+        values = self.latencies
+        return percentile(values, q) if values else math.nan
+
+    @property
+    def achieved(self) -> float:
+        """Responses per second over the span from the first due time to the last response."""
+        span = self.result["span_s"]
+        return len(self.result["results"]) / span if span > 0 else 0.0
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for r in self.result["results"] if r[2] != 200)
+
+    @property
+    def body_bytes(self) -> int:
+        sizes = sorted(r[3] for r in self.ok)
+        return sizes[len(sizes) // 2] if sizes else 0
+
+    @property
+    def max_send_lag(self) -> float:
+        return max((r[4] for r in self.result["results"]), default=0.0)
+
+    def by_phase(self, step: float = 10.0) -> list[tuple[str, int, float]]:
+        groups: dict[int, list[float]] = defaultdict(list)
+        for r in self.result["results"]:
+            groups[int(r[0] // step)].append(r[1])
+        return [
+            (f"{int(k * step)}–{int((k + 1) * step)} s", len(v), percentile(sorted(v), 99))
+            for k, v in sorted(groups.items())
+        ]
+
+
+@dataclass
+class SsePhase:
+    streams: int
+    hold_seconds: float
+    result: dict[str, Any]
+    cpu: dict[str, float | None]
+    rss_before_kib: int | None
+    rss_during_kib: list[int]
+    rss_end_kib: int | None
+    rss_after_kib: int | None
+    hwm_kib: int | None
+    metrics_during: dict[str, float]
+    metrics_after: dict[str, float]
+
+
+def scrape(base: str) -> dict[str, float]:
+    """A few gauges of the API's /metrics."""
+    try:
+        text = httpx.get(f"{base}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        for name in ("symbiont_api_live_streams", "symbiont_api_live_refreshes"):
+            if line.startswith(name + " "):
+                out[name] = float(line.split()[1])
+    return out
+
+
+def http_phase(
+    name: str,
+    path: str,
+    who: str,
+    token: str,
+    base: str,
+    procs: Processes,
+    opts: Options,
+    workdir: Path,
+) -> HttpPhase:
+    log(f"{name}: {opts.rate:g} requests/s for {opts.seconds:g} s: GET {path}")
+    spy = _py_spy(procs, opts, name, opts.seconds + 2)
+    cmd = [
+        "load", "--url", base, "--path", path, "--token", token,
+        "--rate", repr(opts.rate), "--duration", repr(opts.seconds),
+        "--connections", str(opts.connections),
+    ]  # fmt: skip
+    result, samples = run_client(cmd, procs, timeout=opts.seconds * 5 + 120)
+    _py_spy_wait(spy)
+    phase = HttpPhase(
+        name,
+        path,
+        who,
+        opts.rate,
+        opts.seconds,
+        opts.connections,
+        result,
+        cpu_spent(samples[0], samples[-1]),
+        [s["rss"] for s in samples if s["rss"]],
+    )
+    log(
+        f"{name}: {len(result['results']):,} requests, p50 {_ms(phase.p(50))}, p99 "
+        f"{_ms(phase.p(99))}, max {_ms(phase.p(100))}, errors {phase.errors}"
+    )
+    return phase
+
+
+def sse_phase(token_specs: list[str], base: str, procs: Processes, opts: Options) -> SsePhase:
+    time.sleep(3.0)
+    rss_before = read_status_kib(procs.api.pid, "VmRSS")
+    log(
+        f"sse: {opts.streams} streams held for {opts.hold_seconds:g} s (API RSS {_kib(rss_before)})"
+    )
+    spy = _py_spy(procs, opts, "sse", opts.hold_seconds + 5)
+    metrics_during: dict[str, float] = {}
+
+    def midway() -> None:
+        time.sleep(opts.hold_seconds / 2 + 5)
+        metrics_during.update(scrape(base))
+
+    probe = threading.Thread(target=midway, daemon=True)
+    probe.start()
+    result, samples = run_client(
+        ["sse", "--url", base, "--path", "/api/v1/live/stream", "--hold", repr(opts.hold_seconds)]
+        + [arg for spec in token_specs for arg in ("--token", spec)],
+        procs,
+        timeout=opts.hold_seconds + 300,
+    )
+    _py_spy_wait(spy)
+    probe.join(5)
+    held_from, closed = result["held_from"], result["closed_at"]
+    during = [s for s in samples if held_from <= s["t"] <= closed and s["rss"]]
+    end = samples[-1]["rss"]
+    hwm = read_status_kib(procs.api.pid, "VmHWM")
+    time.sleep(10.0)
+    after = read_status_kib(procs.api.pid, "VmRSS")
+    phase = SsePhase(
+        opts.streams,
+        opts.hold_seconds,
+        result,
+        cpu_spent(samples[0], samples[-1]),
+        rss_before,
+        [s["rss"] for s in during],
+        end,
+        after,
+        hwm,
+        metrics_during,
+        scrape(base),
+    )
+    counts = [
+        sum(v for k, v in s["counts"].items() if k in ("flow", "alert")) for s in result["streams"]
+    ]
+    log(
+        f"sse: events per stream min {min(counts, default=0)}, max {max(counts, default=0)}; "
+        f"API RSS max {_kib(max(phase.rss_during_kib, default=None))}, after {_kib(after)}"
+    )
+    return phase
+
+
+def _py_spy(
+    procs: Processes, opts: Options, name: str, seconds: float
+) -> subprocess.Popen[bytes] | None:
+    if opts.profile is None or procs.api.pid is None:
+        return None
+    opts.profile.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).parent / "py-spy"
+    cmd = [
+        str(spy), "record", "--pid", str(procs.api.pid), "--rate", "100",
+        "--duration", str(int(seconds)), "--nonblocking",
+        "-o", str(opts.profile / f"api-{name}.svg"),
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _py_spy_wait(spy: subprocess.Popen[bytes] | None) -> None:
+    if spy is not None:
+        try:
+            spy.wait(30)
+        except subprocess.TimeoutExpired:
+            spy.terminate()
+
+
+# ------------------------------------------------------------------------------- set-up
+
+
+@dataclass
+class Prepared:
+    start: datetime
+    end: datetime
+    readings: int
+    load_s: float
+    tokens: dict[str, str]
+
+
+async def prepare(url: str, net: Network, opts: Options) -> Prepared:
+    dsn = asyncpg_dsn(url)
+    end = datetime.now(UTC).replace(second=0, microsecond=0)
+    start = end - timedelta(days=opts.days)
+    from api.tokens import create_token
+    from rules.backfill import write_simulation
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await apply_network(conn, net)
+        faults = [parse_fault(f, net) for f in faults_for(start)]
+        began = time.perf_counter()
+        readings = await write_simulation(dsn, net, start, end, faults=faults, seed=SEED)
+        load_s = time.perf_counter() - began
+        tokens = {
+            "operator": (await create_token(conn, "operator", name="bench operator")).token,
+            "partner": (await create_token(conn, "partner", PARTNER, name="bench partner")).token,
+        }
+        await conn.execute("VACUUM ANALYZE")
+    finally:
+        await conn.close()
+    return Prepared(start, end, readings, load_s, tokens)
+
+
+def warm_up(base: str, paths: Sequence[str], token: str, windows_expected: int) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
+        for path in paths:
+            for _ in range(20):
+                response = client.get(path)
+                if response.status_code != 200:
+                    raise BenchError(f"GET {path}: {response.status_code} {response.text[:500]}")
+        items = len(client.get(paths[1]).json()["items"])
+        if items != windows_expected:
+            raise BenchError(
+                f"the windows request returned {items} windows, not {windows_expected}"
+            )
+
+
+# -------------------------------------------------------------------------------- running
+
+
+@dataclass
+class Report:
+    prepared: Prepared | None = None
+    once_s: float = 0.0
+    api_env: dict[str, str] = field(default_factory=dict)
+    phases: list[HttpPhase] = field(default_factory=list)
+    sse: SsePhase | None = None
+    publisher: dict[str, Any] = field(default_factory=dict)
+    stored: int = 0
+    alert_events: dict[str, int] = field(default_factory=dict)
+    api_errors: list[str] = field(default_factory=list)
+    api_rss_start_kib: int | None = None
+    windows_path: str = ""
+    windows_count: int = 0
+    load_before: str = ""
+    load_after: str = ""
+    seconds: float = 0.0
+    code: str = ""
+    workdir: str = ""
+
+
+def run(opts: Options) -> Report:
+    report = Report(load_before=loadavg(), code=code_version())
+    began = time.monotonic()
+    workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"symbiont-abench-{os.getpid()}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    report.workdir = str(workdir)
+    log(f"logs in {workdir}")
+    net = load_network(NETWORK_FILE)
+    admin = system_postgres_url()
+    name = f"symbiont_abench_{os.getpid()}_{secrets.token_hex(3)}"
+    wait_quiet(opts.quiet_wait)
+    url = create_database(admin, name)
+    try:
+        upgrade(url)
+        log(f"set-up: {opts.days} days of the example network (write_simulation)")
+        prep = asyncio.run(prepare(url, net, opts))
+        report.prepared = prep
+        log(f"set-up: {prep.readings:,} readings in {prep.load_s:.1f} s; symbiont rules --once")
+        with Mosquitto(autosave_interval=1) as broker:
+            _measure(url, net, prep, broker, opts, workdir, report)
+    finally:
+        with contextlib.suppress(Exception):
+            drop_database(admin, name)
+    report.load_after = loadavg()
+    report.seconds = time.monotonic() - began
+    return report
+
+
+def _measure(
+    url: str,
+    net: Network,
+    prep: Prepared,
+    broker: Mosquitto,
+    opts: Options,
+    workdir: Path,
+    report: Report,
+) -> None:
+    env = _clean_env()
+    env.update(SYMBIONT_DATABASE_URL=url, SYMBIONT_MQTT_URL=broker.url, SYMBIONT_LOG_LEVEL="INFO")
+    began = time.perf_counter()
+    once = subprocess.run(
+        [sys.executable, "-m", "core.cli", "rules", "--once"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        check=False,
+        timeout=1800,
+    )
+    report.once_s = time.perf_counter() - began
+    if once.returncode != 0:
+        raise BenchError(f"symbiont rules --once failed:\n{once.stderr.decode()[-3000:]}")
+    api_env = dict(env)
+    if opts.pool_size is not None:
+        api_env["SYMBIONT_API_POOL_SIZE"] = str(opts.pool_size)
+    report.api_env = {k: v for k, v in api_env.items() if k == "SYMBIONT_API_POOL_SIZE"}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    ingest = Service(
+        "ingest",
+        ["ingest", "--client-id", f"bench-api-ingest-{secrets.token_hex(3)}"],
+        env,
+        workdir / "ingest.log",
+    )
+    rules = Service("rules", ["rules", "--worker-id", RULES_WORKER], env, workdir / "rules.log")
+    api = Service("api", ["api", "--port", str(port)], api_env, workdir / "api.log")
+    procs = Processes(url, api, rules, ingest, broker)
+    publisher: subprocess.Popen[bytes] | None = None
+    try:
+        ingest.start()
+        ingest.wait_log(b"connected to mqtt://")
+        api.start()
+        wait_port("127.0.0.1", port, timeout=60)
+        report.api_rss_start_kib = read_status_kib(api.pid, "VmRSS")
+        rules.start()
+        rules.wait_log(b"rules worker")
+        ready = workdir / "publisher.ready"
+        ready.unlink(missing_ok=True)
+        budget = opts.warmup + 2 * opts.seconds + opts.hold_seconds + 600
+        cmd = [
+            sys.executable, "-m", "benchmarks.api_latency", "publish",
+            "--url", broker.url, "--client-id", f"bench-api-pub-{secrets.token_hex(3)}",
+            "--network", str(NETWORK_FILE), "--seed", str(SEED),
+            "--sim-start", prep.start.isoformat(), "--live-from", repr(prep.end.timestamp()),
+            "--rate", repr(opts.ingest_rate), "--per-message", str(opts.readings_per_message),
+            "--late-per-s", repr(opts.late_per_s), "--max-seconds", repr(budget),
+            "--ready-file", str(ready),
+            *[arg for f in faults_for(prep.start) for arg in ("--fault", f)],
+        ]  # fmt: skip
+        with (
+            (workdir / "publisher.out").open("wb") as out,
+            (workdir / "publisher.log").open("wb") as err,
+        ):
+            publisher = subprocess.Popen(cmd, cwd=ROOT, env=_clean_env(), stdout=out, stderr=err)
+        procs.publisher = publisher
+        deadline = time.monotonic() + 300
+        while not ready.exists():
+            if publisher.poll() is not None or time.monotonic() > deadline:
+                tail = (workdir / "publisher.log").read_text()[-3000:]
+                raise BenchError(f"the publisher did not start:\n{tail}")
+            time.sleep(0.1)
+        published_from = datetime.now(UTC)
+        log(f"publishing {opts.ingest_rate:,.0f} readings/s; warming up for {opts.warmup:g} s")
+        to = prep.end.replace(minute=0)
+        frm = to - timedelta(days=opts.days)
+        report.windows_path = (
+            f"/api/v1/exchanges/{WINDOWS_EXCHANGE}/windows?from={frm:%Y-%m-%dT%H:%M:%SZ}"
+            f"&to={to:%Y-%m-%dT%H:%M:%SZ}"
+        )
+        report.windows_count = opts.days * 24
+        paths = ["/api/v1/live", report.windows_path]
+        warm_up(base, paths, prep.tokens["operator"], report.windows_count)
+        time.sleep(opts.warmup)
+        for service in (ingest, rules, api):
+            if not service.alive():
+                raise BenchError(f"{service.name} died:\n{service.log_tail()}")
+        report.phases.append(
+            http_phase(
+                "live", paths[0], "operator", prep.tokens["operator"], base, procs, opts, workdir
+            )
+        )
+        report.phases.append(
+            http_phase(
+                "windows", paths[1], "operator", prep.tokens["operator"], base, procs, opts, workdir
+            )
+        )
+        half = opts.streams // 2
+        specs = [
+            f"operator:{prep.tokens['operator']}:{opts.streams - half}",
+            f"partner {PARTNER}:{prep.tokens['partner']}:{half}",
+        ]
+        report.sse = sse_phase(specs, base, procs, opts)
+        publisher.send_signal(signal.SIGTERM)
+        publisher.wait(120)
+        lines = [
+            line
+            for line in (workdir / "publisher.out").read_bytes().splitlines()
+            if line.startswith(b"{")
+        ]
+        if publisher.returncode != 0 or not lines:
+            raise BenchError(
+                f"the publisher failed:\n{(workdir / 'publisher.log').read_text()[-3000:]}"
+            )
+        report.publisher = orjson.loads(lines[-1])
+        expected = report.publisher["readings"] + report.publisher["late"]
+        deadline = time.monotonic() + 120
+        while True:
+            report.stored = fetch(
+                url, "SELECT count(*) AS n FROM readings WHERE received_at >= $1", published_from
+            )[0]["n"]
+            if report.stored >= expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        report.alert_events = {
+            f"{r['rule']} {r['kind']}": r["n"]
+            for r in fetch(
+                url,
+                "SELECT a.rule, e.kind, count(*) AS n FROM alert_events e JOIN alerts a "
+                "ON a.id = e.alert_id WHERE e.at >= $1 GROUP BY 1, 2 ORDER BY 1, 2",
+                published_from,
+            )
+        }
+    finally:
+        if publisher is not None and publisher.poll() is None:
+            publisher.kill()
+            publisher.wait()
+        api.stop()
+        rules.stop()
+        ingest.stop()
+    report.api_errors = [
+        line
+        for line in (workdir / "api.log").read_text(errors="replace").splitlines()
+        if "Traceback" in line or " ERROR " in line or "Exception" in line
+    ][:10]
+
+
+def code_version() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "api", "core", "ingest", "rules", "benchmarks"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.split("\n")
+    except OSError:
+        return "unknown"
+    changed = sorted(line[3:] for line in dirty if line.strip())
+    if not head:
+        return "unknown"
+    return f"commit {head}" + (
+        f" with uncommitted changes in {', '.join(changed)}" if changed else ""
+    )
+
+
+# -------------------------------------------------------------------------------- output
+
+
+def _ms(value: float) -> str:
+    if value != value:  # nan
+        return "n/a"
+    return f"{value * 1000:,.1f} ms" if value < 0.1 else f"{value * 1000:,.0f} ms"
+
+
+def _kib(kib: int | None) -> str:
+    return f"{kib / 1024:,.0f} MiB" if kib else "n/a"
+
+
+def _s(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def _others(cpu: dict[str, float | None], client: float) -> float | None:
+    if cpu["machine"] is None:
+        return None
+    ours = sum(cpu[g] or 0.0 for g in GROUPS) + client
+    return max(0.0, cpu["machine"] - ours)
+
+
+def cpu_line(cpu: dict[str, float | None], client: float, client_name: str) -> str:
+    return (
+        f"API {_s(cpu['api'])}, its PostgreSQL backends {_s(cpu['api_pg'])}; rules "
+        f"{_s(cpu['rules'])} + backends {_s(cpu['rules_pg'])}; ingest {_s(cpu['ingest'])} + "
+        f"backends {_s(cpu['ingest_pg'])}; Mosquitto {_s(cpu['broker'])}; publisher "
+        f"{_s(cpu['publisher'])}; {client_name} {client:.1f}; everything else "
+        f"{_s(_others(cpu, client))}; whole machine {_s(cpu['machine'])} of "
+        f"{2 * (cpu['wall'] or 0):.0f} in {cpu['wall'] or 0:.0f} s"
+    )
+
+
+def _stats(values: list[int]) -> str:
+    if not values:
+        return "n/a"
+    s = sorted(values)
+    return f"{s[0]} / {s[len(s) // 2]} / {s[-1]}"
+
+
+def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    prep = report.prepared
+    assert prep is not None
+    pub = report.publisher
+    pool = report.api_env.get("SYMBIONT_API_POOL_SIZE", "default (10)")
+    out = [
+        SECTION,
+        "",
+        f"Measured {now} with `{opts.command}` (from the repository root); code: {report.code}.",
+        "",
+        f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} RAM, Linux "
+        f"{info['kernel']}; {info['postgresql']}; {info['mosquitto']}; Python "
+        f"{info['python']}, asyncpg {info['asyncpg']}. Everything (PostgreSQL, broker, "
+        "ingest, rules, API, publisher, load generator, harness) on this machine.",
+        "",
+        f"Set-up: the example network (`examples/kalundborg.yaml`), {opts.days} days of "
+        f"simulated readings up to {prep.end:%Y-%m-%d %H:%M} UTC (seed {SEED}, a 25 % leak on "
+        f"`{LEAKING}` from the start; {prep.readings:,} readings through "
+        f"`rules.backfill.write_simulation` in {prep.load_s:.0f} s), reconciled by `symbiont "
+        f"rules --once` ({report.once_s:.0f} s). Then private Mosquitto, `symbiont ingest`, "
+        f"`symbiont rules` and `symbiont api --port P` (one uvicorn process, pool size {pool}) "
+        f"as processes, and a publisher continuing the simulation at {opts.ingest_rate:,.0f} "
+        f"readings/s ({opts.readings_per_message} readings per QoS 1 message, round-robin over "
+        f"the {pub.get('meters', '?')} continuous meters) plus {opts.late_per_s:g} late "
+        "readings/s into the previous hour of a rate meter, so that the last complete windows "
+        "change and the streams get `flow` events. The publisher achieved "
+        f"{pub.get('achieved_readings_per_s', 0):,.0f} readings/s over "
+        f"{pub.get('last_at', 0) - pub.get('first_at', 0):.0f} s (at worst "
+        f"{pub.get('max_behind_s', 0) * 1000:.0f} ms behind schedule); ingest stored "
+        f"{report.stored:,} of {pub.get('readings', 0) + pub.get('late', 0):,} readings. "
+        f"Measuring started after {opts.warmup:g} s of publishing.",
+        "",
+        f"| Open loop, {opts.rate:g} requests/s for {opts.seconds:g} s, {opts.connections} "
+        "keep-alive connections, operator token | requests | achieved | body | p50 | p95 | "
+        "**p99** | max | errors | target |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    targets = {"live": TARGET_LIVE_P99_S, "windows": TARGET_WINDOWS_P99_S}
+    for ph in report.phases:
+        target = targets[ph.name]
+        verdict = "met" if ph.p(99) < target else "**not met**"
+        label = (
+            "`GET /api/v1/live`"
+            if ph.name == "live"
+            else f"`GET /api/v1/exchanges/{WINDOWS_EXCHANGE}/windows?from=…&to=…` "
+            f"({report.windows_count} hourly windows)"
+        )
+        out.append(
+            f"| {label} | {len(ph.result['results']):,} | {ph.achieved:,.1f}/s | "
+            f"{ph.body_bytes / 1024:,.1f} KiB | {_ms(ph.p(50))} | {_ms(ph.p(95))} | "
+            f"**{_ms(ph.p(99))}** | {_ms(ph.p(100))} | {ph.errors} | p99 < "
+            f"{target * 1000:.0f} ms: {verdict} |"
+        )
+    out.append("")
+    for ph in report.phases:
+        phases = "; ".join(f"{k}: p99 {_ms(p99)}" for k, n, p99 in ph.by_phase())
+        out += [
+            f"- `{ph.name}`: by 10 s of the run: {phases}. The load generator sent each request "
+            f"at worst {ph.max_send_lag * 1000:.1f} ms after it was due. CPU s: "
+            + cpu_line(ph.cpu, ph.result["cpu_s"], "load generator")
+            + ".",
+        ]
+    if report.sse is not None:
+        out += ["", *sse_lines(report.sse, opts, report.api_rss_start_kib)]
+    alerts = ", ".join(f"{k} {v}" for k, v in report.alert_events.items()) or "none"
+    out += [
+        "",
+        f"Alert events during the run: {alerts}. "
+        + (
+            f"API log errors: {'; '.join(report.api_errors)}."
+            if report.api_errors
+            else "No errors in the API's log."
+        ),
+        "",
+        "Method (details in `benchmarks/api_latency.py`): the load generator is open loop "
+        "(request i is due at t0 + i / rate and goes out on the first free keep-alive "
+        "connection, HTTP/1.1 on raw asyncio streams), and a latency runs from when the request "
+        "was due to the last byte of its response, so queueing (for a connection, in the "
+        "server) counts. Percentiles are nearest-rank over every request of the run. RSS is "
+        "VmRSS of the API process from /proc, CPU seconds from /proc/<pid>/stat and "
+        "/proc/stat.",
+        "",
+        f"Load average before the run {report.load_before}, after it {report.load_after} "
+        f"(anything else running on the machine competes for the same 2 cores); the whole run "
+        f"took {report.seconds:.0f} s.",
+    ]
+    return "\n".join(out) + "\n"
+
+
+def sse_lines(sse: SsePhase, opts: Options, rss_start_kib: int | None) -> list[str]:
+    res = sse.result
+    streams = res["streams"]
+    ok = [s for s in streams if s["status"] == 200 and not s["error"]]
+    by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for s in streams:
+        by_label[s["label"]].append(s)
+    per_label = "; ".join(
+        f"{label} ({len(group)} streams): "
+        + ", ".join(
+            f"{kind} {_stats([s['counts'].get(kind, 0) for s in group])}"
+            for kind in ("flow", "alert", "ping")
+        )
+        for label, group in by_label.items()
+    )
+    spreads = sorted(e["spread_s"] for e in res["events"] if e["streams"] > 1)
+    fan = (
+        f"{len(res['events'])} distinct events; the time from an event's first to its last "
+        f"arrival over the streams that got it: p50 {_ms(percentile(spreads, 50))}, p99 "
+        f"{_ms(percentile(spreads, 99))}, max {_ms(spreads[-1])}"
+        if spreads
+        else f"{len(res['events'])} distinct events"
+    )
+    errors = [s["error"] or f"status {s['status']}" for s in streams if s not in ok]
+    during = sse.rss_during_kib
+    streams_gauge = sse.metrics_during.get("symbiont_api_live_streams")
+    after_gauge = sse.metrics_after.get("symbiont_api_live_streams")
+    return [
+        f"**{opts.streams} live streams** (`GET /api/v1/live/stream`, "
+        f"{len(by_label)} tokens: {', '.join(by_label)}), opened at once from one client process "
+        f"and held {opts.hold_seconds:g} s after the last one answered, while the publisher "
+        "ran.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| Streams answered 200 | {len(ok)} of {len(streams)}, all within "
+        f"{res['open_s'] * 1000:,.0f} ms"
+        + (f" (failed: {'; '.join(errors[:5])})" if errors else "")
+        + " |",
+        f"| Events per stream, min / median / max | {per_label} |",
+        f"| Fan-out | {fan} |",
+        f"| API RSS (VmRSS) | once started {_kib(rss_start_kib)}; before the streams "
+        f"{_kib(sse.rss_before_kib)}; while held: max "
+        f"{_kib(max(during, default=None))}, at the end {_kib(sse.rss_end_kib)}; 10 s after "
+        f"closing {_kib(sse.rss_after_kib)}; peak since start (VmHWM) {_kib(sse.hwm_kib)} |",
+        f"| Open streams by the API's gauge | {streams_gauge:g} midway, {after_gauge:g} after |"
+        if streams_gauge is not None and after_gauge is not None
+        else "| Open streams by the API's gauge | n/a |",
+        f"| CPU s from opening to closing | {cpu_line(sse.cpu, res['cpu_s'], 'stream client')} |",
+    ]
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace this benchmark's section of ``path`` (or append it), keeping the rest; the
+    section runs to the next heading of any level, so notes under a heading of their own stay."""
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    lines = old.splitlines()
+    try:
+        start = lines.index(SECTION)
+    except ValueError:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("#")), len(lines)
+        )
+        tail = "\n".join(lines[end:])
+        new = "\n".join(lines[:start]) + "\n" + text + ("\n" + tail + "\n" if tail else "")
+    path.write_text(new)
+
+
+def main(opts: Options) -> Report:
+    info = machine()
+    report = run(opts)
+    text = markdown(report, opts, info)
+    print()
+    print(text)
+    if opts.write is not None:
+        write_section(opts.write, text)
+        log(f"wrote {opts.write}")
+    return report
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = Options()
+    p.add_argument(
+        "--days", type=int, default=d.days, help="days of backfill (default %(default)s)"
+    )
+    p.add_argument("--rate", type=float, default=d.rate, help="requests/s (default %(default)s)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=d.seconds,
+        help="per HTTP measurement (default %(default)s)",
+    )
+    p.add_argument(
+        "--connections",
+        type=int,
+        default=d.connections,
+        help="keep-alive connections (default %(default)s)",
+    )
+    p.add_argument(
+        "--ingest-rate",
+        type=float,
+        default=d.ingest_rate,
+        help="readings/s published meanwhile (default %(default)s)",
+    )
+    p.add_argument(
+        "--readings-per-message",
+        type=int,
+        default=d.readings_per_message,
+        help="default %(default)s",
+    )
+    p.add_argument(
+        "--late-per-s",
+        type=float,
+        default=d.late_per_s,
+        help="late readings/s into the previous hour, so that streams get events "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--streams", type=int, default=d.streams, help="live streams (default %(default)s)"
+    )
+    p.add_argument(
+        "--hold-seconds",
+        type=float,
+        default=d.hold_seconds,
+        help="how long they are held (default %(default)s)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=d.warmup,
+        help="publishing before measuring (default %(default)s)",
+    )
+    p.add_argument("--pool-size", type=int, default=None, help="SYMBIONT_API_POOL_SIZE for the API")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="directory for py-spy flame graphs of the API per phase",
+    )
+
+
+def options(argv: Sequence[str], *, command: str = "") -> Options:
+    """The benchmark's options from its own command line (``benchmarks.run --only api``)."""
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.run --only api",
+        description="API latency under load and live streams (benchmarks/api_latency.py).",
+    )
+    add_arguments(p)
+    add_common_arguments(p)
+    p.set_defaults(quiet_wait=Options().quiet_wait)
+    return from_args(p.parse_args(argv), command=command)
+
+
+def from_args(args: argparse.Namespace, *, command: str = "") -> Options:
+    """Options from parsed arguments; what ``args`` lacks keeps its default."""
+    d = Options()
+
+    def get(name: str, default: Any) -> Any:
+        return getattr(args, name, default)
+
+    opts = Options(
+        days=get("days", d.days),
+        rate=get("rate", d.rate),
+        seconds=get("seconds", d.seconds),
+        connections=get("connections", d.connections),
+        ingest_rate=get("ingest_rate", d.ingest_rate),
+        readings_per_message=get("readings_per_message", d.readings_per_message),
+        late_per_s=get("late_per_s", d.late_per_s),
+        streams=get("streams", d.streams),
+        hold_seconds=get("hold_seconds", d.hold_seconds),
+        warmup=get("warmup", d.warmup),
+        pool_size=get("pool_size", None),
+        profile=get("profile", None),
+        quiet_wait=get("quiet_wait", d.quiet_wait),
+        command=command,
+    )
+    quick = get("quick", False)
+    if quick:
+        opts.days = min(opts.days, 3)
+        opts.seconds = min(opts.seconds, 10.0)
+        opts.hold_seconds = min(opts.hold_seconds, 10.0)
+        opts.streams = min(opts.streams, 50)
+        opts.warmup = min(opts.warmup, 5.0)
+        opts.quiet_wait = min(opts.quiet_wait, 3.0)
+    write = get("write", None)
+    if get("no_write", False) or (quick and write is None):
+        opts.write = None
+    elif write is not None:
+        opts.write = write
+    return opts
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """The roles that run as processes of their own, each printing one JSON line: ``publish``
+    (readings over MQTT until SIGTERM), ``load`` (open-loop GETs), ``sse`` (live streams)."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.api_latency")
+    sub = parser.add_subparsers(dest="role", required=True)
+    p = sub.add_parser("publish")
+    p.add_argument("--url", required=True)
+    p.add_argument("--client-id", required=True)
+    p.add_argument("--network", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--fault", action="append", default=[])
+    p.add_argument("--sim-start", required=True, help="the backfill's start (ISO)")
+    p.add_argument("--live-from", type=float, required=True, help="the backfill's end (epoch)")
+    p.add_argument("--rate", type=float, required=True, help="readings/s")
+    p.add_argument("--per-message", type=int, required=True)
+    p.add_argument("--late-per-s", type=float, default=0.0)
+    p.add_argument("--max-seconds", type=float, required=True)
+    p.add_argument("--ready-file", required=True)
+    load = sub.add_parser("load")
+    load.add_argument("--url", required=True)
+    load.add_argument("--path", required=True)
+    load.add_argument("--token", required=True)
+    load.add_argument("--rate", type=float, required=True)
+    load.add_argument("--duration", type=float, required=True)
+    load.add_argument("--connections", type=int, default=32)
+    sse = sub.add_parser("sse")
+    sse.add_argument("--url", required=True)
+    sse.add_argument("--path", required=True)
+    sse.add_argument("--token", action="append", required=True, help="LABEL:TOKEN:COUNT")
+    sse.add_argument("--hold", type=float, required=True)
+    args = parser.parse_args(argv)
+    runner: Callable[[], dict[str, Any]]
+    if args.role == "publish":
+        runner = lambda: run_publish(args)  # noqa: E731
+    elif args.role == "load":
+        runner = lambda: asyncio.run(open_loop(args))  # noqa: E731
+    else:
+        runner = lambda: asyncio.run(hold_streams(args))  # noqa: E731
+    sys.stdout.write(orjson.dumps(runner()).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())
