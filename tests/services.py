@@ -276,6 +276,31 @@ class Mosquitto:
     def __repr__(self) -> str:
         return f"Mosquitto({self.url}, running={self.running}, dir={self.dir})"
 
+    # Lines of a generated configuration that name a place on the broker's host: the test
+    # broker puts its own listener, persistence and log there instead.
+    _HOST_SPECIFIC = ("listener", "persistence_location", "persistence_file", "log_dest", "user")
+
+    @classmethod
+    def from_config(cls, conf_path: Path, *, port: int | None = None) -> Mosquitto:
+        """A broker (not started) that runs ``conf_path`` — e.g. the ``mosquitto.conf`` of
+        ``symbiont broker-config --broker-dir DIR`` — on a free port of 127.0.0.1.
+
+        Every setting of the file is kept (authentication, ACL, queue limits; later lines
+        override the harness's defaults) except where it listens, persists and logs.
+        """
+        extra: list[str] = []
+        allow_anonymous = True
+        for raw in conf_path.read_text().splitlines():
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            key, _, value = line.partition(" ")
+            if key == "allow_anonymous":
+                allow_anonymous = value.strip() == "true"
+            elif key not in cls._HOST_SPECIFIC:
+                extra.append(line)
+        return cls(port=port, allow_anonymous=allow_anonymous, extra_config=extra)
+
 
 # ---------------------------------------------------------------------------- postgresql
 
