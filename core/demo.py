@@ -2,9 +2,11 @@
 
 With no ``SYMBIONT_DATABASE_URL`` it runs a PostgreSQL of its own (the ``pgserver`` package
 ships the binaries); with no ``SYMBIONT_MQTT_URL`` a Mosquitto of its own. Then it migrates,
-applies the example network, starts ingest, backfills the past month through MQTT, runs
-the live simulator and reports what is happening until Ctrl-C, when it stops everything it
-started.
+applies the example network, starts ingest, the rules engine and the API (dashboard), makes
+tokens for an operator and two partners, publishes everything since the start of the previous
+month through MQTT (with a leak in the past) and goes on live (with a meter that falls silent
+a few minutes in), issues last month's statements once that month is reconciled, and reports
+what is happening until Ctrl-C, when it stops everything it started.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -164,9 +168,102 @@ def _demo_faults(net: Network, now: datetime, days: int) -> list[str]:
     return faults
 
 
+def _free_port(preferred: int) -> int:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            pass
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_http(url: str, timeout: float, services: Services) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        services.check()
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (local URL)
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s; see .demo/logs/api.log")
+
+
+def _demo_partners(net: Network) -> list[str]:
+    """Two partners to sign in as: the receiver of the demo's leak and one other."""
+    wanted = [e.receiver for e in net.exchanges if e.id == "water-forsyning-equinor"]
+    wanted += [p.id for p in net.partners]
+    chosen: list[str] = []
+    for partner in wanted:
+        if partner not in chosen and any(
+            partner in (e.provider, e.receiver) for e in net.exchanges
+        ):
+            chosen.append(partner)
+    return chosen[:2]
+
+
+async def _tokens(dsn: str, net: Network) -> list[tuple[str, str]]:
+    from api.tokens import create_token
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        made = [("operator", (await create_token(conn, "operator", name="demo")).token)]
+        for partner in _demo_partners(net):
+            created = await create_token(conn, "partner", partner, name="demo")
+            made.append((f"partner {partner}", created.token))
+        return made
+    finally:
+        await conn.close()
+
+
+async def _caught_up(dsn: str) -> bool:
+    """The backfill is stored and reconciled: readings reach the present, nothing is dirty."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            """SELECT (SELECT max(ts) FROM readings) > now() - interval '3 minutes' AS recent,
+                      NOT EXISTS (SELECT 1 FROM dirty_windows)
+                      AND NOT EXISTS (SELECT 1 FROM dirty_subjects) AS clean"""
+        )
+        return bool(row and row["recent"] and row["clean"])
+    finally:
+        await conn.close()
+
+
+async def _issue_last_month(dsn: str, net: Network, settings: Settings) -> list[str]:
+    from rules.issue import issue_month, previous_month
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        now = datetime.now(UTC)
+        year, month = previous_month(now, net)
+        issued = await issue_month(conn, net, year, month, now, settings=settings)
+        return [f"{i.partner} {i.month} {i.content_hash[:12]}" for i in issued]
+    finally:
+        await conn.close()
+
+
+def _history_start(net: Network, now: datetime, days: int | None) -> datetime:
+    """The start of the previous calendar month in the network's zone (so that month can be
+    issued), or ``days`` back when given."""
+    if days is not None:
+        return now - timedelta(days=days)
+    local = now.astimezone(net.tz)
+    first = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    previous = (first - timedelta(days=1)).replace(day=1)
+    return previous.astimezone(UTC)
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     network_file: Path = args.network or EXAMPLE
     net = load_network(network_file)
+    began = time.monotonic()
     STATE.mkdir(exist_ok=True)
     logs = STATE / "logs"
     logs.mkdir(exist_ok=True)
@@ -190,12 +287,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             console.print("ingest: subscribed (logs in .demo/logs/ingest.log)")
             services.start("rules", "rules")
             console.print("rules: reconciling as data arrives (logs in .demo/logs/rules.log)")
+            port = _free_port(settings.api_port)
+            services.start("api", "api", "--port", str(port))
+            _wait_http(f"http://127.0.0.1:{port}/healthz", 60, services)
+            tokens = asyncio.run(_tokens(dsn, net))
             now = datetime.now(UTC).replace(second=0, microsecond=0)
-            start = now - timedelta(days=args.days)
-            faults = _demo_faults(net, now, args.days)
+            start = _history_start(net, now, args.days)
+            days = (now - start).days
+            faults = _demo_faults(net, now, days)
             console.print(
-                f"simulator: {args.days} days of readings for {len(net.meters)} meters as a "
-                "backfill, then live; injected faults:"
+                f"simulator: {days} days of readings for {len(net.meters)} meters as a "
+                "backfill over MQTT, then live; injected faults:"
             )
             for fault in faults:
                 console.print(f"  --fault {fault}")
@@ -203,11 +305,31 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             for fault in faults:
                 sim_args += ["--fault", fault]
             services.start("simulate", *sim_args)
+            token_file = STATE / "tokens.txt"
+            token_file.write_text("".join(f"{who}: {token}\n" for who, token in tokens))
+            token_file.chmod(0o600)
+            console.print(
+                f"\n[bold green]dashboard: http://127.0.0.1:{port}/[/]  (API docs: "
+                f"http://127.0.0.1:{port}/docs) — ready after {time.monotonic() - began:.0f} s;"
+                " sign in with one of these tokens (also in .demo/tokens.txt):"
+            )
+            for who, token in tokens:
+                console.print(f"  {who:<18} {token}")
+            console.print("history is filling in; last month's statements are issued once it is.\n")
             deadline = None if args.duration is None else time.monotonic() + args.duration
             last: dict[str, object] = {}
+            issued = False
             while deadline is None or time.monotonic() < deadline:
                 time.sleep(5)
                 services.check()
+                if not issued and asyncio.run(_caught_up(dsn)):
+                    issued = True
+                    lines = asyncio.run(_issue_last_month(dsn, net, settings))
+                    console.print(
+                        f"history reconciled after {time.monotonic() - began:.0f} s; issued"
+                        f" last month's statements: {len(lines)} ("
+                        f"e.g. {lines[0] if lines else '-'}); see them in the dashboard"
+                    )
                 status = asyncio.run(_status(dsn))
                 if status != last:
                     latest = status.get("latest")

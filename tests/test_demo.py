@@ -1,0 +1,95 @@
+"""``symbiont demo`` end to end: up, dashboard and tokens answer, history reconciled and
+last month issued, then Ctrl-C stops everything it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+from ingest_helpers import symbiont_command
+from services import free_port
+
+
+def _children(pid: int) -> set[int]:
+    """Every descendant of ``pid`` (from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_demo_runs_and_stops_cleanly(database_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "SYMBIONT_DATABASE_URL": database_url,
+        "SYMBIONT_API_PORT": str(port),
+    }
+    env.pop("SYMBIONT_MQTT_URL", None)  # the demo runs its own broker
+    out = tmp_path / "demo.out"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(
+            [*symbiont_command(), "demo", "--days", "3"],
+            cwd=tmp_path,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 240
+        text = ""
+        while time.monotonic() < deadline and "issued last month" not in text:
+            assert proc.poll() is None, out.read_text()
+            time.sleep(1)
+            text = out.read_text()
+        assert "issued last month" in text, text
+        assert f"http://127.0.0.1:{port}/" in text
+        tokens = dict(
+            line.split(": ", 1)
+            for line in (tmp_path / ".demo" / "tokens.txt").read_text().splitlines()
+        )
+        assert set(tokens) >= {"operator"} and sum(k.startswith("partner") for k in tokens) == 2
+        headers = {"Authorization": f"Bearer {tokens['operator']}"}
+        live = httpx.get(f"http://127.0.0.1:{port}/api/v1/live", headers=headers).json()
+        assert len(live["exchanges"]) == 16
+        assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 200
+        partner = next(k for k in tokens if k.startswith("partner"))
+        listing = httpx.get(
+            f"http://127.0.0.1:{port}/api/v1/partners/{partner.split()[1]}/statements",
+            headers={"Authorization": f"Bearer {tokens[partner]}"},
+        ).json()
+        assert any(item["status"] == "issued" for item in listing["items"])
+        children = _children(proc.pid)
+        assert len(children) >= 5  # broker, ingest, rules, api, simulator
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+        time.sleep(1)
+        left = [pid for pid in children if _alive(pid)]
+        assert not left, f"still running after the demo stopped: {left}"
+        assert "demo stopped" in out.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
