@@ -25,9 +25,11 @@ are written to DIR (created if missing), each replaced atomically:
     - partner P: ``write symbiont/readings/P/#``; ``read symbiont/statements/P``; ``read
       symbiont/alerts/S`` for S = P itself, each of P's meters and each exchange P provides or
       receives (alert subjects are exchanges, meters and partners; SPEC §6).
-    - ``symbiont-ingest``: ``read symbiont/readings/#`` (its shared subscription
-      ``$share/symbiont/symbiont/readings/#`` is checked by Mosquitto 2 against the filter
-      without the ``$share/<group>/`` prefix).
+    - ``symbiont-ingest``: ``read symbiont/readings/#``.  Mosquitto 2.0 grants any
+      subscription filter (its shared subscription ``$share/symbiont/symbiont/readings/#``
+      too) and checks every message it would deliver, retained or not, against the user's
+      read grants; a refused publish gets PUBACK 0x87 over MQTT 5 (nothing over 3.1.1), after
+      which Mosquitto closes the client's connection.
     - ``symbiont-rules``: ``write symbiont/alerts/#`` and ``write symbiont/statements/#``.
     - ``symbiont-monitor`` (operators, dashboards, debugging with ``mosquitto_sub``): ``read
       symbiont/#`` and ``read $SYS/#``; it cannot publish.
