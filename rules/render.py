@@ -37,13 +37,15 @@ inputs give the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import io
 import json
 import math
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -51,10 +53,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
+from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from rules.statements import (
@@ -387,8 +391,8 @@ class _Page:
         self.fig = Figure(figsize=(PAGE_W, PAGE_H))
         self.y = PAGE_H - MARGIN_TOP  # inches from the bottom
 
-    def text(self, x: float, y: float, s: str, **kw: Any) -> None:
-        self.fig.text(x / PAGE_W, y / PAGE_H, _esc(s), **kw)
+    def text(self, x: float, y: float, s: str, **kw: Any) -> Text:
+        return self.fig.text(x / PAGE_W, y / PAGE_H, _esc(s), **kw)
 
     def rule(self, y: float, colour: str = RULE, width: float = 0.6) -> None:
         self.fig.add_artist(
@@ -732,7 +736,45 @@ def _thousands(value: float, _pos: int) -> str:
     return f"{value:,.1f}"
 
 
-def _chart_page(page: _Page, series: Sequence[DailySeries], d: Mapping[str, Any]) -> None:
+@dataclass
+class _Chart:
+    """A chart page with ``n`` panels: its figure, axes and lines, built once per process and
+    filled anew for every statement (building axes and their ticks is most of the cost of
+    drawing the page). The filled page is what a fresh one would be, byte for byte: every
+    statement sets all that it shows (texts, data, limits) and nothing else changes."""
+
+    page: _Page
+    note: Text
+    axes: list[Axes]
+    lines: list[tuple[Line2D, Line2D]]
+    footer: Text
+    number: Text
+    lock: threading.Lock
+
+
+_CHARTS: dict[int, _Chart] = {}
+_CHARTS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _chart(n: int) -> Iterator[_Chart]:
+    """The chart page with ``n`` panels of this process, for this thread's use (another
+    thread drawing one with as many panels at the same time gets a new one)."""
+    with _CHARTS_LOCK:
+        chart = _CHARTS.get(n)
+        if chart is None:
+            chart = _CHARTS[n] = _build_chart(n)
+    if not chart.lock.acquire(blocking=False):
+        chart = _build_chart(n)
+        chart.lock.acquire()
+    try:
+        yield chart
+    finally:
+        chart.lock.release()
+
+
+def _build_chart(n: int) -> _Chart:
+    page = _Page()
     page.text(
         MARGIN_X,
         page.y - 0.2,
@@ -740,14 +782,7 @@ def _chart_page(page: _Page, series: Sequence[DailySeries], d: Mapping[str, Any]
         fontsize=12,
         weight="bold",
     )
-    page.text(
-        MARGIN_X,
-        page.y - 0.42,
-        f"Sums per day in {d['timezone']}, canonical unit per day; sent = provider meters, "
-        "received = receiver meters; a gap is a day without data.",
-        fontsize=8,
-        color=MUTED,
-    )
+    note = page.text(MARGIN_X, page.y - 0.42, "", fontsize=8, color=MUTED)
     fig = page.fig
     fig.legend(
         handles=[
@@ -760,7 +795,6 @@ def _chart_page(page: _Page, series: Sequence[DailySeries], d: Mapping[str, Any]
         frameon=False,
         fontsize=9,
     )
-    n = len(series)
     ncols = 1 if n == 1 else 2 if n <= 4 else 3
     nrows = math.ceil(n / ncols)
     top = page.y - 0.7
@@ -776,22 +810,14 @@ def _chart_page(page: _Page, series: Sequence[DailySeries], d: Mapping[str, Any]
         hspace=0.55,
         wspace=0.22,
     )
-    for i, s in enumerate(series):
+    axes: list[Axes] = []
+    lines: list[tuple[Line2D, Line2D]] = []
+    for i in range(n):
         ax = fig.add_subplot(grid[i // ncols, i % ncols])
-        x = [day.day for day in s.days]
-        sent = [math.nan if v is None else v for v in s.sent]
-        received = [math.nan if v is None else v for v in s.received]
-        ax.plot(x, sent, color=SENT_COLOUR, linewidth=1.3, marker="o", markersize=1.8)
-        ax.plot(x, received, color=RECEIVED_COLOUR, linewidth=1.3, marker="o", markersize=1.8)
-        ax.set_title(
-            _esc(f"{s.exchange}  ({s.unit}/day, {s.role})"),
-            fontsize=8,
-            loc="left",
-            color=INK,
-            y=1.0,  # where matplotlib would put it (nothing above the axes): no search for room
+        (sent,) = ax.plot([], [], color=SENT_COLOUR, linewidth=1.3, marker="o", markersize=1.8)
+        (received,) = ax.plot(
+            [], [], color=RECEIVED_COLOUR, linewidth=1.3, marker="o", markersize=1.8
         )
-        ax.set_xlim(0.5, len(x) + 0.5)
-        ax.set_ylim(bottom=0)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
         ax.yaxis.set_major_formatter(FuncFormatter(_thousands))
@@ -799,6 +825,45 @@ def _chart_page(page: _Page, series: Sequence[DailySeries], d: Mapping[str, Any]
         ax.grid(True, color="#e5e5e5", linewidth=0.5)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
+        axes.append(ax)
+        lines.append((sent, received))
+    footer = page.text(MARGIN_X, MARGIN_BOTTOM - 0.2, "", fontsize=6.5, color=MUTED)
+    number = page.text(
+        PAGE_W - MARGIN_X, MARGIN_BOTTOM - 0.2, "", fontsize=6.5, color=MUTED, ha="right"
+    )
+    return _Chart(page, note, axes, lines, footer, number, threading.Lock())
+
+
+def _fill_chart(chart: _Chart, series: Sequence[DailySeries], d: Mapping[str, Any]) -> None:
+    chart.note.set_text(
+        _esc(
+            f"Sums per day in {d['timezone']}, canonical unit per day; sent = provider meters, "
+            "received = receiver meters; a gap is a day without data."
+        )
+    )
+    n = len(series)
+    ncols = 1 if n == 1 else 2 if n <= 4 else 3
+    for i, (s, ax, (sent_line, received_line)) in enumerate(
+        zip(series, chart.axes, chart.lines, strict=True)
+    ):
+        x = [day.day for day in s.days]
+        sent_line.set_data(x, [math.nan if v is None else v for v in s.sent])
+        received_line.set_data(x, [math.nan if v is None else v for v in s.received])
+        ax.set_title(
+            _esc(f"{s.exchange}  ({s.unit}/day, {s.role})"),
+            fontsize=8,
+            loc="left",
+            color=INK,
+            y=1.0,  # where matplotlib would put it (nothing above the axes): no search for room
+        )
+        # The limits of a new axes: x as given, y from 0 to the data's top with the usual
+        # margin (or matplotlib's default view without data).
+        ax.relim()
+        ax.set_xlim(0.5, len(x) + 0.5)
+        ax.set_autoscaley_on(True)
+        ax.viewLim.intervaly = (0.0, 1.0)
+        ax.autoscale_view(scalex=False)
+        ax.set_ylim(bottom=0)
         if i + ncols >= n:  # the lowest panel of its column
             ax.set_xlabel(f"day of {s.days[0]:%B}", fontsize=7, color=MUTED)
 
@@ -832,19 +897,25 @@ def render_pdf(doc: Mapping[str, Any] | Statement, daily: Sequence[DailySeries] 
         _header(first, d)
         _flow_tables(first, _blocks(d), new_page)
         panels = [s for s in daily if s.days]
-        for k in range(0, len(panels), PANELS_PER_PAGE):
-            _chart_page(new_page(), panels[k : k + PANELS_PER_PAGE], d)
+        charts = [panels[k : k + PANELS_PER_PAGE] for k in range(0, len(panels), PANELS_PER_PAGE)]
+        total = len(pages) + len(charts)
         for number, page in enumerate(pages, start=1):
             page.text(MARGIN_X, MARGIN_BOTTOM - 0.2, footer, fontsize=6.5, color=MUTED)
             page.text(
                 PAGE_W - MARGIN_X,
                 MARGIN_BOTTOM - 0.2,
-                f"page {number} of {len(pages)}",
+                f"page {number} of {total}",
                 fontsize=6.5,
                 color=MUTED,
                 ha="right",
             )
             pdf.savefig(page.fig)
+        for number, group in enumerate(charts, start=len(pages) + 1):
+            with _chart(len(group)) as chart:
+                _fill_chart(chart, group, d)
+                chart.footer.set_text(_esc(footer))
+                chart.number.set_text(f"page {number} of {total}")
+                pdf.savefig(chart.page.fig)
     return out.getvalue()
 
 

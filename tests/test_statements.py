@@ -9,6 +9,7 @@ never by calling the code under test.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import io
 import json
@@ -29,6 +30,7 @@ import yaml
 from core.network import Exchange, Network, Terms, load_network, parse_network
 from core.simulate import ExchangeTruth, true_flows
 from core.windows import month_bounds
+from rules import render
 from rules.render import (
     canonical_json,
     render_csv,
@@ -628,6 +630,41 @@ def test_csv_and_pdf(tmp_path: Path) -> None:
         "2026-10-01T00:00:00+02:00",
         "2026-10-15T00:00:00+02:00",
     ]
+
+
+def test_pdf_bytes_do_not_depend_on_what_was_rendered_before() -> None:
+    """Chart pages are reused within a process: a statement renders to the same bytes
+    whatever was rendered before it (other months, data gaps, exchanges without any data)."""
+    net = kalundborg()
+    oct_rows = rows_from(truth_for(net, 2026, 10))
+    sept_rows = rows_from(truth_for(net, 2026, 9))
+    doc = statement_document(issued(net, "asnaes", 2026, 10, oct_rows))
+    daily = daily_series(net, "asnaes", 2026, 10, oct_rows)
+    # September (30 days) with the first exchange's received side missing and, in a second
+    # rendering, its other exchanges without any data
+    gap = sept_rows[0].exchange_id
+    gappy = [r for r in sept_rows if r.exchange_id != gap] + [
+        WindowRow(r.exchange_id, r.window_start, r.window_end, r.sent, None)
+        for r in sept_rows
+        if r.exchange_id == gap
+    ]
+    other = statement_document(issued(net, "asnaes", 2026, 9, gappy))
+    other_daily = daily_series(net, "asnaes", 2026, 9, gappy)
+    nothing = [other_daily[0]] + [
+        dataclasses.replace(s, sent=(None,) * len(s.days), received=(None,) * len(s.days))
+        for s in other_daily[1:]
+    ]
+
+    def fresh(d: dict[str, Any], series: list[Any]) -> bytes:
+        render._CHARTS.clear()  # a process that has drawn no chart yet
+        return render_pdf(d, series)
+
+    expected = {k: fresh(*case) for k, case in enumerate(((doc, daily), (other, other_daily),
+                                                          (other, nothing)))}  # fmt: skip
+    assert len(set(expected.values())) == 3
+    for k in (0, 1, 2, 0, 2, 1, 0):
+        d, series = ((doc, daily), (other, other_daily), (other, nothing))[k]
+        assert render_pdf(d, series) == expected[k]
 
 
 def test_daily_series_are_local_days() -> None:
