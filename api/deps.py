@@ -21,7 +21,8 @@ ALL_ROLES = frozenset(Role)
 READERS = frozenset({Role.admin, Role.operator, Role.partner})
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop per request.
     state: AppState = request.app.state.symbiont
     return state
 

@@ -42,7 +42,7 @@ class Span:
     end: datetime
 
 
-def span(
+async def span(  # async: a plain ``def`` dependency would run in FastAPI's thread pool
     from_: Annotated[
         datetime | None,
         Query(alias="from", description="start, RFC 3339 with offset (default: `to` − 7 days)"),
