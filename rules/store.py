@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -15,10 +16,25 @@ FloatArray = npt.NDArray[np.float64]
 
 CLAIM_TIMEOUT = "5 minutes"
 
+# A worker's claims are its own while its database session lives: claim_meter_windows holds a
+# session-level advisory lock (CLAIM_LOCK_SPACE, hashtext(worker)) on the connection it claims
+# with, and a claim whose worker holds no such lock in this database (the process died or lost
+# its connection) is free for any other worker at once. CLAIM_TIMEOUT stays as the backstop
+# (two worker names with the same hash).
+CLAIM_LOCK_SPACE = 0x73796D62
+
+_LIVE_WORKERS = f"""
+SELECT objid FROM pg_locks
+WHERE locktype = 'advisory' AND classid = {CLAIM_LOCK_SPACE}::oid AND objsubid = 2 AND granted
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
 _CLAIM = f"""
-WITH picked AS (
+WITH live AS MATERIALIZED ({_LIVE_WORKERS}),
+picked AS (
     SELECT meter_id, window_start FROM dirty_windows
     WHERE claimed_by IS NULL OR claimed_at < now() - interval '{CLAIM_TIMEOUT}'
+       OR hashtext(claimed_by)::oid NOT IN (SELECT objid FROM live)
     ORDER BY meter_id, window_start
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -28,12 +44,26 @@ FROM picked p WHERE d.meter_id = p.meter_id AND d.window_start = p.window_start
 RETURNING d.meter_id, d.window_start, d.version
 """
 
+# Sessions known to hold their worker's advisory lock (taken once per session).
+_LOCKED: weakref.WeakKeyDictionary[asyncpg.Connection, str] = weakref.WeakKeyDictionary()
+
+
+async def _hold_worker_lock(conn: asyncpg.Connection, worker: str) -> None:
+    if _LOCKED.get(conn) == worker:
+        return
+    # pg_try_: a second live session under the same name (a misconfiguration) already keeps
+    # the name's claims alive; waiting for it would only stall this worker.
+    await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", CLAIM_LOCK_SPACE, worker)
+    _LOCKED[conn] = worker
+
 
 async def claim_meter_windows(
     conn: asyncpg.Connection, worker: str, limit: int
 ) -> list[tuple[str, datetime, int]]:
     """Claim dirty (meter, window) pairs for this worker (committed at once, so ingest's
-    upserts of the same rows never wait for the computation)."""
+    upserts of the same rows never wait for the computation), including those a worker that
+    is gone had claimed."""
+    await _hold_worker_lock(conn, worker)
     rows = await conn.fetch(_CLAIM, limit, worker)
     return [(r["meter_id"], r["window_start"], r["version"]) for r in rows]
 
@@ -41,9 +71,25 @@ async def claim_meter_windows(
 async def finish_meter_windows(
     conn: asyncpg.Connection, worker: str, claimed: Sequence[tuple[str, datetime, int]]
 ) -> None:
-    """Delete what was computed; release what changed meanwhile (its version moved on)."""
+    """Delete what was computed; release what changed meanwhile (its version moved on).
+
+    Call it inside the transaction that stores the results. It first locks every row it will
+    touch in key order, the order in which ingest marks windows dirty: deleting some rows and
+    then updating others in whatever order the plans visit them deadlocked with ingest's
+    upsert of the same rows."""
+    ids, starts, versions = zip(*claimed, strict=True) if claimed else ((), (), ())
+    await conn.execute(
+        """SELECT 1 FROM dirty_windows
+           WHERE claimed_by = $1
+              OR (meter_id, window_start) IN (
+                  SELECT * FROM unnest($2::text[], $3::timestamptz[]))
+           ORDER BY meter_id, window_start
+           FOR UPDATE""",
+        worker,
+        list(ids),
+        list(starts),
+    )
     if claimed:
-        ids, starts, versions = zip(*claimed, strict=True)
         await conn.execute(
             """DELETE FROM dirty_windows d
                USING unnest($1::text[], $2::timestamptz[], $3::bigint[]) AS c(m, s, v)

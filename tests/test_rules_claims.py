@@ -1,0 +1,111 @@
+"""Claims on ``dirty_windows`` between rules workers and ingest (rules/store.py), found by
+the topology test (tests/test_topology.py) with two ingest and two rules processes:
+
+- a rules worker that dies holding claims no longer leaves its windows unprocessed for
+  ``CLAIM_TIMEOUT`` (5 minutes): another worker takes them over as soon as its session is gone,
+  and never while it lives;
+- finishing claims no longer deadlocks with ingest marking the same windows dirty (the rules
+  transaction lost, and the rules process exited on the DeadlockDetectedError).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from core.db import asyncpg_dsn
+from ingest.writer import _DIRTY as MARK_DIRTY
+from rules.store import claim_meter_windows, finish_meter_windows
+
+T0 = datetime(2026, 5, 4, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+
+
+async def _connect(url: str) -> asyncpg.Connection:
+    conn: asyncpg.Connection = await asyncpg.connect(asyncpg_dsn(url))
+    return conn
+
+
+async def _mark(conn: asyncpg.Connection, meter: str, *starts: datetime) -> None:
+    await conn.execute(MARK_DIRTY, [meter] * len(starts), list(starts))
+
+
+def test_claims_of_a_gone_worker_are_taken_over_at_once(database_url: str) -> None:
+    async def go() -> None:
+        a, b, other = [await _connect(database_url) for _ in range(3)]
+        try:
+            await _mark(other, "m1", T0, T0 + HOUR, T0 + 2 * HOUR)
+            assert len(await claim_meter_windows(a, "worker-a", 10)) == 3
+            # worker-a lives: its claims stay its own.
+            assert await claim_meter_windows(b, "worker-b", 10) == []
+            await _mark(other, "m1", T0)  # new data for a claimed window: still worker-a's
+            assert await claim_meter_windows(b, "worker-b", 10) == []
+
+            # worker-a's session ends (its process died): worker-b takes over at once.
+            pid = await a.fetchval("SELECT pg_backend_pid()")
+            await other.execute("SELECT pg_terminate_backend($1)", pid)
+            taken: list[tuple[str, datetime, int]] = []
+            for _ in range(50):
+                taken = await claim_meter_windows(b, "worker-b", 10)
+                if taken:
+                    break
+                await asyncio.sleep(0.1)
+            assert sorted((m, s) for m, s, _ in taken) == [
+                ("m1", T0),
+                ("m1", T0 + HOUR),
+                ("m1", T0 + 2 * HOUR),
+            ]
+            assert dict(((m, s), v) for m, s, v in taken)[("m1", T0)] == 2
+            async with b.transaction():
+                await finish_meter_windows(b, "worker-b", taken)
+            assert await other.fetchval("SELECT count(*) FROM dirty_windows") == 0
+        finally:
+            for conn in (a, b, other):
+                if not conn.is_closed():
+                    await conn.close()
+
+    asyncio.run(go())
+
+
+def test_finishing_claims_does_not_deadlock_with_ingest_marking_windows(
+    database_url: str,
+) -> None:
+    """The interleaving that deadlocked: the rules transaction deletes a computed window and
+    releases one whose data changed meanwhile, while an ingest batch marks both again, in
+    key order."""
+
+    async def go() -> None:
+        ingest, rules = await _connect(database_url), await _connect(database_url)
+        k1, k2 = T0, T0 + HOUR  # k1 < k2: ingest locks k1 first
+        try:
+            await _mark(ingest, "m1", k1, k2)
+            claimed = await claim_meter_windows(rules, "worker", 10)
+            assert len(claimed) == 2
+            await _mark(ingest, "m1", k1)  # new data for k1 while it is computed
+
+            batch = ingest.transaction()
+            await batch.start()
+            await _mark(ingest, "m1", k1)  # the batch holds k1
+
+            async def finish() -> None:
+                async with rules.transaction():
+                    await finish_meter_windows(rules, "worker", claimed)
+
+            task = asyncio.create_task(finish())
+            await asyncio.sleep(0.5)  # the rules transaction is now waiting for k1
+            await _mark(ingest, "m1", k2)  # deadlocked here (or in finish) before the fix
+            await batch.commit()
+            await asyncio.wait_for(task, 10)
+
+            rows = await ingest.fetch(
+                "SELECT window_start, claimed_by FROM dirty_windows ORDER BY 1"
+            )
+            # Both changed after they were claimed: both stay dirty, released for the next pass.
+            assert [(r["window_start"], r["claimed_by"]) for r in rows] == [(k1, None), (k2, None)]
+        finally:
+            await ingest.close()
+            await rules.close()
+
+    asyncio.run(go())
