@@ -3,9 +3,12 @@
 - ``apply_network``: load a network (a dict, as in a network file) into a database.
 - ``IngestProcess``: ``symbiont ingest`` as a subprocess with its log in a file, to start,
   SIGKILL and restart; ``wait_subscribed`` polls the log for the subscription line.
+- ``ServiceProcess``: any other ``symbiont`` service (``rules``, ``api``) the same way, and
+  ``freeze``/``thaw`` (SIGSTOP/SIGCONT) to hold it at a chosen moment before a SIGKILL;
+  ``scrape_metrics`` reads a process's Prometheus metrics.
 - ``Publisher``: an MQTT v5 QoS 1 publisher that knows which messages got their PUBACK,
   reconnects by itself (paho re-sends unacknowledged QoS 1 messages) and can re-publish
-  what is still unacknowledged.
+  what is still unacknowledged; ``mqtt://user:password@host:port`` signs in as that user.
 - ``MqttProxy``: a TCP proxy in front of the broker that can swallow the PUBACKs a client
   sends, to kill ingest after it committed but before the broker saw the acknowledgement.
 - ``counts``/``fetch_readings``/``fetch_rejections``/``wait_until``: look at the outcome.
@@ -24,14 +27,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
+import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
@@ -307,12 +311,161 @@ class IngestProcess:
         self.close()
 
 
+class ServiceProcess:
+    """Any ``symbiont`` service as a subprocess (``rules --worker-id W``, ``api --port P``,
+    ``ingest``), with its log in a file that every run appends to.
+
+    Its environment is the caller's without any ``SYMBIONT_*`` setting, plus ``env``.
+    ``freeze``/``thaw`` (SIGSTOP/SIGCONT) hold it still at a chosen moment, for instance while
+    it holds claimed work, before a ``kill`` (SIGKILL, as in a crash).
+    """
+
+    def __init__(
+        self, args: Sequence[str], *, env: Mapping[str, str], log_path: Path, name: str = ""
+    ) -> None:
+        self.args = list(args)
+        self.extra_env = dict(env)
+        self.log_path = log_path
+        self.name = name or " ".join(self.args)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self._log_offset = 0
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SYMBIONT_")}
+        env.update({"SYMBIONT_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"})
+        env.update(self.extra_env)
+        return env
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def start(self) -> None:
+        if self.alive:
+            raise RuntimeError(f"{self.name} is already running")
+        self._log_offset = self.log_offset()
+        self.starts += 1
+        with self.log_path.open("ab") as log:
+            log.write(f"--- test: start #{self.starts} of symbiont {self.name} ---\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                [*symbiont_command(), *self.args],
+                env=self.environment(),
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def log_text(self, since: int = 0) -> str:
+        try:
+            with self.log_path.open("rb") as handle:
+                handle.seek(since)
+                return handle.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def log_offset(self) -> int:
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def wait_for_log(self, text: str, *, since: int | None = None, timeout: float = 30.0) -> None:
+        """Wait until ``text`` appears in the log after offset ``since`` (default: this start)."""
+        start = self._log_offset if since is None else since
+        deadline = time.monotonic() + timeout
+        while text not in self.log_text(start):
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(
+                    f"{self.name} exited with status {self.proc.returncode} before logging "
+                    f"{text!r}:\n{self.tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{self.name} did not log {text!r} within {timeout:.0f} s:\n{self.tail()}"
+                )
+            time.sleep(0.05)
+
+    def _signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+
+    def freeze(self) -> None:
+        self._signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL, as in a crash (a frozen process dies too)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self._signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def terminate(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (a clean stop) and wait; SIGKILL after ``timeout``."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.thaw()
+            self._signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def close(self) -> None:
+        self.kill()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def scrape_metrics(port: int, timeout: float = 2.0) -> dict[str, float]:
+    """The samples a process serves on 127.0.0.1:``port``/metrics (Prometheus text format),
+    as {"name{label=value,...}": value}; unlabelled samples under their bare name."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=timeout).text
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
 # ------------------------------------------------------------------------------- publisher
 
 
 def _host_port(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     return parts.hostname or "127.0.0.1", parts.port or 1883
+
+
+def _credentials(url: str) -> tuple[str | None, str | None]:
+    parts = urlsplit(url)
+    return (
+        unquote(parts.username) if parts.username else None,
+        unquote(parts.password) if parts.password else None,
+    )
 
 
 class Publisher:
@@ -337,6 +490,9 @@ class Publisher:
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
         )
+        user, password = _credentials(url)
+        if user is not None:  # mqtt://user:password@host:port, as ingest takes it
+            self.client.username_pw_set(user, password)
         self.client.max_inflight_messages_set(max_inflight)
         self.client.reconnect_delay_set(*reconnect_delay)
         self.client.on_connect = self._on_connect
