@@ -80,10 +80,11 @@ puts them on the partner's next statement.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, localcontext
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -332,18 +333,20 @@ def _from(terms: Terms) -> date:
     return terms.from_
 
 
-def _billed_value(ex: Exchange, w: WindowRow) -> Decimal | None:
+def _billed_value(ex: Exchange, w: WindowRow) -> Number | None:
+    """What a window adds to the billed quantity (a float as it is; see :func:`_exact_total`),
+    None for nothing."""
     sent = _finite(w.sent)
     received = _finite(w.received)
     if ex.billing == Billing.sent:
-        return None if sent is None else _dec(sent)
+        return sent
     if ex.billing == Billing.received:
-        return None if received is None else _dec(received)
+        return received
     reconciled = _finite(w.reconciled_received)
     if reconciled is not None:
-        return _dec(reconciled)
+        return reconciled
     if received is not None:
-        return _dec(received)
+        return received
     if sent is not None:
         return (1 - Decimal(repr(ex.loss))) * _dec(sent)
     return None
@@ -379,25 +382,65 @@ def _exact_sum(values: Iterable[Decimal]) -> Decimal:
     return total
 
 
+def _exact_total(values: Sequence[Number | None]) -> Decimal:
+    """The sum of the finite values, as :func:`_exact_sum` of their exact Decimals gives it.
+
+    Floats (and ints) are summed as integers over a common power-of-two denominator, which is
+    exact and several times faster than adding Decimals. When the sum or a partial sum could
+    need more than ``_EXACT_PREC`` digits (where the Decimal sum rounds), or a value is no
+    float, the Decimals are added as before, in the same order."""
+    num = mag = shift = 0
+    for v in values:
+        kind = type(v)
+        if kind is float:
+            if v - v != 0:  # type: ignore[operator]  # inf or nan: no data
+                continue
+        elif kind is not int:
+            if v is None:
+                continue
+            return _exact_sum(_dec(f) for x in values if (f := _finite(x)) is not None)
+        n, d = v.as_integer_ratio()  # type: ignore[union-attr]
+        k = d.bit_length() - 1  # d is 2**k
+        if k > shift:
+            num <<= k - shift
+            mag <<= k - shift
+            shift = k
+        n <<= shift - k
+        num += n
+        mag += abs(n)
+    # Every partial sum has at most this many digits: those of Σ|v| before the point, and
+    # ``shift`` after it (n / 2**shift = n·5**shift / 10**shift).
+    if len(str(mag >> shift)) + shift > _EXACT_PREC:
+        return _exact_sum(_dec(f) for x in values if (f := _finite(x)) is not None)
+    with localcontext() as ctx:
+        ctx.prec = _EXACT_PREC
+        return Decimal(num * 5**shift).scaleb(-shift)
+
+
 def _coverage(rows: Sequence[WindowRow], period: Period, cut: datetime) -> Decimal:
     span_end = min(period.end, cut)
     span = (span_end - period.start) // _MICRO
     if span <= 0:
         return _round(ZERO, COVERAGE_PLACES)
+    whole = 0  # microseconds of complete windows (coverage 1: exact integers)
     weighted = []
     for w in rows:
         seconds = (min(w.window_end, span_end) - max(w.window_start, period.start)) // _MICRO
         if seconds > 0:
             cov = min(max(float(w.coverage), 0.0), 1.0) if math.isfinite(w.coverage) else 0.0
-            weighted.append(Decimal(cov) * seconds)
+            if cov == 1.0:
+                whole += seconds
+            elif cov > 0.0:
+                weighted.append(Decimal(cov) * seconds)
     with localcontext() as ctx:
         ctx.prec = _EXACT_PREC
-        value = min(_exact_sum(weighted) / span, Decimal(1))
+        value = min((Decimal(whole) + _exact_sum(weighted)) / span, Decimal(1))
     return _round(value, COVERAGE_PLACES, ROUND_DOWN)
 
 
 def _check_aware(ts: datetime, what: str) -> None:
-    if ts.tzinfo is None or ts.utcoffset() is None:
+    tz = ts.tzinfo
+    if tz is None or (type(tz) is not timezone and ts.utcoffset() is None):
         raise ValueError(f"{what} {ts.isoformat()} has no time zone")
 
 
@@ -407,24 +450,27 @@ def _month_windows(
     """The partner's windows that start in [start, end), by exchange, sorted; no duplicates."""
     wanted = {ex.id for ex, _ in partner_exchanges(network, partner)}
     by_exchange: dict[str, list[WindowRow]] = {eid: [] for eid in wanted}
-    seen: set[tuple[str, datetime]] = set()
     for w in windows:
-        if w.exchange_id not in wanted:
+        rows = by_exchange.get(w.exchange_id)
+        if rows is None:
             continue
-        _check_aware(w.window_start, "window_start")
-        _check_aware(w.window_end, "window_end")
-        if not start <= w.window_start < end:
-            continue
-        key = (w.exchange_id, w.window_start)
-        if key in seen:
-            raise ValueError(
-                f"window of {w.exchange_id} at {w.window_start.isoformat()} given twice"
-            )
-        seen.add(key)
-        by_exchange[w.exchange_id].append(w)
-    for rows in by_exchange.values():
-        rows.sort(key=lambda w: w.window_start)
+        ws, we = w.window_start, w.window_end
+        # _check_aware, inline: this runs for every window of a month
+        if type(ws.tzinfo) is not timezone or type(we.tzinfo) is not timezone:
+            _check_aware(ws, "window_start")
+            _check_aware(we, "window_end")
+        if start <= ws < end:
+            rows.append(w)
+    for eid, rows in by_exchange.items():
+        rows.sort(key=_start_of)
+        for earlier, later in itertools.pairwise(rows):
+            if earlier.window_start == later.window_start:
+                raise ValueError(f"window of {eid} at {later.window_start.isoformat()} given twice")
     return by_exchange
+
+
+def _start_of(w: WindowRow) -> datetime:
+    return w.window_start
 
 
 def build_statement(
@@ -484,9 +530,14 @@ def build_statement(
         rows = by_exchange[ex.id]
         for period, terms in periods:
             part = [w for w in rows if period.start <= w.window_start < period.end]
-            sent = _exact_sum(_dec(v) for w in part if (v := _finite(w.sent)) is not None)
-            received = _exact_sum(_dec(v) for w in part if (v := _finite(w.received)) is not None)
-            billed = _exact_sum(b for w in part if (b := _billed_value(ex, w)) is not None)
+            sent = _exact_total([w.sent for w in part])
+            received = _exact_total([w.received for w in part])
+            if ex.billing == Billing.sent:
+                billed = sent
+            elif ex.billing == Billing.received:
+                billed = received
+            else:
+                billed = _exact_total([_billed_value(ex, w) for w in part])
             billed_q = _round(billed, QUANTITY_PLACES)
             price, cost_rate, co2_rate, amount, avoided, co2, savings = _money(
                 billed_q, terms, role
@@ -765,12 +816,15 @@ def daily_series(
     first = date(year, month, 1)
     days = tuple(first + timedelta(days=i) for i in range((end.astimezone(tz).date() - first).days))
     index = {d: i for i, d in enumerate(days)}
+    day_of: dict[datetime, int] = {}  # window start → its local day (windows share starts)
     out: list[DailySeries] = []
     for ex, role in partner_exchanges(network, partner):
         sent: list[list[float]] = [[] for _ in days]
         received: list[list[float]] = [[] for _ in days]
         for w in by_exchange[ex.id]:
-            i = index[w.window_start.astimezone(tz).date()]
+            i = day_of.get(w.window_start, -1)
+            if i < 0:
+                i = day_of[w.window_start] = index[w.window_start.astimezone(tz).date()]
             if (s := _finite(w.sent)) is not None:
                 sent[i].append(float(s))
             if (r := _finite(w.received)) is not None:

@@ -13,6 +13,8 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
+import random
 import re
 import shutil
 import subprocess
@@ -687,3 +689,43 @@ def test_daily_series_are_local_days() -> None:
         pytest.approx(float(v), abs=1e-9) for v in truth[gypsum.exchange].sent
     )
     assert sum(s.sent) == pytest.approx(float(t.sent.sum()))  # type: ignore[arg-type]
+
+
+def _decimal_sum(values: Sequence[Any]) -> Decimal:
+    """The sums statements were defined with: exact Decimals of the finite values, added at
+    100 digits."""
+    with localcontext() as ctx:
+        ctx.prec = 100
+        total = Decimal(0)
+        for v in values:
+            if v is None or (isinstance(v, float) and not math.isfinite(v)):
+                continue
+            if isinstance(v, Decimal) and not v.is_finite():
+                continue
+            total += Decimal(v)
+        return total
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fast_exact_sums_equal_the_decimal_sums(seed: int) -> None:
+    """Quantities and coverage are summed over integers; the sums are the Decimal sums, also
+    where those round (more than 100 digits) and with gaps, infinities, ints and Decimals."""
+    from rules.statements import _exact_total
+
+    rng = random.Random(seed)
+    scales = [1e-300, 1e-12, 1e-3, 1.0, 10.0, 7450.0, 1e9, 1e200]
+    cases: list[list[Any]] = [[], [None], [0.1] * 745, [-0.0, 0.0], [float("inf"), 2.5, None]]
+    for _ in range(40):
+        wide = rng.random() < 0.2
+        cases.append(
+            [
+                rng.choice([None, float("nan"), -float("inf"), 3, Decimal("1.25")])
+                if rng.random() < 0.03
+                else rng.uniform(-0.2, 1.0)
+                * (rng.choice(scales) if wide else rng.choice(scales[2:6]))
+                for _ in range(rng.randrange(1, 800))
+            ]
+        )
+    for values in cases:
+        got, want = _exact_total(values), _decimal_sum(values)
+        assert got == want, values[:5]
