@@ -14,6 +14,11 @@ every session); then the consumer starts alone and is timed until it has taken e
   over the stored readings (``received_at`` is each batch's transaction start), and the
   wall time runs from the process start to the last commit (its NOTIFY on ``symbiont_dirty``).
 - naive (optional): ``benchmarks.clients naive``, one INSERT and commit per message.
+- ingest with several workers (``--workers 1,2``): N ``symbiont ingest`` processes with
+  distinct client ids in one share group of their own, started together on the same backlog
+  (the broker queued half of it, round-robin, for each offline session); the rate is N /
+  (max − min ``received_at``) over all their readings, CPU seconds are summed over the
+  workers and their backends, and each worker's count comes from its log.
 
 Latency: ingest runs live while ``benchmarks.clients pace`` publishes single-reading
 messages at a steady rate, each carrying its publish time as its value. Every batch's
@@ -35,6 +40,7 @@ import contextlib
 import math
 import os
 import platform
+import re
 import secrets
 import shlex
 import signal
@@ -108,6 +114,7 @@ class Options:
     write: Path | None = ROOT / "BENCHMARKS.md"
     command: str = ""
     ingest_env: dict[str, str] = field(default_factory=dict)
+    workers: tuple[int, ...] = (1,)  # ingest drains with this many workers each
 
 
 # ---------------------------------------------------------------------------- environment
@@ -322,7 +329,13 @@ class Ingest:
     """``symbiont ingest`` as a subprocess, logging to a file."""
 
     def __init__(
-        self, broker: Mosquitto, database_url: str, client_id: str, opts: Options, log_path: Path
+        self,
+        broker: Mosquitto,
+        database_url: str,
+        client_id: str,
+        opts: Options,
+        log_path: Path,
+        group: str | None = None,
     ) -> None:
         self.env = dict(os.environ)
         for key in ("SYMBIONT_METRICS_PORT", "SYMBIONT_LOG_JSON"):
@@ -334,6 +347,9 @@ class Ingest:
             SYMBIONT_INGEST_CLIENT_ID=client_id,
             SYMBIONT_LOG_LEVEL="INFO",
         )
+        if group is not None:
+            self.env["SYMBIONT_INGEST_SHARE_GROUP"] = group
+        self.client_id = client_id
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
@@ -392,6 +408,13 @@ class Ingest:
     def log_tail(self, lines: int = 30) -> str:
         text = self.log_path.read_text(errors="replace")
         return "\n".join(text.splitlines()[-lines:])
+
+    def stopped_messages(self) -> int | None:
+        """Messages this run committed, from its last "ingest stopped: N messages" line."""
+        with self.log_path.open("rb") as handle:
+            handle.seek(self._log_offset)
+            found = re.findall(rb"ingest stopped: (\d+) messages", handle.read())
+        return int(found[-1]) if found else None
 
 
 def run_client(
@@ -490,6 +513,8 @@ class DrainResult:
     cpu_broker: float | None = None  # of Mosquitto while this consumer drained
     cpu_machine: float | None = None  # of the whole machine (all processes) meanwhile
     cpu_startup: float | None = None  # of the consumer until it connected to the broker
+    workers: int = 1  # ingest processes that drained together
+    per_worker: list[int | None] = field(default_factory=list)  # messages each committed
 
     @property
     def cpu_others(self) -> float | None:
@@ -589,13 +614,16 @@ def drain_raw(
     return result
 
 
+def ingest_label(workers: int) -> str:
+    return INGEST if workers == 1 else f"{INGEST} × {workers} workers"
+
+
 def drain_case(
     dbs: Databases, opts: Options, workload: str, n: int, per_message: int, workdir: Path
 ) -> list[DrainResult]:
-    """The raw paho subscribers and ingest drain the same backlog, published once while all
-    of them are offline, one after the other."""
-    readings = n * per_message
-    url = dbs.fresh(slug(workload))
+    """The raw paho subscribers and ingest (with each number of workers in ``opts.workers``)
+    drain the same backlog, published once while all of them are offline, one after the
+    other."""
     results: list[DrainResult] = []
     with Mosquitto(autosave_interval=opts.autosave_interval) as broker:
         tag = secrets.token_hex(3)
@@ -606,13 +634,33 @@ def drain_case(
         ]
         for protocol, _, client_id, group in raws:
             create_session(broker.url, client_id, group, protocol=protocol)
-        client_id = f"bench-ingest-{tag}"
-        ingest = Ingest(broker, url, client_id, opts, workdir / f"ingest-{slug(workload)}.log")
-        ingest.start()
-        try:
-            ingest.wait_connected()
-        finally:
-            ingest.stop()
+        # Per number of workers: a database, and that many ingest sessions in a share group
+        # of their own (so each group receives the whole backlog, split among its members).
+        teams: list[tuple[str, list[Ingest]]] = []
+        for workers in opts.workers:
+            url = dbs.fresh(f"{slug(workload)}_w{workers}")
+            group = f"ingest{workers}w{tag}"
+            team = [
+                Ingest(
+                    broker,
+                    url,
+                    f"bench-ingest{workers}w{k}-{tag}",
+                    opts,
+                    workdir / f"ingest-{slug(workload)}-{workers}w{k}.log",
+                    group=group,
+                )
+                for k in range(workers)
+            ]
+            teams.append((url, team))
+        for _, team in teams:
+            for ingest in team:
+                ingest.start()
+            try:
+                for ingest in team:
+                    ingest.wait_connected()
+            finally:
+                for ingest in team:
+                    ingest.stop()
 
         log(f"{workload}: publishing {n:,} messages × {per_message} readings (QoS 1)")
         took = publish_backlog(broker.url, n, per_message, opts.meters)
@@ -632,70 +680,99 @@ def drain_case(
                     group,
                 )
             )
-
-        wait_quiet(opts.quiet_wait)
-        log(f"{workload}: {INGEST} draining")
-        listener = Listener(url)
-        listener.start()
-        backend = Backend(url, f"symbiont-ingest:{client_id}")
-        startup: list[float | None] = []
-
-        def tick() -> None:
-            backend.poll()
-            if not startup and ingest.connected():
-                startup.append(ingest.cpu_seconds())  # within 0.1 s of the connection
-
-        broker_cpu = cpu_seconds(broker.pid)
-        busy = machine_busy()
-        try:
-            listener.expect(readings)
-            ingest.start()
-            complete = listener.progress_wait(60.0, ingest.alive, tick)
-            last_commit = listener.events[-1][0] if listener.events else time.time()
-            peak = ingest.vm_hwm_kib()
-            cpu_ingest = ingest.cpu_seconds()
-            cpu_backend = backend.cpu_seconds()
-            cpu_broker = _delta(cpu_seconds(broker.pid), broker_cpu)
-            cpu_machine = _delta(machine_busy(), busy)
-        finally:
-            ingest.stop()
-            listener.stop()
-        if not complete:
-            raise BenchError(
-                f"ingest stored {listener.total} of {readings} readings:\n{ingest.log_tail()}"
-            )
-        row = fetch(
-            url,
-            """SELECT count(*) AS n, count(DISTINCT received_at) AS batches,
-                      extract(epoch FROM max(received_at) - min(received_at)) AS span,
-                      (SELECT count(*) FROM rejections) AS rejected
-               FROM readings""",
-        )[0]
-        results.append(
-            DrainResult(
-                workload, INGEST, n, readings,
-                seconds=float(row["span"]),
-                wall_s=last_commit - ingest.started_at,
-                peak_kib=peak,
-                stored=row["n"],
-                rejected=row["rejected"],
-                batches=row["batches"],
-                cpu_consumer=cpu_ingest,
-                cpu_startup=startup[0] if startup else None,
-                cpu_backend=cpu_backend,
-                cpu_broker=cpu_broker,
-                cpu_machine=cpu_machine,
-            )
-        )  # fmt: skip
-        if row["n"] != readings or row["rejected"]:
-            raise BenchError(
-                f"ingest stored {row['n']} of {readings} readings, {row['rejected']} rejected"
-            )
-        log(
-            f"{workload}: ingest {results[-1].msg_rate:,.0f} msg/s, "
-            f"{results[-1].reading_rate:,.0f} readings/s, {row['batches']} batches"
-        )
+        for url, team in teams:
+            results.append(drain_ingest(opts, broker, workload, n, per_message, url, team))
     return results
+
+
+def drain_ingest(
+    opts: Options,
+    broker: Mosquitto,
+    workload: str,
+    n: int,
+    per_message: int,
+    url: str,
+    team: list[Ingest],
+) -> DrainResult:
+    """Start every ingest process of ``team`` at once on its queued backlog, time the drain
+    and check that every reading was stored."""
+    readings = n * per_message
+    label = ingest_label(len(team))
+    wait_quiet(opts.quiet_wait)
+    log(f"{workload}: {label} draining")
+    listener = Listener(url)
+    listener.start()
+    backends = [Backend(url, f"symbiont-ingest:{ingest.client_id}") for ingest in team]
+    startup: dict[int, float | None] = {}
+
+    def tick() -> None:
+        for backend in backends:
+            backend.poll()
+        for k, ingest in enumerate(team):
+            if k not in startup and ingest.connected():
+                startup[k] = ingest.cpu_seconds()  # within 0.1 s of the connection
+
+    def alive() -> bool:
+        return all(ingest.alive() for ingest in team)
+
+    broker_cpu = cpu_seconds(broker.pid)
+    busy = machine_busy()
+    try:
+        listener.expect(readings)
+        for ingest in team:
+            ingest.start()
+        complete = listener.progress_wait(60.0, alive, tick)
+        last_commit = listener.events[-1][0] if listener.events else time.time()
+        peaks = [ingest.vm_hwm_kib() for ingest in team]
+        cpu_ingest = _sum([ingest.cpu_seconds() for ingest in team])
+        cpu_backend = _sum([backend.cpu_seconds() for backend in backends])
+        cpu_broker = _delta(cpu_seconds(broker.pid), broker_cpu)
+        cpu_machine = _delta(machine_busy(), busy)
+    finally:
+        for ingest in team:
+            ingest.stop()
+        listener.stop()
+    if not complete:
+        tails = "\n".join(ingest.log_tail() for ingest in team)
+        raise BenchError(f"{label} stored {listener.total} of {readings} readings:\n{tails}")
+    row = fetch(
+        url,
+        """SELECT count(*) AS n, count(DISTINCT received_at) AS batches,
+                  extract(epoch FROM max(received_at) - min(received_at)) AS span,
+                  (SELECT count(*) FROM rejections) AS rejected
+           FROM readings""",
+    )[0]
+    result = DrainResult(
+        workload, label, n, readings,
+        seconds=float(row["span"]),
+        wall_s=last_commit - min(ingest.started_at for ingest in team),
+        peak_kib=max((p for p in peaks if p), default=None),
+        stored=row["n"],
+        rejected=row["rejected"],
+        batches=row["batches"],
+        cpu_consumer=cpu_ingest,
+        cpu_startup=_sum([startup.get(k) for k in range(len(team))]),
+        cpu_backend=cpu_backend,
+        cpu_broker=cpu_broker,
+        cpu_machine=cpu_machine,
+        workers=len(team),
+        per_worker=[ingest.stopped_messages() for ingest in team],
+    )  # fmt: skip
+    if row["n"] != readings or row["rejected"]:
+        raise BenchError(
+            f"{label} stored {row['n']} of {readings} readings, {row['rejected']} rejected"
+        )
+    log(
+        f"{workload}: {label} {result.msg_rate:,.0f} msg/s, "
+        f"{result.reading_rate:,.0f} readings/s, {row['batches']} batches"
+        + (f", messages per worker {result.per_worker}" if len(team) > 1 else "")
+    )
+    return result
+
+
+def _sum(values: Sequence[float | None]) -> float | None:
+    """The sum, None if any is unknown."""
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
 
 
 def naive_case(dbs: Databases, opts: Options, n: int) -> DrainResult:
@@ -867,7 +944,8 @@ def run(opts: Options) -> Report:
         if opts.messages:
             drains = drain_case(dbs, opts, "1 reading/msg", opts.messages, 1, workdir)
             report.drains.extend(drains)
-            single_rate = drains[-1].msg_rate
+            single = [d for d in drains if d.consumer == INGEST]
+            single_rate = single[0].msg_rate if single else None
         if opts.batch_messages:
             report.drains.extend(
                 drain_case(
@@ -950,6 +1028,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-raw-v311", action="store_true", help="skip the raw MQTT 3.1.1 subscriber")
     p.add_argument(
+        "--workers",
+        type=_workers,
+        default=d.workers,
+        help="ingest drains with this many `symbiont ingest` processes sharing the "
+        "subscription, comma-separated (e.g. 1,2; default 1); the latency run and the naive "
+        "baseline stay single-process",
+    )
+    p.add_argument(
         "--batch-readings",
         type=int,
         default=None,
@@ -961,6 +1047,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="SYMBIONT_INGEST_BATCH_WAIT_MS for ingest (default: its setting)",
     )
+
+
+def _workers(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of worker counts: {text!r}") from None
+    if not counts or any(n < 1 for n in counts):
+        raise argparse.ArgumentTypeError(f"worker counts must be 1 or more: {text!r}")
+    return tuple(dict.fromkeys(counts))
 
 
 def options(argv: Sequence[str], *, command: str = "") -> Options:
@@ -1017,6 +1113,7 @@ def from_args(args: argparse.Namespace, *, command: str = "") -> Options:
         raw_v311=not get("no_raw_v311", False),
         quiet_wait=get("quiet_wait", d.quiet_wait),
         command=command,
+        workers=get("workers", d.workers),
     )
     quick = get("quick", False)
     if quick:
@@ -1150,6 +1247,15 @@ def verdicts(report: Report) -> list[str]:
             f"Stored {ing.stored:,} of {ing.readings:,} readings, {ing.rejected} rejected, in "
             f"{ing.batches:,} batches."
         )
+        for team in (d for d in report.drains if d.workload == workload and d.workers > 1):
+            team_value = team.msg_rate if single else team.reading_rate
+            split = ", ".join(f"{m:,}" if m is not None else "?" for m in team.per_worker)
+            lines.append(
+                f"- {workload}: {team.workers} ingest workers {team_value:,.0f} {unit} = "
+                f"**{team.msg_rate / ing.msg_rate:.2f} × one worker**; messages committed per "
+                f"worker {split}; stored {team.stored:,} of {team.readings:,} readings, "
+                f"{team.rejected} rejected, in {team.batches:,} batches."
+            )
     return lines
 
 
@@ -1183,7 +1289,15 @@ def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
         "work on the box: the 2 cores hold 2 CPU seconds per second of wall time). The last "
         "column divides the messages by the consumer's CPU seconds after it connected: about "
         "the rate it could reach with a core to itself, a figure other work on the box "
-        "disturbs far less than the rates.",
+        "disturbs far less than the rates."
+        + (
+            " Rows with several ingest workers: that many `symbiont ingest` processes (distinct "
+            "client ids, one share group) drain together the backlog the broker queued for "
+            "their sessions, half each; their CPU seconds and their backends' are summed "
+            "(the last column divides by the sum), and the peak RSS is the larger worker's."
+            if any(n > 1 for n in opts.workers)
+            else ""
+        ),
         "",
         *table(report),
         "",
