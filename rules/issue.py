@@ -10,6 +10,7 @@ import email.utils
 import json
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -235,6 +236,8 @@ class _PdfRenderer:
             try:
                 ctx = multiprocessing.get_context("forkserver")
                 ctx.set_forkserver_preload(["__main__", "rules.render"])
+                # the server imports the renderer while this process reads the database
+                multiprocessing.forkserver.ensure_running()
                 self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
             except (OSError, ValueError) as exc:  # no fork server here: render in a thread
                 log.warning("rendering PDFs in this process (%s)", exc)
@@ -330,13 +333,13 @@ async def issue_month(
     if not todo:
         t.compute += time.perf_counter() - began
         return [results[p.id] for p in net.partners if p.id in results]
-    alerts = await _alert_counts(conn, net, year, month)
-    exchanges = list(dict.fromkeys(ex.id for p in todo for ex, _ in partner_exchanges(net, p)))
-    windows = await _windows_by_exchange(conn, net, exchanges, year, month)
-    adjustments = await _adjustments_for(conn, net, todo, label)
-    t.compute += time.perf_counter() - began
     renderer = _PdfRenderer(pdf_workers(len(todo)) if workers is None else workers, t)
     try:
+        alerts = await _alert_counts(conn, net, year, month)
+        exchanges = list(dict.fromkeys(ex.id for p in todo for ex, _ in partner_exchanges(net, p)))
+        windows = await _windows_by_exchange(conn, net, exchanges, year, month)
+        adjustments = await _adjustments_for(conn, net, todo, label)
+        t.compute += time.perf_counter() - began
         prepared: list[_Prepared] = []
         for partner in todo:
             began = time.perf_counter()

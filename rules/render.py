@@ -49,17 +49,24 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from zoneinfo import ZoneInfo
 
-import pandas as pd
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
+from matplotlib.backend_bases import RendererBase
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties, findfont
+from matplotlib.ft2font import FT2Font, Kerning, LoadFlags
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.ft2font import GlyphIndexType
 
 from rules.statements import (
     COVERAGE_PLACES,
@@ -304,6 +311,8 @@ def csv_frame(doc: Mapping[str, Any] | Statement) -> pd.DataFrame:
                 "savings": t["net_savings"],
             }
         )
+    import pandas as pd  # here: processes that only render PDFs start without it
+
     frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS), dtype=object)
     return frame.astype(object).where(frame.notna(), None)
 
@@ -386,10 +395,97 @@ class _Block:
     emphasis: frozenset[int] = frozenset()  # row indices drawn bold
 
 
+class _Cells(Artist):
+    """The text of a page's tables, drawn straight through the renderer: one ``draw_text``
+    per cell, without a :class:`~matplotlib.text.Text` (and its layout) for each. A cell sits
+    on its row's baseline (where a one-line text centred on the row has it) and a
+    right-aligned cell ends at the advance width of its text, so figures line up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.set_zorder(3)  # where texts are
+        # (x, y of the row's centre, in inches; text; right-aligned; size; weight)
+        self.cells: list[tuple[float, float, str, bool, float, str]] = []
+
+    def add(self, x: float, y: float, s: str, right: bool, size: float, weight: str) -> None:
+        self.cells.append((x, y, s, right, size, weight))
+
+    def draw(self, renderer: RendererBase) -> None:
+        if not self.get_visible() or not self.cells:
+            return
+        fig = self.get_figure(root=True)
+        assert fig is not None
+        to_display = fig.dpi_scale_trans
+        gc = renderer.new_gc()
+        gc.set_foreground(INK)
+        styles: dict[tuple[float, str], tuple[FontProperties, float, _Advances, float]] = {}
+        for x, y, s, right, size, weight in self.cells:
+            style = styles.get((size, weight))
+            if style is None:
+                prop = FontProperties(size=size, weight=weight)
+                _, h, d = renderer.get_text_width_height_descent("lp", prop, ismath=False)
+                pixels = cast(float, renderer.points_to_pixels(size))
+                style = styles[(size, weight)] = (prop, d - h / 2, _advances(prop), pixels)
+            prop, baseline, advances, pixels = style
+            px, py = to_display.transform((x, y))
+            if right:
+                px -= advances.width(s, pixels)
+            renderer.draw_text(gc, px, py + baseline, s, prop, 0.0)
+        gc.restore()
+
+
+class _Advances:
+    """Advance widths (with kerning) of texts in one font file, in font units, cached for the
+    process."""
+
+    def __init__(self, path: str) -> None:
+        self.font = FT2Font(path)
+        self.units = self.font.units_per_EM
+        self.glyphs: dict[str, tuple[GlyphIndexType, int]] = {}
+        self.kerning: dict[tuple[GlyphIndexType, GlyphIndexType], int] = {}
+        self.lock = threading.Lock()
+
+    def width(self, s: str, pixels: float) -> float:
+        """The advance width of ``s`` at a size of ``pixels`` (display units per em)."""
+        total = 0
+        previous: GlyphIndexType | None = None
+        with self.lock:
+            for ch in s:
+                glyph = self.glyphs.get(ch)
+                if glyph is None:
+                    index = self.font.get_char_index(ord(ch))
+                    advance = self.font.load_glyph(index, LoadFlags.NO_SCALE).horiAdvance
+                    glyph = self.glyphs[ch] = (index, advance)
+                index, advance = glyph
+                if previous is not None:
+                    kern = self.kerning.get((previous, index))
+                    if kern is None:
+                        kern = self.kerning[(previous, index)] = self.font.get_kerning(
+                            previous, index, Kerning.UNSCALED
+                        )
+                    total += kern
+                total += advance
+                previous = index
+        return total * pixels / self.units
+
+
+_ADVANCES: dict[str, _Advances] = {}
+
+
+def _advances(prop: FontProperties) -> _Advances:
+    path = findfont(prop)
+    found = _ADVANCES.get(path)
+    if found is None:
+        found = _ADVANCES.setdefault(path, _Advances(path))
+    return found
+
+
 class _Page:
     def __init__(self) -> None:
         self.fig = Figure(figsize=(PAGE_W, PAGE_H))
         self.y = PAGE_H - MARGIN_TOP  # inches from the bottom
+        self.cells = _Cells()
+        self.fig.add_artist(self.cells)
 
     def text(self, x: float, y: float, s: str, **kw: Any) -> Text:
         return self.fig.text(x / PAGE_W, y / PAGE_H, _esc(s), **kw)
@@ -467,10 +563,9 @@ def _draw_table(
     def row_text(cells: Sequence[str], y: float, weight: str) -> None:
         for j, (col, cell) in enumerate(zip(block.columns, cells, strict=True)):
             if col.align == "right":
-                x, ha = xs[j] + widths[j] - pad, "right"
+                page.cells.add(xs[j] + widths[j] - pad, y, cell, True, font, weight)
             else:
-                x, ha = xs[j] + pad, "left"
-            page.text(x, y, cell, ha=ha, va="center", fontsize=font, weight=weight, color=INK)
+                page.cells.add(xs[j] + pad, y, cell, False, font, weight)
 
     y = page.y
     page.shade(y - row_h, row_h)

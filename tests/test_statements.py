@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import pytest
 import yaml
+from pypdf import PdfReader
 
 from core.network import Exchange, Network, Terms, load_network, parse_network
 from core.simulate import ExchangeTruth, true_flows
@@ -614,6 +615,14 @@ def test_csv_and_pdf(tmp_path: Path) -> None:
     assert pdf.startswith(b"%PDF")
     assert 1 <= pdf_pages(pdf) <= 2
     assert pdf == render_pdf(doc, daily_series(net, "asnaes", 2026, 10, rows))  # reproducible
+    # the tables' text is in the PDF as text: every line's quantities and money, the totals
+    text = PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
+    for ln in doc["lines"]:
+        for key in ("sent", "received", "billed", "amount", "savings"):
+            assert f"{Decimal(ln[key]):,f}".replace("-", "−") in text, (ln["exchange"], key)
+    for key in ("receivable", "payable", "avoided_cost", "net_savings"):
+        assert f"{Decimal(doc['totals'][key]):,f}".replace("-", "−") in text, key
+    assert "Adjustments to issued months" in text and "Δ amount EUR" in text
     out = tmp_path / "asnaes-2026-10.pdf"
     out.write_bytes(pdf)
     if shutil.which("pdfinfo"):
