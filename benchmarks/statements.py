@@ -296,8 +296,10 @@ async def issue_run(database_url: str, now: datetime, workers: int | None) -> di
 def timed_issue(
     url: str, opts: Options, workdir: Path, label: str, code: Path | None = None
 ) -> dict[str, Any]:
+    # Run as a script, as ``symbiont`` is: the PDF fork server then imports the main module
+    # once for all its workers (a ``-m`` main would be imported again by every worker).
     cmd = [
-        sys.executable, "-m", "benchmarks.statements", "issue",
+        sys.executable, str(ROOT / "benchmarks" / "statements.py"), "issue",
         "--database-url", url, "--now", opts.issue_at.isoformat(),
     ]  # fmt: skip
     if opts.workers is not None:
@@ -309,9 +311,9 @@ def timed_issue(
             "--", *cmd,
         ]  # fmt: skip
     env = _clean_env()
-    if code is not None:
-        env["PYTHONPATH"] = str(ROOT)  # benchmarks and tests; core, ingest, rules from ``code``
-    proc = subprocess.run(cmd, cwd=code or ROOT, env=env, capture_output=True, check=False)
+    if code is not None:  # core, ingest, rules from ``code``; benchmarks and tests from here
+        env["PYTHONPATH"] = os.pathsep.join([str(code), str(ROOT)])
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, check=False)
     (workdir / f"issue-{label}.log").write_bytes(proc.stderr)
     if proc.returncode != 0:
         raise BenchError(f"issue run failed:\n{proc.stderr.decode()[-3000:]}")
