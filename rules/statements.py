@@ -11,7 +11,8 @@ instants (``issued_at``, ``as_of``); nothing here reads the clock or the databas
 Lines
 -----
 One line per exchange the partner takes part in (``role`` provider or receiver), in the order
-of the network file, also when no window has data (quantities 0, coverage 0).
+of the network file, also when no window has data (quantities 0, coverage 0, except for a
+trucked exchange: see ``coverage``).
 
 * A window belongs to the month of its **start**, and to the terms whose ``from`` date (local
   midnight in the network's zone) is the latest one at or before its start.
@@ -34,6 +35,11 @@ of the network file, also when no window has data (quantities 0, coverage 0).
 * ``coverage``: the duration-weighted mean of the windows' coverage over the period of the
   line (the month, or the part of it up to ``as_of`` for a draft); a missing window counts 0.
   So an incomplete month has ``coverage < 1`` and is billed from what exists.
+  A *trucked* exchange, whose meters are all ticket meters (``delta`` without an
+  ``interval``: weighbridges), has a window only on days with a ticket. Its coverage is
+  therefore taken from time alone, as SPEC §4 defines it for delta meters: a window that has
+  ended by the cut is complete (with or without tickets: a day without a truck delivered
+  nothing), the window running at the cut counts its elapsed fraction.
 * ``windows``: how many windows were summed.
 
 Terms that change during the month split the exchange into one line per terms period, each
@@ -89,8 +95,17 @@ from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, localcontext
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from core.network import CANONICAL_UNIT, Billing, Exchange, Kind, Network, Terms
-from core.windows import local_midnight, month_bounds
+from core.network import (
+    CANONICAL_UNIT,
+    Billing,
+    Exchange,
+    Kind,
+    Meter,
+    Network,
+    ReadingType,
+    Terms,
+)
+from core.windows import local_midnight, month_bounds, windows_between
 
 Role = Literal["provider", "receiver"]
 Status = Literal["draft", "issued"]
@@ -438,6 +453,37 @@ def _coverage(rows: Sequence[WindowRow], period: Period, cut: datetime) -> Decim
     return _round(value, COVERAGE_PLACES, ROUND_DOWN)
 
 
+def _trucked(meters: Mapping[str, Meter], ex: Exchange) -> bool:
+    """Whether every meter of ``ex`` sends tickets (``delta`` without an ``interval``)."""
+    return all(
+        (m := meters.get(mid)) is not None and m.reading == ReadingType.delta and m.interval is None
+        for mid in (*ex.sent, *ex.received)
+    )
+
+
+def _ticket_coverage(ex: Exchange, period: Period, cut: datetime, tz: ZoneInfo) -> Decimal:
+    """Coverage of a trucked exchange over ``period`` up to ``cut`` (SPEC §4, delta meters): the
+    windows that have ended by ``cut`` are complete, the one running then counts the elapsed
+    fraction of its length, whether or not any window has data."""
+    span_end = min(period.end, cut)
+    span = (span_end - period.start) // _MICRO
+    if span <= 0:
+        return _round(ZERO, COVERAGE_PLACES)
+    weighted = []
+    for ws, we in windows_between(period.start, span_end, ex.window, tz):
+        seconds = (min(we, span_end) - max(ws, period.start)) // _MICRO
+        if seconds <= 0:
+            continue
+        if we <= cut:
+            weighted.append(Decimal(seconds))
+        else:
+            weighted.append(Decimal((cut - ws) // _MICRO) / ((we - ws) // _MICRO) * seconds)
+    with localcontext() as ctx:
+        ctx.prec = _EXACT_PREC
+        value = min(_exact_sum(weighted) / span, Decimal(1))
+    return _round(value, COVERAGE_PLACES, ROUND_DOWN)
+
+
 def _check_aware(ts: datetime, what: str) -> None:
     tz = ts.tzinfo
     if tz is None or (type(tz) is not timezone and ts.utcoffset() is None):
@@ -524,9 +570,11 @@ def build_statement(
     alert_counts = alerts or {}
 
     lines: list[StatementLine] = []
+    meters = {m.id: m for m in network.meters}
     for ex, role in partner_exchanges(network, partner):
         other = ex.receiver if role == "provider" else ex.provider
         periods = terms_periods(ex, start, end, tz)
+        trucked = _trucked(meters, ex)
         rows = by_exchange[ex.id]
         for period, terms in periods:
             part = [w for w in rows if period.start <= w.window_start < period.end]
@@ -555,7 +603,11 @@ def build_statement(
                     received=_round(received, QUANTITY_PLACES),
                     billed=billed_q,
                     basis=ex.billing,
-                    coverage=_coverage(part, period, cut),
+                    coverage=(
+                        _ticket_coverage(ex, period, cut, tz)
+                        if trucked
+                        else _coverage(part, period, cut)
+                    ),
                     windows=len(part),
                     price=price,
                     avoided_cost_per_unit=cost_rate,

@@ -437,15 +437,61 @@ def test_a_partner_without_windows_has_zero_lines() -> None:
     st = build_statement(net, "kemira", 2026, 10, [])
     assert [ln.exchange for ln in st.lines] == ["sulphur-equinor-kemira"]
     line = st.lines[0]
+    # sulphur is trucked (weighbridge tickets): a month without a ticket delivered nothing,
+    # and its days are complete once they have ended (SPEC §4)
     assert (line.billed, line.amount, line.coverage, line.windows) == (
         Decimal("0.000"),
         Decimal("0.00"),
-        Decimal("0.0000"),
+        Decimal("1.0000"),
         0,
     )
     doc = statement_document(st)
     assert doc["totals"]["payable"] == "0.00"
     assert doc["totals"]["by_kind"]["material"]["co2_avoided_t"] == "0.000"
+    # metered exchanges without windows have no data at all
+    novo = build_statement(net, "novo", 2026, 10, [])
+    metered = [ln for ln in novo.lines if ln.exchange != "yeast-novo-farms"]
+    assert metered and all(ln.coverage == Decimal("0.0000") for ln in metered)
+
+
+TRUCKED = ("gypsum-asnaes-gyproc", "flyash-asnaes-aalborg-portland", "sulphur-equinor-kemira")
+
+
+def test_trucked_exchanges_are_complete_on_days_without_tickets() -> None:
+    """The engine has windows of a weighbridge exchange only for days with tickets (no
+    trucks on Sundays, a sulphur tanker every few days); a delta meter's window is complete
+    once it has ended (SPEC §4), so those months are fully covered and billed as delivered."""
+    net = kalundborg()
+    truth = truth_for(net, 2026, 10)
+
+    def ticketed(eid: str, i: int) -> bool:
+        t = truth[eid]
+        return eid not in TRUCKED or bool(t.sent[i] > 0 or t.received[i] > 0)
+
+    rows = rows_from(truth, ticketed)
+    for eid in TRUCKED:
+        days = truth[eid].starts.size
+        with_tickets = sum(ticketed(eid, i) for i in range(days))
+        assert days == 31 and 0 < with_tickets < days  # some days without a truck
+    for partner, eid in (("gyproc", TRUCKED[0]), ("kemira", TRUCKED[2])):
+        st = issued(net, partner, 2026, 10, rows)
+        (line,) = [ln for ln in st.lines if ln.exchange == eid]
+        t = truth[eid]
+        assert line.coverage == Decimal("1.0000")
+        assert line.windows == sum(ticketed(eid, i) for i in range(t.starts.size))
+        assert line.billed == q3(exact_sum(t.received.tolist()))
+
+    # a draft: the days before the cut are complete, the day running at noon is half over
+    as_of = datetime(2026, 10, 10, 12, 0, tzinfo=CPH)
+    draft = build_statement(net, "kemira", 2026, 10, rows, as_of=as_of)
+    hours = Decimal(9 * 24) + Decimal(12) * Decimal(12) / Decimal(24)
+    expected = (hours / Decimal(9 * 24 + 12)).quantize(Decimal("0.0001"), rounding=ROUND_DOWN)
+    assert draft.lines[0].coverage == expected == Decimal("0.9736")
+    # and a metered exchange missing an hour is still short of complete
+    steam = "steam-asnaes-novo"
+    gap = rows_from(truth, lambda eid, i: eid != steam or i != 100)
+    (line,) = [ln for ln in issued(net, "novo", 2026, 10, gap).lines if ln.exchange == steam]
+    assert line.coverage < Decimal("1.0000")
 
 
 # ------------------------------------------------------------------------------ adjustments
