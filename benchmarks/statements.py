@@ -273,6 +273,7 @@ async def issue_run(database_url: str, now: datetime, workers: int | None) -> di
         backend1 = cpu_seconds(backend)
         usage1 = resource.getrusage(resource.RUSAGE_SELF)
         children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        helpers = _children_cpu(os.getpid())  # the PDF fork server, still alive
     finally:
         await conn.close()
 
@@ -286,11 +287,27 @@ async def issue_run(database_url: str, now: datetime, workers: int | None) -> di
         "timings": None if timings is None else asdict(timings),
         "cpu_s": cpu(usage0, usage1),
         "children_cpu_s": cpu(children0, children1),
+        "helpers_cpu_s": helpers,
         "backend_cpu_s": None if backend0 is None or backend1 is None else backend1 - backend0,
         "machine_cpu_s": None if busy0 is None or busy1 is None else busy1 - busy0,
         "peak_rss_kib": usage1.ru_maxrss,
         "issue_file": rules.issue.__file__,
     }
+
+
+def _children_cpu(parent: int) -> float:
+    """CPU seconds of the live child processes of ``parent`` and of their children."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent:
+            total += (cpu_seconds(int(entry.name)) or 0.0) + _children_cpu(int(entry.name))
+    return total
 
 
 def timed_issue(
@@ -439,15 +456,20 @@ def _others(result: dict[str, Any]) -> float | None:
     if result["machine_cpu_s"] is None:
         return None
     t = result.get("timings") or {}
-    ours = result["cpu_s"] + (result["backend_cpu_s"] or 0.0) + float(t.get("pdf_cpu", 0.0) or 0.0)
+    ours = (
+        result["cpu_s"]
+        + (result["backend_cpu_s"] or 0.0)
+        + float(t.get("pdf_cpu", 0.0) or 0.0)
+        + float(result.get("helpers_cpu_s") or 0.0)
+    )
     return float(max(0.0, result["machine_cpu_s"] - ours))
 
 
 def runs_table(report: Report) -> list[str]:
     out = [
         "| Run | Wall | Compute | JSON + CSV | PDF: rendering (summed) / processes / "
-        "per PDF | Waiting for PDFs | Store | CPU s: issuing process / PDF workers / its "
-        "PostgreSQL backend / everything else |",
+        "per PDF | Waiting for PDFs | Store | CPU s: issuing process / PDF rendering / PDF "
+        "fork server / its PostgreSQL backend / everything else |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for k, r in enumerate(report.runs, start=1):
@@ -472,7 +494,10 @@ def _row(name: str, r: dict[str, Any]) -> str:
     else:
         cells = ["–"] * 5
         workers = "–"
-    cpu = f"{r['cpu_s']:.1f} / {workers} / {_s(r['backend_cpu_s'], 1)} / {_s(_others(r), 1)}"
+    cpu = (
+        f"{r['cpu_s']:.1f} / {workers} / {_s(r.get('helpers_cpu_s'), 1)} / "
+        f"{_s(r['backend_cpu_s'], 1)} / {_s(_others(r), 1)}"
+    )
     return f"| {name} | **{r['wall_s']:.2f} s** | " + " | ".join(cells) + f" | {cpu} |"
 
 
@@ -530,7 +555,11 @@ def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
         "issuing one; *waiting for PDFs* is the part of the wall time the issuing process "
         "spent waiting for them; *store* is inserting the statements and their outbox rows "
         "(one transaction per partner). The phases overlap, so they do not add up to the wall "
-        "time.",
+        "time. CPU: *PDF rendering* is the workers' CPU time inside `render_pdf`; the *PDF fork "
+        "server* imports the renderer (and the main module) once per process and forks the "
+        "workers; *everything else* is the rest of the machine meanwhile (other work, "
+        "PostgreSQL's background processes, the workers outside `render_pdf`): a run with "
+        "several seconds of it was disturbed.",
         "- Every run stored the same bytes (documents, CSVs, PDFs): "
         + ("**yes**." if same else "**no**."),
     ]
