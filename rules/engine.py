@@ -1112,6 +1112,18 @@ class Engine:
                     listener = await asyncpg.connect(self.dsn)
                     await listener.add_listener(DIRTY_CHANNEL, lambda *_: wake.set())
                     continue
+                except asyncpg.PostgresError as exc:
+                    # A deadlock, a serialization failure, a statement timeout …: the pass's
+                    # transactions rolled back and its dirty windows are still there; try again
+                    # rather than let the worker die.
+                    log.warning("rules pass failed (%s: %s); retrying", type(exc).__name__, exc)
+                    if conn.is_in_transaction():
+                        await conn.close()
+                        conn = await self._connect_forever(stop)
+                        if conn is None:
+                            return
+                    await asyncio.sleep(1)
+                    continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=5.0)
         finally:
