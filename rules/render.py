@@ -45,21 +45,24 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast
 from zoneinfo import ZoneInfo
 
+import matplotlib as mpl
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.backend_bases import RendererBase
 from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties, findfont
 from matplotlib.ft2font import FT2Font, Kerning, LoadFlags
 from matplotlib.lines import Line2D
+from matplotlib.markers import TICKDOWN, TICKLEFT, MarkerStyle
 from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter, MaxNLocator
@@ -333,6 +336,8 @@ MIN_SCALE = 0.78  # tables shrink at most to this to fit the first page, then fl
 FOOTER_ROOM = 0.15  # inches kept free above the footer
 INK, MUTED, RULE, SHADE = "#1a1a1a", "#666666", "#bbbbbb", "#eef1f5"
 SENT_COLOUR, RECEIVED_COLOUR = "#d1603d", "#2b6cb0"
+GRID = "#e5e5e5"
+AXIS_ZORDER = 1.5  # where axes draw their ticks and grid (below the data lines)
 PANELS_PER_PAGE = 12
 MAX_PANEL_H = 2.4  # inches per row of chart panels, spacing included
 
@@ -842,6 +847,8 @@ class _Chart:
     note: Text
     axes: list[Axes]
     lines: list[tuple[Line2D, Line2D]]
+    grids: list[LineCollection]  # per panel: its grid lines
+    marks: list[tuple[Line2D, Line2D]]  # per panel: its x and y tick marks
     footer: Text
     number: Text
     lock: threading.Lock
@@ -907,6 +914,8 @@ def _build_chart(n: int) -> _Chart:
     )
     axes: list[Axes] = []
     lines: list[tuple[Line2D, Line2D]] = []
+    grids: list[LineCollection] = []
+    marks: list[tuple[Line2D, Line2D]] = []
     for i in range(n):
         ax = fig.add_subplot(grid[i // ncols, i % ncols])
         (sent,) = ax.plot([], [], color=SENT_COLOUR, linewidth=1.3, marker="o", markersize=1.8)
@@ -916,17 +925,49 @@ def _build_chart(n: int) -> _Chart:
         ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
         ax.yaxis.set_major_formatter(FuncFormatter(_thousands))
-        ax.tick_params(labelsize=7, length=2)
-        ax.grid(True, color="#e5e5e5", linewidth=0.5)
+        # Grid lines and tick marks as one artist each per panel, where the axes would draw
+        # one line and one marker per tick (the same look, a fraction of the drawing); the
+        # axes keep the tick labels.
+        ax.tick_params(labelsize=7, length=2, bottom=False, left=False)
+        grid_lines = LineCollection(
+            [], colors=GRID, linewidths=0.5, capstyle="projecting", zorder=AXIS_ZORDER
+        )
+        ax.add_collection(grid_lines, autolim=False)
+        x_marks, y_marks = (
+            Line2D(
+                [],
+                [],
+                transform=transform,
+                marker=MarkerStyle(marker),
+                markersize=2,
+                markeredgewidth=mpl.rcParams["xtick.major.width"],
+                color=mpl.rcParams["xtick.color"],
+                linestyle="None",
+                clip_on=False,
+                zorder=AXIS_ZORDER,
+            )
+            for transform, marker in (
+                (ax.get_xaxis_transform(), TICKDOWN),
+                (ax.get_yaxis_transform(), TICKLEFT),
+            )
+        )
+        ax.add_artist(x_marks)
+        ax.add_artist(y_marks)
+        # no axis label to place (the lowest panels of the columns get an x label)
+        ax.yaxis.set_label_coords(-0.1, 0.5)
+        if i + ncols < n:
+            ax.xaxis.set_label_coords(0.5, -0.1)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
         axes.append(ax)
         lines.append((sent, received))
+        grids.append(grid_lines)
+        marks.append((x_marks, y_marks))
     footer = page.text(MARGIN_X, MARGIN_BOTTOM - 0.2, "", fontsize=6.5, color=MUTED)
     number = page.text(
         PAGE_W - MARGIN_X, MARGIN_BOTTOM - 0.2, "", fontsize=6.5, color=MUTED, ha="right"
     )
-    return _Chart(page, note, axes, lines, footer, number, threading.Lock())
+    return _Chart(page, note, axes, lines, grids, marks, footer, number, threading.Lock())
 
 
 def _fill_chart(chart: _Chart, series: Sequence[DailySeries], d: Mapping[str, Any]) -> None:
@@ -959,8 +1000,23 @@ def _fill_chart(chart: _Chart, series: Sequence[DailySeries], d: Mapping[str, An
         ax.viewLim.intervaly = (0.0, 1.0)
         ax.autoscale_view(scalex=False)
         ax.set_ylim(bottom=0)
+        x0, x1 = ax.get_xlim()
+        y0, y1 = ax.get_ylim()
+        xs, ys = _ticks_in(ax.get_xticks(), x0, x1), _ticks_in(ax.get_yticks(), y0, y1)
+        chart.grids[i].set_segments(
+            [[(x, y0), (x, y1)] for x in xs] + [[(x0, y), (x1, y)] for y in ys]
+        )
+        chart.marks[i][0].set_data(xs, [0.0] * len(xs))
+        chart.marks[i][1].set_data([0.0] * len(ys), ys)
         if i + ncols >= n:  # the lowest panel of its column
             ax.set_xlabel(f"day of {s.days[0]:%B}", fontsize=7, color=MUTED)
+
+
+def _ticks_in(ticks: Iterable[float], lo: float, hi: float) -> list[float]:
+    """The ticks an axis shows for the view [lo, hi] (within 1e-10 of its span, as
+    matplotlib's axes keep them)."""
+    tol = abs(hi - lo) * 1e-10
+    return [float(t) for t in ticks if min(lo, hi) - tol <= t <= max(lo, hi) + tol]
 
 
 def render_pdf(doc: Mapping[str, Any] | Statement, daily: Sequence[DailySeries] = ()) -> bytes:
