@@ -273,7 +273,7 @@ class _PdfJob:
                 log.warning("PDF worker failed (%s); rendering in this process", exc)
                 self.future = None
         if self.future is None:
-            # one at a time, off the event loop (a PDF takes a good part of a second)
+            # one at a time, off the event loop (a PDF takes a third of a second or more)
             pdf, wall, cpu = await asyncio.to_thread(render.render_pdf_timed, self.doc, self.daily)
         t.pdf_wait += time.perf_counter() - began
         t.pdf += wall
