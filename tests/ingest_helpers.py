@@ -177,140 +177,6 @@ def symbiont_command() -> list[str]:
     return [sys.executable, "-m", "core.cli"]
 
 
-class IngestProcess:
-    """``symbiont ingest`` as a subprocess; every run appends to the same log file."""
-
-    def __init__(
-        self,
-        *,
-        database_url: str,
-        mqtt_url: str,
-        client_id: str,
-        log_path: Path,
-        env: Mapping[str, str] | None = None,
-    ) -> None:
-        self.database_url = database_url
-        self.mqtt_url = mqtt_url
-        self.client_id = client_id
-        self.log_path = log_path
-        self.extra_env = dict(env or {})
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-        self._log_offset = 0
-
-    def environment(self) -> dict[str, str]:
-        # Nothing of the caller's SYMBIONT_* settings leaks in (a metrics port, say).
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SYMBIONT_")}
-        env.update(
-            {
-                "SYMBIONT_DATABASE_URL": self.database_url,
-                "SYMBIONT_MQTT_URL": self.mqtt_url,
-                "SYMBIONT_INGEST_CLIENT_ID": self.client_id,
-                "SYMBIONT_LOG_LEVEL": "INFO",
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
-        env.update(self.extra_env)
-        return env
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    def start(self) -> None:
-        if self.alive:
-            raise RuntimeError("ingest is already running")
-        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self.starts += 1
-        with self.log_path.open("ab") as log:
-            log.write(f"--- test: start #{self.starts} of symbiont ingest ---\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                [*symbiont_command(), "ingest"],
-                env=self.environment(),
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def log_text(self, since: int = 0) -> str:
-        try:
-            with self.log_path.open("rb") as handle:
-                handle.seek(since)
-                return handle.read().decode(errors="replace")
-        except OSError:
-            return ""
-
-    def log_offset(self) -> int:
-        return self.log_path.stat().st_size if self.log_path.exists() else 0
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-    def wait_for_log(self, text: str, *, since: int | None = None, timeout: float = 30.0) -> None:
-        """Wait until ``text`` appears in the log after offset ``since`` (default: this start)."""
-        start = self._log_offset if since is None else since
-        deadline = time.monotonic() + timeout
-        while text not in self.log_text(start):
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(
-                    f"ingest exited with status {self.proc.returncode} before logging {text!r}:"
-                    f"\n{self.tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"ingest did not log {text!r} within {timeout:.0f} s:\n{self.tail()}"
-                )
-            time.sleep(0.05)
-
-    def wait_subscribed(self, *, since: int | None = None, timeout: float = 30.0) -> None:
-        self.wait_for_log(SUBSCRIBED, since=since, timeout=timeout)
-
-    def start_subscribed(self, timeout: float = 30.0) -> None:
-        self.start()
-        self.wait_subscribed(timeout=timeout)
-
-    def kill(self) -> None:
-        """SIGKILL, as in a crash: nothing is flushed, acknowledged or closed cleanly."""
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def terminate(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM (a clean stop) and wait; SIGKILL after ``timeout``."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
-
-    def close(self) -> None:
-        self.kill()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
 class ServiceProcess:
     """Any ``symbiont`` service as a subprocess (``rules --worker-id W``, ``api --port P``,
     ``ingest``), with its log in a file that every run appends to.
@@ -436,6 +302,41 @@ class ServiceProcess:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class IngestProcess(ServiceProcess):
+    """``symbiont ingest`` as a subprocess; every run appends to the same log file."""
+
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        mqtt_url: str,
+        client_id: str,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.database_url = database_url
+        self.mqtt_url = mqtt_url
+        self.client_id = client_id
+        super().__init__(
+            ["ingest"],
+            env={
+                "SYMBIONT_DATABASE_URL": database_url,
+                "SYMBIONT_MQTT_URL": mqtt_url,
+                "SYMBIONT_INGEST_CLIENT_ID": client_id,
+                **(env or {}),
+            },
+            log_path=log_path,
+            name="ingest",
+        )
+
+    def wait_subscribed(self, *, since: int | None = None, timeout: float = 30.0) -> None:
+        self.wait_for_log(SUBSCRIBED, since=since, timeout=timeout)
+
+    def start_subscribed(self, timeout: float = 30.0) -> None:
+        self.start()
+        self.wait_subscribed(timeout=timeout)
 
 
 def scrape_metrics(port: int, timeout: float = 2.0) -> dict[str, float]:
