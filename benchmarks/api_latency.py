@@ -124,6 +124,7 @@ def faults_for(start: datetime) -> list[str]:
 class Options:
     days: int = 30
     rate: float = 200.0  # requests/s in each HTTP measurement
+    windows_extra_rates: tuple[float, ...] = (50.0,)  # the windows request at these rates too
     seconds: float = 60.0  # length of each HTTP measurement
     connections: int = 32  # keep-alive connections of the load generator
     ingest_rate: float = 5000.0  # readings/s published meanwhile
@@ -132,8 +133,9 @@ class Options:
     streams: int = 500
     hold_seconds: float = 60.0
     warmup: float = 15.0  # publishing before the first measurement
+    rules: bool = True  # run `symbiont rules` beside ingest during the measurements
     pool_size: int | None = None  # SYMBIONT_API_POOL_SIZE for the API (None: its default)
-    profile: Path | None = None  # directory for py-spy flame graphs of the API, per phase
+    profile: Path | None = None  # directory for py-spy profiles of the API (collapsed stacks)
     quiet_wait: float = 60.0
     write: Path | None = ROOT / "BENCHMARKS.md"
     command: str = ""
@@ -350,8 +352,8 @@ async def open_loop(args: argparse.Namespace) -> dict[str, Any]:
 
     async def one(due: float) -> None:
         nonlocal reconnects
+        began = loop.time()  # later than ``due`` only when this process lags
         conn = await idle.get()
-        sent = loop.time()
         try:
             try:
                 status, size = await conn.get(request)
@@ -361,26 +363,35 @@ async def open_loop(args: argparse.Namespace) -> dict[str, Any]:
                 conn.close()
                 errors.append(f"retried after {type(exc).__name__}")
                 status, size = await conn.get(request)
-            results.append([due - t0, loop.time() - due, status, size, sent - due])
+            results.append([due - t0, loop.time() - due, status, size, began - due])
         except Exception as exc:
             conn.close()
             errors.append(f"{type(exc).__name__}: {exc}")
-            results.append([due - t0, loop.time() - due, 0, 0, sent - due])
+            results.append([due - t0, loop.time() - due, 0, 0, began - due])
         finally:
             idle.put_nowait(conn)
 
-    tasks: set[asyncio.Task[None]] = set()
+    tasks: dict[asyncio.Task[None], float] = {}
     for i in range(total):
         due = t0 + i / args.rate
         delay = due - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
         task = asyncio.create_task(one(due))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    while tasks:
-        await asyncio.gather(*list(tasks))
+        tasks[task] = due
+        task.add_done_callback(lambda t: tasks.pop(t, None))
+    # A server that cannot keep up leaves requests queued: give them ``grace`` s more, then
+    # count those still unanswered with their waiting so far (a lower bound) as status -1.
+    if tasks:
+        await asyncio.wait(list(tasks), timeout=args.grace)
     ended = loop.time()
+    unanswered = 0
+    for task, due in list(tasks.items()):
+        task.cancel()
+        unanswered += 1
+        results.append([due - t0, ended - due, -1, 0, None])
+    if unanswered:
+        await asyncio.wait(list(tasks), timeout=5)
     while not idle.empty():
         idle.get_nowait().close()
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -390,6 +401,7 @@ async def open_loop(args: argparse.Namespace) -> dict[str, Any]:
         "errors": errors[:20],
         "error_count": len(errors),
         "reconnects": reconnects,
+        "unanswered": unanswered,
         "started_at": wall0,
         "span_s": ended - t0,
         "cpu_s": usage.ru_utime + usage.ru_stime - startup_cpu,
@@ -443,6 +455,7 @@ async def hold_streams(args: argparse.Namespace) -> dict[str, Any]:
             chunked = headers.get(b"transfer-encoding", b"").lower() == b"chunked"
             pending = b""
             kind = b"message"
+            seen: dict[bytes, int] = {}
             while True:  # until cancelled at the end of the hold
                 data = await (read_chunk(reader) if chunked else reader.read(65536))
                 if not data:
@@ -457,8 +470,12 @@ async def hold_streams(args: argparse.Namespace) -> dict[str, Any]:
                         kind = line[6:].strip()
                     elif line.startswith(b"data:"):
                         rec["counts"][kind.decode()] += 1
+                        # The same payload may be sent again later (a value changed back):
+                        # its n-th arrival on each stream is the same event.
                         key = kind + b"\0" + hashlib.blake2b(line, digest_size=16).digest()
-                        arrivals[key].append(at)
+                        n = seen.get(key, 0)
+                        seen[key] = n + 1
+                        arrivals[key + n.to_bytes(4, "big")].append(at)
                     elif line.startswith(b":"):
                         word = line[1:].strip().split(b" ")[0].decode()
                         rec["counts"][word or "comment"] += 1
@@ -646,9 +663,9 @@ class HttpPhase:
 
     @property
     def achieved(self) -> float:
-        """Responses per second over the span from the first due time to the last response."""
+        """200 responses per second, from the first due time to the last response."""
         span = self.result["span_s"]
-        return len(self.result["results"]) / span if span > 0 else 0.0
+        return len(self.ok) / span if span > 0 else 0.0
 
     @property
     def errors(self) -> int:
@@ -661,7 +678,7 @@ class HttpPhase:
 
     @property
     def max_send_lag(self) -> float:
-        return max((r[4] for r in self.result["results"]), default=0.0)
+        return max((r[4] for r in self.result["results"] if r[4] is not None), default=0.0)
 
     def by_phase(self, step: float = 10.0) -> list[tuple[str, int, float]]:
         groups: dict[int, list[float]] = defaultdict(list)
@@ -707,16 +724,16 @@ def http_phase(
     path: str,
     who: str,
     token: str,
+    rate: float,
     base: str,
     procs: Processes,
     opts: Options,
-    workdir: Path,
 ) -> HttpPhase:
-    log(f"{name}: {opts.rate:g} requests/s for {opts.seconds:g} s: GET {path}")
-    spy = _py_spy(procs, opts, name, opts.seconds + 2)
+    log(f"{name}: {rate:g} requests/s for {opts.seconds:g} s: GET {path}")
+    spy = _py_spy(procs, opts, f"{name}-{rate:g}", opts.seconds + 2)
     cmd = [
         "load", "--url", base, "--path", path, "--token", token,
-        "--rate", repr(opts.rate), "--duration", repr(opts.seconds),
+        "--rate", repr(rate), "--duration", repr(opts.seconds),
         "--connections", str(opts.connections),
     ]  # fmt: skip
     result, samples = run_client(cmd, procs, timeout=opts.seconds * 5 + 120)
@@ -725,7 +742,7 @@ def http_phase(
         name,
         path,
         who,
-        opts.rate,
+        rate,
         opts.seconds,
         opts.connections,
         result,
@@ -801,7 +818,7 @@ def _py_spy(
     cmd = [
         str(spy), "record", "--pid", str(procs.api.pid), "--rate", "100",
         "--duration", str(int(seconds)), "--nonblocking",
-        "-o", str(opts.profile / f"api-{name}.svg"),
+        "--format", "raw", "-o", str(opts.profile / f"api-{name}.txt"),
     ]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -912,8 +929,9 @@ def run(opts: Options) -> Report:
     finally:
         with contextlib.suppress(Exception):
             drop_database(admin, name)
-    report.load_after = loadavg()
-    report.seconds = time.monotonic() - began
+        report.load_after = loadavg()
+        report.seconds = time.monotonic() - began
+        save_raw(report)
     return report
 
 
@@ -962,11 +980,13 @@ def _measure(
         api.start()
         wait_port("127.0.0.1", port, timeout=60)
         report.api_rss_start_kib = read_status_kib(api.pid, "VmRSS")
-        rules.start()
-        rules.wait_log(b"rules worker")
+        if opts.rules:
+            rules.start()
+            rules.wait_log(b"rules worker")
         ready = workdir / "publisher.ready"
         ready.unlink(missing_ok=True)
-        budget = opts.warmup + 2 * opts.seconds + opts.hold_seconds + 600
+        phases = 2 + len(opts.windows_extra_rates)
+        budget = opts.warmup + phases * (opts.seconds + 40) + opts.hold_seconds + 600
         cmd = [
             sys.executable, "-m", "benchmarks.api_latency", "publish",
             "--url", broker.url, "--client-id", f"bench-api-pub-{secrets.token_hex(3)}",
@@ -977,6 +997,7 @@ def _measure(
             "--ready-file", str(ready),
             *[arg for f in faults_for(prep.start) for arg in ("--fault", f)],
         ]  # fmt: skip
+        published_from = datetime.now(UTC)  # ingest's received_at of every later batch
         with (
             (workdir / "publisher.out").open("wb") as out,
             (workdir / "publisher.log").open("wb") as err,
@@ -989,7 +1010,6 @@ def _measure(
                 tail = (workdir / "publisher.log").read_text()[-3000:]
                 raise BenchError(f"the publisher did not start:\n{tail}")
             time.sleep(0.1)
-        published_from = datetime.now(UTC)
         log(f"publishing {opts.ingest_rate:,.0f} readings/s; warming up for {opts.warmup:g} s")
         to = prep.end.replace(minute=0)
         frm = to - timedelta(days=opts.days)
@@ -1001,19 +1021,16 @@ def _measure(
         paths = ["/api/v1/live", report.windows_path]
         warm_up(base, paths, prep.tokens["operator"], report.windows_count)
         time.sleep(opts.warmup)
-        for service in (ingest, rules, api):
+        for service in (ingest, rules, api) if opts.rules else (ingest, api):
             if not service.alive():
                 raise BenchError(f"{service.name} died:\n{service.log_tail()}")
-        report.phases.append(
-            http_phase(
-                "live", paths[0], "operator", prep.tokens["operator"], base, procs, opts, workdir
+        operator = prep.tokens["operator"]
+        measurements = [("live", paths[0], opts.rate), ("windows", paths[1], opts.rate)]
+        measurements += [("windows", paths[1], r) for r in opts.windows_extra_rates]
+        for name, path, rate in measurements:
+            report.phases.append(
+                http_phase(name, path, "operator", operator, rate, base, procs, opts)
             )
-        )
-        report.phases.append(
-            http_phase(
-                "windows", paths[1], "operator", prep.tokens["operator"], base, procs, opts, workdir
-            )
-        )
         half = opts.streams // 2
         specs = [
             f"operator:{prep.tokens['operator']}:{opts.streams - half}",
@@ -1148,7 +1165,8 @@ def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
         f"`{LEAKING}` from the start; {prep.readings:,} readings through "
         f"`rules.backfill.write_simulation` in {prep.load_s:.0f} s), reconciled by `symbiont "
         f"rules --once` ({report.once_s:.0f} s). Then private Mosquitto, `symbiont ingest`, "
-        f"`symbiont rules` and `symbiont api --port P` (one uvicorn process, pool size {pool}) "
+        + ("`symbiont rules` " if opts.rules else "(**no** `symbiont rules`: `--without-rules`) ")
+        + f"and `symbiont api --port P` (one uvicorn process, pool size {pool}) "
         f"as processes, and a publisher continuing the simulation at {opts.ingest_rate:,.0f} "
         f"readings/s ({opts.readings_per_message} readings per QoS 1 message, round-robin over "
         f"the {pub.get('meters', '?')} continuous meters) plus {opts.late_per_s:g} late "
@@ -1160,15 +1178,17 @@ def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
         f"{report.stored:,} of {pub.get('readings', 0) + pub.get('late', 0):,} readings. "
         f"Measuring started after {opts.warmup:g} s of publishing.",
         "",
-        f"| Open loop, {opts.rate:g} requests/s for {opts.seconds:g} s, {opts.connections} "
-        "keep-alive connections, operator token | requests | achieved | body | p50 | p95 | "
-        "**p99** | max | errors | target |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| Open loop for {opts.seconds:g} s, {opts.connections} keep-alive connections, "
+        "operator token | rate | requests | achieved | body | p50 | p95 | **p99** | max | "
+        "errors | target |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     targets = {"live": TARGET_LIVE_P99_S, "windows": TARGET_WINDOWS_P99_S}
     for ph in report.phases:
         target = targets[ph.name]
         verdict = "met" if ph.p(99) < target else "**not met**"
+        if ph.target_rate < opts.rate:
+            verdict = f"(the target is at {opts.rate:g}/s)"
         label = (
             "`GET /api/v1/live`"
             if ph.name == "live"
@@ -1176,7 +1196,8 @@ def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
             f"({report.windows_count} hourly windows)"
         )
         out.append(
-            f"| {label} | {len(ph.result['results']):,} | {ph.achieved:,.1f}/s | "
+            f"| {label} | {ph.target_rate:g}/s | {len(ph.result['results']):,} | "
+            f"{ph.achieved:,.1f}/s | "
             f"{ph.body_bytes / 1024:,.1f} KiB | {_ms(ph.p(50))} | {_ms(ph.p(95))} | "
             f"**{_ms(ph.p(99))}** | {_ms(ph.p(100))} | {ph.errors} | p99 < "
             f"{target * 1000:.0f} ms: {verdict} |"
@@ -1185,8 +1206,15 @@ def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
     for ph in report.phases:
         phases = "; ".join(f"{k}: p99 {_ms(p99)}" for k, n, p99 in ph.by_phase())
         out += [
-            f"- `{ph.name}`: by 10 s of the run: {phases}. The load generator sent each request "
-            f"at worst {ph.max_send_lag * 1000:.1f} ms after it was due. CPU s: "
+            f"- `{ph.name}` at {ph.target_rate:g}/s: by 10 s of the run: {phases}. "
+            + (
+                f"{ph.result['unanswered']:,} requests were still unanswered 30 s after the "
+                "last one was due (counted with their wait until then, a lower bound). "
+                if ph.result.get("unanswered")
+                else ""
+            )
+            + f"The load generator took up each request at worst {ph.max_send_lag * 1000:.1f} ms "
+            "after it was due. CPU s: "
             + cpu_line(ph.cpu, ph.result["cpu_s"], "load generator")
             + ".",
         ]
@@ -1234,7 +1262,7 @@ def sse_lines(sse: SsePhase, opts: Options, rss_start_kib: int | None) -> list[s
     )
     spreads = sorted(e["spread_s"] for e in res["events"] if e["streams"] > 1)
     fan = (
-        f"{len(res['events'])} distinct events; the time from an event's first to its last "
+        f"{len(res['events'])} events; the time from an event's first to its last "
         f"arrival over the streams that got it: p50 {_ms(percentile(spreads, 50))}, p99 "
         f"{_ms(percentile(spreads, 99))}, max {_ms(spreads[-1])}"
         if spreads
@@ -1285,6 +1313,16 @@ def write_section(path: Path, text: str) -> None:
         tail = "\n".join(lines[end:])
         new = "\n".join(lines[:start]) + "\n" + text + ("\n" + tail + "\n" if tail else "")
     path.write_text(new)
+
+
+def save_raw(report: Report) -> None:
+    """Everything measured, as JSON in the run's log directory (before the figures are
+    formatted, so that nothing is lost if that fails)."""
+    if not report.workdir:
+        return
+    path = Path(report.workdir) / "report.json"
+    path.write_bytes(orjson.dumps(report, default=str, option=orjson.OPT_SERIALIZE_DATACLASS))
+    log(f"raw results in {path}")
 
 
 def main(opts: Options) -> Report:
@@ -1354,12 +1392,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.warmup,
         help="publishing before measuring (default %(default)s)",
     )
+    p.add_argument(
+        "--windows-extra-rates",
+        default=",".join(f"{r:g}" for r in d.windows_extra_rates),
+        help="also measure the windows request at these rates, comma-separated ('' for none; "
+        "default %(default)s)",
+    )
+    p.add_argument(
+        "--without-rules",
+        action="store_true",
+        help="do not run `symbiont rules` during the measurements (ingest only; the streams "
+        "then get no flow events)",
+    )
     p.add_argument("--pool-size", type=int, default=None, help="SYMBIONT_API_POOL_SIZE for the API")
     p.add_argument(
         "--profile",
         type=Path,
         default=None,
-        help="directory for py-spy flame graphs of the API per phase",
+        help="directory for py-spy profiles of the API, one per measurement (collapsed stacks, "
+        "for flamegraph.pl or speedscope)",
     )
 
 
@@ -1375,6 +1426,12 @@ def options(argv: Sequence[str], *, command: str = "") -> Options:
     return from_args(p.parse_args(argv), command=command)
 
 
+def _rates(text: str | None, default: tuple[float, ...]) -> tuple[float, ...]:
+    if text is None:
+        return default
+    return tuple(float(r) for r in text.split(",") if r.strip())
+
+
 def from_args(args: argparse.Namespace, *, command: str = "") -> Options:
     """Options from parsed arguments; what ``args`` lacks keeps its default."""
     d = Options()
@@ -1385,6 +1442,7 @@ def from_args(args: argparse.Namespace, *, command: str = "") -> Options:
     opts = Options(
         days=get("days", d.days),
         rate=get("rate", d.rate),
+        windows_extra_rates=_rates(get("windows_extra_rates", None), d.windows_extra_rates),
         seconds=get("seconds", d.seconds),
         connections=get("connections", d.connections),
         ingest_rate=get("ingest_rate", d.ingest_rate),
@@ -1393,6 +1451,7 @@ def from_args(args: argparse.Namespace, *, command: str = "") -> Options:
         streams=get("streams", d.streams),
         hold_seconds=get("hold_seconds", d.hold_seconds),
         warmup=get("warmup", d.warmup),
+        rules=not get("without_rules", False),
         pool_size=get("pool_size", None),
         profile=get("profile", None),
         quiet_wait=get("quiet_wait", d.quiet_wait),
@@ -1439,6 +1498,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
     load.add_argument("--rate", type=float, required=True)
     load.add_argument("--duration", type=float, required=True)
     load.add_argument("--connections", type=int, default=32)
+    load.add_argument("--grace", type=float, default=30.0, help="wait after the last send")
     sse = sub.add_parser("sse")
     sse.add_argument("--url", required=True)
     sse.add_argument("--path", required=True)
