@@ -1036,7 +1036,8 @@ def _measure(
             f"operator:{prep.tokens['operator']}:{opts.streams - half}",
             f"partner {PARTNER}:{prep.tokens['partner']}:{half}",
         ]
-        report.sse = sse_phase(specs, base, procs, opts)
+        if opts.streams > 0 and opts.hold_seconds > 0:
+            report.sse = sse_phase(specs, base, procs, opts)
         publisher.send_signal(signal.SIGTERM)
         publisher.wait(120)
         lines = [
@@ -1378,7 +1379,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default %(default)s)",
     )
     p.add_argument(
-        "--streams", type=int, default=d.streams, help="live streams (default %(default)s)"
+        "--streams", type=int, default=d.streams, help="live streams (0: none; default %(default)s)"
     )
     p.add_argument(
         "--hold-seconds",
