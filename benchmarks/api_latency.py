@@ -74,7 +74,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.clients import QoS1Publisher  # noqa: E402
+from benchmarks.clients import QoS1Publisher, write_section  # noqa: E402
 from benchmarks.ingest_throughput import (  # noqa: E402
     BenchError,
     add_common_arguments,
@@ -1298,24 +1298,6 @@ def sse_lines(sse: SsePhase, opts: Options, rss_start_kib: int | None) -> list[s
     ]
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this benchmark's section of ``path`` (or append it), keeping the rest; the
-    section runs to the next heading of any level, so notes under a heading of their own stay."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = old.splitlines()
-    try:
-        start = lines.index(SECTION)
-    except ValueError:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("#")), len(lines)
-        )
-        tail = "\n".join(lines[end:])
-        new = "\n".join(lines[:start]) + "\n" + text + ("\n" + tail + "\n" if tail else "")
-    path.write_text(new)
-
-
 def save_raw(report: Report) -> None:
     """Everything measured, as JSON in the run's log directory (before the figures are
     formatted, so that nothing is lost if that fails)."""
@@ -1333,7 +1315,7 @@ def main(opts: Options) -> Report:
     print()
     print(text)
     if opts.write is not None:
-        write_section(opts.write, text)
+        write_section(opts.write, SECTION, text, stop="#")
         log(f"wrote {opts.write}")
     return report
 

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -447,3 +448,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def write_section(path: Path, section: str, text: str, *, stop: str = "## ") -> None:
+    """Replace the section headed ``section`` in ``path`` (or append it), keeping the rest.
+
+    The section runs from its heading to the next line starting with ``stop``: ``"## "`` for
+    the next section, ``"#"`` for the next heading of any level (so that notes written by hand
+    under a heading of their own stay)."""
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    lines = old.splitlines()
+    try:
+        start = lines.index(section)
+    except ValueError:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith(stop)), len(lines)
+        )
+        tail = "\n".join(lines[end:])
+        new = "\n".join(lines[:start]) + "\n" + text + ("\n" + tail + "\n" if tail else "")
+    path.write_text(new)

@@ -62,7 +62,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.clients import QoS1Publisher, create_session, vm_hwm_kib  # noqa: E402
+from benchmarks.clients import (  # noqa: E402
+    QoS1Publisher,
+    create_session,
+    vm_hwm_kib,
+    write_section,
+)
 from core.apply import apply_network  # noqa: E402
 from core.db import asyncpg_dsn  # noqa: E402
 from core.network import parse_network  # noqa: E402
@@ -1332,26 +1337,6 @@ def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this benchmark's section of ``path`` (or append it), keeping the rest.
-
-    The section runs from its heading to the next heading of any level: what is written by
-    hand under a heading of its own (a ``###`` note on another run, an analysis) stays."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = old.splitlines()
-    try:
-        start = lines.index(SECTION)
-    except ValueError:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("#")), len(lines)
-        )
-        tail = "\n".join(lines[end:])
-        new = "\n".join(lines[:start]) + "\n" + text + ("\n" + tail + "\n" if tail else "")
-    path.write_text(new)
-
-
 def main(opts: Options) -> Report:
     info = machine()
     report = run(opts)
@@ -1359,7 +1344,7 @@ def main(opts: Options) -> Report:
     print()
     print(text)
     if opts.write is not None:
-        write_section(opts.write, text)
+        write_section(opts.write, SECTION, text, stop="#")
         log(f"wrote {opts.write}")
     return report
 

@@ -87,6 +87,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.clients import write_section  # noqa: E402
 from benchmarks.ingest_throughput import (  # noqa: E402
     BenchError,
     add_common_arguments,
@@ -1487,23 +1488,6 @@ def markdown(report: Report, opts: Options, info: dict[str, str], n_meters: int)
     return "\n".join(out) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this benchmark's section of ``path`` (or append it), keeping the rest."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = old.splitlines()
-    try:
-        start = lines.index(SECTION)
-    except ValueError:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        tail = "\n".join(lines[end:])
-        new = "\n".join(lines[:start]) + "\n" + text + ("\n" + tail + "\n" if tail else "")
-    path.write_text(new)
-
-
 def main(opts: Options) -> Report:
     info = machine()
     report = run(opts)
@@ -1512,7 +1496,7 @@ def main(opts: Options) -> Report:
     print()
     print(text)
     if opts.write is not None:
-        write_section(opts.write, text)
+        write_section(opts.write, SECTION, text)
         log(f"wrote {opts.write}")
     return report
 
