@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 
 from api import metrics
-from api.scope import Scope, scope_for
+from api.scope import Scope
 from api.state import AppState
 from api.tokens import Principal, Role, verify_token
 from core.network import Network
@@ -93,7 +93,7 @@ def allow(*roles: Role) -> Callable[..., Awaitable[Caller]]:
                 detail=f"the {principal.role.value} role may not do this",
             )
         net = await state.network.get(state.pool)
-        return Caller(principal, scope_for(net, principal))
+        return Caller(principal, state.network.scope(net, principal))
 
     dependency.__name__ = "allow_" + "_".join(sorted(r.value for r in allowed))
     return dependency

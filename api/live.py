@@ -179,7 +179,7 @@ class LiveHub:
                 "id": ex.id,
                 "provider": ex.provider,
                 "receiver": ex.receiver,
-                "kind": ex.kind.value if hasattr(ex.kind, "value") else str(ex.kind),
+                "kind": ex.kind.value,
                 "unit": unit,
                 "window_start": r["window_start"],
                 "window_end": r["window_end"],

@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from api.scope import Scope, scope_for
+from api.tokens import Principal, Role
 from core.apply import load_applied
 from core.network import Network
 from core.settings import Settings
 
 if TYPE_CHECKING:
     from api.live import LiveHub
-    from api.tokens import Principal
     from ingest.parse import Parser
     from ingest.writer import BatchWriter
 
@@ -33,9 +34,23 @@ class NetworkCache:
     loaded_at: float = 0.0
     stale: bool = True
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _scopes: dict[str | None, Scope] = field(default_factory=dict)
+    _scopes_of: Network | None = None
 
     def invalidate(self) -> None:
         self.stale = True
+
+    def scope(self, net: Network, principal: Principal) -> Scope:
+        """What ``principal`` may see of ``net``, worked out once per partner and network
+        (every role but partner sees everything)."""
+        if self._scopes_of is not net:
+            self._scopes.clear()
+            self._scopes_of = net
+        key = principal.partner if principal.role is Role.partner else None
+        scope = self._scopes.get(key)
+        if scope is None:
+            scope = self._scopes[key] = scope_for(net, principal)
+        return scope
 
     async def get(self, pool: asyncpg.Pool) -> Network:
         now = time.monotonic()
