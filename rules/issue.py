@@ -184,9 +184,12 @@ async def document_for(
 
 
 async def render_pdf_for(conn: asyncpg.Connection, net: Network, doc: dict[str, Any]) -> bytes:
+    """The PDF of ``doc`` (a draft's, which is not stored), rendered off the event loop: it
+    takes a good fraction of a second, which the API must not spend blocking other requests."""
     year, month = parse_month(doc["month"])
     windows = await month_windows(conn, net, doc["partner"], year, month)
-    return render.render_pdf(doc, daily_series(net, doc["partner"], year, month, windows))
+    daily = daily_series(net, doc["partner"], year, month, windows)
+    return await asyncio.to_thread(render.render_pdf, doc, daily)
 
 
 # ------------------------------------------------------------------------------- issuing
