@@ -24,6 +24,7 @@ from api import metrics
 from api.live import LiveHub
 from api.routes import alerts, data, ingest, network, ops, statements
 from api.state import AppState, NetworkCache, NoNetwork, TokenCache
+from api.wcache import WindowsCache
 from core.db import asyncpg_dsn, create_pool, require_database_url
 from core.settings import Settings
 from ingest.writer import BatchWriter
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             network=lambda: cache.network,
             on_network_change=cache.invalidate,
             max_subscribers=settings.live_max_streams,
+            windows_cache=WindowsCache(max_bytes=int(settings.api_windows_cache_mb * 2**20)),
         )
         writer = BatchWriter(dsn, application_name="symbiont-api-ingest")
         state = AppState(settings, pool, cache, TokenCache(), hub, writer)

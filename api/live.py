@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 
 from api.scope import Scope
+from api.wcache import WindowsCache
 from core.network import CANONICAL_UNIT, Kind, Network
 from core.units import canonical_unit
 from rules.engine import DIRTY_CHANNEL, WINDOWS_CHANNEL
@@ -31,6 +32,7 @@ from rules.lifecycle import ALERTS_CHANNEL, alert_json
 log = logging.getLogger("symbiont.api.live")
 
 NETWORK_CHANNEL = "symbiont_network"
+EXCHANGE_WINDOWS_CHANNEL = "symbiont_exchange_windows"  # payload: exchange ids (migration 0005)
 
 _EXCHANGES = """
 SELECT e.id, w.window_start, w.window_end, w.sent, w.received, w.imbalance, w.z,
@@ -123,6 +125,11 @@ class LiveHub:
     _task: asyncio.Task[None] | None = None
     _stopping: bool = False
     connected: bool = False
+    windows_cache: WindowsCache = field(default_factory=WindowsCache)
+
+    def __post_init__(self) -> None:
+        # Cached window histories are trusted only while notifications can reach us.
+        self.windows_cache.enabled = lambda: self.connected
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -234,7 +241,11 @@ class LiveHub:
         if channel == ALERTS_CHANNEL:
             with contextlib.suppress(ValueError):
                 self._alert_ids.put_nowait(int(payload))
+        elif channel == EXCHANGE_WINDOWS_CHANNEL:
+            self.windows_cache.notified(payload)
+            return  # the snapshot follows symbiont_windows, sent by the same transactions
         elif channel == NETWORK_CHANNEL:
+            self.windows_cache.clear()
             self.on_network_change()
         self._wake.set()
 
@@ -242,9 +253,23 @@ class LiveHub:
         conn: asyncpg.Connection = await asyncpg.connect(
             self.dsn, server_settings={"application_name": "symbiont-api-live"}
         )
-        for channel in (WINDOWS_CHANNEL, ALERTS_CHANNEL, DIRTY_CHANNEL, NETWORK_CHANNEL):
+        channels = (
+            WINDOWS_CHANNEL,
+            ALERTS_CHANNEL,
+            DIRTY_CHANNEL,
+            NETWORK_CHANNEL,
+            EXCHANGE_WINDOWS_CHANNEL,
+        )
+        for channel in channels:
             await conn.add_listener(channel, self._notified)
+        conn.add_termination_listener(self._lost)
         return conn
+
+    def _lost(self, _conn: object) -> None:
+        """The listening connection closed: notifications may be missed from now on."""
+        self.connected = False
+        self.windows_cache.clear()
+        self._wake.set()
 
     async def _run(self) -> None:
         conn: asyncpg.Connection | None = None
@@ -254,6 +279,7 @@ class LiveHub:
                 if conn is None or conn.is_closed():
                     self.connected = False
                     conn = await self._listen()
+                    self.windows_cache.clear()  # whatever changed while nobody listened
                     self.connected = True
                     backoff = 0.5
                     self._wake.set()  # whatever happened while not listening
@@ -269,6 +295,7 @@ class LiveHub:
                 break
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 self.connected = False
+                self.windows_cache.clear()
                 log.warning("live view: %s; retrying in %.1f s", exc, backoff)
                 if conn is not None and not conn.is_closed():
                     conn.terminate()

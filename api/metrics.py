@@ -16,3 +16,12 @@ LATENCY = Histogram(
 AUTH_FAILURES = Counter("symbiont_api_auth_failures", "Requests refused for a bad or no token")
 STREAMS = Gauge("symbiont_api_live_streams", "Open server-sent-event streams")
 LIVE_REFRESHES = Gauge("symbiont_api_live_refreshes", "Live snapshot refreshes since start")
+WINDOWS_CACHE_HITS = Gauge(
+    "symbiont_api_windows_cache_hits", "Window histories answered from memory since start"
+)
+WINDOWS_CACHE_MISSES = Gauge(
+    "symbiont_api_windows_cache_misses", "Window histories read from the database since start"
+)
+WINDOWS_CACHE_BYTES = Gauge(
+    "symbiont_api_windows_cache_bytes", "Bytes of serialized window histories held"
+)

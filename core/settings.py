@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     live_stream_max_s: float = Field(default=900.0, gt=0)
     live_heartbeat_s: float = Field(default=15.0, gt=0)
     live_max_streams: int = Field(default=2000, ge=1)
+    api_windows_cache_mb: float = Field(default=64.0, ge=0)
     log_json: bool = False
     log_level: str = "INFO"
 

@@ -311,3 +311,61 @@ def test_not_ready_without_a_broker(api_system: ApiSystem) -> None:
         system.stop()
     assert ready.status_code == 503
     assert ready.json()["broker"] is False
+
+
+def _cache_hits(system: ApiSystem) -> float:
+    text = httpx.get(f"{system.base_url}/metrics").text
+    line = next(x for x in text.splitlines() if x.startswith("symbiont_api_windows_cache_hits"))
+    return float(line.split()[-1])
+
+
+def _first_sent(system: ApiSystem, params: dict[str, str]) -> float:
+    items = get(system, f"/api/v1/exchanges/{LEAKING}/windows", **params)["items"]
+    return float(items[0]["sent"])
+
+
+def _poll_sent(system: ApiSystem, params: dict[str, str], want: float) -> float:
+    deadline = time.monotonic() + 15
+    sent = _first_sent(system, params)
+    while sent != pytest.approx(want) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        sent = _first_sent(system, params)
+    return sent
+
+
+def test_window_history_is_cached_until_its_windows_change(api_system: ApiSystem) -> None:
+    """Served from memory while unchanged; a write to exchange_windows (from anyone) reaches
+    the API by NOTIFY; a lost listener empties the cache (notifications may be missed)."""
+    params = {"from": api_system.start.isoformat(), "to": api_system.end.isoformat()}
+    first = db_fetch(
+        api_system,
+        """SELECT window_start, sent FROM exchange_windows
+           WHERE exchange_id = $1 AND window_start >= $2 ORDER BY window_start LIMIT 1""",
+        LEAKING,
+        api_system.start,
+    )[0]
+    original = float(first["sent"])
+    hits = _cache_hits(api_system)
+    assert _first_sent(api_system, params) == pytest.approx(original)
+    assert _first_sent(api_system, params) == pytest.approx(original)
+    assert _cache_hits(api_system) >= hits + 1
+
+    update = "UPDATE exchange_windows SET sent = $3 WHERE exchange_id = $1 AND window_start = $2"
+    try:
+        db_fetch(api_system, update, LEAKING, first["window_start"], original + 1000.0)
+        assert _poll_sent(api_system, params, original + 1000.0) == pytest.approx(original + 1000.0)
+        # Cut the live listener, then change the window: that NOTIFY reaches nobody.
+        listeners = """SELECT pid FROM pg_stat_activity
+                       WHERE application_name = 'symbiont-api-live'"""
+        cut = {r["pid"] for r in db_fetch(api_system, listeners)}
+        db_fetch(api_system, "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid", cut)
+        db_fetch(api_system, update, LEAKING, first["window_start"], original + 2000.0)
+        deadline = time.monotonic() + 15
+        while not {r["pid"] for r in db_fetch(api_system, listeners)} - cut:
+            assert time.monotonic() < deadline, "the live listener did not come back"
+            time.sleep(0.1)
+        time.sleep(0.5)  # listening again: from here on the cache is trusted
+        assert _poll_sent(api_system, params, original + 2000.0) == pytest.approx(original + 2000.0)
+    finally:
+        db_fetch(api_system, update, LEAKING, first["window_start"], original)
+    assert _poll_sent(api_system, params, original) == pytest.approx(original)

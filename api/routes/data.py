@@ -85,30 +85,39 @@ async def windows(
     if exchange_id not in caller.scope.exchanges:
         raise not_found("exchange", exchange_id)
     ex = next(e for e in caller.network.exchanges if e.id == exchange_id)
-    rows = await state.pool.fetch(_WINDOWS, exchange_id, period.start, period.end)
-    body = {
-        "exchange": exchange_id,
-        "unit": CANONICAL_UNIT[Kind(ex.kind)],
-        "items": [
-            {
-                "start": r["window_start"],
-                "end": r["window_end"],
-                "sent": _finite(r["sent"]),
-                "received": _finite(r["received"]),
-                "loss": r["loss"],
-                "imbalance": _finite(r["imbalance"]),
-                "sigma": _finite(r["sigma"]),
-                "z": _finite(r["z"]),
-                "coverage": r["coverage"],
-                "status": r["status"],
-            }
-            for r in rows
-        ],
-    }
-    # A month is 720+ windows: checking them against WindowList and serializing them through
-    # pydantic took over 40 % of the request's CPU (benchmarks/api_latency.py). The rows have
-    # the schema's shape and types already, so orjson writes them; the bytes are the same.
-    return Response(orjson.dumps(body, option=orjson.OPT_UTC_Z), media_type="application/json")
+    unit = CANONICAL_UNIT[Kind(ex.kind)]
+
+    async def query() -> bytes:
+        rows = await state.pool.fetch(_WINDOWS, exchange_id, period.start, period.end)
+        body = {
+            "exchange": exchange_id,
+            "unit": unit,
+            "items": [
+                {
+                    "start": r["window_start"],
+                    "end": r["window_end"],
+                    "sent": _finite(r["sent"]),
+                    "received": _finite(r["received"]),
+                    "loss": r["loss"],
+                    "imbalance": _finite(r["imbalance"]),
+                    "sigma": _finite(r["sigma"]),
+                    "z": _finite(r["z"]),
+                    "coverage": r["coverage"],
+                    "status": r["status"],
+                }
+                for r in rows
+            ],
+        }
+        # A month is 720+ windows: checking them against WindowList and serializing them
+        # through pydantic took over 40 % of the request's CPU (benchmarks/api_latency.py).
+        # The rows have the schema's shape and types already, so orjson writes them; the
+        # bytes are the same.
+        return orjson.dumps(body, option=orjson.OPT_UTC_Z)
+
+    # The same history is asked for again and again (dashboards, integrations): its bytes
+    # are kept until the exchange's windows change (api/wcache.py).
+    body = await state.hub.windows_cache.get((exchange_id, period.start, period.end), query)
+    return Response(body, media_type="application/json")
 
 
 # Sums per local day or month.  A meter's error is mostly a bias of its accuracy class, so the

@@ -76,4 +76,7 @@ async def prometheus(state: State) -> Response:
     """Prometheus text format."""
     metrics.STREAMS.set(len(state.hub.subscribers))
     metrics.LIVE_REFRESHES.set(state.hub.refreshes)
+    metrics.WINDOWS_CACHE_HITS.set(state.hub.windows_cache.hits)
+    metrics.WINDOWS_CACHE_MISSES.set(state.hub.windows_cache.misses)
+    metrics.WINDOWS_CACHE_BYTES.set(state.hub.windows_cache.bytes)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
