@@ -648,6 +648,13 @@ class HttpPhase:
     result: dict[str, Any]
     cpu: dict[str, float | None]
     rss_kib: list[int]
+    metrics_before: dict[str, float] = field(default_factory=dict)
+    metrics_after: dict[str, float] = field(default_factory=dict)
+
+    def metric_delta(self, name: str) -> float | None:
+        if name not in self.metrics_before or name not in self.metrics_after:
+            return None
+        return self.metrics_after[name] - self.metrics_before[name]
 
     @property
     def ok(self) -> list[list[float]]:
@@ -713,7 +720,12 @@ def scrape(base: str) -> dict[str, float]:
         return {}
     out = {}
     for line in text.splitlines():
-        for name in ("symbiont_api_live_streams", "symbiont_api_live_refreshes"):
+        for name in (
+            "symbiont_api_live_streams",
+            "symbiont_api_live_refreshes",
+            "symbiont_api_windows_cache_hits",
+            "symbiont_api_windows_cache_misses",
+        ):
             if line.startswith(name + " "):
                 out[name] = float(line.split()[1])
     return out
@@ -731,6 +743,7 @@ def http_phase(
 ) -> HttpPhase:
     log(f"{name}: {rate:g} requests/s for {opts.seconds:g} s: GET {path}")
     spy = _py_spy(procs, opts, f"{name}-{rate:g}", opts.seconds + 2)
+    before = scrape(base)
     cmd = [
         "load", "--url", base, "--path", path, "--token", token,
         "--rate", repr(rate), "--duration", repr(opts.seconds),
@@ -748,6 +761,8 @@ def http_phase(
         result,
         cpu_spent(samples[0], samples[-1]),
         [s["rss"] for s in samples if s["rss"]],
+        before,
+        scrape(base),
     )
     log(
         f"{name}: {len(result['results']):,} requests, p50 {_ms(phase.p(50))}, p99 "
@@ -961,7 +976,11 @@ def _measure(
     api_env = dict(env)
     if opts.pool_size is not None:
         api_env["SYMBIONT_API_POOL_SIZE"] = str(opts.pool_size)
-    report.api_env = {k: v for k, v in api_env.items() if k == "SYMBIONT_API_POOL_SIZE"}
+    report.api_env = {
+        k: v
+        for k, v in api_env.items()
+        if k in ("SYMBIONT_API_POOL_SIZE", "SYMBIONT_API_WINDOWS_CACHE_MB")
+    }
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     ingest = Service(
@@ -1151,6 +1170,7 @@ def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
     assert prep is not None
     pub = report.publisher
     pool = report.api_env.get("SYMBIONT_API_POOL_SIZE", "default (10)")
+    cache_mb = report.api_env.get("SYMBIONT_API_WINDOWS_CACHE_MB", "default (64)")
     out = [
         SECTION,
         "",
@@ -1167,7 +1187,8 @@ def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
         f"`rules.backfill.write_simulation` in {prep.load_s:.0f} s), reconciled by `symbiont "
         f"rules --once` ({report.once_s:.0f} s). Then private Mosquitto, `symbiont ingest`, "
         + ("`symbiont rules` " if opts.rules else "(**no** `symbiont rules`: `--without-rules`) ")
-        + f"and `symbiont api --port P` (one uvicorn process, pool size {pool}) "
+        + f"and `symbiont api --port P` (one uvicorn process, pool size {pool}, window-history "
+        f"cache {cache_mb} MiB) "
         f"as processes, and a publisher continuing the simulation at {opts.ingest_rate:,.0f} "
         f"readings/s ({opts.readings_per_message} readings per QoS 1 message, round-robin over "
         f"the {pub.get('meters', '?')} continuous meters) plus {opts.late_per_s:g} late "
@@ -1214,6 +1235,7 @@ def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
                 if ph.result.get("unanswered")
                 else ""
             )
+            + _cache_line(ph)
             + f"The load generator took up each request at worst {ph.max_send_lag * 1000:.1f} ms "
             "after it was due. CPU s: "
             + cpu_line(ph.cpu, ph.result["cpu_s"], "load generator")
@@ -1244,6 +1266,17 @@ def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
         f"took {report.seconds:.0f} s.",
     ]
     return "\n".join(out) + "\n"
+
+
+def _cache_line(ph: HttpPhase) -> str:
+    hits = ph.metric_delta("symbiont_api_windows_cache_hits")
+    misses = ph.metric_delta("symbiont_api_windows_cache_misses")
+    if ph.name != "windows" or hits is None or misses is None:
+        return ""
+    return (
+        f"Window-history cache: {hits:,.0f} answered from memory, {misses:,.0f} read from the "
+        "database (the exchange's windows change with every rules pass). "
+    )
 
 
 def sse_lines(sse: SsePhase, opts: Options, rss_start_kib: int | None) -> list[str]:
