@@ -135,6 +135,7 @@ class Options:
     warmup: float = 15.0  # publishing before the first measurement
     rules: bool = True  # run `symbiont rules` beside ingest during the measurements
     pool_size: int | None = None  # SYMBIONT_API_POOL_SIZE for the API (None: its default)
+    windows_cache_mb: float | None = None  # SYMBIONT_API_WINDOWS_CACHE_MB (None: its default)
     profile: Path | None = None  # directory for py-spy profiles of the API (collapsed stacks)
     quiet_wait: float = 60.0
     write: Path | None = ROOT / "BENCHMARKS.md"
@@ -976,6 +977,8 @@ def _measure(
     api_env = dict(env)
     if opts.pool_size is not None:
         api_env["SYMBIONT_API_POOL_SIZE"] = str(opts.pool_size)
+    if opts.windows_cache_mb is not None:
+        api_env["SYMBIONT_API_WINDOWS_CACHE_MB"] = f"{opts.windows_cache_mb:g}"
     report.api_env = {
         k: v
         for k, v in api_env.items()
@@ -1422,6 +1425,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--pool-size", type=int, default=None, help="SYMBIONT_API_POOL_SIZE for the API")
     p.add_argument(
+        "--windows-cache-mb",
+        type=float,
+        default=None,
+        help="SYMBIONT_API_WINDOWS_CACHE_MB for the API (0: no window-history cache)",
+    )
+    p.add_argument(
         "--profile",
         type=Path,
         default=None,
@@ -1469,6 +1478,7 @@ def from_args(args: argparse.Namespace, *, command: str = "") -> Options:
         warmup=get("warmup", d.warmup),
         rules=not get("without_rules", False),
         pool_size=get("pool_size", None),
+        windows_cache_mb=get("windows_cache_mb", None),
         profile=get("profile", None),
         quiet_wait=get("quiet_wait", d.quiet_wait),
         command=command,

@@ -218,29 +218,32 @@ def _delta(after: float | None, before: float | None) -> float | None:
 
 
 class Backend:
-    """The PostgreSQL backend serving a connection with ``application_name``, found through
-    pg_stat_activity (its CPU is readable when the server runs on this machine)."""
+    """The PostgreSQL backends serving the connections named ``application_name`` (and
+    ``application_name/2`` …, ingest's further writer connections), found through
+    pg_stat_activity (their CPU is readable when the server runs on this machine)."""
 
     def __init__(self, url: str, application_name: str) -> None:
         self.url = url
         self.application_name = application_name
-        self.pid: int | None = None
+        self.pids: set[int] = set()
         self._next = 0.0
 
     def poll(self) -> None:
-        if self.pid is not None or time.monotonic() < self._next:
+        if time.monotonic() < self._next:
             return
         self._next = time.monotonic() + 0.2
         rows = fetch(
             self.url,
-            "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+            """SELECT pid FROM pg_stat_activity
+               WHERE application_name = $1 OR application_name LIKE $1 || '/%'""",
             self.application_name,
         )
-        if rows:
-            self.pid = rows[0]["pid"]
+        self.pids |= {r["pid"] for r in rows}
 
     def cpu_seconds(self) -> float | None:
-        return cpu_seconds(self.pid)
+        if not self.pids:
+            return None
+        return _sum([cpu_seconds(pid) for pid in sorted(self.pids)])
 
 
 def fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:

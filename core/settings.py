@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     ingest_mqtt_protocol: Literal["5", "3.1.1"] = "5"
     ingest_batch_readings: int = Field(default=20000, ge=1)
     ingest_batch_wait_ms: float = Field(default=20.0, ge=0)
+    ingest_pipeline: int = Field(default=2, ge=1, le=8)
     ingest_queue_messages: int = Field(default=60000, ge=100)
     metrics_port: int | None = None  # ingest and rules serve Prometheus metrics here
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can scrape it

@@ -1,10 +1,12 @@
 """``symbiont ingest``: the MQTT subscriber that writes readings and acknowledges after commit.
 
 Threads: paho's network loop parses each message in its callback and appends it to a deque;
-the asyncio main loop takes batches from the deque, commits them through the BatchWriter and
-only then sends the PUBACKs (``manual_ack``). The broker's in-flight window (MQTT 5 Receive
-Maximum) bounds how many unacknowledged messages can be held, so a stalled database makes
-the broker keep the backlog instead of this process's memory.
+the asyncio main loop takes batches from the deque, commits each through a BatchWriter and
+only then sends the PUBACKs (``manual_ack``). Up to ``SYMBIONT_INGEST_PIPELINE`` batches are
+in the database at once, each on its own connection, and they are acknowledged in the order
+they were taken. The broker's in-flight window (MQTT 5 Receive Maximum) bounds how many
+unacknowledged messages can be held, so a stalled database makes the broker keep the backlog
+instead of this process's memory.
 """
 
 from __future__ import annotations
@@ -31,13 +33,15 @@ from paho.mqtt.reasoncodes import ReasonCode
 from core.db import asyncpg_dsn, require_database_url
 from core.network import parse_network
 from core.settings import Settings
-from ingest import metrics
+from ingest import fastpaho, metrics
 from ingest.parse import NetworkIndex, Parsed, Parser, Reason, Rejection
 from ingest.writer import BatchWriter, Message
 
 log = logging.getLogger("symbiont.ingest")
 
 READINGS_FILTER = "symbiont/readings/#"
+# With a batch in the database, the next one starts once this many messages wait for it.
+PIPELINE_MIN_MESSAGES = 100
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,16 @@ class IngestService:
         self._ack_lock = threading.Lock()
         self._client: mqtt.Client | None = None
         self._stopping = False
-        self.writer = BatchWriter(self.dsn, application_name=f"symbiont-ingest:{self.client_id}")
+        # Batches are written on several connections at once (SYMBIONT_INGEST_PIPELINE): one
+        # batch's Python work overlaps the previous batch's time in PostgreSQL. They are
+        # acknowledged in the order they were taken.
+        self.writers = [
+            BatchWriter(
+                self.dsn,
+                application_name=f"symbiont-ingest:{self.client_id}" + (f"/{i + 1}" if i else ""),
+            )
+            for i in range(settings.ingest_pipeline)
+        ]
         self.stats = {"messages": 0, "readings": 0, "inserted": 0, "rejected": 0, "batches": 0}
 
     # -- MQTT thread ----------------------------------------------------------------------
@@ -198,6 +211,7 @@ class IngestService:
             client.connect_async(self.target.host, self.target.port, keepalive=30)
             client.loop_start()
             return client
+        fastpaho.install()  # paho's MQTT 5 decoding, without building empty Properties
         client = mqtt_client(self.target, self.client_id, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -284,13 +298,14 @@ class IngestService:
             size += len(msg.parsed.readings) + 1
         return batch
 
-    async def _commit(self, batch: list[Message], stop: asyncio.Event) -> None:
+    async def _write(self, writer: BatchWriter, batch: list[Message]) -> tuple[Any, float]:
+        """Commit ``batch`` through ``writer``, retrying until the database takes it."""
         delay = 0.2
         assert self.parser is not None
         while True:
             started = time.perf_counter()
             try:
-                result = await self.writer.write(batch, self.parser.index)
+                result = await writer.write(batch, self.parser.index)
             except (
                 OSError,
                 asyncpg.PostgresConnectionError,
@@ -313,16 +328,15 @@ class IngestService:
                     delay,
                 )
             except asyncpg.PostgresError as exc:
+                # Two batches in flight can deadlock on the same readings (a redelivery
+                # split across them): PostgreSQL aborts one, and it is simply written again.
                 metrics.DB_ERRORS.inc()
                 log.error(
                     "batch of %d messages failed (%s); retrying in %.1f s", len(batch), exc, delay
                 )
             else:
-                elapsed = time.perf_counter() - started
-                self._ack(batch)
-                self._account(batch, result, elapsed)
-                return
-            await self.writer.close()
+                return result, time.perf_counter() - started
+            await writer.close()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -364,20 +378,45 @@ class IngestService:
         watcher = asyncio.create_task(self._watch_network(stop))
         reporter = asyncio.create_task(self._report(stop))
         wait = self.settings.ingest_batch_wait_ms / 1000.0
+        free = deque(self.writers)
+        inflight: deque[tuple[list[Message], BatchWriter, asyncio.Task[tuple[Any, float]]]]
+        inflight = deque()
         try:
-            while not stop.is_set() or self.pending:
-                if not self.pending:
+            while not stop.is_set() or self.pending or inflight:
+                # Another batch goes out while one is in the database only when enough
+                # messages wait for it; otherwise they gather for a larger batch.
+                while (
+                    self.pending
+                    and free
+                    and (not inflight or len(self.pending) >= PIPELINE_MIN_MESSAGES)
+                ):
+                    batch = self._take_batch()
+                    writer = free.popleft()
+                    inflight.append(
+                        (batch, writer, asyncio.create_task(self._write(writer, batch)))
+                    )
+                if not inflight:
                     await asyncio.sleep(wait)
                     continue
-                batch = self._take_batch()
-                await self._commit(batch, stop)
+                batch, writer, task = inflight[0]
+                if not task.done():
+                    await asyncio.wait({task}, timeout=wait)
+                    continue
+                inflight.popleft()
+                free.append(writer)
+                result, elapsed = task.result()
+                self._ack(batch)
+                self._account(batch, result, elapsed)
         finally:
+            for _, _, task in inflight:
+                task.cancel()
             watcher.cancel()
             reporter.cancel()
             self._stopping = True
             self._client.disconnect()
             self._client.loop_stop()
-            await self.writer.close()
+            for writer in self.writers:
+                await writer.close()
             log.info(
                 "ingest stopped: %(messages)d messages, %(inserted)d readings stored, "
                 "%(rejected)d rejected",

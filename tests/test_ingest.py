@@ -16,7 +16,9 @@ import pytest
 from core.apply import apply_network
 from core.db import asyncpg_dsn
 from core.network import Network, parse_network
+from core.settings import Settings
 from ingest.parse import NetworkIndex, Parsed, Parser, Reason
+from ingest.service import IngestService
 from ingest.writer import BatchWriter, Message
 
 NOW = datetime(2026, 10, 31, 22, 30, tzinfo=UTC)  # 23:30 in Copenhagen, last day of October
@@ -473,3 +475,36 @@ def test_dirty_windows_of_windows_that_are_not_whole_quarter_hours(database_url:
         _fetch(database_url, "SELECT window_start FROM dirty_windows ORDER BY window_start")
     )
     assert [r[0] for r in rows] == [base, base + timedelta(minutes=20)]
+
+
+def test_two_batches_in_flight_sharing_readings_store_each_once(
+    database_url: str, network: Network, parser: Parser
+) -> None:
+    """Ingest writes up to SYMBIONT_INGEST_PIPELINE batches at once. Two in flight that hold
+    the same readings in opposite order may deadlock in PostgreSQL; the one aborted is written
+    again, and every reading ends up stored once, the shared ones counted as duplicates."""
+    service = IngestService(Settings(database_url=database_url, mqtt_url="mqtt://127.0.0.1:1"))
+    service.parser = parser
+    assert len(service.writers) == 2  # the default pipeline
+    shared = [{"ts": NOW_S - 60 * i, "value": float(i)} for i in range(300)]
+    only_b = [{"ts": NOW_S - 60 * i, "value": float(i)} for i in range(300, 400)]
+
+    async def go() -> list[Any]:
+        await _apply(database_url, network)
+        a = [message(parse(parser, T_HEAT, shared))]
+        b = [message(parse(parser, T_HEAT, list(reversed(shared)) + only_b))]
+        try:
+            done = await asyncio.gather(
+                service._write(service.writers[0], a), service._write(service.writers[1], b)
+            )
+        finally:
+            for w in service.writers:
+                await w.close()
+        return [result for result, _ in done]
+
+    ra, rb = asyncio.run(go())
+    assert ra.inserted + rb.inserted == 400
+    assert ra.duplicates + rb.duplicates == 300
+    assert not ra.rejections and not rb.rejections
+    rows = asyncio.run(_fetch(database_url, "SELECT count(*), count(DISTINCT ts) FROM readings"))
+    assert tuple(rows[0]) == (400, 400)
