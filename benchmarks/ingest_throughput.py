@@ -20,7 +20,8 @@ every session); then the consumer starts alone and is timed until it has taken e
   (max − min ``received_at``) over all their readings, CPU seconds are summed over the
   workers and their backends, and each worker's count comes from its log.
 
-Latency: ingest runs live while ``benchmarks.clients pace`` publishes single-reading
+Latency: ingest (one latency run per number of workers, at half the single-reading rate that
+many drained) runs live while ``benchmarks.clients pace`` publishes single-reading
 messages at a steady rate, each carrying its publish time as its value. Every batch's
 commit NOTIFYs once; the k-th notification belongs to the k-th distinct ``received_at``, so
 a reading's latency is its batch's notification arrival minus its publish time.
@@ -119,7 +120,7 @@ class Options:
     write: Path | None = ROOT / "BENCHMARKS.md"
     command: str = ""
     ingest_env: dict[str, str] = field(default_factory=dict)
-    workers: tuple[int, ...] = (1,)  # ingest drains with this many workers each
+    workers: tuple[int, ...] = (1, 2)  # ingest drains with this many workers each
 
 
 # ---------------------------------------------------------------------------- environment
@@ -552,6 +553,7 @@ class DrainResult:
 
 @dataclass
 class LatencyResult:
+    workers: int
     target_rate: float
     achieved_rate: float
     published: int
@@ -571,7 +573,7 @@ class LatencyResult:
 @dataclass
 class Report:
     drains: list[DrainResult] = field(default_factory=list)
-    latency: LatencyResult | None = None
+    latencies: list[LatencyResult] = field(default_factory=list)
     load_before: str = ""
     load_after: str = ""
     seconds: float = 0.0
@@ -798,8 +800,9 @@ def naive_case(dbs: Databases, opts: Options, n: int) -> DrainResult:
 
         def tick() -> None:
             backend.poll()
-            if backend.pid is not None:
-                cpu["backend"] = backend.cpu_seconds()  # the last reading before it exits
+            value = backend.cpu_seconds()
+            if value is not None:
+                cpu["backend"] = value  # the last reading before it exits
 
         broker_cpu = cpu_seconds(broker.pid)
         busy = machine_busy()
@@ -838,31 +841,44 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
-def latency_case(dbs: Databases, opts: Options, rate: float, workdir: Path) -> LatencyResult:
-    url = dbs.fresh("latency")
+def latency_case(
+    dbs: Databases, opts: Options, rate: float, workdir: Path, workers: int = 1
+) -> LatencyResult:
+    url = dbs.fresh(f"latency_w{workers}")
     with Mosquitto(autosave_interval=opts.autosave_interval) as broker:
-        ingest = Ingest(
-            broker,
-            url,
-            f"bench-ingest-live-{secrets.token_hex(3)}",
-            opts,
-            workdir / "ingest-latency.log",
-        )
+        tag = secrets.token_hex(3)
+        team = [
+            Ingest(
+                broker,
+                url,
+                f"bench-ingest-live{workers}w{k}-{tag}",
+                opts,
+                workdir / f"ingest-latency-{workers}w{k}.log",
+                group=f"live{workers}w{tag}",
+            )
+            for k in range(workers)
+        ]
         listener = Listener(url)
         listener.start()
+
+        def alive() -> bool:
+            return all(ingest.alive() for ingest in team)
+
         try:
-            ingest.start()
-            ingest.wait_connected()
+            for ingest in team:
+                ingest.start()
+            for ingest in team:
+                ingest.wait_connected()
             wait_quiet(opts.quiet_wait)
             busy = machine_busy()
             span_start = time.monotonic()
-            cpu_before = ingest.cpu_seconds()
+            cpu_before = _sum([ingest.cpu_seconds() for ingest in team])
             total = int(rate * opts.latency_seconds)
             per_meter = -(-total // opts.meters)
             start_ts = int(time.time()) - per_meter - 86400
             log(
                 f"latency: publishing {rate:,.0f} msg/s for {opts.latency_seconds:g} s "
-                "to a live ingest"
+                f"to {ingest_label(workers)}, live"
             )
             pub, _ = run_client(
                 "pace",
@@ -886,16 +902,16 @@ def latency_case(dbs: Databases, opts: Options, rate: float, workdir: Path) -> L
             if pub["acked"] != pub["published"]:
                 raise BenchError(f"only {pub['acked']} of {pub['published']} PUBACKs arrived")
             listener.expect(pub["published"])
-            if not listener.progress_wait(30.0, ingest.alive):
-                raise BenchError(
-                    f"ingest stored {listener.total} of {pub['published']}:\n{ingest.log_tail()}"
-                )
-            peak = ingest.vm_hwm_kib()
-            cpu_ingest = _delta(ingest.cpu_seconds(), cpu_before)
+            if not listener.progress_wait(30.0, alive):
+                tails = "\n".join(ingest.log_tail() for ingest in team)
+                raise BenchError(f"ingest stored {listener.total} of {pub['published']}:\n{tails}")
+            peak = max((p for p in (i.vm_hwm_kib() for i in team) if p), default=None)
+            cpu_ingest = _delta(_sum([ingest.cpu_seconds() for ingest in team]), cpu_before)
             cpu_machine = _delta(machine_busy(), busy)
             span = time.monotonic() - span_start
         finally:
-            ingest.stop()
+            for ingest in team:
+                ingest.stop()
             listener.stop()
     rows = fetch(url, "SELECT value, received_at FROM readings")
     batches = sorted({r["received_at"] for r in rows})
@@ -908,6 +924,7 @@ def latency_case(dbs: Databases, opts: Options, rate: float, workdir: Path) -> L
     if len(rows) != pub["published"]:
         raise BenchError(f"ingest stored {len(rows)} of {pub['published']} readings")
     result = LatencyResult(
+        workers=workers,
         target_rate=rate,
         achieved_rate=pub["achieved_rate"],
         published=pub["published"],
@@ -924,7 +941,8 @@ def latency_case(dbs: Databases, opts: Options, rate: float, workdir: Path) -> L
         span_s=span,
     )
     log(
-        f"latency: p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, "
+        f"latency ({ingest_label(workers)}): p50 {result.p50_ms:.1f} ms, "
+        f"p99 {result.p99_ms:.1f} ms, "
         f"max {result.max_ms:.1f} ms at {result.achieved_rate:,.0f} msg/s"
     )
     return result
@@ -948,12 +966,11 @@ def run(opts: Options) -> Report:
     log(f"logs in {workdir}")
     dbs = Databases(opts.meters)
     try:
-        single_rate: float | None = None
+        single_rates: dict[int, float] = {}
         if opts.messages:
             drains = drain_case(dbs, opts, "1 reading/msg", opts.messages, 1, workdir)
             report.drains.extend(drains)
-            single = [d for d in drains if d.consumer == INGEST]
-            single_rate = single[0].msg_rate if single else None
+            single_rates = {d.workers: d.msg_rate for d in drains if d.consumer.startswith(INGEST)}
         if opts.batch_messages:
             report.drains.extend(
                 drain_case(
@@ -968,11 +985,14 @@ def run(opts: Options) -> Report:
         if opts.naive_messages:
             report.drains.append(naive_case(dbs, opts, opts.naive_messages))
         if opts.latency_seconds:
-            rate = opts.latency_rate or (single_rate / 2 if single_rate else None)
-            if rate is None:
-                log("latency: skipped (no single-reading rate measured; pass --latency-rate)")
-            else:
-                report.latency = latency_case(dbs, opts, rate, workdir)
+            # At half of what each number of workers drained (or at --latency-rate).
+            for workers in opts.workers:
+                measured = single_rates.get(workers)
+                rate = opts.latency_rate or (measured / 2 if measured else None)
+                if rate is None:
+                    log("latency: skipped (no single-reading rate measured; pass --latency-rate)")
+                    continue
+                report.latencies.append(latency_case(dbs, opts, rate, workdir, workers))
     finally:
         dbs.close()
     report.load_after = loadavg()
@@ -1040,8 +1060,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=_workers,
         default=d.workers,
         help="ingest drains with this many `symbiont ingest` processes sharing the "
-        "subscription, comma-separated (e.g. 1,2; default 1); the latency run and the naive "
-        "baseline stay single-process",
+        "subscription, comma-separated (default 1,2); a latency run for each number, "
+        "at half of what it drained; the naive baseline stays single-process",
     )
     p.add_argument(
         "--batch-readings",
@@ -1258,11 +1278,14 @@ def verdicts(report: Report) -> list[str]:
         for team in (d for d in report.drains if d.workload == workload and d.workers > 1):
             team_value = team.msg_rate if single else team.reading_rate
             split = ", ".join(f"{m:,}" if m is not None else "?" for m in team.per_worker)
+            verdict = "met" if team_value >= target else "not met"
             lines.append(
                 f"- {workload}: {team.workers} ingest workers {team_value:,.0f} {unit} = "
-                f"**{team.msg_rate / ing.msg_rate:.2f} × one worker**; messages committed per "
-                f"worker {split}; stored {team.stored:,} of {team.readings:,} readings, "
-                f"{team.rejected} rejected, in {team.batches:,} batches."
+                f"**{team.msg_rate / ing.msg_rate:.2f} × one worker**, "
+                f"{team.msg_rate / raw.msg_rate:.2f} × raw paho MQTT 5. Target {target:,.0f} "
+                f"{unit}: **{verdict}**. Messages committed per worker {split}; stored "
+                f"{team.stored:,} of {team.readings:,} readings, {team.rejected} rejected, in "
+                f"{team.batches:,} batches."
             )
     return lines
 
@@ -1311,24 +1334,23 @@ def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
         "",
         *verdicts(report),
     ]
-    if report.latency is not None:
-        lat = report.latency
+    for lat in report.latencies:
+        who = "Ingest" if lat.workers == 1 else f"{lat.workers} ingest workers"
         out += [
             "",
-            f"Latency at half load: a publisher aimed at {lat.target_rate:,.0f} single-reading "
-            f"messages/s for {opts.latency_seconds:g} s and achieved "
-            f"{lat.achieved_rate:,.0f} msg/s (at worst {lat.max_behind_s * 1000:.0f} ms behind "
-            f"schedule); {lat.stored:,} of {lat.published:,} readings stored in "
+            f"Latency at half load ({ingest_label(lat.workers)}): a publisher aimed at "
+            f"{lat.target_rate:,.0f} single-reading messages/s for {opts.latency_seconds:g} s and "
+            f"achieved {lat.achieved_rate:,.0f} msg/s (at worst {lat.max_behind_s * 1000:.0f} ms "
+            f"behind schedule); {lat.stored:,} of {lat.published:,} readings stored in "
             f"{lat.batches:,} batches. Publish → committed (NOTIFY received): "
             f"p50 {lat.p50_ms:.1f} ms, **p99 {lat.p99_ms:.1f} ms**, max {lat.max_ms:.1f} ms. "
-            f"Ingest peak RSS {_mib(lat.peak_kib)}. CPU seconds meanwhile: ingest "
+            f"{who} peak RSS {_mib(lat.peak_kib)}. CPU seconds meanwhile: ingest "
             f"{_cpu(lat.cpu_ingest)}, publisher {_cpu(lat.cpu_publisher)}, the whole machine "
             f"{_cpu(lat.cpu_machine)} (of {2 * lat.span_s:.1f} available on 2 cores in those "
             f"{lat.span_s:.1f} s).",
         ]
-    peaks = [d.peak_kib for d in report.drains if d.consumer == INGEST and d.peak_kib]
-    if report.latency is not None and report.latency.peak_kib:
-        peaks.append(report.latency.peak_kib)
+    peaks = [d.peak_kib for d in report.drains if d.consumer.startswith(INGEST) and d.peak_kib]
+    peaks += [lat.peak_kib for lat in report.latencies if lat.peak_kib]
     if peaks:
         out += ["", f"Ingest peak memory (largest VmHWM of all runs): {_mib(max(peaks))}."]
     out += [
