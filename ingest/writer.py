@@ -11,20 +11,25 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import itemgetter
 from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from core.windows import WindowCutter
-from ingest.parse import KEEP_PAYLOAD, NetworkIndex, Parsed, Reason, Rejection
+from core.windows import WindowCutter, next_month
+from ingest.parse import KEEP_PAYLOAD, NetworkIndex, Parsed, Reading, Reason, Rejection
 
 log = logging.getLogger("symbiont.ingest")
 
 NOTIFY_CHANNEL = "symbiont_dirty"
+
+_KEY = itemgetter(0, 1)  # (meter, ts) of a reading
+_TS = itemgetter(1)
 
 _SETUP = """
 CREATE TEMP TABLE IF NOT EXISTS ingest_batch (
@@ -151,62 +156,112 @@ class BatchWriter:
     async def write(self, batch: Sequence[Message], index: NetworkIndex) -> BatchResult:
         """Commit the batch; raises on database errors (nothing is committed then)."""
         result = BatchResult(messages=len(batch))
-        # Deduplicate within the batch; the first occurrence wins, as in the database.
-        first: dict[tuple[str, datetime], tuple[int, float]] = {}
-        records: list[tuple[int, str, datetime, float]] = []
         rejections: list[tuple[Message, Rejection]] = []
-        owner: list[Message] = []
+        # The readings of the whole batch, as parsed: (meter, ts, value) tuples, which COPY
+        # takes as they are. ``starts`` is where each message's readings begin.
+        rows: list[Reading] = []
+        starts: list[int] = []
+        senders: list[Message] = []
         for msg in batch:
-            for rej in msg.parsed.rejections:
-                rejections.append((msg, rej))
-            for meter_id, ts, value in msg.parsed.readings:
-                result.readings += 1
-                key = (meter_id, ts)
-                seen = first.get(key)
-                if seen is None:
-                    first[key] = (len(records), value)
-                    records.append((len(records), meter_id, ts, value))
-                    owner.append(msg)
-                elif _same(seen[1], value):
-                    result.duplicates += 1
-                else:
-                    rejections.append((msg, _conflict(msg, meter_id, ts, seen[1], value)))
-        months = {(ts.year, ts.month): ts for _, _, ts, _ in records}
-        if months.keys() - self._months:
-            await self.ensure_partitions(
-                ts for key, ts in months.items() if key not in self._months
-            )
+            parsed = msg.parsed
+            if parsed.rejections:
+                rejections.extend((msg, rej) for rej in parsed.rejections)
+            if parsed.readings:
+                starts.append(len(rows))
+                senders.append(msg)
+                rows.extend(parsed.readings)
+        result.readings = len(rows)
+
+        def owner(seq: int) -> Message:
+            return senders[bisect_right(starts, seq) - 1]
+
+        if rows:
+            await self._ensure_months(rows)
         conn = await self.connect()
-        inserted_mask = [True] * len(records)
+        inserted_mask: list[bool] | None = None  # None: every row inserted
         async with conn.transaction():
-            if records:
-                inserted = await self._copy_direct(conn, records)
-                if inserted is None:  # something in the batch was there before
-                    await conn.copy_records_to_table("ingest_batch", records=records)
+            if rows:
+                inserted = await self._copy_direct(conn, rows)
+                if inserted is None:  # something in the batch was there before, or twice
+                    if len(set(map(_KEY, rows))) != len(rows):
+                        # The first occurrence within the batch wins, as in the database.
+                        rows, owners = self._dedupe(rows, owner, rejections, result)
+
+                        def owner(seq: int) -> Message:
+                            return owners[seq]
+
+                    await conn.copy_records_to_table(
+                        "ingest_batch",
+                        records=[(seq, m, ts, v) for seq, (m, ts, v) in enumerate(rows)],
+                    )
                     status = await conn.execute(_INSERT)
                     inserted = int(status.rsplit(" ", 1)[1])
-                if inserted < len(records):
+                if inserted < len(rows):
+                    inserted_mask = [True] * len(rows)
                     for seq, stored in await conn.fetch(_EXISTING):
                         inserted_mask[seq] = False
-                        _, meter_id, ts, value = records[seq]
+                        meter_id, ts, value = rows[seq]
                         if _same(stored, value):
                             result.duplicates += 1
                         else:
-                            msg = owner[seq]
+                            msg = owner(seq)
                             rejections.append((msg, _conflict(msg, meter_id, ts, stored, value)))
                 result.inserted = inserted
-                await self._mark_dirty(conn, records, inserted_mask, index)
+                await self._mark_dirty(
+                    conn,
+                    rows
+                    if inserted_mask is None
+                    else [r for r, ok in zip(rows, inserted_mask, strict=True) if ok],
+                    index,
+                )
             if rejections:
                 await self._record_rejections(conn, rejections)
-            await self._count(conn, batch, records, inserted_mask, rejections, result)
+            await self._count(conn, batch, rejections, result)
             await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(result.inserted))
         for _, rej in rejections:
             result.rejections[rej.reason.value] += 1
         return result
 
-    async def _copy_direct(
-        self, conn: asyncpg.Connection, records: list[tuple[int, str, datetime, float]]
-    ) -> int | None:
+    @staticmethod
+    def _dedupe(
+        rows: list[Reading],
+        owner: Callable[[int], Message],
+        rejections: list[tuple[Message, Rejection]],
+        result: BatchResult,
+    ) -> tuple[list[Reading], list[Message]]:
+        """The batch without repeats of a (meter, ts): a repeat with the same value is a
+        duplicate, with another value a conflict. Returns the rows kept and their messages."""
+        first: dict[tuple[str, datetime], float] = {}
+        unique: list[Reading] = []
+        owners: list[Message] = []
+        for seq, row in enumerate(rows):
+            meter_id, ts, value = row
+            seen = first.get((meter_id, ts))
+            if seen is None:
+                first[(meter_id, ts)] = value
+                unique.append(row)
+                owners.append(owner(seq))
+            elif _same(seen, value):
+                result.duplicates += 1
+            else:
+                msg = owner(seq)
+                rejections.append((msg, _conflict(msg, meter_id, ts, seen, value)))
+        return unique, owners
+
+    async def _ensure_months(self, rows: list[Reading]) -> None:
+        """Every month from the batch's earliest reading to its latest has its partition."""
+        stamps = list(map(_TS, rows))
+        month, last = min(stamps), max(stamps)
+        month = month.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        missing = []
+        while month <= last:
+            if (month.year, month.month) not in self._months:
+                missing.append(month)
+            month = next_month(month)
+        if missing:
+            await self.ensure_partitions(missing)
+
+    async def _copy_direct(self, conn: asyncpg.Connection, rows: list[Reading]) -> int | None:
         """The fast path: COPY straight into ``readings`` (PostgreSQL routes rows to their
         partitions). A duplicate key aborts it, in a savepoint, and the caller takes the
         slower path that sorts duplicates from conflicts; redeliveries are rare, so almost
@@ -217,39 +272,35 @@ class BatchWriter:
         try:
             async with conn.transaction():
                 await conn.copy_records_to_table(
-                    "readings",
-                    records=[(m, ts, v) for _, m, ts, v in records],
-                    columns=["meter_id", "ts", "value"],
+                    "readings", records=rows, columns=["meter_id", "ts", "value"]
                 )
         except asyncpg.UniqueViolationError:
             self._direct_failures += 2
             return None
         self._direct_failures = max(self._direct_failures - 1, 0)
-        return len(records)
+        return len(rows)
 
     async def _mark_dirty(
-        self,
-        conn: asyncpg.Connection,
-        records: list[tuple[int, str, datetime, float]],
-        inserted_mask: list[bool],
-        index: NetworkIndex,
+        self, conn: asyncpg.Connection, rows: list[Reading], index: NetworkIndex
     ) -> None:
+        """Mark the (meter, window) pairs of the stored rows dirty for the rules engine."""
         cut = self._cutter(index.timezone).start
-        touched: set[tuple[str, float]] = set()
         meters = index.meters
-        last_meter, last_bucket, window_s = "", -1, 3600
-        for seq, meter_id, ts, _ in records:
-            if inserted_mask[seq]:
-                epoch = ts.timestamp()
-                bucket = int(epoch // 900)  # a window of whole quarter hours never splits it
-                if meter_id == last_meter and bucket == last_bucket and window_s % 900 == 0:
-                    continue
-                if meter_id != last_meter:
-                    meter = meters.get(meter_id)
-                    window_s = meter.window_s if meter is not None else 3600
-                    last_meter = meter_id
-                last_bucket = bucket
-                touched.add((meter_id, cut(epoch, window_s)))
+        # A window of whole quarter hours never splits a UTC quarter hour: one cut per
+        # (meter, quarter hour) is enough. Other windows are cut reading by reading.
+        quarters = {(m, int(ts.timestamp()) // 900) for m, ts, _ in rows}
+        touched: set[tuple[str, float]] = set()
+        odd: set[str] = set()
+        for meter_id, quarter in quarters:
+            meter = meters.get(meter_id)
+            window_s = meter.window_s if meter is not None else 3600
+            if window_s % 900:
+                odd.add(meter_id)
+            else:
+                touched.add((meter_id, cut(quarter * 900.0, window_s)))
+        for meter_id, ts, _ in rows:
+            if meter_id in odd:
+                touched.add((meter_id, cut(ts.timestamp(), meters[meter_id].window_s)))
         if touched:
             ids, starts = zip(*sorted(touched), strict=True)
             await conn.execute(_DIRTY, list(ids), [datetime.fromtimestamp(s, UTC) for s in starts])
@@ -289,8 +340,6 @@ class BatchWriter:
         self,
         conn: asyncpg.Connection,
         batch: Sequence[Message],
-        records: list[tuple[int, str, datetime, float]],
-        inserted_mask: list[bool],
         rejections: list[tuple[Message, Rejection]],
         result: BatchResult,
     ) -> None:

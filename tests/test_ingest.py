@@ -4,14 +4,17 @@ partitions — parsing as a pure function, writing against a real migrated Postg
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.apply import apply_network
 from core.db import asyncpg_dsn
@@ -508,3 +511,47 @@ def test_two_batches_in_flight_sharing_readings_store_each_once(
     assert not ra.rejections and not rb.rejections
     rows = asyncio.run(_fetch(database_url, "SELECT count(*), count(DISTINCT ts) FROM readings"))
     assert tuple(rows[0]) == (400, 400)
+
+
+_TS_VALUES = st.one_of(
+    st.datetimes(
+        min_value=datetime(2025, 1, 1),
+        max_value=datetime(2027, 1, 1),
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=2)), None]),
+    ).map(lambda d: d.isoformat()),
+    st.floats(NOW_S - 500 * 86400, NOW_S + 86400),
+    st.integers(0, 2**40),
+    st.sampled_from(["", "yesterday", None, "2026-10-31T22:00:00Z", "2026-10-31 22:00:00+00:00"]),
+)
+_VALUES = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(2**70), 2**70),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=3),
+)
+_UNITS = st.one_of(st.none(), st.sampled_from(["GJ", "MWh", "kWh", "t", "m3", "banana", 7]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.fixed_dictionaries({"ts": _TS_VALUES, "value": _VALUES}, optional={"unit": _UNITS}),
+            st.just([]),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_the_short_way_for_usual_readings_parses_as_the_long_way(items: list[Any]) -> None:
+    raw = json.dumps(items).encode()
+    fast = Parser(NetworkIndex.from_network(parse_network(NETWORK)), backfill_days=400)
+    slow = Parser(NetworkIndex.from_network(parse_network(NETWORK)), backfill_days=400)
+    slow.fast = False
+    for topic in (T_HEAT, "symbiont/readings/plant/ash-out"):
+        a, b = fast.parse(topic, raw, NOW_S), slow.parse(topic, raw, NOW_S)
+        assert a.readings == b.readings
+        assert [(r.reason, r.detail) for r in a.rejections] == [
+            (r.reason, r.detail) for r in b.rejections
+        ]
