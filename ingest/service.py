@@ -40,8 +40,8 @@ from ingest.writer import BatchWriter, Message
 log = logging.getLogger("symbiont.ingest")
 
 READINGS_FILTER = "symbiont/readings/#"
-# With a batch in the database, the next one starts once this many messages wait for it.
-PIPELINE_MIN_MESSAGES = 100
+# A batch starts once this many messages wait (or the oldest has waited the batch wait).
+BATCH_MIN_MESSAGES = 200
 
 
 @dataclass(frozen=True)
@@ -287,6 +287,22 @@ class IngestService:
             future_tolerance_s=s.future_tolerance_s,
         )
 
+    def _ready(self, wait: float, stop: asyncio.Event) -> bool:
+        pending = self.pending
+        return (
+            len(pending) >= BATCH_MIN_MESSAGES
+            or stop.is_set()
+            or time.time() - pending[0].received >= wait
+        )
+
+    def _until_ready(self, wait: float) -> float:
+        """Seconds until the oldest waiting message has waited ``wait`` (at least 1 ms)."""
+        try:
+            oldest = self.pending[0].received
+        except IndexError:
+            return wait
+        return max(0.001, oldest + wait - time.time())
+
     def _take_batch(self) -> list[Message]:
         batch: list[Message] = []
         limit = self.settings.ingest_batch_readings
@@ -383,20 +399,17 @@ class IngestService:
         inflight = deque()
         try:
             while not stop.is_set() or self.pending or inflight:
-                # Another batch goes out while one is in the database only when enough
-                # messages wait for it; otherwise they gather for a larger batch.
-                while (
-                    self.pending
-                    and free
-                    and (not inflight or len(self.pending) >= PIPELINE_MIN_MESSAGES)
-                ):
+                # A batch goes out once BATCH_MIN_MESSAGES wait, or the oldest has waited
+                # SYMBIONT_INGEST_BATCH_WAIT_MS: every batch costs a few database round
+                # trips and a commit, so a trickle is gathered rather than sent at once.
+                while self.pending and free and self._ready(wait, stop):
                     batch = self._take_batch()
                     writer = free.popleft()
                     inflight.append(
                         (batch, writer, asyncio.create_task(self._write(writer, batch)))
                     )
                 if not inflight:
-                    await asyncio.sleep(wait)
+                    await asyncio.sleep(self._until_ready(wait))
                     continue
                 batch, writer, task = inflight[0]
                 if not task.done():
