@@ -22,7 +22,10 @@ def broker_settings(*, queued_messages: int = 0, queued_bytes: int = 0) -> list[
         "autosave_interval 10",
         f"max_queued_messages {queued_messages}",
         f"max_queued_bytes {queued_bytes}",
-        "max_inflight_messages 0",
+        # Unacknowledged messages towards an MQTT 3.1.1 subscriber (MQTT 5 subscribers set
+        # their own Receive Maximum): ingest over 3.1.1 holds at most this many, as over
+        # MQTT 5 its SYMBIONT_INGEST_QUEUE_MESSAGES (default 10000).
+        "max_inflight_messages 10000",
         "message_size_limit 0",
     ]
 

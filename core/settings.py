@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     ingest_batch_readings: int = Field(default=20000, ge=1)
     ingest_batch_wait_ms: float = Field(default=20.0, ge=0)
     ingest_pipeline: int = Field(default=2, ge=1, le=8)
-    ingest_queue_messages: int = Field(default=60000, ge=100)
+    # The most messages ingest holds unacknowledged: MQTT 5 Receive Maximum (over MQTT 3.1.1
+    # the broker's max_inflight_messages plays this part).
+    ingest_queue_messages: int = Field(default=10000, ge=100, le=65535)
     metrics_port: int | None = None  # ingest and rules serve Prometheus metrics here
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can scrape it
     # The API (SPEC §8, api/): where `symbiont api` listens and how live streams behave.

@@ -25,6 +25,10 @@ LAG_SECONDS = Gauge(
     "symbiont_ingest_lag_seconds", "Age of the oldest message of the last committed batch"
 )
 PENDING = Gauge("symbiont_ingest_pending_messages", "Messages received, not yet committed")
+HELD = Gauge(
+    "symbiont_ingest_held_messages",
+    "Messages received and not yet acknowledged (waiting or in a batch being written)",
+)
 CONNECTED = Gauge("symbiont_ingest_connected", "1 while connected to the broker")
 
 

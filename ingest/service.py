@@ -123,6 +123,8 @@ class IngestService:
             for i in range(settings.ingest_pipeline)
         ]
         self.stats = {"messages": 0, "readings": 0, "inserted": 0, "rejected": 0, "batches": 0}
+        self.in_batches = 0  # messages taken into batches, not yet acknowledged
+        metrics.HELD.set_function(lambda: len(self.pending) + self.in_batches)
 
     # -- MQTT thread ----------------------------------------------------------------------
 
@@ -196,7 +198,7 @@ class IngestService:
         if self.settings.ingest_mqtt_protocol == "3.1.1":
             # MQTT 3.1.1 costs paho about half as much per message as MQTT 5 (no properties
             # to parse); the broker's max_inflight_messages then bounds what ingest holds
-            # unacknowledged, so configure it (the shipped configs lift it).
+            # unacknowledged (the shipped broker configurations set it to 10000).
             client = mqtt_client(
                 self.target,
                 self.client_id,
@@ -219,7 +221,9 @@ class IngestService:
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 0xFFFFFFFF  # the session (and its queue) never expires
-        props.ReceiveMaximum = 65535  # the in-flight window: bounds what we hold unacked
+        # The in-flight window: the broker sends no more than this many unacknowledged
+        # messages, so a slow database fills the broker's queue, not this process.
+        props.ReceiveMaximum = self.settings.ingest_queue_messages
         client.connect_async(
             self.target.host, self.target.port, keepalive=30, clean_start=False, properties=props
         )
@@ -404,6 +408,7 @@ class IngestService:
                 # trips and a commit, so a trickle is gathered rather than sent at once.
                 while self.pending and free and self._ready(wait, stop):
                     batch = self._take_batch()
+                    self.in_batches += len(batch)
                     writer = free.popleft()
                     inflight.append(
                         (batch, writer, asyncio.create_task(self._write(writer, batch)))
@@ -419,6 +424,7 @@ class IngestService:
                 free.append(writer)
                 result, elapsed = task.result()
                 self._ack(batch)
+                self.in_batches -= len(batch)
                 self._account(batch, result, elapsed)
         finally:
             for _, _, task in inflight:

@@ -8,6 +8,7 @@ the rules engine, NOTIFY, commit. Only then are the messages acknowledged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -144,7 +145,10 @@ class BatchWriter:
         for ts in instants:
             key = (ts.year, ts.month)
             if key not in self._months:
-                await conn.execute("SELECT symbiont_ensure_partition($1)", ts)
+                # Another writer may have created it a moment ago (the function's own check
+                # can miss a creation that committed while it waited for its lock).
+                with contextlib.suppress(asyncpg.DuplicateTableError):
+                    await conn.execute("SELECT symbiont_ensure_partition($1)", ts)
                 self._months.add(key)
 
     def _cutter(self, timezone: str) -> WindowCutter:

@@ -288,7 +288,7 @@ def test_files_formats_and_permissions(tmp_path: Path) -> None:
         "persistence_location /mosquitto/data/",
         "max_queued_messages 0",
         "max_queued_bytes 0",
-        "max_inflight_messages 0",
+        "max_inflight_messages 10000",
         "listener 1883",
     ):
         assert line in conf

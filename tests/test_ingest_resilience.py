@@ -34,10 +34,12 @@ from ingest_helpers import (
     fetch_rejections,
     poll,
     publish_all,
+    scrape_metrics,
     wait_until,
 )
 from services import Mosquitto, PrivatePostgres
 
+from core.broker import free_port
 from core.units import conversion
 from ingest.parse import KEEP_PAYLOAD, MAX_BATCH, Reason
 
@@ -768,3 +770,76 @@ def test_redelivered_messages_are_not_recorded_twice(
     assert total.messages == 2 * n + 1
     assert total.duplicates >= len(expected_readings) - 1  # the redelivered valid readings
     _no_traceback(ingest)
+
+
+# ===================================================== 4. a stalled database, bounded memory
+
+
+def test_a_stalled_database_fills_the_broker_queue_not_ingest(
+    fresh_mosquitto: Mosquitto, database_url: str, ingest_log: Path
+) -> None:
+    """While the database blocks every write, ingest holds at most
+    SYMBIONT_INGEST_QUEUE_MESSAGES unacknowledged messages (MQTT 5 Receive Maximum); the rest
+    wait in the broker, and all of them are stored once the database moves again."""
+    db = database_url
+    apply_network(db, network_document())
+    heat = METER["n-heat"]
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    messages = [(heat.topic, reading(base + timedelta(seconds=i), float(i))) for i in range(1000)]
+    port = free_port()
+    held = "symbiont_ingest_held_messages"
+    env = {"SYMBIONT_INGEST_QUEUE_MESSAGES": "100", "SYMBIONT_METRICS_PORT": str(port)}
+    locked = threading.Event()
+    release = threading.Event()
+
+    def hold_readings_locked() -> None:
+        import asyncio
+
+        import asyncpg
+
+        from core.db import asyncpg_dsn
+
+        async def go() -> None:
+            conn = await asyncpg.connect(asyncpg_dsn(db))
+            try:
+                async with conn.transaction():
+                    await conn.execute("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")
+                    locked.set()
+                    await asyncio.to_thread(release.wait)
+            finally:
+                await conn.close()
+
+        asyncio.run(go())
+
+    locker = threading.Thread(target=hold_readings_locked, daemon=True)
+    with IngestProcess(
+        database_url=db,
+        mqtt_url=fresh_mosquitto.url,
+        client_id="ingest-bounded",
+        log_path=ingest_log,
+        env=env,
+    ) as ingest:
+        ingest.start_subscribed()
+        locker.start()
+        assert locked.wait(10)
+        try:
+            publisher = threading.Thread(
+                target=publish_all, args=(fresh_mosquitto.url, messages), daemon=True
+            )
+            publisher.start()
+            wait_until(lambda: scrape_metrics(port).get(held, 0) >= 100, 30, "100 held")
+            peak = 0.0
+            for _ in range(20):  # two seconds of a blocked database
+                peak = max(peak, scrape_metrics(port)[held])
+                time.sleep(0.1)
+            assert peak == 100
+            committed = fetch(db, "SELECT coalesce(sum(messages), 0) FROM ingest_counts")
+            assert committed[0][0] == 0
+        finally:
+            release.set()
+            locker.join(10)
+        publisher.join(60)
+        wait_until(lambda: counts(db).readings == 1000, 60, "all 1000 readings stored")
+        wait_until(lambda: scrape_metrics(port).get(held) == 0, 10, "nothing held")
+        assert len(fetch_readings(db)) == 1000
+        _no_traceback(ingest)
