@@ -1308,14 +1308,15 @@ def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
         f"Network: 1 partner, {opts.meters} `total` meters in MWh.",
         "",
         "Backlog drain: each consumer's persistent session (shared subscription, QoS 1; MQTT 5 "
-        "with Receive Maximum 65535 unless marked 3.1.1) is created, the backlog is published "
+        "unless marked 3.1.1, with Receive Maximum 65535 for raw paho and ingest's "
+        "SYMBIONT_INGEST_QUEUE_MESSAGES for ingest) is created, the backlog is published "
         "once while all are offline, then each consumer in turn drains its queue alone. Raw "
         "paho (one process, `loop_forever`, `json.loads` in `on_message`, automatic PUBACK): "
         "N / (last message − connect). Ingest (`symbiont ingest`, PUBACK after commit): N / "
         "(max − min `received_at`) of the stored readings, after checking that every reading "
         "was stored and none rejected; wall = process start → last commit (its NOTIFY). CPU "
-        "seconds from /proc: the consumer process over its whole life, the PostgreSQL backend "
-        "of ingest's writer connection, Mosquitto during that drain, and everything else the "
+        "seconds from /proc: the consumer process over its whole life, the PostgreSQL backends "
+        "of ingest's writer connections, Mosquitto during that drain, and everything else the "
         "machine ran meanwhile (PostgreSQL's background writers, this harness, and any other "
         "work on the box: the 2 cores hold 2 CPU seconds per second of wall time). The last "
         "column divides the messages by the consumer's CPU seconds after it connected: about "
