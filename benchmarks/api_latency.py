@@ -1276,6 +1276,8 @@ def _cache_line(ph: HttpPhase) -> str:
     misses = ph.metric_delta("symbiont_api_windows_cache_misses")
     if ph.name != "windows" or hits is None or misses is None:
         return ""
+    if not hits:
+        return f"Window-history cache: every one of the {misses:,.0f} read from the database. "
     return (
         f"Window-history cache: {hits:,.0f} answered from memory, {misses:,.0f} read from the "
         "database (the exchange's windows change with every rules pass). "
