@@ -347,9 +347,15 @@ class IngestService:
                     len(batch),
                     delay,
                 )
-            except asyncpg.PostgresError as exc:
+            except asyncpg.DeadlockDetectedError:
                 # Two batches in flight can deadlock on the same readings (a redelivery
                 # split across them): PostgreSQL aborts one, and it is simply written again.
+                metrics.DB_ERRORS.inc()
+                log.warning(
+                    "batch of %d messages met another in a deadlock; writing it again", len(batch)
+                )
+                delay = 0.0
+            except asyncpg.PostgresError as exc:
                 metrics.DB_ERRORS.inc()
                 log.error(
                     "batch of %d messages failed (%s); retrying in %.1f s", len(batch), exc, delay
@@ -358,7 +364,7 @@ class IngestService:
                 return result, time.perf_counter() - started
             await writer.close()
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(max(delay * 2, 0.2), 5.0)
 
     def _ack(self, batch: list[Message]) -> None:
         client = self._client
