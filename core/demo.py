@@ -153,14 +153,18 @@ def _embedded(settings: Settings) -> Iterator[tuple[str, str]]:
             broker.stop()
 
 
-def _demo_faults(net: Network, now: datetime, days: int) -> list[str]:
+def _demo_faults(net: Network, now: datetime, start: datetime, days: int) -> list[str]:
     """A leak in the past (so history has alerts) and a meter that goes quiet two minutes
-    into the live run (a `meter_stale` alert a few minutes after start)."""
+    into the live run (a `meter_stale` alert a few minutes after start).
+
+    The leak is placed from the history's ``start``, not from now: a demo started again
+    publishes the same history, so the broker and ingest see duplicates, not conflicting
+    readings (a leak on a register meter changes every later reading of it)."""
     exchanges = {e.id for e in net.exchanges}
     meters = {m.id for m in net.meters}
     faults = []
     if "water-forsyning-equinor" in exchanges and days >= 3:
-        at = (now - timedelta(days=min(days, 12))).strftime("%Y-%m-%dT%H:%MZ")
+        at = (start + timedelta(days=min(20, days - 2))).strftime("%Y-%m-%dT%H:%MZ")
         faults.append(f"leak:water-forsyning-equinor:8%@{at}+2d")
     if "novo-steam-in" in meters:
         at = (now + timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%MZ")
@@ -251,9 +255,9 @@ async def _issue_last_month(dsn: str, net: Network, settings: Settings) -> list[
 
 def _history_start(net: Network, now: datetime, days: int | None) -> datetime:
     """The start of the previous calendar month in the network's zone (so that month can be
-    issued), or ``days`` back when given."""
-    if days is not None:
-        return now - timedelta(days=days)
+    issued), or ``days`` back when given (from that day's midnight, UTC)."""
+    if days is not None:  # from a midnight (UTC): the same history for every start that day
+        return (now - timedelta(days=days)).replace(hour=0, minute=0, second=0, microsecond=0)
     local = now.astimezone(net.tz)
     first = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     previous = (first - timedelta(days=1)).replace(day=1)
@@ -294,7 +298,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             now = datetime.now(UTC).replace(second=0, microsecond=0)
             start = _history_start(net, now, args.days)
             days = (now - start).days
-            faults = _demo_faults(net, now, days)
+            faults = _demo_faults(net, now, start, days)
             console.print(
                 f"simulator: {days} days of readings for {len(net.meters)} meters as a "
                 "backfill over MQTT, then live; injected faults:"

@@ -3,15 +3,20 @@ last month issued, then Ctrl-C stops everything it started."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import httpx
 from ingest_helpers import symbiont_command
 from services import free_port
+
+from core.db import asyncpg_dsn
 
 
 def _children(pid: int) -> set[int]:
@@ -40,15 +45,8 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_demo_runs_and_stops_cleanly(database_url: str, tmp_path: Path) -> None:
-    port = free_port()
-    env = {
-        **os.environ,
-        "SYMBIONT_DATABASE_URL": database_url,
-        "SYMBIONT_API_PORT": str(port),
-    }
-    env.pop("SYMBIONT_MQTT_URL", None)  # the demo runs its own broker
-    out = tmp_path / "demo.out"
+def _start(tmp_path: Path, env: dict[str, str], name: str) -> tuple[subprocess.Popen[bytes], Path]:
+    out = tmp_path / name
     with out.open("wb") as sink:
         proc = subprocess.Popen(
             [*symbiont_command(), "demo", "--days", "3"],
@@ -57,14 +55,43 @@ def test_demo_runs_and_stops_cleanly(database_url: str, tmp_path: Path) -> None:
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
+    return proc, out
+
+
+def _wait_caught_up(proc: subprocess.Popen[bytes], out: Path) -> str:
+    deadline = time.monotonic() + 240
+    text = ""
+    while time.monotonic() < deadline and "issued last month" not in text:
+        assert proc.poll() is None, out.read_text()
+        time.sleep(1)
+        text = out.read_text()
+    assert "issued last month" in text, text
+    return text
+
+
+def _rejections(database_url: str) -> int:
+    async def go() -> int:
+        conn = await asyncpg.connect(asyncpg_dsn(database_url))
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM rejections"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def test_demo_runs_and_stops_cleanly(database_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "SYMBIONT_DATABASE_URL": database_url,
+        "SYMBIONT_API_PORT": str(port),
+    }
+    env.pop("SYMBIONT_MQTT_URL", None)  # the demo runs its own broker
+    first_day = datetime.now(UTC).date()
+    proc, out = _start(tmp_path, env, "demo.out")
     try:
-        deadline = time.monotonic() + 240
-        text = ""
-        while time.monotonic() < deadline and "issued last month" not in text:
-            assert proc.poll() is None, out.read_text()
-            time.sleep(1)
-            text = out.read_text()
-        assert "issued last month" in text, text
+        text = _wait_caught_up(proc, out)
         assert f"http://127.0.0.1:{port}/" in text
         tokens = dict(
             line.split(": ", 1)
@@ -89,6 +116,16 @@ def test_demo_runs_and_stops_cleanly(database_url: str, tmp_path: Path) -> None:
         left = [pid for pid in children if _alive(pid)]
         assert not left, f"still running after the demo stopped: {left}"
         assert "demo stopped" in out.read_text()
+        assert _rejections(database_url) == 0
+        # Started again on the same data, in a later minute, it publishes the same history
+        # again: duplicates, which ingest drops silently, and no conflicting readings.
+        time.sleep(61 - time.time() % 60)
+        proc, out = _start(tmp_path, env, "demo-again.out")
+        _wait_caught_up(proc, out)
+        if datetime.now(UTC).date() == first_day:  # a new day starts the history a day later
+            assert _rejections(database_url) == 0
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
