@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -52,9 +53,43 @@ def _embedded_postgres(directory: Path) -> str:
         ) from None
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     directory.mkdir(parents=True, exist_ok=True)
+    prune_server_handles(directory)
     server = pgserver.get_server(directory.resolve(), cleanup_mode="stop")  # type: ignore[attr-defined]
     uri: str = server.get_uri()
     return uri
+
+
+def prune_server_handles(directory: Path) -> list[int]:
+    """Forget the processes pgserver recorded as using the server that no longer exist.
+
+    pgserver stops the server when the last process using it exits, and keeps those processes
+    in ``.handle_pids.json``. A demo that was killed outright never took itself off that list,
+    and every later demo would then leave the server running. Returns the pids kept."""
+    handles = directory / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(pids, list) or not all(isinstance(p, int) for p in pids):
+        return []
+    alive = [p for p in pids if _running(p)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
+    return alive
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the demo as Ctrl-C does, children and server too
 
 
 class Services:
@@ -267,6 +302,7 @@ def _history_start(net: Network, now: datetime, days: int | None) -> datetime:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     network_file: Path = args.network or EXAMPLE
     net = load_network(network_file)
+    signal.signal(signal.SIGTERM, _terminate)
     began = time.monotonic()
     STATE.mkdir(exist_ok=True)
     logs = STATE / "logs"

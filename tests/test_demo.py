@@ -4,6 +4,7 @@ last month issued, then Ctrl-C stops everything it started."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from ingest_helpers import symbiont_command
 from services import free_port
 
 from core.db import asyncpg_dsn
+from core.demo import prune_server_handles
 
 
 def _children(pid: int) -> set[int]:
@@ -130,3 +132,17 @@ def test_demo_runs_and_stops_cleanly(database_url: str, tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_killed_demo_does_not_keep_the_embedded_server_running(tmp_path: Path) -> None:
+    """pgserver stops its server when the last process on its list exits; a demo killed
+    outright stayed on that list for ever, so the next demo is taken off it first."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    handles = tmp_path / ".handle_pids.json"
+    handles.write_text(json.dumps([dead.pid, os.getpid()]))
+    assert prune_server_handles(tmp_path) == [os.getpid()]
+    assert json.loads(handles.read_text()) == [os.getpid()]
+    handles.write_text("not json")
+    assert prune_server_handles(tmp_path) == []
+    assert handles.read_text() == "not json"  # what it cannot read it leaves alone
