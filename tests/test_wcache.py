@@ -143,3 +143,22 @@ def test_query_errors_propagate_and_are_not_cached() -> None:
         assert cache.size == 0
 
     run(go())
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("api_windows_cache_mb", -1, "greater than or equal to 0"),
+        ("ingest_queue_messages", 70000, "less than or equal to 65535"),
+        ("ingest_queue_messages", 10, "greater than or equal to 100"),
+        ("ingest_pipeline", 0, "greater than or equal to 1"),
+    ],
+)
+def test_the_new_settings_refuse_bad_values_by_name(field: str, value: int, problem: str) -> None:
+    from pydantic import ValidationError
+
+    from core.settings import Settings
+
+    with pytest.raises(ValidationError) as err:
+        Settings(**{field: value})
+    assert field in str(err.value) and problem in str(err.value)
