@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv demo test lint fmt bench clean
+.PHONY: venv demo test test-deps lint fmt bench clean
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "symbiont needs Python 3.11+"'
@@ -30,7 +30,10 @@ fmt: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint
+test-deps:
+	@bash scripts/test-deps.sh
+
+test: test-deps lint
 	$(BIN)/pytest
 
 bench: venv
