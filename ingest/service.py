@@ -7,6 +7,12 @@ in the database at once, each on its own connection, and they are acknowledged i
 they were taken. The broker's in-flight window (MQTT 5 Receive Maximum) bounds how many
 unacknowledged messages can be held, so a stalled database makes the broker keep the backlog
 instead of this process's memory.
+
+Only the database's own trouble (unreachable, shutting down, out of connections or disk) holds
+acknowledgements back, retried with backoff; a message the database refuses for its content
+is isolated and rejected by the writer. SIGTERM stops the process within seconds whatever it
+is doing: batches being committed get STOP_GRACE_S to finish and be acknowledged, everything
+else stays unacknowledged with the broker, for the persistent session to deliver again.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
@@ -35,13 +42,37 @@ from core.network import parse_network
 from core.settings import Settings
 from ingest import fastpaho, metrics
 from ingest.parse import NetworkIndex, Parsed, Parser, Reason, Rejection
-from ingest.writer import BatchWriter, Message
+from ingest.writer import BatchResult, BatchWriter, Message
 
 log = logging.getLogger("symbiont.ingest")
+
+T = TypeVar("T")
 
 READINGS_FILTER = "symbiont/readings/#"
 # A batch starts once this many messages wait (or the oldest has waited the batch wait).
 BATCH_MIN_MESSAGES = 200
+# On SIGTERM, how long batches already in the database may take to commit and be acknowledged.
+STOP_GRACE_S = 3.0
+
+# The database is not there, or cannot take work now: wait and try again.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # TimeoutError included
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.InsufficientResourcesError,  # too many connections, disk or memory full
+    # A query started on a connection that has just received the server's FATAL "terminating
+    # connection" message (PostgreSQL shutting down): asyncpg reports "cannot switch to state
+    # …; another operation … is in progress".
+    asyncpg.InternalClientError,
+)
+# Two batches in flight can deadlock on the same readings (a redelivery split across them):
+# PostgreSQL aborts one, and it is simply written again at once.
+RETRY_AT_ONCE: tuple[type[BaseException], ...] = (
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+)
 
 
 @dataclass(frozen=True)
@@ -291,13 +322,9 @@ class IngestService:
             future_tolerance_s=s.future_tolerance_s,
         )
 
-    def _ready(self, wait: float, stop: asyncio.Event) -> bool:
+    def _ready(self, wait: float) -> bool:
         pending = self.pending
-        return (
-            len(pending) >= BATCH_MIN_MESSAGES
-            or stop.is_set()
-            or time.time() - pending[0].received >= wait
-        )
+        return len(pending) >= BATCH_MIN_MESSAGES or time.time() - pending[0].received >= wait
 
     def _until_ready(self, wait: float) -> float:
         """Seconds until the oldest waiting message has waited ``wait`` (at least 1 ms)."""
@@ -318,27 +345,25 @@ class IngestService:
             size += len(msg.parsed.readings) + 1
         return batch
 
-    async def _write(self, writer: BatchWriter, batch: list[Message]) -> tuple[Any, float]:
-        """Commit ``batch`` through ``writer``, retrying until the database takes it."""
+    async def _write(
+        self, writer: BatchWriter, batch: list[Message], stop: asyncio.Event | None = None
+    ) -> tuple[BatchResult, float] | None:
+        """Commit ``batch`` through ``writer``, retrying while the database itself fails (the
+        writer isolates messages it refuses). None when ``stop`` is set and the batch is not
+        committed: it stays unacknowledged, with the broker."""
+        stop = stop or asyncio.Event()
         delay = 0.2
         assert self.parser is not None
         while True:
             started = time.perf_counter()
             try:
                 result = await writer.write(batch, self.parser.index)
-            except (
-                OSError,
-                asyncpg.PostgresConnectionError,
-                asyncpg.InterfaceError,
-                asyncpg.CannotConnectNowError,
-                TimeoutError,
-                asyncpg.exceptions.AdminShutdownError,
-                # A query started on a connection that has just received the server's FATAL
-                # "terminating connection" message (PostgreSQL shutting down): asyncpg
-                # reports "cannot switch to state …; another operation … is in progress".
-                asyncpg.InternalClientError,
-            ) as exc:
-                metrics.DB_ERRORS.inc()
+            except RETRY_AT_ONCE as exc:
+                log.warning(
+                    "batch of %d messages met another (%s); writing it again", len(batch), exc
+                )
+                delay = 0.0
+            except UNAVAILABLE as exc:
                 log.warning(
                     "database unavailable (%s: %s); holding %d messages unacknowledged, "
                     "retrying in %.1f s",
@@ -347,23 +372,34 @@ class IngestService:
                     len(batch),
                     delay,
                 )
-            except asyncpg.DeadlockDetectedError:
-                # Two batches in flight can deadlock on the same readings (a redelivery
-                # split across them): PostgreSQL aborts one, and it is simply written again.
-                metrics.DB_ERRORS.inc()
-                log.warning(
-                    "batch of %d messages met another in a deadlock; writing it again", len(batch)
-                )
-                delay = 0.0
             except asyncpg.PostgresError as exc:
-                metrics.DB_ERRORS.inc()
                 log.error(
-                    "batch of %d messages failed (%s); retrying in %.1f s", len(batch), exc, delay
+                    "batch of %d messages failed (%s: %s); holding them unacknowledged, "
+                    "retrying in %.1f s",
+                    len(batch),
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+            except Exception:
+                log.exception(
+                    "batch of %d messages failed; holding them unacknowledged, retrying in %.1f s",
+                    len(batch),
+                    delay,
                 )
             else:
                 return result, time.perf_counter() - started
+            metrics.DB_ERRORS.inc()
+            # Part of the batch may be committed already (the halves of a split batch commit
+            # on their own; a commit whose answer was lost looks like a failure): written
+            # again as a redelivery, none of its rejections is recorded twice.
+            for msg in batch:
+                msg.dup = True
             await writer.close()
-            await asyncio.sleep(delay)
+            if not stop.is_set():
+                await _sleep_or_stop(stop, delay)
+            if stop.is_set():
+                return None
             delay = min(max(delay * 2, 0.2), 5.0)
 
     def _ack(self, batch: list[Message]) -> None:
@@ -395,7 +431,7 @@ class IngestService:
         s["batches"] += 1
 
     async def run(self, stop: asyncio.Event) -> None:
-        index = await self._wait_for_network(stop)
+        index = await _unless_stopped(stop, self._wait_for_network(stop))
         if index is None:
             return
         self.parser = self._parser(index)
@@ -405,39 +441,56 @@ class IngestService:
         reporter = asyncio.create_task(self._report(stop))
         wait = self.settings.ingest_batch_wait_ms / 1000.0
         free = deque(self.writers)
-        inflight: deque[tuple[list[Message], BatchWriter, asyncio.Task[tuple[Any, float]]]]
+        inflight: deque[
+            tuple[list[Message], BatchWriter, asyncio.Task[tuple[BatchResult, float] | None]]
+        ]
         inflight = deque()
+        deadline: float | None = None  # once stopping: when batches still in flight are let go
         try:
-            while not stop.is_set() or self.pending or inflight:
-                # A batch goes out once BATCH_MIN_MESSAGES wait, or the oldest has waited
-                # SYMBIONT_INGEST_BATCH_WAIT_MS: every batch costs a few database round
-                # trips and a commit, so a trickle is gathered rather than sent at once.
-                while self.pending and free and self._ready(wait, stop):
-                    batch = self._take_batch()
-                    self.in_batches += len(batch)
-                    writer = free.popleft()
-                    inflight.append(
-                        (batch, writer, asyncio.create_task(self._write(writer, batch)))
-                    )
-                if not inflight:
-                    await asyncio.sleep(self._until_ready(wait))
-                    continue
+            while True:
+                if stop.is_set():
+                    # Nothing new goes out; what is in the database gets STOP_GRACE_S to
+                    # commit and be acknowledged. The rest stays with the broker.
+                    if deadline is None:
+                        deadline = time.monotonic() + STOP_GRACE_S
+                    if not inflight:
+                        break
+                else:
+                    # A batch goes out once BATCH_MIN_MESSAGES wait, or the oldest has waited
+                    # SYMBIONT_INGEST_BATCH_WAIT_MS: every batch costs a few database round
+                    # trips and a commit, so a trickle is gathered rather than sent at once.
+                    while self.pending and free and self._ready(wait):
+                        batch = self._take_batch()
+                        self.in_batches += len(batch)
+                        writer = free.popleft()
+                        task = asyncio.create_task(self._write(writer, batch, stop))
+                        inflight.append((batch, writer, task))
+                    if not inflight:
+                        await _sleep_or_stop(stop, self._until_ready(wait))
+                        continue
                 batch, writer, task = inflight[0]
                 if not task.done():
-                    await asyncio.wait({task}, timeout=wait)
+                    timeout = wait if deadline is None else deadline - time.monotonic()
+                    if timeout <= 0:
+                        break
+                    await asyncio.wait({task}, timeout=max(timeout, 0.001))
                     continue
                 inflight.popleft()
                 free.append(writer)
-                result, elapsed = task.result()
+                outcome = task.result()
+                if outcome is None:
+                    # Stopped before it committed: acknowledging a later batch would ack
+                    # out of order, so it and everything after it stay with the broker.
+                    break
+                result, elapsed = outcome
                 self._ack(batch)
                 self.in_batches -= len(batch)
                 self._account(batch, result, elapsed)
         finally:
-            for _, _, task in inflight:
-                task.cancel()
+            self._stopping = True
+            await self._abandon([task for _, _, task in inflight])
             watcher.cancel()
             reporter.cancel()
-            self._stopping = True
             self._client.disconnect()
             self._client.loop_stop()
             for writer in self.writers:
@@ -447,6 +500,21 @@ class IngestService:
                 "%(rejected)d rejected",
                 self.stats,
             )
+
+    async def _abandon(self, tasks: list[asyncio.Task[Any]]) -> None:
+        """Cancel batches still being written; their messages stay unacknowledged."""
+        if not tasks:
+            return
+        for task in tasks:
+            task.cancel()
+        _, hung = await asyncio.wait(tasks, timeout=1.0)
+        if hung:  # a rollback waiting on a server that does not answer: cut the connections
+            for writer in self.writers:
+                writer.terminate()
+            await asyncio.wait(hung, timeout=1.0)
+        for task in tasks:
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: a failure of an abandoned batch is no news
 
     async def _report(self, stop: asyncio.Event) -> None:
         last = dict(self.stats)
@@ -467,6 +535,22 @@ class IngestService:
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def _unless_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, T]) -> T | None:
+    """``work``'s result, or None as soon as ``stop`` is set (``work`` is cancelled then)."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
 
 
 def run(settings: Settings, *, client_id: str | None = None) -> int:

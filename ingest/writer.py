@@ -4,12 +4,20 @@ Per batch: COPY the readings into a temporary table, one INSERT … ON CONFLICT 
 into the partitioned ``readings``, classify what did not insert as duplicate or conflict,
 record rejections, bump per-partner counts, mark touched (meter, window) pairs dirty for
 the rules engine, NOTIFY, commit. Only then are the messages acknowledged.
+
+One bad message never stops the others: when the database refuses a batch because of what a
+message holds (bad data, a broken constraint, a value that does not encode), the batch is
+split in halves, each its own transaction, until the message at fault is alone; that message
+is stored as one ``invalid_format`` rejection naming the database's complaint, and every
+other message as usual. Only a failure of the database itself raises. Text taken from a
+message (topic, detail, partner and meter ids) is made safe before it reaches a rejection row.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import math
 from bisect import bisect_right
@@ -22,6 +30,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from core.text import safe_text
 from core.windows import WindowCutter, next_month
 from ingest.parse import KEEP_PAYLOAD, NetworkIndex, Parsed, Reading, Reason, Rejection
 
@@ -78,6 +87,43 @@ ON CONFLICT (partner_id, hour) DO UPDATE SET
     rejected = c.rejected + excluded.rejected
 """
 
+# Failures a message's own content causes, as opposed to the database's trouble: data the
+# database refuses (class 22: bad values, NUL, characters the encoding lacks), a broken
+# constraint (class 23: the duplicates the writer expects never get this far), one key twice
+# in one statement (class 21), a value over a limit such as an index row's size (class 54),
+# and a value that does not encode for COPY (UnicodeEncodeError and other ValueErrors,
+# OverflowError). asyncpg's own configuration errors are ValueErrors too, and are not these.
+CONTENT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.CardinalityViolationError,
+    asyncpg.ProgramLimitExceededError,
+    ValueError,
+    OverflowError,
+)
+
+ID_LIMIT = 256  # partner and meter ids in rejection rows and counts (ids are short; names aren't)
+TOPIC_LIMIT = 1024
+DETAIL_LIMIT = 2000
+CLOSE_TIMEOUT_S = 2.0
+
+
+def content_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` is the fault of what a batch holds, not of the database or the network."""
+    return isinstance(exc, CONTENT_ERRORS) and not isinstance(exc, asyncpg.InterfaceError)
+
+
+def complaint(exc: BaseException) -> str:
+    """The database's (or the encoder's) complaint about a row, readable and safe to store."""
+    if isinstance(exc, asyncpg.PostgresError):
+        text = str(exc) or type(exc).__name__
+        code = getattr(exc, "sqlstate", None)
+        text = f"{text} (SQLSTATE {code})" if code else text
+    else:
+        text = f"it does not encode for the database: {exc}"
+    return safe_text(text, 500)
+
+
 _REJECT_COLUMNS = ("received_at", "topic", "partner_id", "meter_id", "reason", "detail", "payload")
 
 # A redelivered message (MQTT DUP flag) whose rejection was already committed before the
@@ -108,9 +154,75 @@ class BatchResult:
     duplicates: int = 0
     rejections: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
+    def add(self, other: BatchResult) -> None:
+        self.messages += other.messages
+        self.readings += other.readings
+        self.inserted += other.inserted
+        self.duplicates += other.duplicates
+        for reason, n in other.rejections.items():
+            self.rejections[reason] = self.rejections.get(reason, 0) + n
+
 
 def _sha(topic: str, payload: bytes | None) -> bytes:
     return hashlib.sha256(topic.encode() + b"\0" + (payload or b"")).digest()
+
+
+def _safe_id(text: str | None) -> str | None:
+    return None if text is None else safe_text(text, ID_LIMIT)
+
+
+def _evidence(parsed: Parsed) -> bytes | None:
+    """What to keep as the payload of a message the database refused: the payload its
+    rejections carry, or else its readings as JSON (the same bytes every time the message
+    comes, so a redelivery is recognised)."""
+    for rej in parsed.rejections:
+        if rej.payload:
+            return rej.payload
+    if not parsed.readings:
+        return None
+    doc = [{"meter": m, "ts": ts.isoformat(), "value": v} for m, ts, v in parsed.readings[:2000]]
+    return json.dumps(doc).encode()[:KEEP_PAYLOAD]  # ASCII: NUL and surrogates escaped
+
+
+def _refused(msg: Message, why: str) -> Message:
+    """``msg`` as one rejection: the database refused it, and says why."""
+    parsed = msg.parsed
+    rejection = Rejection(
+        Reason.invalid_format,
+        f"the database refused this message: {why}",
+        parsed.partner,
+        None,
+        _evidence(parsed),
+    )
+    return Message(
+        Parsed(parsed.topic, parsed.partner, [], [rejection]),
+        msg.received,
+        msg.mid,
+        msg.qos,
+        msg.generation,
+        msg.dup,
+    )
+
+
+def _minimal(msg: Message) -> Message:
+    """The least that can be kept of a refused message whose rejection was refused too: its
+    topic in ASCII, the reason and a fixed detail."""
+    topic = safe_text(msg.parsed.topic, TOPIC_LIMIT).encode("ascii", "backslashreplace")
+    rejection = Rejection(
+        Reason.invalid_format,
+        "the database refused this message and the description of it",
+        None,
+        None,
+        None,
+    )
+    return Message(
+        Parsed(topic.decode("ascii"), None, [], [rejection]),
+        msg.received,
+        msg.mid,
+        msg.qos,
+        msg.generation,
+        msg.dup,
+    )
 
 
 class BatchWriter:
@@ -136,9 +248,18 @@ class BatchWriter:
         return self.conn
 
     async def close(self) -> None:
-        if self.conn is not None and not self.conn.is_closed():
-            await self.conn.close()
-        self.conn = None
+        """Close the connection, within CLOSE_TIMEOUT_S (aborted if the server does not answer)."""
+        conn, self.conn = self.conn, None
+        if conn is not None and not conn.is_closed():
+            # close() aborts the connection itself when it cannot close it gracefully.
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=CLOSE_TIMEOUT_S)
+
+    def terminate(self) -> None:
+        """Drop the connection at once (a query in progress on it fails)."""
+        conn, self.conn = self.conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()
 
     async def ensure_partitions(self, instants: Iterable[datetime]) -> None:
         conn = await self.connect()
@@ -158,7 +279,64 @@ class BatchWriter:
         return cutter
 
     async def write(self, batch: Sequence[Message], index: NetworkIndex) -> BatchResult:
-        """Commit the batch; raises on database errors (nothing is committed then)."""
+        """Commit the batch, isolating any message the database refuses for its content (it
+        becomes one ``invalid_format`` rejection). Raises when the database itself fails;
+        part of a split batch may be committed then, and writing the batch again is safe:
+        readings come back as duplicates, and the rejections of messages marked ``dup`` are
+        not recorded twice."""
+        try:
+            return await self._commit(batch, index)
+        except Exception as exc:
+            if not content_fault(exc):
+                raise
+            log.warning(
+                "the database refused a batch of %d messages (%s); isolating the message at fault",
+                len(batch),
+                complaint(exc),
+            )
+            return await self._isolate(batch, index, exc)
+
+    async def _isolate(
+        self, batch: Sequence[Message], index: NetworkIndex, exc: BaseException
+    ) -> BatchResult:
+        """``batch`` failed for its content: write each half in its own transaction, and split
+        again what fails, until the message at fault is alone and can be refused."""
+        if len(batch) == 1:
+            return await self._refuse(batch[0], index, exc)
+        result = BatchResult()
+        middle = len(batch) // 2
+        for part in (batch[:middle], batch[middle:]):
+            try:
+                done = await self._commit(part, index)
+            except Exception as fault:
+                if not content_fault(fault):
+                    raise
+                done = await self._isolate(part, index, fault)
+            result.add(done)
+        return result
+
+    async def _refuse(self, msg: Message, index: NetworkIndex, exc: BaseException) -> BatchResult:
+        """Store ``msg``, which the database refused alone, as one rejection instead."""
+        why = complaint(exc)
+        log.warning(
+            "message on %s refused by the database (%s); rejected as %s",
+            safe_text(msg.parsed.topic, 200),
+            why,
+            Reason.invalid_format.value,
+        )
+        try:
+            return await self._commit([_refused(msg, why)], index)
+        except Exception as again:
+            if not content_fault(again):
+                raise
+            log.error(
+                "the rejection of a refused message was refused too (%s); keeping less of it",
+                complaint(again),
+            )
+            return await self._commit([_minimal(msg)], index)
+
+    async def _commit(self, batch: Sequence[Message], index: NetworkIndex) -> BatchResult:
+        """Commit the batch in one transaction; raises if it fails (nothing is committed)."""
         result = BatchResult(messages=len(batch))
         rejections: list[tuple[Message, Rejection]] = []
         # The readings of the whole batch, as parsed: (meter, ts, value) tuples, which COPY
@@ -313,28 +491,31 @@ class BatchWriter:
         self, conn: asyncpg.Connection, rejections: list[tuple[Message, Rejection]]
     ) -> None:
         now = datetime.now(UTC)
-        redelivered = {_sha(m.parsed.topic, r.payload): (m, r) for m, r in rejections if m.dup}
-        skip: set[bytes] = set()
-        if redelivered:
-            rows = await conn.fetch(_REJECTED_BEFORE, list(redelivered))
-            skip = {bytes(row[0]) for row in rows}
-        rows_out = []
+        # Whatever a message held, its rejection row is text the database takes.
+        rows = []
+        redelivered = []
         for msg, rej in rejections:
-            sha = _sha(msg.parsed.topic, rej.payload)
-            if sha in skip:
-                continue
-            rows_out.append(
+            topic = safe_text(msg.parsed.topic, TOPIC_LIMIT)
+            sha = _sha(topic, rej.payload)
+            if msg.dup:
+                redelivered.append(sha)
+            rows.append(
                 (
                     now,
-                    msg.parsed.topic[:1024],
-                    rej.partner,
-                    rej.meter,
+                    topic,
+                    _safe_id(rej.partner),
+                    _safe_id(rej.meter),
                     rej.reason.value,
-                    rej.detail[:2000],
+                    safe_text(rej.detail, DETAIL_LIMIT),
                     rej.payload,
                     sha,
                 )
             )
+        rows_out = rows
+        if redelivered:
+            before = await conn.fetch(_REJECTED_BEFORE, redelivered)
+            skip = {bytes(row[0]) for row in before}
+            rows_out = [row for row in rows if row[-1] not in skip]
         if rows_out:
             await conn.copy_records_to_table(
                 "rejections", records=rows_out, columns=[*_REJECT_COLUMNS, "payload_sha"]
@@ -360,6 +541,13 @@ class BatchWriter:
         if counts and result.duplicates:
             # Attribute duplicates to the batch's first partner-hour: counts, not billing.
             next(iter(counts.values()))[2] += result.duplicates
+        # A partner id from a topic is stored safe; ids that become the same add up.
+        safe: dict[tuple[str, datetime], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        for (partner, hour), row in counts.items():
+            total = safe[(safe_text(partner, ID_LIMIT), hour)]
+            for i, n in enumerate(row):
+                total[i] += n
+        counts = safe
         keys = sorted(counts)
         await conn.execute(
             _COUNTS,
