@@ -108,4 +108,5 @@ def allow(*roles: Role) -> Callable[..., Awaitable[Caller]]:
 
 
 def not_found(what: str, ident: str) -> HTTPException:
-    return HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no {what} '{ident}'")
+    # ``ident`` comes from the request: escaped, so the answer always encodes.
+    return HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no {what} '{safe_text(ident, 200)}'")
