@@ -14,6 +14,7 @@ from api.scope import Scope
 from api.state import AppState
 from api.tokens import Principal, Role, verify_token
 from core.network import Network
+from core.text import safe_text
 
 log = logging.getLogger("symbiont.api.auth")
 
@@ -31,11 +32,18 @@ State = Annotated[AppState, Depends(get_state)]
 
 
 def _unauthorized(request: Request, reason: str) -> HTTPException:
-    # The token itself is never logged, not even in part.
+    # The token itself is never logged, not even in part.  The path is the caller's text:
+    # quoted (repr) in the line and cut, so it can neither forge a line nor flood the log.
     client = request.client.host if request.client else "-"
+    path = safe_text(request.scope.get("path", ""), 300)
     metrics.AUTH_FAILURES.inc()
     log.warning(
-        "authentication failed: %s", reason, extra={"path": request.url.path, "client": client}
+        "authentication failed: %s (%s %r from %s)",
+        reason,
+        request.method,
+        path,
+        client,
+        extra={"method": request.method, "path": path, "client": client},
     )
     return HTTPException(
         status.HTTP_401_UNAUTHORIZED,
@@ -100,4 +108,5 @@ def allow(*roles: Role) -> Callable[..., Awaitable[Caller]]:
 
 
 def not_found(what: str, ident: str) -> HTTPException:
-    return HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no {what} '{ident}'")
+    # ``ident`` comes from the request: escaped, so the answer always encodes.
+    return HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no {what} '{safe_text(ident, 200)}'")

@@ -6,12 +6,15 @@ whether pydantic or a check here found the problem, so clients parse one format.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import Query
 from fastapi.exceptions import RequestValidationError
+
+from core.text import safe_text
 
 MAX_SPAN = timedelta(days=800)
 
@@ -69,12 +72,30 @@ def since(value: datetime | None) -> datetime | None:
     return _aware(value, "since")
 
 
+# Digits are ASCII digits: ``str.isdigit``, ``int()`` and ``\d`` also take other scripts'
+# digits ("２０２６"), which no client means and no cursor or month this API gives holds.
+_CURSOR = re.compile(r"[0-9]{1,18}", re.ASCII)
+_MONTH = re.compile(r"[0-9]{4}-[0-9]{2}", re.ASCII)
+
+
 def int_cursor(cursor: str | None) -> int | None:
     if cursor is None:
         return None
-    if not cursor.isdigit() or len(cursor) > 18:
+    if _CURSOR.fullmatch(cursor) is None:
         raise invalid("query", "cursor", "'cursor' is not a cursor this API gave")
     return int(cursor)
+
+
+def month(text: str, where: str = "path", name: str = "month") -> tuple[int, int]:
+    """``YYYY-MM`` in ASCII digits, 2000-01 to 2999-12 → (year, month); else a 422."""
+    if _MONTH.fullmatch(text) is None:
+        raise invalid(where, name, f"bad month {safe_text(text, 40)!r} (use YYYY-MM, e.g. 2026-10)")
+    year, mon = int(text[:4]), int(text[5:])
+    if not 1 <= mon <= 12:
+        raise invalid(where, name, f"bad month {text!r}: no month {mon}")
+    if not 2000 <= year <= 2999:
+        raise invalid(where, name, f"month {text!r} is out of range (2000-01 to 2999-12)")
+    return year, mon
 
 
 def ts_cursor(cursor: str | None) -> datetime | None:

@@ -3,7 +3,8 @@
 A partner sees its own meters, the exchanges it provides or receives (and therefore the
 windows computed from both ends of them), the balances made only of meters it sees, its own
 statements and rejections, and alerts about any of these or about itself.  Anything else is
-answered as if it did not exist (404), so a partner cannot even learn what others have.
+answered as if it did not exist (404), so a partner cannot even learn what others have; in a
+rejection, another partner's meter it named is an unknown one.
 """
 
 from __future__ import annotations
@@ -63,8 +64,24 @@ class Scope:
             "details": self.redact(alert["details"]),
         }
 
+    def rejection(self, reason: str, detail: str, meter: str | None) -> tuple[str, str, str | None]:
+        """(reason, detail, meter) of a rejection as this caller may see them.
+
+        A meter of another partner named under this partner's topic is stored as
+        ``wrong_partner`` with its owner in the detail; a partner is shown it exactly as a
+        meter that does not exist (``unknown_meter``, no meter, the same detail the parser
+        gives one), so it cannot tell whether the meter exists, nor whose it is."""
+        if self.everything or reason != WRONG_PARTNER:
+            return reason, detail, meter
+        where = _WHERE.match(detail)
+        prefix = where.group() if where else ""
+        return UNKNOWN_METER, f"{prefix}unknown meter '{meter or ''}'", None
+
 
 REDACTED = "(not shared)"
+WRONG_PARTNER, UNKNOWN_METER = "wrong_partner", "unknown_meter"
+# Where in a batch or SenML pack the rejected reading was: "readings[3]: ", "records[0]: ".
+_WHERE = re.compile(r"(?:readings|records)\[[0-9]+\]: ", re.ASCII)
 
 
 @lru_cache(maxsize=256)

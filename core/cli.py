@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -265,6 +266,26 @@ def _token_revoke(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+_BIGINT_MAX = 2**63 - 1  # ids are PostgreSQL bigints
+
+
+def _token_id(text: str) -> int:
+    """A token id as the command line gives it: ASCII digits, 1 to the largest bigint."""
+    if re.fullmatch(r"[0-9]{1,19}", text, re.ASCII) is None or not 1 <= int(text) <= _BIGINT_MAX:
+        raise argparse.ArgumentTypeError(
+            f"a token id is a whole number from 1 to {_BIGINT_MAX} (ASCII digits), not {text!r}"
+        )
+    return int(text)
+
+
+def _month_arg(text: str) -> str:
+    """``YYYY-MM`` in ASCII digits (``int()`` alone would take "２０２６-11" or "2026-+1")."""
+    match = re.fullmatch(r"([0-9]{4})-([0-9]{2})", text, re.ASCII)
+    if match is None or not 1 <= int(match.group(2)) <= 12:
+        raise argparse.ArgumentTypeError(f"bad month {text!r} (use YYYY-MM, e.g. 2026-10)")
+    return text
+
+
 def _token_list(args: argparse.Namespace, settings: Settings) -> int:
     from core.db import connect
 
@@ -361,11 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="statements", required=True
     )
     issue = statements.add_parser("issue", help="issue every partner's statement for a month")
-    issue.add_argument("month", help="YYYY-MM, in the network's time zone")
+    issue.add_argument("month", type=_month_arg, help="YYYY-MM, in the network's time zone")
     issue.set_defaults(handler=_statements_issue)
     show = statements.add_parser("show", help="a partner's statement (issued, else the draft)")
     show.add_argument("partner")
-    show.add_argument("month", help="YYYY-MM")
+    show.add_argument("month", type=_month_arg, help="YYYY-MM")
     show.add_argument("--format", choices=("json", "csv", "pdf"), default="json")
     show.add_argument("--output", "-o", default=None, help="write to this file")
     show.set_defaults(handler=_statements_show)
@@ -384,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", default=None, help="a note on who or what uses it")
     create.set_defaults(handler=_token_create)
     revoke = token.add_parser("revoke", help="revoke a token by its id")
-    revoke.add_argument("id", type=int)
+    revoke.add_argument("id", type=_token_id)
     revoke.set_defaults(handler=_token_revoke)
     token.add_parser("list", help="list tokens (never their secrets)").set_defaults(
         handler=_token_list

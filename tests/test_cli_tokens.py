@@ -6,7 +6,10 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from ingest_helpers import symbiont_command
+
+from core.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,3 +65,48 @@ def test_prune_needs_a_retention_and_refuses_a_short_one(database_url: str) -> N
     assert short.returncode == 2 and "RETENTION_DAYS" in short.stderr
     ok = symbiont(database_url, "db", "prune", SYMBIONT_READINGS_RETENTION_DAYS="500")
     assert ok.returncode == 0 and "dropped 0 reading partitions" in ok.stdout, ok.stderr
+
+
+def test_a_token_id_too_large_for_the_database_is_refused_clearly(database_url: str) -> None:
+    refused = symbiont(database_url, "token", "revoke", "999999999999999999999")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert "a token id is a whole number from 1 to 9223372036854775807" in refused.stderr
+    largest = symbiont(database_url, "token", "revoke", "9223372036854775807")
+    assert largest.returncode == 1 and "no active token with id" in largest.stderr
+    assert "Traceback" not in largest.stderr
+    month = symbiont(database_url, "statements", "issue", "２０２６-11")
+    assert month.returncode == 2 and "bad month '２０２６-11'" in month.stderr, month.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        *(
+            ["token", "revoke", bad]
+            for bad in ("9223372036854775808", "１２", "٣", "0", "-1", "1_000", "+5", " 7")
+        ),
+        *(
+            command
+            for bad in (
+                "２０２６-11",
+                "2026-１１",
+                "2026-+1",
+                "2026- 1",
+                "2026-13",
+                "26-11",
+                "2026-11\n",
+            )
+            for command in (["statements", "issue", bad], ["statements", "show", "novo", bad])
+        ),
+    ],
+    ids=" ".join,
+)
+def test_ids_and_months_are_ascii_digits_in_range(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused by the command line itself (exit 2, the rule named), before any database."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert ("a token id is a whole number" in err) or ("bad month" in err), err

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query
 
 from api.deps import ALL_ROLES, Caller, State, allow, not_found
-from api.params import Cursor, Limit, int_cursor, since
+from api.params import Cursor, Limit, int_cursor, invalid, since
 from api.schemas import AlertOut, AlertPage, Problem
 from api.tokens import Role
 from rules import lifecycle, notify
@@ -36,6 +36,8 @@ async def alerts(
 ) -> dict[str, Any]:
     """Alerts, newest first; a partner sees those about its exchanges, meters and itself."""
     scope = caller.scope
+    if rule is not None and "\x00" in rule:  # PostgreSQL text cannot hold NUL: no rule has one
+        raise invalid("query", "rule", "'rule' holds a NUL character")
     subjects = None if scope.everything else list(scope.subjects())
     rows = await state.pool.fetch(
         "SELECT * FROM alerts WHERE ($1::text IS NULL OR status = $1)"

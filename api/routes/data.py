@@ -21,6 +21,7 @@ from api.schemas import (
     RejectionPage,
     WindowList,
 )
+from api.scope import Scope
 from core.network import CANONICAL_UNIT, Kind
 from core.units import canonical_unit
 
@@ -267,7 +268,8 @@ async def rejections(
     cursor: Cursor = None,
 ) -> dict[str, Any]:
     """Rejected messages, newest first, with the reason and the start of the payload.  A
-    partner sees only its own (and asking for another partner's gets 404)."""
+    partner sees only its own (and asking for another partner's gets 404), and a meter of
+    another partner it named as `unknown_meter`, exactly as one that does not exist."""
     scope = caller.scope
     if partner is not None and partner not in scope.partners:
         raise not_found("partner", partner)
@@ -289,20 +291,23 @@ async def rejections(
     more = len(rows) > limit
     rows = rows[:limit]
     return {
-        "items": [
-            {
-                "id": r["id"],
-                "received_at": r["received_at"],
-                "topic": r["topic"],
-                "partner": r["partner_id"],
-                "meter": r["meter_id"],
-                "reason": r["reason"],
-                "detail": r["detail"],
-                "payload": bytes(r["payload"]).decode("utf-8", "replace")
-                if r["payload"] is not None
-                else None,
-            }
-            for r in rows
-        ],
+        "items": [_rejection(scope, r) for r in rows],
         "next_cursor": str(rows[-1]["id"]) if more else None,
+    }
+
+
+def _rejection(scope: Scope, r: Any) -> dict[str, Any]:
+    # A partner sees another partner's meter named under its topic as an unknown one.
+    reason, detail, meter = scope.rejection(r["reason"], r["detail"], r["meter_id"])
+    return {
+        "id": r["id"],
+        "received_at": r["received_at"],
+        "topic": r["topic"],
+        "partner": r["partner_id"],
+        "meter": meter,
+        "reason": reason,
+        "detail": detail,
+        "payload": bytes(r["payload"]).decode("utf-8", "replace")
+        if r["payload"] is not None
+        else None,
     }

@@ -8,14 +8,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.responses import JSONResponse, Response
 
+from api import params
 from api.deps import READERS, Caller, State, allow, not_found
-from api.params import invalid
 from api.schemas import IssueResult, Problem, StatementList
 from api.tokens import Role
 from core.windows import month_bounds
 from rules import render
 from rules.issue import document_for, issue_month, render_pdf_for
-from rules.statements import month_label, parse_month
+from rules.statements import month_label
 
 router = APIRouter(
     prefix="/api/v1",
@@ -27,13 +27,7 @@ Reader = Annotated[Caller, Depends(allow(*READERS))]
 
 
 def _month(text: str) -> tuple[int, int]:
-    try:
-        year, month = parse_month(text)
-    except ValueError as exc:
-        raise invalid("path", "month", str(exc)) from None
-    if not 2000 <= year <= 2999:
-        raise invalid("path", "month", f"month {text!r} is out of range (2000-01 to 2999-12)")
-    return year, month
+    return params.month(text)  # ASCII digits only: int() would take "２０２６-11"
 
 
 def _own(caller: Caller, partner: str) -> None:
