@@ -153,8 +153,11 @@ class BatchResult:
     inserted: int = 0
     duplicates: int = 0
     rejections: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # every rejection committed: the parser's, conflicts, and messages the database refused
+    recorded: list[Rejection] = field(default_factory=list)
 
     def add(self, other: BatchResult) -> None:
+        self.recorded.extend(other.recorded)
         self.messages += other.messages
         self.readings += other.readings
         self.inserted += other.inserted
@@ -402,6 +405,7 @@ class BatchWriter:
             await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(result.inserted))
         for _, rej in rejections:
             result.rejections[rej.reason.value] += 1
+            result.recorded.append(rej)
         return result
 
     @staticmethod

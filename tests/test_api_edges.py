@@ -827,3 +827,29 @@ def test_a_database_outage_is_a_503_not_a_rejection(
         assert again.status_code == 503, again.text
         time.sleep(0.25)
     assert again.status_code == 200, again.text
+
+
+REFUSED = 4242.25  # the CHECK constraint of the test below refuses readings of this value
+
+
+def test_a_message_the_database_refuses_is_answered_with_its_recorded_rejection(
+    api_system: ApiSystem,
+) -> None:
+    """A message PostgreSQL itself refuses (here a CHECK constraint the test adds) is
+    isolated by the writer and answered as what was recorded: a 422 naming the refusal,
+    not a 200 with nothing stored and no reason."""
+    clock = Clock()
+    db(api_system, f"ALTER TABLE readings ADD CONSTRAINT refused CHECK (value <> {REFUSED})")
+    try:
+        t1 = clock.next()
+        before = last_rejection(api_system)
+        answer = post(api_system, METER, js({"ts": t1.isoformat(), "value": REFUSED}))
+        assert answer.status == 422 and answer.reasons == ["invalid_format"], answer
+        assert "database refused" in answer.messages[0], answer
+        check_recorded(api_system, before, answer, PARTNER)
+        assert not stored_readings(api_system, [(METER, t1)])
+    finally:
+        db(api_system, "ALTER TABLE readings DROP CONSTRAINT refused")
+    t2 = clock.next()
+    assert post(api_system, METER, js({"ts": t2.isoformat(), "value": 1.5})).status == 200
+    assert stored_readings(api_system, [(METER, t2)])

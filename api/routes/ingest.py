@@ -172,14 +172,13 @@ async def post_readings(
         log.exception("a message on %s could not be parsed; rejecting it", safe_text(topic, 200))
         parsed = _unreadable(topic, partner_id, payload)
     parsed, result = await _store(state, _storable(parsed), parser.index, partner_id, payload, now)
+    # What was recorded, the writer's own rejections (conflicts, a message the database
+    # refused) included; the parser's when not even the rejection could be stored.
+    recorded = result.recorded if result.recorded or result.inserted else parsed.rejections
     rejected = []
-    for r in parsed.rejections:
+    for r in recorded:
         reason, detail, _ = caller.scope.rejection(r.reason.value, r.detail, r.meter)
         rejected.append({"reason": reason, "detail": detail})
-    conflicts = result.rejections.get("conflict", 0)
-    rejected += [
-        {"reason": "conflict", "detail": "a different value is stored for this (meter, ts)"}
-    ] * conflicts
     body = {
         "readings": result.readings,
         "stored": result.inserted,
