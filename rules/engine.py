@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import numpy as np
@@ -38,6 +39,7 @@ from core.db import asyncpg_dsn, require_database_url
 from core.network import ReadingType
 from core.settings import Settings
 from core.windows import window_bounds as _window_bounds
+from core.windows import windows_between
 from rules import lifecycle
 from rules.alerts import (
     Decision,
@@ -53,7 +55,7 @@ from rules.alerts import (
     imbalance_series,
 )
 from rules.alerts import flag_series as _flag_series
-from rules.quantities import window_quantities
+from rules.quantities import FloatArray, WindowQuantities, Windows, window_quantities
 from rules.reconcile import MeterQuantity, meter_sigma, reconcile_exchange, reconcile_network
 from rules.store import (
     claim_meter_windows,
@@ -238,6 +240,7 @@ class Engine:
         rows: list[tuple[Any, ...]] = []
         subjects: list[tuple[str, str, datetime]] = []
         computed_at = datetime.now(UTC)
+        max_gap = self.settings.backfill_days * 86400.0  # longer silences are breaks
         for meter_id, starts in by_meter.items():
             meter = topo.meters.get(meter_id)
             if meter is None:
@@ -250,13 +253,34 @@ class Engine:
                 if meter.reading != ReadingType.delta:  # edges shared with neighbours
                     bounds.add(window_bounds(b[0] - timedelta(seconds=1), window, topo.tz))
                     bounds.add(window_bounds(b[1], window, topo.tz))
+            # A register or rate is interpolated across a silence: every window between its
+            # two readings is computed with the windows that lean on them.
+            walked: set[tuple[datetime, datetime]] = set()
+            fetched: dict[tuple[datetime, datetime, int], _Fetched] = {}
+            if meter.reading != ReadingType.delta:
+                walked, fetched = await self._across_silences(
+                    conn, meter_id, meter.interval, window, topo.tz, starts, bounds, max_gap
+                )
+                bounds |= walked
             for cluster in _clusters(sorted(bounds)):
                 lo, hi = cluster[0][0], cluster[-1][1]
-                margin = timedelta(seconds=max(meter.interval or 0.0, 60.0) * 2)
-                ts, value = await fetch_series(conn, meter_id, lo - margin, hi + margin)
+                margin = _margin(meter.interval)
+                ready = fetched.get((lo, hi, len(cluster)))
+                edges: Windows = cluster
+                if ready is None:
+                    ts, value = await fetch_series(conn, meter_id, lo - margin, hi + margin)
+                else:
+                    edges, ts, value = ready
                 q = window_quantities(
-                    meter.reading, ts, value, cluster, interval=meter.interval, now=now
+                    meter.reading,
+                    ts,
+                    value,
+                    edges,
+                    interval=meter.interval,
+                    now=now,
+                    max_gap=max_gap,
                 )
+                same = await _unchanged(conn, meter_id, cluster, q, walked) if walked else set()
                 resets_by_window: dict[int, list[dict[str, Any]]] = defaultdict(list)
                 if len(q.reset_events.ts):
                     starts_arr = np.array([c[0].timestamp() for c in cluster])
@@ -276,6 +300,8 @@ class Engine:
                                 }
                             )
                 for i, (ws, we) in enumerate(cluster):
+                    if ws in same:
+                        continue  # a window of a silence that came out as it is stored
                     rows.append(
                         (
                             meter_id,
@@ -312,6 +338,48 @@ class Engine:
             await finish_meter_windows(conn, self.worker, claimed)
         stats.meter_windows = len(rows)
         return stats
+
+    async def _across_silences(
+        self,
+        conn: asyncpg.Connection,
+        meter_id: str,
+        interval: float | None,
+        window: timedelta,
+        tz: ZoneInfo,
+        changed: set[datetime],
+        bounds: set[tuple[datetime, datetime]],
+        max_gap: float,
+    ) -> tuple[set[tuple[datetime, datetime]], dict[tuple[datetime, datetime, int], _Fetched]]:
+        """The windows of the silences that the ``changed`` windows (claimed: their readings
+        changed) are interpolated across, not already in ``bounds``.
+
+        An edge of a changed window between two readings further apart than the windows
+        around it (a silence of the meter) is the register (or rate) interpolated between
+        those two readings, and so is every window edge in between: all of those windows are
+        computed, however long the silence (up to ``max_gap`` seconds, beyond which it is a
+        break and nothing is interpolated). They are found from the readings (the last before
+        and the first after each edge), never by a fixed count of neighbours. Only the edges
+        of the changed windows are looked at: their neighbours' readings did not change, and
+        the windows added are not looked through in turn.
+
+        Also returns what it fetched per cluster of ``bounds`` (first start, last end, number
+        of windows: the window edges as epoch seconds and the readings), for the computation
+        to reuse where the cluster stays as it is.
+        """
+        walked: set[tuple[datetime, datetime]] = set()
+        fetched: dict[tuple[datetime, datetime, int], _Fetched] = {}
+        margin = _margin(interval)
+        starts = (window_bounds(s, window, tz)[0].timestamp() for s in changed)
+        claimed = np.fromiter(starts, np.float64, len(changed))
+        for cluster in _clusters(sorted(bounds)):
+            lo, hi = cluster[0][0], cluster[-1][1]
+            ts, value = await fetch_series(conn, meter_id, lo - margin, hi + margin)
+            edges = np.array([(s.timestamp(), e.timestamp()) for s, e in cluster])
+            fetched[(lo, hi, len(cluster))] = (edges, ts, value)
+            for a, b in _silences(ts, edges, claimed, max_gap):
+                first = datetime.fromtimestamp(a, UTC)
+                walked.update(windows_between(first, datetime.fromtimestamp(b, UTC), window, tz))
+        return walked - bounds, fetched
 
     # -- stage 2: exchanges, components, alerts ---------------------------------------------
 
@@ -1186,6 +1254,85 @@ def _events(value: Any) -> list[dict[str, Any]]:
         parsed: list[dict[str, Any]] = json.loads(value)
         return parsed
     return list(value)
+
+
+_Fetched = tuple[FloatArray, FloatArray, FloatArray]
+"""A cluster's window edges (an (n, 2) array of epoch seconds), reading times and values."""
+
+
+def _margin(interval: float | None) -> timedelta:
+    """Readings fetched either side of the windows computed."""
+    return timedelta(seconds=max(interval or 0.0, 60.0) * 2)
+
+
+def _silences(
+    ts: FloatArray, edges: FloatArray, claimed: FloatArray, max_gap: float
+) -> list[tuple[float, float]]:
+    """The intervals between consecutive readings ``(a, b)`` (epoch seconds, ``ts``
+    sorted) that an edge of a ``claimed`` window (its start, epoch seconds) falls in and that
+    reach beyond the run of contiguous windows of ``edges`` (sorted ``(n, 2)`` start, end)
+    holding the edge: the windows overlapping ``[a, b)`` that are not in ``edges`` are
+    interpolated between the same two readings. Intervals longer than ``max_gap`` are left
+    out (a break: nothing is interpolated across it). Claimed windows not in ``edges`` are
+    ignored.
+
+    Vectorised, so the usual case (readings every interval) costs a few array operations.
+    """
+    if ts.size < 2 or edges.size == 0 or claimed.size == 0:
+        return []
+    starts, ends = edges[:, 0], edges[:, 1]
+    i = np.clip(np.searchsorted(starts, claimed), 0, starts.size - 1)
+    i = i[starts[i] == claimed]
+    at = np.concatenate((starts[i], ends[i]))
+    k = np.searchsorted(ts, at, side="left") - 1  # the last reading before each edge
+    inside = (k >= 0) & (k < ts.size - 1)
+    k = np.clip(k, 0, ts.size - 2)
+    a, b = ts[k], ts[k + 1]
+    new_run = np.concatenate(([True], starts[1:] != ends[:-1]))
+    run_start = starts[new_run]
+    run_end = ends[np.concatenate((new_run[1:], [True]))]
+    r = np.clip(np.searchsorted(run_start, at, side="right") - 1, 0, run_start.size - 1)
+    beyond = (a < run_start[r]) | (b > run_end[r])
+    need = inside & beyond & (b - a <= max_gap)
+    return sorted(set(zip(a[need].tolist(), b[need].tolist(), strict=True)))
+
+
+async def _unchanged(
+    conn: asyncpg.Connection,
+    meter_id: str,
+    cluster: list[tuple[datetime, datetime]],
+    q: WindowQuantities,
+    walked: set[tuple[datetime, datetime]],
+) -> set[datetime]:
+    """The windows of ``cluster`` added for a silence (``walked``) that came out as they are
+    stored: not written again, so a meter that resumes after a long silence does not rewrite
+    the whole silence (and everything derived from it) at each reading of its first windows."""
+    index = {b[0]: i for i, b in enumerate(cluster) if b in walked}
+    if not index:
+        return set()
+    stored = await conn.fetch(
+        """SELECT window_start, quantity, coverage, readings, resets, outliers
+           FROM meter_windows WHERE meter_id = $1 AND window_start = ANY($2::timestamptz[])
+           AND error IS NULL""",
+        meter_id,
+        list(index),
+    )
+    same: set[datetime] = set()
+    for r in stored:
+        i = index[r["window_start"]]
+        quantity = _num(float(q.quantity[i]))
+        counts = (int(q.readings[i]), int(q.resets[i]), int(q.outliers[i]))
+        if (r["readings"], r["resets"], r["outliers"]) != counts:
+            continue
+        if not math.isclose(r["coverage"], float(q.coverage[i]), rel_tol=0.0, abs_tol=1e-9):
+            continue
+        if quantity is None or r["quantity"] is None:
+            if quantity is None and r["quantity"] is None:
+                same.add(r["window_start"])
+            continue
+        if math.isclose(quantity, r["quantity"], rel_tol=1e-9, abs_tol=1e-9):
+            same.add(r["window_start"])
+    return same
 
 
 def _clusters(bounds: list[tuple[datetime, datetime]]) -> list[list[tuple[datetime, datetime]]]:

@@ -65,8 +65,17 @@ Gaps and coverage (``total`` and ``rate``)
     a few seconds after them, and a window with half of its readings missing gets about 0.5
     (a missing reading costs ``interval`` of coverage; a window whose end falls in a gap loses
     the part after its last reading's half interval).  Across a longer gap the quantity is
-    still interpolated (the register or rate is taken as linear across it); only the coverage
-    shows the gap.
+    still interpolated (the register or rate is taken as linear across it, so every window of
+    the gap gets its share and the windows add up to the register's difference); only the
+    coverage shows the gap: a window wholly inside it is interpolated with coverage 0.
+
+Breaks (``max_gap``, ``total`` and ``rate``)
+    Two consecutive readings more than ``max_gap`` seconds apart (default: no limit) are a
+    break in the data, not a gap: nothing is interpolated across it.  A register's count
+    across a break is not attributed to any window (like a replaced meter's, it carries on
+    from the new reading), a rate contributes nothing there, the windows wholly inside a break
+    have no data (``nan``, coverage 0) and a window that holds one of its ends gets only the
+    part on its readings' side.
 
 Coverage (``delta``)
     SPEC §4: a delta meter's window is complete once it has ended: coverage 1.0 when ``now ≥
@@ -328,6 +337,30 @@ def _no_data(ts: FloatArray, starts: FloatArray, ends: FloatArray) -> BoolArray:
     return out
 
 
+def _breaks(ts: FloatArray, max_gap: float | None) -> BoolArray | None:
+    """Per interval between consecutive readings: longer than ``max_gap``? (``None`` when
+    there is no limit or no such interval.)"""
+    if max_gap is None:
+        return None
+    if not max_gap > 0:
+        raise ValueError(f"max_gap must be a positive number of seconds, not {max_gap!r}")
+    if ts.size < 2:
+        return None
+    brk: BoolArray = np.diff(ts) > max_gap
+    return brk if brk.any() else None
+
+
+def _inside_breaks(
+    ts: FloatArray, brk: BoolArray, starts: FloatArray, ends: FloatArray
+) -> BoolArray:
+    """Windows wholly inside a break: ``t_k ≤ start`` and ``end ≤ t_{k+1}``."""
+    k = np.searchsorted(ts, starts, side="right") - 1
+    valid = (k >= 0) & (k < ts.size - 1)
+    k = np.clip(k, 0, ts.size - 2)
+    out: BoolArray = valid & brk[k] & (ends <= ts[k + 1])
+    return out
+
+
 # ----------------------------------------------------------------------------- total
 
 
@@ -391,6 +424,7 @@ def total_quantities(
     interval: float,
     gap_factor: float = GAP_FACTOR,
     reset_tolerance: float = RESET_TOLERANCE,
+    max_gap: float | None = None,
 ) -> WindowQuantities:
     """Window quantities of a cumulative register (see the module's docstring)."""
     starts, ends = window_edges(windows)
@@ -418,9 +452,14 @@ def total_quantities(
     inc, fixed, reset, jitter, outlier = _register_increments(
         t, v, interval, gap_factor, reset_tolerance
     )
+    brk = _breaks(t, max_gap)
+    if brk is not None:
+        inc = np.where(brk, 0.0, inc)
     cum = np.concatenate(([0.0], np.cumsum(inc)))
     quantity = np.interp(ends, t, cum) - np.interp(starts, t, cum)
     none = _no_data(t, starts, ends)
+    if brk is not None:
+        none |= _inside_breaks(t, brk, starts, ends)
     quantity[none] = np.nan
     cov = coverage(t, starts, ends, interval, gap_factor=gap_factor)
     cov[none] = 0.0
@@ -448,18 +487,25 @@ def total_quantities(
 # ------------------------------------------------------------------------------ rate
 
 
-def _rate_integral(ts: FloatArray, r: FloatArray, at: FloatArray) -> FloatArray:
+def _rate_integral(
+    ts: FloatArray, r: FloatArray, at: FloatArray, brk: BoolArray | None = None
+) -> FloatArray:
     """∫ rate dt (hours) from ts₀ to each ``at``, the rate linear between readings.
 
-    Constant before the first reading (0) and after the last one.  Inside an interval the
-    integral is quadratic in the elapsed time, so a trapezoid cut by a window edge is split
-    exactly at the rate interpolated there.
+    Constant before the first reading (0) and after the last one, and across the intervals
+    ``brk`` marks (breaks).  Inside an interval the integral is quadratic in the elapsed time,
+    so a trapezoid cut by a window edge is split exactly at the rate interpolated there.
     """
     dt = np.diff(ts)
-    cum = np.concatenate(([0.0], np.cumsum((r[:-1] + r[1:]) * 0.5 * dt)))
+    area = (r[:-1] + r[1:]) * 0.5 * dt
+    if brk is not None:
+        area = np.where(brk, 0.0, area)
+    cum = np.concatenate(([0.0], np.cumsum(area)))
     k = np.clip(np.searchsorted(ts, at, side="right") - 1, 0, ts.size - 2)
     width = dt[k]
     tau = np.clip(at - ts[k], 0.0, width)
+    if brk is not None:
+        tau = np.where(brk[k], 0.0, tau)
     slope = np.divide(r[k + 1] - r[k], width, out=np.zeros(k.size), where=width > 0)
     out: FloatArray = (cum[k] + r[k] * tau + 0.5 * slope * tau * tau) / 3600.0
     return out
@@ -492,6 +538,7 @@ def rate_quantities(
     *,
     interval: float,
     gap_factor: float = GAP_FACTOR,
+    max_gap: float | None = None,
 ) -> WindowQuantities:
     """Window quantities of an instantaneous rate per hour (see the module's docstring)."""
     starts, ends = window_edges(windows)
@@ -508,7 +555,10 @@ def rate_quantities(
     if t.size < 2:
         quantity = np.full(starts.size, np.nan)
     else:
-        quantity = _rate_integral(t, v, ends) - _rate_integral(t, v, starts)
+        brk = _breaks(t, max_gap)
+        quantity = _rate_integral(t, v, ends, brk) - _rate_integral(t, v, starts, brk)
+        if brk is not None:
+            none |= _inside_breaks(t, brk, starts, ends)
         quantity[none] = np.nan
     cov = coverage(t, starts, ends, interval, gap_factor=gap_factor)
     cov[none] = 0.0
@@ -581,11 +631,13 @@ def window_quantities(
     now: datetime | float | None = None,
     gap_factor: float = GAP_FACTOR,
     reset_tolerance: float = RESET_TOLERANCE,
+    max_gap: float | None = None,
 ) -> WindowQuantities:
     """Window quantities of one meter by its reading type (``Meter.reading``).
 
     ``interval`` (``Meter.interval``, seconds) is required for ``total`` and ``rate``;
-    ``now`` is used only for ``delta`` coverage.
+    ``now`` is used only for ``delta`` coverage, ``max_gap`` (seconds) only for ``total``
+    and ``rate``.
     """
     kind = ReadingType(reading)
     if kind == ReadingType.delta:
@@ -600,5 +652,8 @@ def window_quantities(
             interval=interval,
             gap_factor=gap_factor,
             reset_tolerance=reset_tolerance,
+            max_gap=max_gap,
         )
-    return rate_quantities(ts, value, windows, interval=interval, gap_factor=gap_factor)
+    return rate_quantities(
+        ts, value, windows, interval=interval, gap_factor=gap_factor, max_gap=max_gap
+    )

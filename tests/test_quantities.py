@@ -265,6 +265,51 @@ def test_a_gap_keeps_the_interpolated_quantity_but_lowers_coverage() -> None:
     assert r.coverage[0] == q.coverage[0]
 
 
+# Readings every 10 minutes, then silent for 10 hours: 00:00, 00:10, 00:20, 10:20, 10:30.
+SILENT_TS = np.array([0.0, 600.0, 1200.0, 1200.0 + 10 * HOUR, 1800.0 + 10 * HOUR])
+HOURLY = [(k * HOUR, (k + 1) * HOUR) for k in range(12)]
+
+
+def test_a_silence_is_interpolated_across_every_window_of_it() -> None:
+    v = np.array([10.0, 11.0, 12.0, 32.0, 33.0])  # 20 in the 10 silent hours
+    q = total_quantities(SILENT_TS, v, HOURLY, interval=600)
+    assert q.quantity[:11].tolist() == pytest.approx(
+        [2.0 + 2 * 40 / 60] + [2.0] * 9 + [1.0 + 2 / 3]
+    )
+    assert math.fsum(q.quantity[:11]) == pytest.approx(33.0 - 10.0, rel=1e-12)
+    assert math.isnan(q.quantity[11])
+    # covered: 00:00–00:25 and 10:15–10:35; the rest of the silence is interpolated
+    assert q.coverage.tolist() == pytest.approx([25 / 60] + [0.0] * 9 + [20 / 60, 0.0])
+    r = rate_quantities(SILENT_TS, np.array([6.0, 6.0, 6.0, 12.0, 12.0]), HOURLY, interval=600)
+    # one trapezoid from 00:20 (6 MW) to 10:20 (12 MW), split at the hours
+    rate_at = [6.0 + 0.6 * (k - 1 / 3) for k in range(1, 11)]
+    inner = [(rate_at[k] + rate_at[k + 1]) / 2 for k in range(9)]
+    assert r.quantity[1:10].tolist() == pytest.approx(inner, rel=1e-12)
+    assert math.fsum(r.quantity[:11]) == pytest.approx(2.0 + 90.0 + 2.0, rel=1e-12)
+    assert r.coverage.tolist() == q.coverage.tolist()
+
+
+def test_a_silence_longer_than_max_gap_is_a_break() -> None:
+    v = np.array([10.0, 11.0, 12.0, 32.0, 33.0])
+    q = total_quantities(SILENT_TS, v, HOURLY, interval=600, max_gap=5 * HOUR)
+    # nothing interpolated across: the ends get their readings' part, the inside no data
+    assert q.quantity[0] == 2.0 and q.quantity[10] == 1.0
+    assert np.isnan(q.quantity[1:10]).all() and np.isnan(q.quantity[11])
+    assert q.coverage.tolist() == pytest.approx([25 / 60] + [0.0] * 9 + [20 / 60, 0.0])
+    r = rate_quantities(
+        SILENT_TS, np.array([6.0, 6.0, 6.0, 12.0, 12.0]), HOURLY, interval=600, max_gap=5 * HOUR
+    )
+    assert r.quantity[0] == pytest.approx(2.0) and r.quantity[10] == pytest.approx(2.0)
+    assert np.isnan(r.quantity[1:10]).all()
+    # a silence no longer than max_gap is still interpolated
+    same = total_quantities(SILENT_TS, v, HOURLY, interval=600, max_gap=10 * HOUR)
+    assert same.quantity.tolist() == pytest.approx(
+        total_quantities(SILENT_TS, v, HOURLY, interval=600).quantity.tolist(), nan_ok=True
+    )
+    with pytest.raises(ValueError, match="max_gap must be a positive number of seconds"):
+        window_quantities("total", SILENT_TS, v, HOURLY, interval=600, max_gap=0.0)
+
+
 # -------------------------------------------------------------------- DST and windows
 
 
