@@ -1,28 +1,42 @@
-"""Payload parsing (SPEC §3): topic + bytes → readings in canonical units, or rejections.
+"""Payload parsing: topic + bytes → readings in canonical units, or rejections.
 
 Pure and fast: it runs in the MQTT callback for every message, so it does no I/O, calls pint
 only through the cached conversion factors, and keeps per-reading work to a few dict
 lookups and float operations.
+
+Total and strict: whatever arrives (any bytes, any JSON, any topic), ``Parser.parse`` returns.
+Each reading of a batch and each SenML record is judged on its own, so one bad record never
+costs the others, and every rejection carries one of the reasons of :class:`Reason`. ``ts`` is
+RFC 3339 exactly (``T``/``t``, ``Z``/``z`` or a ``±hh:mm`` offset) or epoch seconds; a value
+whose magnitude in the canonical unit is over 10^12 is ``out_of_range``. Every text a Parsed
+or a Rejection carries (topic, detail) is safe to store and show: NUL bytes, control
+characters and lone surrogates are escaped (:func:`core.text.safe_text`), and what is echoed
+from the input is cut short.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
+import logging
 import math
+import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 import orjson
 
-from core.network import Network, ReadingType
-from core.units import UnitError, conversion
+from core.network import Kind, Network, ReadingType
+from core.text import quoted, safe_text
+from core.units import canonical_unit, conversion
+
+log = logging.getLogger("symbiont.ingest")
 
 TOPIC_PREFIX = "symbiont/readings/"
 MAX_BATCH = 10_000
 KEEP_PAYLOAD = 64 * 1024
+MAX_VALUE = 1e12  # the largest magnitude accepted, in the canonical unit
 
 
 class Reason(StrEnum):
@@ -38,6 +52,7 @@ class Reason(StrEnum):
     wrong_partner = "wrong_partner"
     bad_timestamp = "bad_timestamp"
     not_finite = "not_finite"
+    out_of_range = "out_of_range"
     bad_unit = "bad_unit"
     future = "future"
     too_old = "too_old"
@@ -96,32 +111,148 @@ Reading = tuple[str, datetime, float]  # meter id, instant (aware, UTC), canonic
 
 @dataclass(slots=True)
 class Parsed:
-    topic: str
-    partner: str | None
+    topic: str  # safe text: NUL, control characters and lone surrogates escaped
+    partner: str | None  # a partner of the network, or None
     readings: list[Reading] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
 
 
-_EPOCH_MAX = 253402300799.0  # 9999-12-31
+# -- timestamps -------------------------------------------------------------------------------
+
+_EPOCH_MAX = 253402300799.0  # 9999-12-31T23:59:59Z
+_RFC3339 = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+    r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
+)
+_NO_OFFSET = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?")
+
+
+def _rfc3339(raw: str) -> datetime | str:
+    """RFC 3339 exactly, as a datetime in UTC, or the text of what is wrong."""
+    match = _RFC3339.fullmatch(raw)
+    if match is None:
+        if _NO_OFFSET.fullmatch(raw) is not None:
+            return f"ts {quoted(raw, 40)} has no UTC offset"
+        return (
+            f"ts {quoted(raw, 40)} is not RFC 3339 "
+            "(YYYY-MM-DDThh:mm:ss, optional fraction, then Z or ±hh:mm)"
+        )
+    year, month, day, hour, minute, second, fraction, sign, off_h, off_m = match.groups()
+    if second == "60":
+        return f"ts {quoted(raw, 40)} is a leap second, which cannot be stored"
+    micro = int(fraction[:6].ljust(6, "0")) if fraction else 0
+    try:
+        local = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), micro
+        )
+    except ValueError:
+        return f"ts {quoted(raw, 40)} is not a valid date and time"
+    if sign is None:
+        return local.replace(tzinfo=UTC)
+    hours, minutes = int(off_h), int(off_m)
+    if hours > 23 or minutes > 59:
+        return f"ts {quoted(raw, 40)} has an invalid UTC offset"
+    offset = timedelta(hours=hours, minutes=minutes)
+    try:
+        utc = local - offset if sign == "+" else local + offset
+    except OverflowError:
+        return f"ts {quoted(raw, 40)} is out of range in UTC"
+    return utc.replace(tzinfo=UTC)
+
+
+def _epoch(raw: float) -> datetime | str:
+    """Epoch seconds (any int or float) as a datetime in UTC, or the text of what is wrong.
+    Comparing before converting keeps huge integers, NaN and infinities out."""
+    if 0 <= raw <= _EPOCH_MAX:
+        return datetime.fromtimestamp(raw, UTC)
+    return f"ts {_show(raw)} is not a usable epoch time"
+
+
+def _strict_timestamp(raw: Any) -> datetime | str:
+    """A datetime in UTC, or the text of what is wrong: the full checks."""
+    kind = type(raw)
+    if kind is str:
+        return _rfc3339(raw)
+    if kind is int or kind is float:
+        return _epoch(raw)
+    return "ts is missing or not a string or number"
 
 
 def _timestamp(raw: Any) -> datetime | str:
-    """A datetime in UTC, or the text of what is wrong."""
-    kind = type(raw)
-    if kind is str:
+    """As :func:`_strict_timestamp`, the usual ``YYYY-MM-DDThh:mm:ssZ`` the short way: with
+    the separators in place, ``fromisoformat`` accepts only digits between them."""
+    if type(raw) is str and len(raw) == 20 and raw[4::3] == "--T::Z":
         try:
-            ts = datetime.fromisoformat(raw)
+            return datetime.fromisoformat(raw)
         except ValueError:
-            return f"ts {raw[:40]!r} is not RFC 3339"
-        tz = ts.tzinfo
-        if tz is None:
-            return f"ts {raw[:40]!r} has no UTC offset"
-        return ts if tz is UTC else ts.astimezone(UTC)
-    if kind is int or kind is float:
-        if not math.isfinite(raw) or not 0 <= raw <= _EPOCH_MAX:
-            return f"ts {raw!r} is not a usable epoch time"
-        return datetime.fromtimestamp(raw, UTC)
-    return "ts is missing or not a string or number"
+            pass
+    return _strict_timestamp(raw)
+
+
+# -- text and excerpts --------------------------------------------------------------------------
+
+
+def _show(value: Any, limit: int = 40) -> str:
+    """A JSON value for a detail: safe, bounded, and cheap whatever its size."""
+    kind = type(value)
+    if kind is str:
+        return quoted(value, limit)
+    if kind is bool:
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if kind is int:
+        bits = value.bit_length()
+        return str(value) if bits <= 64 else f"an integer of about {int(bits * 0.30103)} digits"
+    if kind is float:
+        return repr(value)
+    if kind is list:
+        return "an array"
+    if kind is dict:
+        return "an object"
+    return f"a {safe_text(kind.__name__, limit)}"
+
+
+def _excerpt(item: Any) -> bytes:
+    """The JSON of one reading or record, for the rejection; never raises."""
+    try:
+        raw = orjson.dumps(item)
+    except TypeError:  # lone surrogates, integers over 64 bits, deep nesting
+        try:
+            raw = json.dumps(item, ensure_ascii=True).encode("ascii")
+        except (TypeError, ValueError, RecursionError):
+            raw = b"(not representable as JSON)"
+    return raw[:KEEP_PAYLOAD]
+
+
+def _cut(payload: bytes | None) -> bytes | None:
+    return bytes(payload[:KEEP_PAYLOAD]) if payload else None
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]{1,4000}")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _number_text(raw: Any) -> Any:
+    """A CSV cell that is a plain decimal number, as an int or float (as JSON would give it);
+    anything else as it is."""
+    if type(raw) is str:
+        if _INTEGER.fullmatch(raw) is not None:
+            return int(raw)
+        if _NUMBER.fullmatch(raw) is not None:
+            return float(raw)
+    return raw
+
+
+@dataclass(slots=True)
+class _Base:
+    """SenML base fields, carried forward from record to record."""
+
+    name: str = ""
+    name_error: str | None = None
+    time: float = 0.0
+    time_error: str | None = None
+    unit: Any = None
 
 
 class Parser:
@@ -143,6 +274,53 @@ class Parser:
         self.future_s = future_tolerance_s
 
     def parse(self, topic: str, payload: bytes, now: float) -> Parsed:
+        """The readings and rejections of one message. Never raises: each reading or record
+        is judged on its own; should one still fail unexpectedly, it alone is rejected."""
+        if not topic.isprintable():  # what safe_text escapes is never printable
+            topic = safe_text(topic)
+        try:
+            return self._parse(topic, payload, now)
+        except Exception:  # a last resort, for a fault of this module
+            log.exception("could not parse a message on %s", topic[:200])
+            out = Parsed(topic, None)
+            out.rejections.append(
+                Rejection(
+                    Reason.invalid_format, "payload could not be read", None, None, _cut(payload)
+                )
+            )
+            return out
+
+    def parse_row(
+        self,
+        source: str,
+        meter_id: str,
+        ts_raw: Any,
+        value: Any,
+        unit: Any,
+        now: float,
+        line: int,
+    ) -> Parsed:
+        """One row of a CSV import: the same checks as an MQTT reading, named by line."""
+        out = Parsed(safe_text(source), None)
+        try:
+            self._row(out, meter_id, ts_raw, value, unit, now, f"line {line}: ")
+        except Exception:  # a last resort, for a fault of this module
+            log.exception("could not parse line %d of %s", line, out.topic[:200])
+            out.readings.clear()
+            out.rejections.append(
+                Rejection(
+                    Reason.invalid_format,
+                    f"line {line}: row could not be read",
+                    out.partner,
+                    None,
+                    _excerpt([meter_id, ts_raw, value, unit]),
+                )
+            )
+        return out
+
+    # -- pieces ---------------------------------------------------------------------------
+
+    def _parse(self, topic: str, payload: bytes, now: float) -> Parsed:
         parts = topic.split("/")
         if len(parts) != 4 or not topic.startswith(TOPIC_PREFIX) or not parts[2] or not parts[3]:
             out = Parsed(topic, None)
@@ -156,20 +334,26 @@ class Parser:
             )
             return out
         partner, meter_id = parts[2], parts[3]
-        out = Parsed(topic, partner)
+        known = partner in self.index.partners
+        out = Parsed(topic, partner if known else None)
         if len(payload) > self.max_payload:
             self._reject(
                 out,
                 Reason.too_large,
                 f"payload of {len(payload)} bytes is over the limit of {self.max_payload}",
-                partner,
-                meter_id,
+                out.partner,
+                self._own(partner, meter_id),
                 payload,
             )
             return out
-        if partner not in self.index.partners:
+        if not known:
             self._reject(
-                out, Reason.unknown_partner, f"unknown partner '{partner}'", None, None, payload
+                out,
+                Reason.unknown_partner,
+                f"unknown partner {quoted(partner)}",
+                None,
+                None,
+                payload,
             )
             return out
         try:
@@ -190,7 +374,10 @@ class Parser:
         if doc_type is dict:
             meter = self._meter(out, partner, meter_id, payload)
             if meter is not None:
-                self._reading(out, meter, doc, now, None)
+                try:
+                    self._reading(out, meter, doc, now, None)
+                except Exception:  # a last resort, for a fault of this module
+                    self._unreadable(out, partner, meter.id, "", "reading", doc)
         elif doc_type is list:
             if len(doc) > MAX_BATCH:
                 self._reject(
@@ -198,61 +385,66 @@ class Parser:
                     Reason.batch_too_large,
                     f"batch of {len(doc)} readings is over the limit of {MAX_BATCH}",
                     partner,
-                    meter_id,
+                    self._own(partner, meter_id),
                     payload,
                 )
             elif doc and _is_senml(doc):
-                self._senml(out, partner, meter_id, doc, now, payload)
+                self._senml(out, partner, meter_id, doc, now)
             else:
                 meter = self._meter(out, partner, meter_id, payload)
                 if meter is not None:
                     for i, item in enumerate(doc):
-                        self._reading(out, meter, item, now, i)
+                        try:
+                            self._reading(out, meter, item, now, i)
+                        except Exception:  # a last resort, for a fault of this module
+                            self._unreadable(
+                                out, partner, meter.id, f"readings[{i}]: ", "reading", item
+                            )
         else:
             self._reject(
                 out,
                 Reason.invalid_format,
                 "payload is neither a reading object, a batch array nor SenML",
                 partner,
-                meter_id,
+                self._own(partner, meter_id),
                 payload,
             )
         return out
 
-    def parse_row(
+    def _row(
         self,
-        source: str,
+        out: Parsed,
         meter_id: str,
         ts_raw: Any,
         value: Any,
         unit: Any,
         now: float,
-        line: int,
-    ) -> Parsed:
-        """One row of a CSV import: the same checks as an MQTT reading, named by line."""
-        meter = self.index.meters.get(meter_id)
-        out = Parsed(source, meter.partner if meter else None)
-        where = f"line {line}: "
-        raw = orjson.dumps({"meter": meter_id, "ts": ts_raw, "value": value, "unit": unit})
+        where: str,
+    ) -> None:
+        meter = self.index.meters.get(meter_id) if type(meter_id) is str else None
+        raw = _excerpt({"meter": meter_id, "ts": ts_raw, "value": value, "unit": unit})
         if meter is None:
             self._reject(
-                out, Reason.unknown_meter, f"{where}unknown meter '{meter_id}'", None, None, raw
+                out,
+                Reason.unknown_meter,
+                f"{where}unknown meter {quoted(meter_id)}",
+                None,
+                None,
+                raw,
             )
-            return out
-        if type(ts_raw) is str:
-            with contextlib.suppress(ValueError):
-                ts_raw = float(ts_raw)
-        ts = _timestamp(ts_raw)
-        if type(ts) is str:
-            self._reject(out, Reason.bad_timestamp, where + ts, meter.partner, meter.id, raw)
-            return out
-        if type(value) is str:
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        self._accept(out, meter, ts, value, unit or None, now, where, raw, None)
-        return out
+            return
+        out.partner = meter.partner
+        ts = _strict_timestamp(_number_text(ts_raw))
+        if isinstance(ts, str):
+            self._bad(out, meter, Reason.bad_timestamp, where + ts, raw)
+            return
+        self._accept(out, meter, ts, _number_text(value), unit or None, now, where, raw)
 
-    # -- pieces ---------------------------------------------------------------------------
+    def _own(self, partner: str, meter_id: str) -> str | None:
+        """The topic's meter when it is one of the partner's own (so naming it in the partner's
+        rejection tells nothing new), else None."""
+        meter = self.index.meters.get(meter_id)
+        return meter_id if meter is not None and meter.partner == partner else None
 
     @staticmethod
     def _lenient(payload: bytes) -> Any:
@@ -272,15 +464,32 @@ class Parser:
         meter: str | None,
         payload: bytes | None,
     ) -> None:
-        out.rejections.append(
-            Rejection(reason, detail, partner, meter, payload[:KEEP_PAYLOAD] if payload else None)
+        out.rejections.append(Rejection(reason, detail, partner, meter, _cut(payload)))
+
+    def _unreadable(
+        self, out: Parsed, partner: str, meter: str | None, where: str, what: str, item: Any
+    ) -> None:
+        """The last resort for one reading or record that failed unexpectedly."""
+        log.exception("could not parse %s%s on %s", where, what, out.topic[:200])
+        self._reject(
+            out,
+            Reason.invalid_format,
+            f"{where}{what} could not be read",
+            partner,
+            meter,
+            _excerpt(item),
         )
 
     def _meter(self, out: Parsed, partner: str, meter_id: str, payload: bytes) -> MeterInfo | None:
         meter = self.index.meters.get(meter_id)
         if meter is None:
             self._reject(
-                out, Reason.unknown_meter, f"unknown meter '{meter_id}'", partner, None, payload
+                out,
+                Reason.unknown_meter,
+                f"unknown meter {quoted(meter_id)}",
+                partner,
+                None,
+                payload,
             )
             return None
         if meter.partner != partner:
@@ -299,87 +508,69 @@ class Parser:
         self, out: Parsed, meter: MeterInfo, item: Any, now: float, index: int | None
     ) -> None:
         if self.fast and type(item) is dict:
-            # The usual reading (RFC 3339 or epoch ts, a finite float in the meter's unit,
+            # The usual reading (RFC 3339 or epoch ts, a float in the meter's unit, in range,
             # within the horizon) is accepted here; anything else takes the checks below,
             # which accept or reject it with the reason.
             value = item.get("value")
-            unit = item.get("unit")
-            if (
-                type(value) is float
-                and value - value == 0.0
-                and (unit is None or unit == meter.unit)
-            ):
-                ts = _timestamp(item.get("ts"))
-                if isinstance(ts, datetime):
-                    epoch = ts.timestamp()
-                    if now - self.backfill_s <= epoch <= now + self.future_s:
-                        canonical = value * meter.factor
-                        if canonical - canonical == 0.0:
-                            out.readings.append((meter.id, ts, canonical))
-                            return
+            if type(value) is float:
+                unit = item.get("unit")
+                if unit is None or unit == meter.unit:
+                    ts = _timestamp(item.get("ts"))
+                    if type(ts) is datetime:
+                        epoch = ts.timestamp()
+                        if now - self.backfill_s <= epoch <= now + self.future_s:
+                            canonical = value * meter.factor
+                            if -MAX_VALUE <= canonical <= MAX_VALUE:
+                                out.readings.append((meter.id, ts, canonical))
+                                return
         where = "" if index is None else f"readings[{index}]: "
         if type(item) is not dict:
-            self._bad(out, meter, Reason.invalid_format, f"{where}not a JSON object", item, index)
+            self._bad(out, meter, Reason.invalid_format, f"{where}not a JSON object", item)
             return
-        ts = _timestamp(item.get("ts"))
-        if type(ts) is str:
-            self._bad(out, meter, Reason.bad_timestamp, where + ts, item, index)
+        ts = _strict_timestamp(item.get("ts"))
+        if isinstance(ts, str):
+            self._bad(out, meter, Reason.bad_timestamp, where + ts, item)
             return
-        self._accept(out, meter, ts, item.get("value"), item.get("unit"), now, where, item, index)
+        self._accept(out, meter, ts, item.get("value"), item.get("unit"), now, where, item)
 
     def _accept(
         self,
         out: Parsed,
         meter: MeterInfo,
-        ts: Any,
+        ts: datetime,
         value: Any,
         unit: Any,
         now: float,
         where: str,
         item: Any,
-        index: int | None,
     ) -> None:
         vtype = type(value)
         if vtype is float:
-            if value != value or value in (math.inf, -math.inf):
-                self._bad(out, meter, Reason.not_finite, f"{where}value is not finite", item, index)
+            if value - value != 0.0:
+                self._bad(out, meter, Reason.not_finite, f"{where}value is not finite", item)
                 return
-        elif vtype is int:
-            try:
-                value = float(value)
-            except OverflowError:
-                self._bad(out, meter, Reason.not_finite, f"{where}value is too large", item, index)
-                return
-        else:
+        elif vtype is not int:
+            what = "value is missing" if value is None else f"value {_show(value)} is not a number"
+            self._bad(out, meter, Reason.not_finite, where + what, item)
+            return
+        factor = self._factor(meter, unit)
+        if isinstance(factor, str):
+            self._bad(out, meter, Reason.bad_unit, where + factor, item)
+            return
+        try:
+            canonical = value * factor
+        except OverflowError:  # an integer too large for a float
+            canonical = math.inf
+        if not -MAX_VALUE <= canonical <= MAX_VALUE:
+            target = canonical_unit(Kind(meter.kind), ReadingType(meter.reading))
             self._bad(
                 out,
                 meter,
-                Reason.not_finite,
-                f"{where}value is missing or not a number",
+                Reason.out_of_range,
+                f"{where}value {_show(value)} is out of range: "
+                f"its magnitude in {target} is over 10^12",
                 item,
-                index,
             )
-            return
-        if unit is None or unit == meter.unit:
-            factor = meter.factor
-        else:
-            try:
-                factor = conversion(unit, meter.kind, meter.reading)
-            except (UnitError, TypeError):
-                what = f"{unit!r}"[:40]
-                self._bad(
-                    out,
-                    meter,
-                    Reason.bad_unit,
-                    f"{where}unit {what} does not convert to {meter.kind} "
-                    f"({'rate' if meter.reading == ReadingType.rate else meter.reading})",
-                    item,
-                    index,
-                )
-                return
-        canonical = value * factor
-        if not math.isfinite(canonical):
-            self._bad(out, meter, Reason.not_finite, f"{where}value is too large", item, index)
             return
         epoch = ts.timestamp()
         if epoch > now + self.future_s:
@@ -389,7 +580,6 @@ class Parser:
                 Reason.future,
                 f"{where}ts {ts.isoformat()} is more than {self.future_s:.0f} s in the future",
                 item,
-                index,
             )
             return
         if epoch < now - self.backfill_s:
@@ -399,94 +589,141 @@ class Parser:
                 Reason.too_old,
                 f"{where}ts {ts.isoformat()} is older than the backfill horizon",
                 item,
-                index,
             )
             return
         out.readings.append((meter.id, ts, canonical))
 
-    def _bad(
-        self,
-        out: Parsed,
-        meter: MeterInfo,
-        reason: Reason,
-        detail: str,
-        item: Any,
-        index: int | None,
-    ) -> None:
-        if type(item) is bytes:
-            out.rejections.append(Rejection(reason, detail, meter.partner, meter.id, item))
-            return
+    @staticmethod
+    def _factor(meter: MeterInfo, unit: Any) -> float | str:
+        """The factor from ``unit`` to the meter's canonical unit, or the text of what is
+        wrong."""
+        if unit is None or unit == meter.unit:
+            return meter.factor
+        if type(unit) is not str:
+            return f"unit is {_show(unit)}, not a unit name"
         try:
-            raw = orjson.dumps(item)
-        except TypeError:
-            raw = json.dumps(item, default=str).encode()
-        out.rejections.append(
-            Rejection(reason, detail, meter.partner, meter.id, raw[:KEEP_PAYLOAD])
-        )
+            factor = conversion(unit, meter.kind, meter.reading)
+        except Exception:  # UnitError, or whatever else pint raises on odd text ('m3dB')
+            factor = math.nan
+        if not 0.0 < factor < math.inf:
+            kind = "rate" if meter.reading == ReadingType.rate else meter.reading
+            return f"unit {quoted(unit, 40)} does not convert to {meter.kind} ({kind})"
+        return factor
+
+    @staticmethod
+    def _bad(out: Parsed, meter: MeterInfo, reason: Reason, detail: str, item: Any) -> None:
+        raw = item if type(item) is bytes else _excerpt(item)
+        out.rejections.append(Rejection(reason, detail, meter.partner, meter.id, raw))
 
     def _senml(
+        self, out: Parsed, partner: str, meter_id: str, records: list[Any], now: float
+    ) -> None:
+        """RFC 8428: base fields carry forward; name = bn + n resolves to a meter of the
+        topic's partner; time = bt + t (t may be relative, as the RFC allows). A base field
+        that is not usable rejects the records that rely on it."""
+        base = _Base()
+        for i, rec in enumerate(records):
+            where = f"records[{i}]: "
+            try:
+                self._record(out, partner, meter_id, base, rec, now, i, where)
+            except Exception:  # a last resort, for a fault of this module
+                self._unreadable(out, partner, None, where, "record", rec)
+
+    def _record(
         self,
         out: Parsed,
         partner: str,
         meter_id: str,
-        records: list[Any],
+        base: _Base,
+        rec: Any,
         now: float,
-        payload: bytes,
+        i: int,
+        where: str,
     ) -> None:
-        """RFC 8428: base fields carry forward; name = bn + n resolves to a meter of the
-        topic's partner; time = bt + t (t may be relative, as the RFC allows)."""
-        bn, bt, bu = "", 0.0, None
-        for i, rec in enumerate(records):
-            where = f"records[{i}]: "
-            if type(rec) is not dict:
-                self._reject(
-                    out,
-                    Reason.invalid_format,
-                    where + "not a JSON object",
-                    partner,
-                    None,
-                    orjson.dumps(rec)[:KEEP_PAYLOAD],
-                )
-                continue
-            if "bn" in rec:
-                bn = rec["bn"] if isinstance(rec["bn"], str) else ""
-            if "bt" in rec:
-                bt_raw = rec["bt"]
-                bt = float(bt_raw) if type(bt_raw) in (int, float) else math.nan
-            if "bu" in rec:
-                bu = rec["bu"]
-            name = bn + (rec.get("n") or "")
-            name = name.rstrip(":/") if name else meter_id
-            meter = self.index.meters.get(name)
-            raw = orjson.dumps(rec)[:KEEP_PAYLOAD]
-            if meter is None:
-                self._reject(
-                    out, Reason.unknown_meter, f"{where}unknown meter '{name}'", partner, None, raw
-                )
-                continue
-            if meter.partner != partner:
-                self._reject(
-                    out,
-                    Reason.wrong_partner,
-                    f"{where}meter '{name}' belongs to '{meter.partner}', not to '{partner}'",
-                    partner,
-                    name,
-                    raw,
-                )
-                continue
-            t_raw = rec.get("t", 0.0)
-            if type(t_raw) not in (int, float) or not math.isfinite(bt):
-                self._bad(out, meter, Reason.bad_timestamp, where + "t/bt is not a number", rec, i)
-                continue
-            t = bt + float(t_raw)
-            if t < 2**28:  # RFC 8428 §4.5.3: small values are relative to now
-                t += now
-            ts = _timestamp(t)
-            if type(ts) is str:
-                self._bad(out, meter, Reason.bad_timestamp, where + ts, rec, i)
-                continue
-            value = rec.get("v", rec.get("s"))
-            self._accept(out, meter, ts, value, rec.get("u", bu), now, where, rec, i)
+        if type(rec) is not dict:
+            self._reject(
+                out,
+                Reason.invalid_format,
+                where + "not a JSON object",
+                partner,
+                None,
+                _excerpt(rec),
+            )
+            return
+        if "bn" in rec:
+            bn = rec["bn"]
+            if type(bn) is str:
+                base.name, base.name_error = bn, None
+            else:
+                base.name, base.name_error = "", f"bn of records[{i}] is not a string"
+        if "bt" in rec:
+            bt = _float(rec["bt"])
+            if bt is None:
+                base.time, base.time_error = 0.0, f"bt of records[{i}] is not a usable number"
+            else:
+                base.time, base.time_error = bt, None
+        if "bu" in rec:
+            base.unit = rec["bu"]
+        n = rec.get("n", "")
+        if type(n) is not str or base.name_error is not None:
+            what = base.name_error if type(n) is str else "n is not a string"
+            self._reject(
+                out, Reason.invalid_format, where + str(what), partner, None, _excerpt(rec)
+            )
+            return
+        name = base.name + n
+        name = name.rstrip(":/") if name else meter_id
+        meter = self.index.meters.get(name)
+        if meter is None:
+            self._reject(
+                out,
+                Reason.unknown_meter,
+                f"{where}unknown meter {quoted(name)}",
+                partner,
+                None,
+                _excerpt(rec),
+            )
+            return
+        if meter.partner != partner:
+            self._reject(
+                out,
+                Reason.wrong_partner,
+                f"{where}meter '{name}' belongs to '{meter.partner}', not to '{partner}'",
+                partner,
+                name,
+                _excerpt(rec),
+            )
+            return
+        if base.time_error is not None:
+            self._bad(out, meter, Reason.bad_timestamp, where + base.time_error, rec)
+            return
+        t = _float(rec.get("t", 0.0))
+        if t is None:
+            self._bad(out, meter, Reason.bad_timestamp, where + "t is not a usable number", rec)
+            return
+        t += base.time
+        if t < 2**28:  # RFC 8428: small values are relative to now
+            t += now
+        ts = _epoch(t)
+        if isinstance(ts, str):
+            self._bad(out, meter, Reason.bad_timestamp, where + ts, rec)
+            return
+        value = rec["v"] if "v" in rec else rec.get("s")
+        unit = rec.get("u", base.unit)
+        self._accept(out, meter, ts, value, unit, now, where, rec)
+
+
+def _float(raw: Any) -> float | None:
+    """A JSON number as a finite float, or None (not a number, too large, NaN, infinite)."""
+    kind = type(raw)
+    if kind is int:
+        try:
+            raw = float(raw)
+        except OverflowError:
+            return None
+    elif kind is not float:
+        return None
+    return raw if raw - raw == 0.0 else None
 
 
 _INVALID = object()

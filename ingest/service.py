@@ -40,8 +40,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from core.db import asyncpg_dsn, require_database_url
 from core.network import parse_network
 from core.settings import Settings
+from core.text import safe_text
 from ingest import fastpaho, metrics
-from ingest.parse import NetworkIndex, Parsed, Parser, Reason, Rejection
+from ingest.parse import KEEP_PAYLOAD, NetworkIndex, Parsed, Parser, Reason, Rejection
 from ingest.writer import BatchResult, BatchWriter, Message
 
 log = logging.getLogger("symbiont.ingest")
@@ -211,16 +212,17 @@ class IngestService:
             if parser is None:
                 raise RuntimeError("no network loaded")
             parsed = parser.parse(topic, bytes(msg.payload), now)
-        except Exception as exc:  # one bad message must never stop the stream
+        except Exception:  # a last resort (parsing never raises): one message never stops all
+            topic = safe_text(topic)
             log.exception("could not parse a message on %s", topic[:200])
             parsed = Parsed(topic, None)
             parsed.rejections.append(
                 Rejection(
                     Reason.invalid_format,
-                    f"internal error: {exc}"[:500],
+                    "payload could not be read",
                     None,
                     None,
-                    bytes(msg.payload[:65536]),
+                    bytes(msg.payload[:KEEP_PAYLOAD]),
                 )
             )
         self.pending.append(Message(parsed, now, msg.mid, msg.qos, self.generation, msg.dup))

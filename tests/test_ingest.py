@@ -181,9 +181,11 @@ def test_material_in_kg_is_stored_in_tonnes(parser: Parser) -> None:
         (T_HEAT, b'{"ts": 1790000000, "value": NaN}', Reason.not_finite),
         (T_HEAT, b'{"ts": 1790000000, "value": Infinity}', Reason.not_finite),
         (T_HEAT, b'{"ts": 1790000000, "value": 1e400}', Reason.not_finite),
-        (T_HEAT, b'{"ts": 1790000000, "value": 1' + b"0" * 400 + b"}", Reason.not_finite),
-        (T_HEAT, {"ts": NOW_S, "value": 1.7e308, "unit": "kWh"}, None),  # finite after /1000
-        (T_HEAT, {"ts": NOW_S, "value": 1.7e308, "unit": "TJ"}, Reason.not_finite),
+        (T_HEAT, b'{"ts": 1790000000, "value": 1' + b"0" * 400 + b"}", Reason.out_of_range),
+        (T_HEAT, {"ts": NOW_S, "value": 3.6e12}, None),  # 10^12 MWh: the largest accepted
+        (T_HEAT, {"ts": NOW_S, "value": 3.6e12 * 1.000001}, Reason.out_of_range),
+        (T_HEAT, {"ts": NOW_S, "value": -1.7e308, "unit": "kWh"}, Reason.out_of_range),
+        (T_HEAT, {"ts": NOW_S, "value": 1.7e308, "unit": "TJ"}, Reason.out_of_range),
         (T_HEAT, {"ts": NOW_S, "value": None}, Reason.not_finite),
         (T_HEAT, {"ts": NOW_S, "value": True}, Reason.not_finite),
         (T_HEAT, {"ts": NOW_S}, Reason.not_finite),
@@ -521,11 +523,29 @@ _TS_VALUES = st.one_of(
     ).map(lambda d: d.isoformat()),
     st.floats(NOW_S - 500 * 86400, NOW_S + 86400),
     st.integers(0, 2**40),
+    st.sampled_from([-(10**400), 10**400, 253402300799, 253402300800]),
     st.sampled_from(["", "yesterday", None, "2026-10-31T22:00:00Z", "2026-10-31 22:00:00+00:00"]),
+    # RFC 3339 exactly: lower case, fractions, offsets; not basic, week or hour-only forms
+    st.datetimes(min_value=datetime(2025, 1, 1), max_value=datetime(2027, 1, 1)).flatmap(
+        lambda d: st.sampled_from(
+            [
+                d.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                d.strftime("%Y-%m-%dt%H:%M:%Sz"),
+                d.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                d.strftime("%Y-%m-%dT%H:%M:%S+01"),
+                d.strftime("%Y%m%dT%H%M%SZ"),
+                d.strftime("%G-W%V-%uT%H:%M:%SZ"),
+                d.strftime("%Y-%m-%d_%H:%M:%SZ"),
+                d.strftime("%Y-%m-%dT%H:%M:%S-00:00"),
+            ]
+        )
+    ),
+    st.sampled_from(["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"]),
 )
 _VALUES = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.integers(-(2**70), 2**70),
+    st.sampled_from([10**400, -(10**400), 3.6e12, 3.6e12 * 1.0000001, -1e15, 1e15 * 1.0000001]),
     st.booleans(),
     st.none(),
     st.text(max_size=3),

@@ -331,6 +331,7 @@ Spec = tuple[Any, ...]
 # they are identified by the reading's "ts", everything else by the payload's hash.
 READING_LEVEL: set[str] = {
     Reason.not_finite,
+    Reason.out_of_range,
     Reason.bad_unit,
     Reason.future,
     Reason.too_old,
@@ -408,11 +409,19 @@ specs: st.SearchStrategy[Spec] = st.one_of(
     st.tuples(st.just("batch_too_large"), meters),
     st.tuples(st.just("future"), meters),
     st.tuples(st.just("too_old"), meters),
-    st.tuples(st.just("bad_timestamp"), meters, st.sampled_from(["text", "naive", "negative"])),
+    st.tuples(
+        st.just("bad_timestamp"),
+        meters,
+        st.sampled_from(["text", "naive", "negative", "basic", "week", "overflow"]),
+    ),
     st.tuples(
         st.just("mixed_batch"),
         meters,
-        st.lists(st.sampled_from(["valid", "nan", "wrong_unit", "future"]), min_size=2, max_size=8),
+        st.lists(
+            st.sampled_from(["valid", "nan", "wrong_unit", "future", "overflow_ts", "huge"]),
+            min_size=2,
+            max_size=8,
+        ),
     ),
 )
 
@@ -521,12 +530,14 @@ def build(spec: Spec, clock: Clock, out: Expectation) -> None:
         iso = rfc3339(clock.ts())
         raw = f'{{"ts": "{iso}", "value": {literal}}}'.encode()
         out.messages.append((meter.topic, raw))
-        out.reject_reading(meter.topic, Reason.not_finite, iso)
+        # 1e309 reads as infinity; an integer of 400 digits is a number, over 10^12
+        reason = Reason.not_finite if "e" in literal else Reason.out_of_range
+        out.reject_reading(meter.topic, reason, iso)
     elif kind == "overflow_in_unit":  # finite as sent, infinite in the canonical unit
         _, meter = spec
         ts = clock.ts()
         out.messages.append((meter.topic, reading(ts, 1e308, "GWh")))
-        out.reject_reading(meter.topic, Reason.not_finite, rfc3339(ts))
+        out.reject_reading(meter.topic, Reason.out_of_range, rfc3339(ts))
     elif kind == "wrong_unit":
         _, meter, unit = spec
         iso = rfc3339(clock.ts())
@@ -579,6 +590,9 @@ def build(spec: Spec, clock: Clock, out: Expectation) -> None:
             "text": f"yesterday-{n}",
             "naive": (clock.base + timedelta(seconds=n)).replace(tzinfo=None).isoformat(),
             "negative": -n,
+            "basic": (clock.base + timedelta(seconds=n)).strftime("%Y%m%dT%H%M%SZ"),
+            "week": (clock.base + timedelta(seconds=n)).strftime("%G-W%V-%uT%H:%M:%SZ"),
+            "overflow": "0001-01-01T00:00:00+01:00",
         }[variant]
         out.messages.append((meter.topic, orjson.dumps({"ts": bad, "value": 7.0})))
         out.reject_reading(meter.topic, Reason.bad_timestamp, bad)
@@ -594,6 +608,12 @@ def build(spec: Spec, clock: Clock, out: Expectation) -> None:
             elif part == "nan":
                 texts.append(f'{{"ts": "{iso}", "value": NaN}}')
                 out.reject_reading(meter.topic, Reason.not_finite, iso)
+            elif part == "overflow_ts":  # out of range once in UTC
+                texts.append('{"ts": "0001-01-01T00:00:00+01:00", "value": 1.0}')
+                out.reject_reading(meter.topic, Reason.bad_timestamp, "0001-01-01T00:00:00+01:00")
+            elif part == "huge":
+                texts.append(f'{{"ts": "{iso}", "value": {10**400}}}')
+                out.reject_reading(meter.topic, Reason.out_of_range, iso)
             elif part == "wrong_unit":
                 unit = json.dumps(meter.wrong_units[0])
                 texts.append(f'{{"ts": "{iso}", "value": 1.0, "unit": {unit}}}')
