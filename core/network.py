@@ -96,11 +96,54 @@ class Model(BaseModel):
     )
 
 
+ADDRESS_MAX = 200
+VAT_ID_RE = re.compile(r"^[A-Z]{2}[A-Z0-9]{2,18}$")
+PAYMENT_TERMS_MAX = 1000
+
+
+def _printed_text(value: str, what: str, limit: int, *, lines: bool = False) -> str:
+    """Text printed on statements: not blank, at most ``limit`` characters, no control
+    characters (line breaks only where ``lines``)."""
+    if not value.strip():
+        raise ValueError(f"{what} is empty")
+    if len(value) > limit:
+        raise ValueError(f"{what} is {len(value)} characters long (at most {limit})")
+    allowed = "\n" if lines else ""
+    if any((ord(c) < 32 or 127 <= ord(c) < 160) and c not in allowed for c in value):
+        if lines:
+            raise ValueError(f"{what} holds a control character")
+        raise ValueError(
+            f"{what} holds a line break or control character "
+            "(write it on one line, parts separated by commas)"
+        )
+    return value
+
+
 class Partner(Model):
     id: str = Field(pattern=ID_RE, max_length=64)
     name: str
     email: str | None = None
     webhook: str | None = None
+    # Printed on statements (the invoice basis): the legal address and the VAT id.
+    address: str | None = None
+    vat_id: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return _printed_text(value, "address", ADDRESS_MAX)
+
+    @field_validator("vat_id")
+    @classmethod
+    def _check_vat_id(cls, value: str | None) -> str | None:
+        if value is not None and not VAT_ID_RE.match(value):
+            raise ValueError(
+                f"VAT id {value!r} is not a country code and 2-18 capital letters or digits "
+                "(e.g. DK12345678; no spaces or punctuation)"
+            )
+        return value
 
 
 class Meter(Model):
@@ -168,6 +211,18 @@ class Balance(Model):
         return format_duration(value)
 
 
+class StatementSettings(Model):
+    min_coverage: float = Field(default=0.99, gt=0, le=1)
+    payment_terms: str | None = None
+
+    @field_validator("payment_terms")
+    @classmethod
+    def _check_payment_terms(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return _printed_text(value, "payment terms", PAYMENT_TERMS_MAX, lines=True)
+
+
 class Network(Model):
     network: str = Field(pattern=ID_RE)
     name: str
@@ -178,6 +233,7 @@ class Network(Model):
     exchanges: list[Exchange] = Field(default_factory=list)
     balances: list[Balance] = Field(default_factory=list)
     meter_rules: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    statements: StatementSettings = Field(default_factory=StatementSettings)
 
     @field_validator("timezone")
     @classmethod

@@ -74,6 +74,7 @@ from core.settings import Settings
 from ingest.service import mqtt_client as make_mqtt_client
 from ingest.service import parse_mqtt_url
 from rules import webhook
+from rules.statements import human_time
 
 log = logging.getLogger("symbiont.notify")
 
@@ -714,11 +715,21 @@ def statement_mail(
         ("CO2 avoided", str(totals["co2_avoided_t"]), "t"),
     ]
     width = max(len(value) for _, value, _ in rows)
+    zone = str(doc.get("timezone") or "") or None
+
+    def when(ts: Any) -> str:  # as the PDF shows it: the network's time and UTC offset
+        return human_time(ts, zone) if isinstance(ts, str) and ts else ""
+
     body = [
         f"Exchange statement of {name} ({partner}) for {month}",
+        *(
+            [f"Document number: {_one_line(str(doc['document_number']))}"]
+            if doc.get("document_number")
+            else []
+        ),
         f"Network: {_one_line(doc.get('network_name') or doc.get('network') or '')}",
-        f"Period: {period.get('start', '')} to {period.get('end', '')} ({doc.get('timezone')})",
-        f"Issued: {doc.get('issued_at')}",
+        f"Period: {when(period.get('start'))} to {when(period.get('end'))} ({zone})",
+        f"Issued: {when(doc.get('issued_at'))}",
         "",
         *(f"  {label + ':':<14}{value:>{width}} {unit}" for label, value, unit in rows),
         "",

@@ -14,25 +14,43 @@ integers, instants are RFC 3339 with the network zone's offset (``"2026-10-01T00
 ensure_ascii=False)`` encoded as UTF-8. :func:`verify_hash` checks it; :func:`render_json`
 gives the canonical bytes of the whole document.
 
+Besides the lines, adjustments and totals, the document is an invoice basis:
+``document_number`` (given when the statement is issued; ``null`` for a draft), ``parties``
+(``partner`` and ``counterparties``, each ``id``, ``name``, ``address``, ``vat_id``),
+``subtotals`` (per counterparty: ``receivable``, ``payable``, ``net_amount``, ``currency``;
+they add up to the totals), ``savings`` (avoided cost, net savings and CO2 avoided, in all and
+by kind: not amounts owed) and ``payment_terms``. A stored document may also carry
+``revision`` and ``incomplete_reason``; the renderings show them when present, and render
+documents made before these fields existed as well.
+
 CSV
 ---
 One row per line, per adjustment and per total (``record`` = ``line`` | ``adjustment`` |
-``total``; totals for all kinds, then one per kind), every row carrying the partner, month and
-currency; values as exact decimal text. An adjustment row carries its Δs in ``billed``,
+``total``; totals for all kinds, then one per kind), then one per party (``party``: the
+partner, then each counterparty, with ``address`` and ``vat_id``), one per counterparty's
+subtotal (``subtotal``) and the payment terms (``payment_terms``). Every row carries the
+partner and its legal name, month, currency, document number and issue time; values as exact
+decimal text, instants as in the JSON. An adjustment row carries its Δs in ``billed``,
 ``amount``, ``avoided_cost``, ``co2_avoided_t`` and ``savings`` and its month in ``month``; a
 total row has ``receivable``, ``payable``, ``net_amount``, ``avoided_cost``, ``savings`` (net)
-and ``co2_avoided_t``. Written with pandas, read back with
-``pandas.read_csv`` (pass ``dtype=str`` to keep the decimals exact).
+and ``co2_avoided_t``; a subtotal row ``receivable``, ``payable`` and ``net_amount``. Written
+with pandas, read back with ``pandas.read_csv`` (pass ``dtype=str`` to keep the decimals
+exact).
 
 PDF
 ---
 A4 landscape, drawn with matplotlib's object API (``Figure`` and the PDF backend's
-``PdfPages``; no pyplot, no GUI backend, no global state): page 1 has the header (partner,
-month, status, period, currency, time zone), the lines, the adjustments and the totals
-(overall and by kind); page 2 has a chart of daily sent vs received per exchange, one panel per
-exchange. Long statements flow onto more pages (a table continues with its header repeated;
-more than 12 exchanges give more chart pages). The PDF carries no creation date, so the same
-inputs give the same bytes.
+``PdfPages``; no pyplot, no GUI backend, no global state). First what an accountant books: the
+header (document number, or "DRAFT — not an invoice"; issue time and statement period in the
+network's zone with their UTC offsets; the partner's legal name, address and VAT id), the
+counterparties with theirs, the lines grouped by counterparty (receivable and payable in
+columns of their own), the adjustments, the subtotals per counterparty, the totals and the
+payment terms. Then the metered quantities, the savings and CO2 avoided (a section of their
+own: not amounts owed), and a chart of daily sent vs received per exchange, one panel per
+exchange. Tables flow onto more pages (a short one moves whole to the next page, a long one
+continues with its column titles repeated; more than 12 exchanges give more chart pages).
+Column widths are measured in the font the cells are drawn in, figures right-aligned. The PDF
+carries no creation date, so the same inputs give the same bytes.
 """
 
 from __future__ import annotations
@@ -43,6 +61,7 @@ import hmac
 import io
 import json
 import math
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -76,13 +95,16 @@ from rules.statements import (
     KINDS,
     Adjustment,
     DailySeries,
+    Party,
     Period,
     Statement,
     StatementLine,
+    Subtotal,
     Totals,
+    human_time,
 )
 
-DOCUMENT_VERSION = 1
+DOCUMENT_VERSION = 2  # 2: parties, document number, subtotals, savings, payment terms
 ROUNDING = {
     "mode": "ROUND_HALF_UP",
     "quantity": "0.001",
@@ -165,6 +187,29 @@ def _totals(t: Totals) -> dict[str, Any]:
     }
 
 
+def _party(p: Party) -> dict[str, Any]:
+    return {"id": p.id, "name": p.name, "address": p.address, "vat_id": p.vat_id}
+
+
+def _subtotal(sub: Subtotal, currency: str) -> dict[str, Any]:
+    return {
+        "counterparty": sub.counterparty,
+        "counterparty_name": sub.counterparty_name,
+        "currency": currency,
+        "receivable": _dec(sub.receivable),
+        "payable": _dec(sub.payable),
+        "net_amount": _dec(sub.net_amount),
+    }
+
+
+def _savings(t: Totals) -> dict[str, Any]:
+    return {
+        "avoided_cost": _dec(t.avoided_cost),
+        "net_savings": _dec(t.net_savings),
+        "co2_avoided_t": _dec(t.co2_avoided_t),
+    }
+
+
 def canonical_json(obj: Any) -> bytes:
     """Sorted keys, no whitespace, UTF-8: the bytes the content hash is taken over."""
     return json.dumps(
@@ -189,8 +234,10 @@ def verify_hash(doc: Mapping[str, Any]) -> bool:
 def statement_document(st: Statement) -> dict[str, Any]:
     """The statement as its JSON document (SPEC §7), ``content_hash`` included."""
     tz = st.tz
+    partner = st.partner_party or Party(st.partner, st.partner_name)
     doc: dict[str, Any] = {
         "version": DOCUMENT_VERSION,
+        "document_number": st.document_number,
         "network": st.network,
         "network_name": st.network_name,
         "partner": st.partner,
@@ -202,13 +249,23 @@ def statement_document(st: Statement) -> dict[str, Any]:
         "currency": st.currency,
         "timezone": st.timezone,
         "period": _period(st.period, tz),
+        "parties": {
+            "partner": _party(partner),
+            "counterparties": [_party(p) for p in st.counterparties],
+        },
         "rounding": dict(ROUNDING),
         "lines": [_line(ln, tz) for ln in st.lines],
         "adjustments": [_adjustment(a) for a in st.adjustments],
+        "subtotals": [_subtotal(sub, st.currency) for sub in st.subtotals],
         "totals": {
             **_totals(st.totals),
             "by_kind": {k.value: _totals(st.totals_by_kind[k]) for k in KINDS},
         },
+        "savings": {
+            **_savings(st.totals),
+            "by_kind": {k.value: _savings(st.totals_by_kind[k]) for k in KINDS},
+        },
+        "payment_terms": st.payment_terms,
     }
     doc["content_hash"] = content_hash(doc)
     return doc
@@ -254,6 +311,13 @@ CSV_COLUMNS = (
     "payable",
     "net_amount",
     "reason",
+    "document_number",
+    "issued_at",
+    "partner_name",
+    "counterparty_name",
+    "address",
+    "vat_id",
+    "payment_terms",
 )
 
 
@@ -264,8 +328,16 @@ def _doc(doc: Mapping[str, Any] | Statement) -> Mapping[str, Any]:
 def csv_frame(doc: Mapping[str, Any] | Statement) -> pd.DataFrame:
     """The CSV's rows as a DataFrame of strings (empty cells are None)."""
     d = _doc(doc)
-    common = {"partner": d["partner"], "statement_month": d["month"], "currency": d["currency"]}
+    common = {
+        "partner": d["partner"],
+        "statement_month": d["month"],
+        "currency": d["currency"],
+        "document_number": d.get("document_number"),
+        "issued_at": d.get("issued_at"),
+        "partner_name": d.get("partner_name"),
+    }
     rows: list[dict[str, Any]] = []
+    other = _counterparties_of(d)
     for ln in d["lines"]:
         period = ln.get("period") or d["period"]
         rows.append(
@@ -286,6 +358,8 @@ def csv_frame(doc: Mapping[str, Any] | Statement) -> pd.DataFrame:
                 "month": a["month"],
                 "exchange": a["exchange"],
                 "role": a["role"],
+                "counterparty": other.get(a["exchange"], (None, None))[0],
+                "counterparty_name": other.get(a["exchange"], (None, None))[1],
                 "kind": a["kind"],
                 "unit": a["unit"],
                 "billed": a["delta_quantity"],
@@ -314,10 +388,64 @@ def csv_frame(doc: Mapping[str, Any] | Statement) -> pd.DataFrame:
                 "savings": t["net_savings"],
             }
         )
+    # after the rows every statement has had: the parties, subtotals and payment terms
+    parties = _parties(d)
+    for role, party in [("partner", parties[0]), *(("counterparty", p) for p in parties[1:])]:
+        rows.append(
+            {
+                **common,
+                "record": "party",
+                "role": role,
+                "counterparty": party["id"] if role == "counterparty" else None,
+                "counterparty_name": party["name"] if role == "counterparty" else None,
+                "address": party.get("address"),
+                "vat_id": party.get("vat_id"),
+            }
+        )
+    for sub in d.get("subtotals", ()):
+        rows.append(
+            {
+                **common,
+                "record": "subtotal",
+                "month": d["month"],
+                "counterparty": sub["counterparty"],
+                "counterparty_name": sub["counterparty_name"],
+                "period_start": d["period"]["start"],
+                "period_end": d["period"]["end"],
+                "receivable": sub["receivable"],
+                "payable": sub["payable"],
+                "net_amount": sub["net_amount"],
+            }
+        )
+    if d.get("payment_terms"):
+        rows.append({**common, "record": "payment_terms", "payment_terms": d["payment_terms"]})
     import pandas as pd  # here: processes that only render PDFs start without it
 
     frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS), dtype=object)
     return frame.astype(object).where(frame.notna(), None)
+
+
+def _parties(d: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The partner, then each counterparty, from the document (an older document without
+    its parties names them from its lines)."""
+    parties = d.get("parties")
+    if parties:
+        return [parties["partner"], *parties["counterparties"]]
+    seen: dict[str, Mapping[str, Any]] = {}
+    for ln in d["lines"]:
+        seen.setdefault(
+            ln["counterparty"], {"id": ln["counterparty"], "name": ln.get("counterparty_name")}
+        )
+    return [{"id": d["partner"], "name": d["partner_name"]}, *seen.values()]
+
+
+def _counterparties_of(d: Mapping[str, Any]) -> dict[str, tuple[str, str | None]]:
+    """Per exchange on the lines, its counterparty's id and legal name (for the adjustments,
+    which name only the exchange)."""
+    return {
+        str(ln["exchange"]): (str(ln["counterparty"]), ln.get("counterparty_name"))
+        for ln in d["lines"]
+    }
 
 
 def render_csv(doc: Mapping[str, Any] | Statement) -> str:
@@ -335,6 +463,9 @@ HEADING_H = 0.42  # inches for a table's heading line and the space above it
 MIN_SCALE = 0.78  # tables shrink at most to this to fit the first page, then flow on
 FOOTER_ROOM = 0.15  # inches kept free above the footer
 INK, MUTED, RULE, SHADE = "#1a1a1a", "#666666", "#bbbbbb", "#eef1f5"
+GROUP_SHADE = "#f7f8fa"
+DRAFT_COLOUR, ISSUED_COLOUR = "#b7791f", "#2f855a"
+DRAFT_MARK = "DRAFT — not an invoice"
 SENT_COLOUR, RECEIVED_COLOUR = "#d1603d", "#2b6cb0"
 GRID = "#e5e5e5"
 AXIS_ZORDER = 1.5  # where axes draw their ticks and grid (below the data lines)
@@ -361,15 +492,8 @@ def _local(ts: str) -> datetime:
     return datetime.fromisoformat(ts)
 
 
-def _when(ts: str) -> str:
-    """``2026-10-01T00:00:00+02:00`` → ``1 Oct 2026 00:00 (UTC+02:00)``."""
-    local = _local(ts)
-    offset = local.isoformat()[19:] or "+00:00"
-    return f"{local.day} {local:%b %Y %H:%M} (UTC{offset})"
-
-
-def _period_text(period: Mapping[str, str]) -> str:
-    return f"{_when(period['start'])} – {_when(period['end'])}"
+def _period_text(period: Mapping[str, str], zone: str | None = None) -> str:
+    return f"{human_time(period['start'], zone)} – {human_time(period['end'], zone)}"
 
 
 def _days_text(period: Mapping[str, str] | None) -> str:
@@ -386,7 +510,6 @@ def _days_text(period: Mapping[str, str] | None) -> str:
 class _Column:
     title: str
     align: str  # "left" | "right"
-    bold_last: bool = False
 
 
 @dataclass
@@ -398,6 +521,13 @@ class _Block:
     rows: list[list[str]]
     note: str = ""
     emphasis: frozenset[int] = frozenset()  # row indices drawn bold
+    groups: frozenset[int] = frozenset()  # rows heading a group: their first cell spans the row
+    header: bool = True  # a row of column titles (repeated on every page the table is on)
+    ruled: bool = True  # rules between rows
+    invoice: bool = False  # part of what page 1 should hold (tables shrink a little for it)
+
+    def height(self, scale: _Scale) -> float:
+        return scale.heading + scale.row * (int(self.header) + len(self.rows))
 
 
 class _Cells(Artist):
@@ -506,13 +636,13 @@ class _Page:
             )
         )
 
-    def shade(self, y: float, h: float) -> None:
+    def shade(self, y: float, h: float, colour: str = SHADE) -> None:
         self.fig.add_artist(
             Rectangle(
                 (MARGIN_X / PAGE_W, y / PAGE_H),
                 (PAGE_W - 2 * MARGIN_X) / PAGE_W,
                 h / PAGE_H,
-                facecolor=SHADE,
+                facecolor=colour,
                 edgecolor="none",
                 transform=self.fig.transFigure,
                 zorder=0,
@@ -520,19 +650,41 @@ class _Page:
         )
 
 
-def _widths(columns: Sequence[_Column], rows: Sequence[Sequence[str]], font: float) -> list[float]:
-    """Column widths in inches, from the longest text (a rough average glyph width)."""
-    char = 0.6 * font / 72
+_WEIGHTS: dict[str, _Advances] = {}  # the font file's advances by weight (the same at any size)
+
+
+def _text_width(s: str, font: float, weight: str = "normal") -> float:
+    """The advance width of ``s`` in inches at ``font`` points (as :class:`_Cells` draws it)."""
+    advances = _WEIGHTS.get(weight)
+    if advances is None:
+        advances = _WEIGHTS.setdefault(weight, _advances(FontProperties(weight=weight)))
+    return advances.width(s, font / 72)
+
+
+CELL_PAD = 0.07  # inches between a cell's text and its column's edge
+COLUMN_GAP = 0.12  # inches more between the texts of neighbouring columns
+
+
+def _widths(block: _Block, font: float) -> list[float]:
+    """Column widths in inches: the widest text of each column (group rows span the row and
+    do not count), measured in the font it is drawn in, with padding."""
     out = []
-    for j, col in enumerate(columns):
-        longest = max([len(col.title), *(len(r[j]) for r in rows)])
-        out.append(longest * char + 0.16)
+    for j, col in enumerate(block.columns):
+        texts = [(col.title, "bold")] if block.header else []
+        texts += [
+            (row[j], "bold" if i in block.emphasis else "normal")
+            for i, row in enumerate(block.rows)
+            if i not in block.groups
+        ]
+        widest = max((_text_width(t, font, w) for t, w in texts if t), default=0.0)
+        out.append(widest + 2 * CELL_PAD + COLUMN_GAP)
     return out
 
 
 @dataclass(frozen=True)
 class _Scale:
-    """Table sizes, shrunk together when a statement would not fit on the first page."""
+    """Table sizes, shrunk together when a statement's invoice part would not fit on the
+    first page otherwise."""
 
     factor: float = 1.0
 
@@ -550,61 +702,81 @@ class _Scale:
 
 
 def _draw_table(
-    page: _Page, block: _Block, rows: list[list[str]], first: int, scale: _Scale
+    page: _Page, block: _Block, rows: Sequence[int], scale: _Scale, *, header: bool
 ) -> None:
+    """Draw the rows of ``block`` with these indices under ``page.y`` (and its column
+    titles first when ``header``)."""
     width = PAGE_W - 2 * MARGIN_X
     font, row_h = scale.font, scale.row
-    widths = _widths(block.columns, block.rows, font)
-    if sum(widths) > width:  # shrink the font until it fits
-        font = max(5.0, font * width / sum(widths))
-        widths = _widths(block.columns, block.rows, font)
+    widths = _widths(block, font)
+    if sum(widths) > width:  # shrink the font until the texts fit between their paddings
+        fixed = len(widths) * (2 * CELL_PAD + COLUMN_GAP)
+        font = max(5.0, font * (width - fixed) / (sum(widths) - fixed))
+        widths = _widths(block, font)
     spare = max(0.0, width - sum(widths)) / len(widths)
     widths = [w + spare for w in widths]
     xs = [MARGIN_X]
     for w in widths[:-1]:
         xs.append(xs[-1] + w)
-    pad = 0.06
 
     def row_text(cells: Sequence[str], y: float, weight: str) -> None:
         for j, (col, cell) in enumerate(zip(block.columns, cells, strict=True)):
             if col.align == "right":
-                page.cells.add(xs[j] + widths[j] - pad, y, cell, True, font, weight)
+                page.cells.add(xs[j] + widths[j] - CELL_PAD, y, cell, True, font, weight)
             else:
-                page.cells.add(xs[j] + pad, y, cell, False, font, weight)
+                page.cells.add(xs[j] + CELL_PAD, y, cell, False, font, weight)
 
     y = page.y
-    page.shade(y - row_h, row_h)
-    row_text([c.title for c in block.columns], y - row_h / 2, "bold")
-    page.rule(y - row_h, INK, 0.8)
-    y -= row_h
-    for i, cells in enumerate(rows):
-        bold = (first + i) in block.emphasis
-        if bold:
-            page.rule(y, INK, 0.6)
-        row_text(cells, y - row_h / 2, "bold" if bold else "normal")
+    if header:
+        page.shade(y - row_h, row_h)
+        row_text([c.title for c in block.columns], y - row_h / 2, "bold")
+        page.rule(y - row_h, INK, 0.8)
         y -= row_h
-        page.rule(y, RULE, 0.4)
+    for i in rows:
+        cells = block.rows[i]
+        if i in block.groups:
+            page.shade(y - row_h, row_h, GROUP_SHADE)
+            page.cells.add(MARGIN_X + CELL_PAD, y - row_h / 2, cells[0], False, font, "bold")
+        else:
+            bold = i in block.emphasis
+            if bold:
+                page.rule(y, INK, 0.6)
+            row_text(cells, y - row_h / 2, "bold" if bold else "normal")
+        y -= row_h
+        if block.ruled:
+            page.rule(y, RULE, 0.4)
     page.y = y
 
 
 def _fit(page: _Page, blocks: Sequence[_Block]) -> _Scale:
-    """The scale at which all blocks fit under ``page.y`` (not below MIN_SCALE)."""
-    need = sum(HEADING_H + ROW_H * (1 + len(b.rows)) for b in blocks)
+    """The scale at which the invoice blocks fit under ``page.y``: 1, or smaller down to
+    MIN_SCALE; 1 where they would not fit even then (they flow onto the next page)."""
+    need = sum(b.height(_Scale()) for b in blocks if b.invoice)
     room = page.y - MARGIN_BOTTOM - FOOTER_ROOM
-    return _Scale(min(1.0, max(MIN_SCALE, room / need)))
+    if need <= room or need * MIN_SCALE > room:
+        return _Scale()
+    return _Scale(room / need)
+
+
+KEEP_ROWS = 12  # a table this short moves whole to the next page rather than split
 
 
 def _flow_tables(page: _Page, blocks: Sequence[_Block], new_page: Callable[[], _Page]) -> None:
-    """Place blocks top to bottom, splitting tables across pages (header repeated)."""
+    """Place blocks top to bottom: a short table that does not fit under the last one starts
+    a new page, a long one is split across pages (its column titles repeated, a group's
+    heading row never left alone at the bottom of a page)."""
     scale = _fit(page, blocks)
     bottom = MARGIN_BOTTOM + FOOTER_ROOM
+    full = PAGE_H - MARGIN_TOP - bottom
     for block in blocks:
-        remaining = list(block.rows)
-        first = 0
+        remaining = list(range(len(block.rows)))
+        whole = block.height(scale)
+        if len(block.rows) <= KEEP_ROWS and page.y - whole < bottom - 1e-9 and whole <= full:
+            page = new_page()
         cont = False
         while True:
             # At least the header and two rows (or the whole table) under the heading.
-            need = scale.heading + scale.row * (1 + min(len(remaining), 2))
+            need = scale.heading + scale.row * (int(block.header) + min(len(remaining), 2))
             if page.y - need < bottom - 1e-9:
                 page = new_page()
             title = block.heading + (" (continued)" if cont else "")
@@ -623,62 +795,279 @@ def _flow_tables(page: _Page, blocks: Sequence[_Block], new_page: Callable[[], _
                     va="center",
                 )
             page.y -= scale.heading
-            fit = int((page.y - bottom + 1e-9) // scale.row) - 1
+            fit = int((page.y - bottom + 1e-9) // scale.row) - int(block.header)
             chunk = remaining[: max(fit, 1)]
-            _draw_table(page, block, chunk, first, scale)
+            if len(chunk) > 1 and len(chunk) < len(remaining) and chunk[-1] in block.groups:
+                chunk = chunk[:-1]
+            _draw_table(page, block, chunk, scale, header=block.header)
             remaining = remaining[len(chunk) :]
-            first += len(chunk)
             if not remaining:
                 break
             page = new_page()
             cont = True
 
 
+def _status_colour(d: Mapping[str, Any]) -> str:
+    return DRAFT_COLOUR if d["status"] == "draft" else ISSUED_COLOUR
+
+
 def _header(page: _Page, d: Mapping[str, Any]) -> None:
-    status = str(d["status"]).upper()
-    page.text(MARGIN_X, page.y - 0.22, "Exchange statement", fontsize=9, color=MUTED)
+    """The document's head: what it is, who it is for, its number, dates and period."""
+    zone = str(d["timezone"])
+    draft = d["status"] == "draft"
+    top = page.y
+    partner = _parties(d)[0]
+    kind = "Exchange statement  ·  draft" if draft else "Exchange statement  ·  invoice basis"
+    page.text(MARGIN_X, top - 0.2, kind.upper(), fontsize=8, color=MUTED, weight="bold")
     page.text(
         PAGE_W - MARGIN_X,
-        page.y - 0.22,
-        status,
+        top - 0.22,
+        DRAFT_MARK if draft else "ISSUED",
         fontsize=14,
         weight="bold",
         ha="right",
-        color="#b7791f" if d["status"] == "draft" else "#2f855a",
+        color=_status_colour(d),
     )
-    page.text(MARGIN_X, page.y - 0.55, str(d["partner_name"]), fontsize=17, weight="bold")
-    month = datetime.strptime(str(d["month"]), "%Y-%m")
-    page.text(
-        MARGIN_X,
-        page.y - 0.83,
-        f"{month:%B %Y}  ·  {d['network_name']}  ·  partner id {d['partner']}",
-        fontsize=10,
-        color=INK,
-    )
-    facts = [
-        f"Period: {_period_text(d['period'])}, time zone {d['timezone']}",
-        f"Currency: {d['currency']}   ·   "
-        + (
-            f"Issued: {_when(d['issued_at'])}"
-            if d.get("issued_at")
-            else "Draft: figures change while data arrives"
-            + (f" (data as of {_when(d['as_of'])})" if d.get("as_of") else "")
-        ),
+    network = str(d["network_name"])
+    page.text(PAGE_W - MARGIN_X, top - 0.45, network, fontsize=9, ha="right", color=MUTED)
+    # the partner's legal name, smaller where it is long (it stays clear of the network's)
+    name = str(partner.get("name") or d["partner"])
+    room = PAGE_W - 2 * MARGIN_X - _text_width(network, 9) - 0.3
+    size = max(9.0, min(17.0, 17.0 * room / max(_text_width(name, 17.0, "bold"), 1e-9)))
+    page.text(MARGIN_X, top - 0.52, name, fontsize=size, weight="bold")
+    who = [
+        str(partner["address"]) if partner.get("address") else "",
+        f"VAT {partner['vat_id']}" if partner.get("vat_id") else "",
+        f"partner id {d['partner']}",
     ]
-    for i, fact in enumerate(facts):
-        page.text(MARGIN_X, page.y - 1.07 - 0.18 * i, fact, fontsize=8, color=MUTED)
-    page.y -= 1.07 + 0.18 * len(facts)
+    page.text(MARGIN_X, top - 0.78, "   ·   ".join(w for w in who if w), fontsize=9.5)
+
+    number = d.get("document_number")
+    facts: list[tuple[str, str, str]] = [  # label, value, colour
+        ("Document no.", "none (a draft)" if draft else str(number or "–"), _status_colour(d)),
+        ("Data as of", human_time(str(d["as_of"]), zone), INK)
+        if draft and d.get("as_of")
+        else ("Issued", human_time(str(d["issued_at"]), zone), INK)
+        if d.get("issued_at")
+        else ("Issued", "not issued", INK),
+        ("Currency", str(d["currency"]), INK),
+        (f"Statement period ({zone})", _period_text(d["period"], zone), INK),
+    ]
+    revision = d.get("revision")
+    if isinstance(revision, int) and not isinstance(revision, bool) and revision > 1:
+        facts.insert(1, ("Revision", str(revision), INK))
+    x, y = MARGIN_X, top - 1.08
+    for label, value, colour in facts:
+        span = max(_text_width(label, 7.5), _text_width(value, 9, "bold")) + 0.4
+        if x > MARGIN_X and x + span - 0.4 > PAGE_W - MARGIN_X:
+            x, y = MARGIN_X, y - 0.44
+        page.text(x, y, label, fontsize=7.5, color=MUTED)
+        page.text(x, y - 0.2, value, fontsize=9, weight="bold", color=colour)
+        x += span
+    y -= 0.36
+    notes = []
+    if d.get("incomplete_reason"):
+        notes.append(f"Issued on incomplete data: {d['incomplete_reason']}")
+    if draft:
+        notes.append(
+            "A draft: its figures change while data arrives. It is not an invoice and has no "
+            "document number."
+        )
+    for note in notes:
+        for part in textwrap.wrap(note, 150):
+            page.text(MARGIN_X, y - 0.04, part, fontsize=8.5, color=DRAFT_COLOUR)
+            y -= 0.18
+    page.y = y - 0.04
     page.rule(page.y, INK, 1.0)
+    page.y -= 0.05
+
+
+def _pct(coverage: str) -> str:
+    return f"{(Decimal(coverage) * 100).quantize(Decimal('0.01'))} %"
 
 
 def _blocks(d: Mapping[str, Any]) -> list[_Block]:
+    """The statement's tables in the order they are read: who, what is owed, the terms, then
+    the metered detail and the savings."""
     cur = d["currency"]
     lines = d["lines"]
+    adjustments = d["adjustments"]
     split = any(ln.get("period") for ln in lines)
     period_col = [_Column("Period", "left")] if split else []
 
     def period_cell(ln: Mapping[str, Any]) -> list[str]:
         return [_days_text(ln.get("period"))] if split else []
+
+    parties = _parties(d)
+    names = {str(p["id"]): str(p.get("name") or p["id"]) for p in parties[1:]}
+    blocks = [
+        _Block(
+            "Counterparties",
+            [
+                _Column("Legal name", "left"),
+                _Column("Partner id", "left"),
+                _Column("Address", "left"),
+                _Column("VAT id", "left"),
+            ],
+            [
+                [
+                    str(p.get("name") or "–"),
+                    str(p["id"] or "–"),
+                    str(p.get("address") or "–"),
+                    str(p.get("vat_id") or "–"),
+                ]
+                for p in parties[1:]
+            ],
+            note="the other party of each line; as named in the network file",
+            invoice=True,
+        )
+    ]
+
+    # the lines, grouped by counterparty in the order the counterparties first appear
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for ln in lines:
+        groups.setdefault(str(ln["counterparty"]), []).append(ln)
+    m_rows: list[list[str]] = []
+    heads: set[int] = set()
+    m_cols = [
+        _Column("Exchange", "left"),
+        _Column("Role", "left"),
+        *period_col,
+        _Column("Billed", "right"),
+        _Column("Unit", "left"),
+        _Column("Basis", "left"),
+        _Column("Coverage", "right"),
+        _Column(f"Price /unit {cur}", "right"),
+        _Column(f"Receivable {cur}", "right"),
+        _Column(f"Payable {cur}", "right"),
+    ]
+    for other, members in groups.items():
+        name = str(members[0].get("counterparty_name") or names.get(other) or other)
+        heads.add(len(m_rows))
+        m_rows.append([f"{name}  ({other})", *([""] * (len(m_cols) - 1))])
+        for ln in members:
+            provider = ln["role"] == "provider"
+            m_rows.append(
+                [
+                    str(ln["exchange"]),
+                    str(ln["role"]),
+                    *period_cell(ln),
+                    _num(ln["billed"]),
+                    str(ln["unit"]),
+                    str(ln["basis"]),
+                    _pct(ln["coverage"]),
+                    _num(ln["price"]),
+                    _num(ln["amount"]) if provider else "",
+                    "" if provider else _num(ln["amount"]),
+                ]
+            )
+    blocks.append(
+        _Block(
+            f"Lines by counterparty ({cur})",
+            m_cols,
+            m_rows,
+            note=(
+                "amount = billed × price, half-up to the cent; as provider the partner "
+                "receives it, as receiver it pays it"
+            ),
+            groups=frozenset(heads),
+            invoice=True,
+        )
+    )
+    if adjustments:
+        counterparty_of = _counterparties_of(d)
+        blocks.append(
+            _Block(
+                "Adjustments to issued months",
+                [
+                    _Column("Month", "left"),
+                    _Column("Exchange", "left"),
+                    _Column("Counterparty", "left"),
+                    _Column("Role", "left"),
+                    _Column("Δ quantity", "right"),
+                    _Column("Unit", "left"),
+                    _Column(f"Δ amount {cur}", "right"),
+                    _Column("Reason", "left"),
+                ],
+                [
+                    [
+                        str(a["month"]),
+                        str(a["exchange"]),
+                        counterparty_of.get(str(a["exchange"]), ("–", None))[0],
+                        str(a["role"]),
+                        _num(a["delta_quantity"]),
+                        str(a["unit"]),
+                        _num(a["delta_amount"]),
+                        str(a["reason"]),
+                    ]
+                    for a in adjustments
+                ],
+                note="included in the subtotals and totals",
+                invoice=True,
+            )
+        )
+    subtotals = d.get("subtotals")
+    if subtotals is not None:
+        vat = {str(p["id"]): str(p.get("vat_id") or "–") for p in parties[1:]}
+        blocks.append(
+            _Block(
+                f"Subtotals per counterparty ({cur})",
+                [
+                    _Column("Counterparty", "left"),
+                    _Column("Partner id", "left"),
+                    _Column("VAT id", "left"),
+                    _Column(f"Receivable {cur}", "right"),
+                    _Column(f"Payable {cur}", "right"),
+                    _Column(f"Net amount {cur}", "right"),
+                ],
+                [
+                    [
+                        str(sub["counterparty_name"] or names.get(sub["counterparty"]) or "–"),
+                        str(sub["counterparty"] or "–"),
+                        vat.get(str(sub["counterparty"]), "–"),
+                        _num(sub["receivable"]),
+                        _num(sub["payable"]),
+                        _num(sub["net_amount"]),
+                    ]
+                    for sub in subtotals
+                ],
+                note="net amount = receivable − payable (negative: the partner pays)",
+                invoice=True,
+            )
+        )
+    used = {ln["kind"] for ln in lines} | {a["kind"] for a in adjustments}
+    totals = d["totals"]
+    kinds = [k.value for k in KINDS if k.value in used]
+    tot_rows = [[kind, *_owed_cells(totals["by_kind"][kind])] for kind in kinds]
+    tot_rows.append(["Total", *_owed_cells(totals)])
+    blocks.append(
+        _Block(
+            f"Totals ({cur})",
+            [
+                _Column("", "left"),
+                _Column(f"Receivable {cur}", "right"),
+                _Column(f"Payable {cur}", "right"),
+                _Column(f"Net amount {cur}", "right"),
+            ],
+            tot_rows,
+            note="the amounts owed, by kind and in all; net amount negative: the partner pays",
+            emphasis=frozenset({len(tot_rows) - 1}),
+            invoice=True,
+        )
+    )
+    if d.get("payment_terms"):
+        paragraphs = str(d["payment_terms"]).splitlines() or [""]
+        wrapped = [part for p in paragraphs for part in (textwrap.wrap(p, 150) or [""])]
+        blocks.append(
+            _Block(
+                "Payment terms",
+                [_Column("", "left")],
+                [[part] for part in wrapped],
+                header=False,
+                ruled=False,
+                invoice=True,
+            )
+        )
 
     q_cols = [
         _Column("Exchange", "left"),
@@ -705,35 +1094,43 @@ def _blocks(d: Mapping[str, Any]) -> list[_Block]:
             _num(ln["billed"]),
             str(ln["unit"]),
             str(ln["basis"]),
-            f"{(Decimal(ln['coverage']) * 100).quantize(Decimal('0.01'))} %",
+            _pct(ln["coverage"]),
             str(ln["windows"]),
             str(ln["alerts"]),
         ]
         for ln in lines
     ]
-    m_cols = [
+    blocks.append(
+        _Block(
+            "Metered quantities",
+            q_cols,
+            q_rows,
+            note=(
+                "canonical units; billed = the basis agreed for the exchange; alerts on the "
+                "exchange and its meters during the month"
+            ),
+        )
+    )
+
+    s_cols = [
         _Column("Exchange", "left"),
         _Column("Role", "left"),
         *period_col,
         _Column("Billed", "right"),
         _Column("Unit", "left"),
-        _Column("Price /unit", "right"),
-        _Column("Amount", "right"),
-        _Column("Avoided /unit", "right"),
-        _Column("Avoided cost", "right"),
-        _Column("Savings", "right"),
+        _Column(f"Avoided /unit {cur}", "right"),
+        _Column(f"Avoided cost {cur}", "right"),
+        _Column(f"Savings {cur}", "right"),
         _Column("CO2 t/unit", "right"),
         _Column("CO2 avoided t", "right"),
     ]
-    m_rows = [
+    s_rows = [
         [
             str(ln["exchange"]),
             str(ln["role"]),
             *period_cell(ln),
             _num(ln["billed"]),
             str(ln["unit"]),
-            _num(ln["price"]),
-            _num(ln["amount"]),
             _num(ln["avoided_cost_per_unit"]),
             _num(ln["avoided_cost"]),
             _num(ln["savings"]),
@@ -741,93 +1138,58 @@ def _blocks(d: Mapping[str, Any]) -> list[_Block]:
             _num(ln["co2_avoided_t"]),
         ]
         for ln in lines
-    ]
-    blocks = [
-        _Block(
-            "Quantities",
-            q_cols,
-            q_rows,
-            note="canonical units; billed = the basis agreed for the exchange",
-        ),
-        _Block(
-            f"Money ({cur})",
-            m_cols,
-            m_rows,
-            note=(
-                "amount = billed × price; avoided cost = billed × avoided/unit; "
-                "savings: receiver avoided − amount, provider amount + avoided; half-up"
-            ),
-        ),
-    ]
-    if d["adjustments"]:
-        adj_cols = [
-            _Column("Month", "left"),
-            _Column("Exchange", "left"),
-            _Column("Role", "left"),
-            _Column("Δ quantity", "right"),
-            _Column("Unit", "left"),
-            _Column(f"Δ amount {cur}", "right"),
-            _Column(f"Δ avoided cost {cur}", "right"),
-            _Column(f"Δ savings {cur}", "right"),
-            _Column("Δ CO2 t", "right"),
-            _Column("Reason", "left"),
+    ] + [
+        [
+            f"{a['exchange']}, adjustment {a['month']}",
+            str(a["role"]),
+            *([""] if split else []),
+            _num(a["delta_quantity"]),
+            str(a["unit"]),
+            "",
+            _num(a["delta_avoided_cost"]),
+            _num(a["delta_savings"]),
+            "",
+            _num(a["delta_co2_avoided_t"]),
         ]
-        adj_rows = [
-            [
-                str(a["month"]),
-                str(a["exchange"]),
-                str(a["role"]),
-                _num(a["delta_quantity"]),
-                str(a["unit"]),
-                _num(a["delta_amount"]),
-                _num(a["delta_avoided_cost"]),
-                _num(a["delta_savings"]),
-                _num(a["delta_co2_avoided_t"]),
-                str(a["reason"]),
-            ]
-            for a in d["adjustments"]
-        ]
-        blocks.append(
-            _Block("Adjustments to issued months", adj_cols, adj_rows, note="included in totals")
-        )
-    tot_cols = [
-        _Column("", "left"),
-        _Column(f"Receivable {cur}", "right"),
-        _Column(f"Payable {cur}", "right"),
-        _Column(f"Net amount {cur}", "right"),
-        _Column(f"Avoided cost {cur}", "right"),
-        _Column(f"Net savings {cur}", "right"),
-        _Column("CO2 avoided t", "right"),
+        for a in adjustments
     ]
-    used = {ln["kind"] for ln in lines} | {a["kind"] for a in d["adjustments"]}
-    totals = d["totals"]
-    tot_rows = []
-    for kind in (k.value for k in KINDS):
-        if kind in used:
-            t = totals["by_kind"][kind]
-            tot_rows.append([kind, *_total_cells(t)])
-    tot_rows.append(["Total", *_total_cells(totals)])
     blocks.append(
         _Block(
-            "Totals",
-            tot_cols,
-            tot_rows,
-            note="net amount = receivable − payable (negative: the partner pays)",
-            emphasis=frozenset({len(tot_rows) - 1}),
+            "Savings and CO2 avoided (not amounts owed)",
+            s_cols,
+            s_rows,
+            note=(
+                "avoided cost = billed × avoided/unit; savings: receiver avoided cost − "
+                "amount, provider amount + avoided cost; half-up"
+            ),
+        )
+    )
+    savings = d.get("savings") or totals
+    sav_rows = [[kind, *_saved_cells(savings["by_kind"][kind])] for kind in kinds]
+    sav_rows.append(["Total", *_saved_cells(savings)])
+    blocks.append(
+        _Block(
+            "Savings and CO2 avoided, totals",
+            [
+                _Column("", "left"),
+                _Column(f"Avoided cost {cur}", "right"),
+                _Column(f"Net savings {cur}", "right"),
+                _Column("CO2 avoided t", "right"),
+            ],
+            sav_rows,
+            note="adjustments included",
+            emphasis=frozenset({len(sav_rows) - 1}),
         )
     )
     return blocks
 
 
-def _total_cells(t: Mapping[str, str]) -> list[str]:
-    return [
-        _num(t["receivable"]),
-        _num(t["payable"]),
-        _num(t["net_amount"]),
-        _num(t["avoided_cost"]),
-        _num(t["net_savings"]),
-        _num(t["co2_avoided_t"]),
-    ]
+def _owed_cells(t: Mapping[str, str]) -> list[str]:
+    return [_num(t["receivable"]), _num(t["payable"]), _num(t["net_amount"])]
+
+
+def _saved_cells(t: Mapping[str, str]) -> list[str]:
+    return [_num(t["avoided_cost"]), _num(t["net_savings"]), _num(t["co2_avoided_t"])]
 
 
 def _thousands(value: float, _pos: int) -> str:
@@ -1025,13 +1387,14 @@ def render_pdf(doc: Mapping[str, Any] | Statement, daily: Sequence[DailySeries] 
     :func:`rules.statements.daily_series`)."""
     d = _doc(doc)
     digest = str(d.get("content_hash") or content_hash(d))
+    numbered = f"{d['document_number']} · " if d.get("document_number") else ""
     footer = (
-        f"symbiont · {d['network_name']} · statement {d['partner']} {d['month']} "
+        f"symbiont · {d['network_name']} · statement {numbered}{d['partner']} {d['month']} "
         f"({d['status']}) · content hash SHA-256 {digest}"
     )
     out = io.BytesIO()
     metadata = {
-        "Title": f"Exchange statement {d['partner']} {d['month']}",
+        "Title": f"Exchange statement {numbered}{d['partner']} {d['month']}",
         "Subject": f"{d['network_name']}: {d['partner_name']}, {d['month']} ({d['status']})",
         "Creator": "symbiont",
         "CreationDate": None,

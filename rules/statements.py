@@ -74,6 +74,20 @@ receivable − payable, ``avoided_cost``, ``net_savings`` = Σ savings, ``co2_av
 same per kind (heat, water, material; every kind is present, zero when unused). Adjustments
 add to the totals of the statement they appear on (Δ amount to receivable or payable by role).
 
+Parties and subtotals
+---------------------
+A statement is an invoice basis: it names the partner and every counterparty (legal name,
+and the address and VAT id when the network file gives them), and subtotals the money per
+counterparty: ``receivable`` (Σ amount as provider), ``payable`` (Σ amount as receiver) and
+``net_amount`` with each, adjustments included (an adjustment belongs to the counterparty of
+its exchange). The subtotals add up to the totals. The document number is given by whoever
+issues the statement; a draft has none.
+
+Alerts
+------
+A line's ``alerts`` counts the alerts on its exchange and on the exchange's meters (sent and
+received) that were firing at some time during the month: :func:`exchange_alert_counts`.
+
 Adjustments
 -----------
 An issued statement never changes. When data that arrives later changes an issued month, the
@@ -170,6 +184,25 @@ def parse_month(text: str) -> tuple[int, int]:
     return year, month
 
 
+def _offset(local: datetime) -> str:
+    """The UTC offset of an aware instant as ``+01:00`` (``+00:00`` for UTC)."""
+    offset = local.utcoffset() or timedelta(0)
+    minutes = round(offset.total_seconds() / 60)
+    sign = "-" if minutes < 0 else "+"
+    hours, minutes = divmod(abs(minutes), 60)
+    return f"{sign}{hours:02d}:{minutes:02d}"
+
+
+def human_time(ts: str, zone: str | None = None) -> str:
+    """An instant of a statement as people read it: in the network's time zone (``zone``;
+    the document's instants are already in it) to the minute, with the zone's UTC offset
+    then: ``2026-12-04T14:50:12.068851+01:00`` → ``4 Dec 2026 14:50 (UTC+01:00)``."""
+    local = datetime.fromisoformat(ts)
+    if zone:
+        local = local.astimezone(ZoneInfo(zone))
+    return f"{local.day} {local:%b %Y %H:%M} (UTC{_offset(local)})"
+
+
 # ----------------------------------------------------------------------------------- inputs
 
 
@@ -261,6 +294,39 @@ class Adjustment:
 
 
 @dataclass(frozen=True, slots=True)
+class Party:
+    """One party to a statement as the network file names it."""
+
+    id: str
+    name: str
+    address: str | None = None
+    vat_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Subtotal:
+    """The money between the partner and one counterparty (adjustments included)."""
+
+    counterparty: str
+    counterparty_name: str
+    receivable: Decimal = Decimal("0.00")
+    payable: Decimal = Decimal("0.00")
+
+    @property
+    def net_amount(self) -> Decimal:
+        """What the partner receives from this counterparty net (negative: pays)."""
+        return self.receivable - self.payable
+
+    def add(self, role: Role, amount: Decimal) -> Subtotal:
+        return Subtotal(
+            self.counterparty,
+            self.counterparty_name,
+            self.receivable + (amount if role == "provider" else ZERO),
+            self.payable + (amount if role == "receiver" else ZERO),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Totals:
     receivable: Decimal = Decimal("0.00")
     payable: Decimal = Decimal("0.00")
@@ -307,6 +373,11 @@ class Statement:
     adjustments: tuple[Adjustment, ...]
     totals: Totals
     totals_by_kind: Mapping[Kind, Totals] = field(default_factory=dict)
+    document_number: str | None = None  # given on issue; a draft has none
+    partner_party: Party | None = None  # the partner's name, address, VAT id
+    counterparties: tuple[Party, ...] = ()  # in the order they first appear on the lines
+    subtotals: tuple[Subtotal, ...] = ()  # per counterparty, in the same order
+    payment_terms: str | None = None
 
     @property
     def tz(self) -> ZoneInfo:
@@ -531,15 +602,18 @@ def build_statement(
     as_of: datetime | None = None,
     alerts: Mapping[str, int] | None = None,
     adjustments: Sequence[Adjustment] = (),
+    document_number: str | None = None,
 ) -> Statement:
     """The statement of ``partner`` for ``year``-``month`` (see the module docstring).
 
     ``windows`` may hold any exchange windows: only the partner's, starting in the month,
     count. ``status="issued"`` needs ``issued_at``; a draft has none. ``as_of`` (a draft's
     data cut, usually "now") limits the span that coverage is measured against. ``alerts``:
-    per exchange id, the number of alerts on it during the month (shown on each of its lines).
-    ``adjustments`` (for earlier months, from :func:`compute_adjustments`) are listed and
-    added to the totals.
+    per exchange id, the number of alerts during the month on it and on its meters (shown on
+    each of its lines; :func:`exchange_alert_counts` gives them). ``adjustments`` (for
+    earlier months, from :func:`compute_adjustments`) are listed and added to the totals and
+    to the subtotal of their counterparty. ``document_number``: an issued statement's number
+    in the network, when the issuer gives it (a draft has none).
     """
     if not 1 <= month <= 12:
         raise ValueError(f"month must be 1-12, not {month}")
@@ -553,6 +627,8 @@ def build_statement(
         raise ValueError("a draft has no issued_at")
     if status not in ("draft", "issued"):
         raise ValueError(f"status must be draft or issued, not {status!r}")
+    if document_number is not None and (status != "issued" or not document_number.strip()):
+        raise ValueError("only an issued statement has a document number, and not a blank one")
     for ts, what in ((issued_at, "issued_at"), (as_of, "as_of")):
         if ts is not None:
             _check_aware(ts, what)
@@ -621,6 +697,13 @@ def build_statement(
             )
 
     adjusted = tuple(sorted(adjustments, key=lambda a: (a.month, a.exchange)))
+    subtotals: dict[str, Subtotal] = {}
+    for role, other, amount in [
+        *((ln.role, ln.counterparty, ln.amount) for ln in lines),
+        *((a.role, _counterparty(network, a), a.delta_amount) for a in adjusted),
+    ]:
+        subtotal = subtotals.get(other) or Subtotal(other, _party(network, other).name)
+        subtotals[other] = subtotal.add(role, amount)
     totals = Totals()
     by_kind = {k: Totals() for k in KINDS}
     for line in lines:
@@ -654,7 +737,68 @@ def build_statement(
         adjustments=adjusted,
         totals=totals,
         totals_by_kind=by_kind,
+        document_number=document_number,
+        partner_party=_party(network, partner),
+        counterparties=tuple(_party(network, other) for other in subtotals),
+        subtotals=tuple(subtotals.values()),
+        payment_terms=network.statements.payment_terms,
     )
+
+
+def _party(network: Network, partner_id: str) -> Party:
+    found = next((p for p in network.partners if p.id == partner_id), None)
+    if found is None:  # an adjustment's exchange no longer in the network
+        return Party(partner_id, "")
+    return Party(found.id, found.name, found.address, found.vat_id)
+
+
+def _counterparty(network: Network, adj: Adjustment) -> str:
+    """The other party of an adjustment's exchange ('' where the exchange is no longer in
+    the network)."""
+    ex = next((e for e in network.exchanges if e.id == adj.exchange), None)
+    if ex is None:
+        return ""
+    return ex.receiver if adj.role == "provider" else ex.provider
+
+
+# ----------------------------------------------------------------------------------- alerts
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSpan:
+    """When one alert was firing: from ``started_at`` until ``resolved_at`` (``None``: it
+    still is). ``subject_kind`` is ``exchange``, ``meter`` or ``partner``."""
+
+    subject_kind: str
+    subject: str
+    started_at: datetime
+    resolved_at: datetime | None = None
+
+
+def exchange_alert_counts(
+    network: Network, alerts: Iterable[AlertSpan], start: datetime, end: datetime
+) -> dict[str, int]:
+    """Per exchange, how many of ``alerts`` were firing at some time in [start, end) on the
+    exchange itself or on one of its meters, sent or received (an alert on a meter counts on
+    every exchange the meter belongs to). Exchanges without any are left out."""
+    exchanges_of: dict[str, list[str]] = {}  # meter id → the exchanges it measures
+    for ex in network.exchanges:
+        for mid in dict.fromkeys((*ex.sent, *ex.received)):
+            exchanges_of.setdefault(mid, []).append(ex.id)
+    known = {ex.id for ex in network.exchanges}
+    counts: dict[str, int] = {}
+    for a in alerts:
+        if a.started_at >= end or (a.resolved_at is not None and a.resolved_at <= start):
+            continue
+        if a.subject_kind == "exchange":
+            targets = [a.subject] if a.subject in known else []
+        elif a.subject_kind == "meter":
+            targets = exchanges_of.get(a.subject, [])
+        else:
+            continue
+        for eid in targets:
+            counts[eid] = counts.get(eid, 0) + 1
+    return counts
 
 
 # ------------------------------------------------------------------------------ adjustments
