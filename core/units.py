@@ -61,6 +61,8 @@ def conversion(unit: str, kind: Kind | str, reading: ReadingType | str) -> float
         raise UnitError(
             f"unit {unit!r} does not convert to {what}{kind.value} ({target})"
         ) from None
+    except Exception as exc:  # pint's own assertions on odd units ("m3dB") among them
+        raise UnitError(f"unit {unit!r} does not convert to {target}") from exc
     if not factor > 0:
         raise UnitError(f"unit {unit!r} has no usable conversion to {target}")
     return factor

@@ -362,6 +362,14 @@ def test_unknown_unit(data: dict[str, Any]) -> None:
     assert f"meters[{i}].unit: unknown unit 'wombats'" in problems_of(data)
 
 
+@pytest.mark.parametrize("unit", ["m3dB", "dB", "Np", "m3 dB"])
+def test_a_unit_pint_chokes_on_is_a_problem_not_a_crash(data: dict[str, Any], unit: str) -> None:
+    i = index_of(data["meters"], "equinor-water-in")
+    data["meters"][i]["unit"] = unit
+    problems = problems_of(data)
+    assert any(p.startswith(f"meters[{i}].unit: ") and unit in p for p in problems), problems
+
+
 def test_register_unit_on_a_rate_meter(data: dict[str, Any]) -> None:
     i = index_of(data["meters"], "novo-steam-in")  # a rate meter in MW
     data["meters"][i]["unit"] = "MWh"
