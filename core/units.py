@@ -39,12 +39,27 @@ def _normalise(unit: str) -> str:
     return _POWER_SUFFIX.sub(r"\1^\2", text)
 
 
-@lru_cache(maxsize=4096)
 def conversion(unit: str, kind: Kind | str, reading: ReadingType | str) -> float:
     """The factor that turns a value in ``unit`` into the canonical unit of kind and reading.
 
-    Raises UnitError naming the unit and the kind when it does not convert.
+    Raises UnitError naming the unit and the kind when it does not convert. Answers, refusals
+    included, are cached: a device repeating a bad unit costs pint once.
     """
+    answer = _cached(unit, kind, reading)
+    if isinstance(answer, UnitError):
+        raise UnitError(*answer.args)
+    return answer
+
+
+@lru_cache(maxsize=4096)
+def _cached(unit: str, kind: Kind | str, reading: ReadingType | str) -> float | UnitError:
+    try:
+        return _factor(unit, kind, reading)
+    except UnitError as exc:
+        return exc
+
+
+def _factor(unit: str, kind: Kind | str, reading: ReadingType | str) -> float:
     kind = Kind(kind)
     reading = ReadingType(reading)
     target = canonical_unit(kind, reading)
