@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-Status = Literal["ok", "imbalance", "incomplete", "no_data"]
+Status = Literal["ok", "imbalance", "incomplete", "no_data", "error"]
 
 
 class Problem(BaseModel):
