@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-Status = Literal["ok", "imbalance", "incomplete", "no_data"]
+Status = Literal["ok", "imbalance", "incomplete", "no_data", "error"]
 
 
 class Problem(BaseModel):
@@ -174,6 +174,9 @@ class BalanceRow(BaseModel):
     coverage: float
     imbalance_windows: int
     incomplete_windows: int
+    error_windows: int = Field(
+        0, description="windows that could not be computed (see the rules_error alerts)"
+    )
 
 
 class BalanceList(BaseModel):

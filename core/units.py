@@ -25,6 +25,11 @@ _ureg.define("Nm3 = meter ** 3")
 _POWER_SUFFIX = re.compile(r"(?<![A-Za-z])(m|dm|cm|km)([23])(?![0-9])")
 
 
+# The largest magnitude a reading may have in its canonical unit: ingest rejects larger ones
+# (``out_of_range``) and the rules engine refuses to compute with one stored anyway.
+MAX_CANONICAL_VALUE = 1e12
+
+
 class UnitError(ValueError):
     """A unit that pint does not know or that does not convert to the meter's kind."""
 

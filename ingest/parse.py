@@ -29,14 +29,14 @@ import orjson
 
 from core.network import Kind, Network, ReadingType
 from core.text import quoted, safe_text
-from core.units import canonical_unit, conversion
+from core.units import MAX_CANONICAL_VALUE, canonical_unit, conversion
 
 log = logging.getLogger("symbiont.ingest")
 
 TOPIC_PREFIX = "symbiont/readings/"
 MAX_BATCH = 10_000
 KEEP_PAYLOAD = 64 * 1024
-MAX_VALUE = 1e12  # the largest magnitude accepted, in the canonical unit
+MAX_VALUE = MAX_CANONICAL_VALUE  # the largest magnitude accepted, in the canonical unit
 
 
 class Reason(StrEnum):

@@ -25,6 +25,7 @@ class Rule(StrEnum):
     negative_flow = "negative_flow"
     meter_spike = "meter_spike"
     rejections = "rejections"
+    rules_error = "rules_error"  # always on: no settings
 
 
 class Severity(StrEnum):
@@ -175,7 +176,7 @@ class WindowResult:
 
     start: datetime
     end: datetime
-    status: str  # ok | imbalance | incomplete | no_data
+    status: str  # ok | imbalance | incomplete | no_data | error
     sent: float | None
     received: float | None
     imbalance: float | None
@@ -361,6 +362,57 @@ def evaluate_rejections(
             {"messages": messages, "rejected": rejected, "share": share},
         )
     return Verdict(Decision.resolve)
+
+
+@dataclass(frozen=True)
+class WindowFailure:
+    """A window of an exchange or meter that could not be computed, and why; ``computation``
+    names what failed when it is not the subject's own window (a network reconciliation)."""
+
+    start: datetime
+    end: datetime
+    cause: str
+    computation: str = ""
+
+
+def _one_line(text: str, limit: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def evaluate_rules_error(
+    kind: str, subject: str, failures: Sequence[WindowFailure], *, listed: int = 20
+) -> Verdict:
+    """``rules_error``: fires while some window of the subject stands as not computed (the
+    earliest one is named), resolves once every one of them has been computed again."""
+    if not failures:
+        return Verdict(Decision.resolve)
+    ordered = sorted(failures, key=lambda f: (f.start, f.computation))
+    first = ordered[0]
+    what = f"the {first.computation} for" if first.computation else "the"
+    more = f"; {len(ordered) - 1} more failed" if len(ordered) > 1 else ""
+    return Verdict(
+        Decision.fire,
+        Severity.warning,
+        f"{kind} {subject}: {what} window from {first.start:%Y-%m-%d %H:%M}Z could not be "
+        f"computed: {_one_line(first.cause, 200)}{more}",
+        {
+            "window_start": first.start.isoformat(),
+            "window_end": first.end.isoformat(),
+            "error": first.cause,
+            "computation": first.computation or kind,
+            "failed_windows": len(ordered),
+            "windows": [
+                {
+                    "window_start": f.start.isoformat(),
+                    "window_end": f.end.isoformat(),
+                    "computation": f.computation or kind,
+                    "error": f.cause,
+                }
+                for f in ordered[:listed]
+            ],
+        },
+    )
 
 
 # -- series: one verdict per window, in one pass (the engine replays history with these) -----

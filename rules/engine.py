@@ -10,6 +10,13 @@ window where the evidence appeared — whether the data came live or as a backfi
 
 Several workers can run side by side: claims never overlap, and whatever changes while a
 worker computes is marked again (versions) and recomputed.
+
+A window whose computation fails (a stored reading no meter can send, a result beyond the
+floating-point range, a bug) is stored as failed — a meter window with its ``error``, an
+exchange window with status ``error`` and its ``error``, a network reconciliation with its
+``error`` — and raises ``rules_error`` on its exchange or meter; every other window goes on.
+Exchange windows built on a failed meter window fail too, naming it. Only the database being
+unavailable stops a pass.
 """
 
 from __future__ import annotations
@@ -36,8 +43,10 @@ import numpy as np
 
 from core.apply import load_applied
 from core.db import asyncpg_dsn, require_database_url
-from core.network import ReadingType
+from core.network import Meter, ReadingType
 from core.settings import Settings
+from core.text import safe_text
+from core.units import canonical_unit
 from core.windows import window_bounds as _window_bounds
 from core.windows import windows_between
 from rules import lifecycle
@@ -47,17 +56,32 @@ from rules.alerts import (
     Rule,
     Severity,
     Verdict,
+    WindowFailure,
     WindowResult,
     drift_series,
     evaluate_counter_reset,
     evaluate_rejections,
+    evaluate_rules_error,
     evaluate_stale,
     imbalance_series,
 )
 from rules.alerts import flag_series as _flag_series
-from rules.quantities import FloatArray, WindowQuantities, Windows, window_quantities
-from rules.reconcile import MeterQuantity, meter_sigma, reconcile_exchange, reconcile_network
+from rules.quantities import (
+    MAX_ABS_VALUE,
+    WindowQuantities,
+    Windows,
+    invalid_readings,
+    window_quantities,
+)
+from rules.reconcile import (
+    Elimination,
+    MeterQuantity,
+    meter_sigma,
+    reconcile_exchange,
+    reconcile_network,
+)
 from rules.store import (
+    FloatArray,
     claim_meter_windows,
     copy_upsert,
     fetch_series,
@@ -108,6 +132,7 @@ METER_WINDOW_COLUMNS = (
     "first_ts",
     "last_ts",
     "computed_at",
+    "error",
 )
 EXCHANGE_WINDOW_COLUMNS = (
     "exchange_id",
@@ -124,6 +149,7 @@ EXCHANGE_WINDOW_COLUMNS = (
     "reconciled_sent",
     "reconciled_received",
     "computed_at",
+    "error",
 )
 
 
@@ -136,6 +162,13 @@ class Stats:
     deferred: int = 0
     statements: int = 0
     alerts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # (kind, subject, window start) → cause of every window whose computation failed
+    failures: dict[tuple[str, str, datetime], str] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        """Distinct windows (meter, exchange, reconciliation) that could not be computed."""
+        return len(self.failures)
 
     def add(self, other: Stats) -> None:
         self.meter_windows += other.meter_windows
@@ -146,10 +179,17 @@ class Stats:
         self.statements += other.statements
         for key, n in other.alerts.items():
             self.alerts[key] += n
+        self.failures.update(other.failures)
 
 
 def _dt(epoch: float) -> datetime | None:
     return None if not math.isfinite(epoch) else datetime.fromtimestamp(epoch, UTC)
+
+
+def _cause(exc: BaseException) -> str:
+    """An exception as a failed window's cause: one line, safe to store, bounded."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    return safe_text(f"{type(exc).__name__}: {text}", 1000)
 
 
 def _num(value: float | None) -> float | None:
@@ -178,6 +218,30 @@ class Engine:
         self.topology: Topology | None = None
         self._targets = self._alert_targets()
         self._last_retention = float("-inf")
+        # failed windows already logged, with their cause: each failure is logged once
+        self._logged: dict[tuple[str, str, datetime], str] = {}
+
+    def _failed(self, stats: Stats, kind: str, subject: str, start: datetime, cause: str) -> None:
+        """Count a window that could not be computed; log it unless it was already logged
+        with the same cause."""
+        key = (kind, subject, start)
+        stats.failures[key] = cause
+        if self._logged.get(key) != cause:
+            if len(self._logged) >= 100_000:
+                self._logged.clear()
+            self._logged[key] = cause
+            log.warning(
+                "%s %s: window from %s could not be computed: %s",
+                kind,
+                subject,
+                start.isoformat(),
+                cause,
+            )
+
+    def _computed(self, kind: str, subject: str, start: datetime) -> None:
+        """A window computed cleanly: a later failure of it is news again."""
+        if self._logged:
+            self._logged.pop((kind, subject, start), None)
 
     def _alert_targets(self) -> lifecycle.Targets | None:
         try:
@@ -271,55 +335,16 @@ class Engine:
                     ts, value = await fetch_series(conn, meter_id, lo - margin, hi + margin)
                 else:
                     edges, ts, value = ready
-                q = window_quantities(
-                    meter.reading,
-                    ts,
-                    value,
-                    edges,
-                    interval=meter.interval,
-                    now=now,
-                    max_gap=max_gap,
+                computed, q = self._meter_rows(
+                    meter_id, cluster, edges, ts, value, topo, now, computed_at, stats, max_gap
                 )
-                same = await _unchanged(conn, meter_id, cluster, q, walked) if walked else set()
-                resets_by_window: dict[int, list[dict[str, Any]]] = defaultdict(list)
-                if len(q.reset_events.ts):
-                    starts_arr = np.array([c[0].timestamp() for c in cluster])
-                    for t, before, after in zip(
-                        q.reset_events.ts,
-                        q.reset_events.before,
-                        q.reset_events.after,
-                        strict=True,
-                    ):
-                        i = int(np.searchsorted(starts_arr, t, side="right")) - 1
-                        if 0 <= i < len(cluster) and t < cluster[i][1].timestamp():
-                            resets_by_window[i].append(
-                                {
-                                    "at": _dt(float(t)),
-                                    "before": float(before),
-                                    "after": float(after),
-                                }
-                            )
-                for i, (ws, we) in enumerate(cluster):
-                    if ws in same:
+                same: set[datetime] = set()
+                if walked and q is not None:
+                    same = await _unchanged(conn, meter_id, cluster, q, walked)
+                for (ws, _), row in zip(cluster, computed, strict=True):
+                    if ws in same and row[-1] is None:
                         continue  # a window of a silence that came out as it is stored
-                    rows.append(
-                        (
-                            meter_id,
-                            ws,
-                            we,
-                            _num(float(q.quantity[i])),
-                            float(q.coverage[i]),
-                            int(q.readings[i]),
-                            bool(q.stuck[i]),
-                            int(q.negatives[i]),
-                            int(q.resets[i]),
-                            jsonb(resets_by_window[i]) if resets_by_window.get(i) else None,
-                            int(q.outliers[i]),
-                            _dt(float(q.first_ts[i])),
-                            _dt(float(q.last_ts[i])),
-                            computed_at,
-                        )
-                    )
+                    rows.append(row)
                     subjects.append(("meter", meter_id, ws))
                     for ex_id in topo.exchanges_of.get(meter_id, ()):
                         ex = topo.exchanges[ex_id]
@@ -381,6 +406,104 @@ class Engine:
                 walked.update(windows_between(first, datetime.fromtimestamp(b, UTC), window, tz))
         return walked - bounds, fetched
 
+    def _meter_rows(
+        self,
+        meter_id: str,
+        cluster: list[tuple[datetime, datetime]],
+        edges: Windows,
+        ts: FloatArray,
+        value: FloatArray,
+        topo: Topology,
+        now: datetime,
+        computed_at: datetime,
+        stats: Stats,
+        max_gap: float | None = None,
+    ) -> tuple[list[tuple[Any, ...]], WindowQuantities | None]:
+        """One ``meter_windows`` row per window of ``cluster`` (whose edges ``edges`` gives,
+        as the windows or as epoch seconds), and the quantities they came from; a window that
+        cannot be computed gets a row with its ``error`` (and no quantity) instead."""
+        meter = topo.meters[meter_id]
+
+        def failed(i: int, cause: str, q: WindowQuantities | None = None) -> tuple[Any, ...]:
+            ws, we = cluster[i]
+            self._failed(stats, "meter", meter_id, ws, cause)
+            return (
+                meter_id,
+                ws,
+                we,
+                None,
+                0.0,
+                int(q.readings[i]) if q is not None else 0,
+                False,
+                0,
+                0,
+                None,
+                0,
+                _dt(float(q.first_ts[i])) if q is not None else None,
+                _dt(float(q.last_ts[i])) if q is not None else None,
+                computed_at,
+                cause,
+            )
+
+        try:
+            q = window_quantities(
+                meter.reading, ts, value, edges, interval=meter.interval, now=now, max_gap=max_gap
+            )
+            resets_by_window: dict[int, list[dict[str, Any]]] = defaultdict(list)
+            if len(q.reset_events.ts):
+                starts_arr = np.array([c[0].timestamp() for c in cluster])
+                for t, before, after in zip(
+                    q.reset_events.ts,
+                    q.reset_events.before,
+                    q.reset_events.after,
+                    strict=True,
+                ):
+                    i = int(np.searchsorted(starts_arr, t, side="right")) - 1
+                    if 0 <= i < len(cluster) and t < cluster[i][1].timestamp():
+                        resets_by_window[i].append(
+                            {"at": _dt(float(t)), "before": float(before), "after": float(after)}
+                        )
+        except Exception as exc:  # the windows one by one, so only the failing ones fail
+            if len(cluster) == 1:
+                return [failed(0, _cause(exc))], None
+            return [
+                row
+                for b in cluster
+                for row in self._meter_rows(
+                    meter_id, [b], [b], ts, value, topo, now, computed_at, stats, max_gap
+                )[0]
+            ], None
+        rows: list[tuple[Any, ...]] = []
+        for i, (ws, we) in enumerate(cluster):
+            try:
+                cause = _meter_window_problem(meter, q, i, ts, value)
+                if cause is not None:
+                    rows.append(failed(i, cause, q))
+                    continue
+                rows.append(
+                    (
+                        meter_id,
+                        ws,
+                        we,
+                        _num(float(q.quantity[i])),
+                        float(q.coverage[i]),
+                        int(q.readings[i]),
+                        bool(q.stuck[i]),
+                        int(q.negatives[i]),
+                        int(q.resets[i]),
+                        jsonb(resets_by_window[i]) if resets_by_window.get(i) else None,
+                        int(q.outliers[i]),
+                        _dt(float(q.first_ts[i])),
+                        _dt(float(q.last_ts[i])),
+                        computed_at,
+                        None,
+                    )
+                )
+                self._computed("meter", meter_id, ws)
+            except Exception as exc:
+                rows.append(failed(i, _cause(exc)))
+        return rows, q
+
     # -- stage 2: exchanges, components, alerts ---------------------------------------------
 
     async def stage2(self, conn: asyncpg.Connection, topo: Topology, now: datetime) -> Stats:
@@ -421,6 +544,11 @@ class Engine:
             stats.deferred = len(keep)
             await self._meter_alerts(conn, topo, meter_work, component_results, now, stats)
             await self._exchange_alerts(conn, topo, exchange_results, now, stats)
+            touched = set(work["meter"])
+            for cid in work["component"]:
+                if cid in topo.components:
+                    touched.update(topo.components[cid].meters)
+            await self._rules_errors(conn, topo, set(work["exchange"]), touched, now, stats)
             done = [r for r in rows if (r["kind"], r["subject"], r["window_start"]) not in keep]
             await conn.execute(
                 """DELETE FROM dirty_subjects d
@@ -462,7 +590,8 @@ class Engine:
         self, conn: asyncpg.Connection, meters: Sequence[str], lo: datetime, hi: datetime
     ) -> dict[str, list[asyncpg.Record]]:
         rows = await conn.fetch(
-            """SELECT meter_id, window_start, window_end, quantity, coverage FROM meter_windows
+            """SELECT meter_id, window_start, window_end, quantity, coverage, error
+               FROM meter_windows
                WHERE meter_id = ANY($1::text[]) AND window_start >= $2 AND window_start < $3
                ORDER BY meter_id, window_start""",
             list(meters),
@@ -491,6 +620,26 @@ class Engine:
         quantities = [w["quantity"] for w in inside if w["quantity"] is not None]
         quantity = math.fsum(quantities) if quantities else None
         return quantity, covered / length
+
+    @staticmethod
+    def _meter_failure(
+        ids: Sequence[str],
+        windows: dict[str, list[asyncpg.Record]],
+        start: datetime,
+        end: datetime,
+    ) -> str | None:
+        """The first meter window of ``ids`` within [start, end) that could not be computed,
+        as the cause of what depends on it; None when there is none."""
+        for mid in ids:
+            rows = windows.get(mid, [])
+            lo = bisect.bisect_left(rows, start, key=_window_start)
+            for w in rows[lo : bisect.bisect_left(rows, end, lo, key=_window_start)]:
+                if w["error"] is not None:
+                    return (
+                        f"it depends on meter {mid}, whose window from "
+                        f"{w['window_start']:%Y-%m-%d %H:%M}Z failed: {w['error']}"
+                    )
+        return None
 
     def _side(
         self,
@@ -527,12 +676,23 @@ class Engine:
             windows = await self._meter_windows(conn, meters, bounds[0][0], bounds[-1][1])
             z_limit = topo.rule(Rule.imbalance, ex_id).z
             for ws, we in bounds:
-                res = reconcile_exchange(
-                    self._side(topo, ex.sent, windows, ws, we),
-                    self._side(topo, ex.received, windows, ws, we),
-                    ex.loss,
-                    z_threshold=z_limit,
-                )
+                try:
+                    cause = self._meter_failure(meters, windows, ws, we)
+                    if cause is None:
+                        res = reconcile_exchange(
+                            self._side(topo, ex.sent, windows, ws, we),
+                            self._side(topo, ex.received, windows, ws, we),
+                            ex.loss,
+                            z_threshold=z_limit,
+                        )
+                        cause = res.error
+                except Exception as exc:
+                    cause = _cause(exc)
+                if cause is not None:
+                    self._failed(stats, "exchange", ex_id, ws, cause)
+                    rows.append(_failed_exchange_row(ex_id, ws, we, ex.loss, computed_at, cause))
+                    continue
+                self._computed("exchange", ex_id, ws)
                 status = res.status
                 if we > now and status != "no_data":
                     status = "incomplete"  # a window still running is never judged
@@ -552,6 +712,7 @@ class Engine:
                         _num(res.reconciled_sent),
                         _num(res.reconciled_received),
                         computed_at,
+                        None,
                     )
                 )
             out[ex_id] = [b[0] for b in bounds]
@@ -578,33 +739,74 @@ class Engine:
             windows = await self._meter_windows(conn, comp.meters, bounds[0][0], bounds[-1][1])
             suspects[cid] = {}
             for ws, we in bounds:
-                measurements: dict[str, tuple[float, float]] = {}
-                unmeasured: list[str] = []
-                complete = True
-                for mid in comp.meters:
-                    m = topo.meters[mid]
-                    q, cov = self._sum_windows(windows.get(mid, []), ws, we)
-                    if q is None or cov < 0.9:
-                        complete = complete and q is not None
-                        unmeasured.append(mid)
-                        continue
-                    sigma = meter_sigma(q, m.uncertainty, m.uncertainty_abs)
-                    if sigma <= 0:
-                        sigma = 1e-9
-                    measurements[mid] = (q, sigma)
-                if len(measurements) < 2:
+                result: Elimination | None = None
+                try:
+                    # A meter whose window could not be computed is unmeasured, as one
+                    # without data: the others are still reconciled.
+                    measurements: dict[str, tuple[float, float]] = {}
+                    unmeasured: list[str] = []
+                    for mid in comp.meters:
+                        m = topo.meters[mid]
+                        q, cov = self._sum_windows(windows.get(mid, []), ws, we)
+                        if (
+                            q is None
+                            or cov < 0.9
+                            or self._meter_failure([mid], windows, ws, we) is not None
+                        ):
+                            unmeasured.append(mid)
+                            continue
+                        sigma = meter_sigma(q, m.uncertainty, m.uncertainty_abs)
+                        if not sigma > 0:
+                            sigma = 1e-9
+                        measurements[mid] = (q, sigma)
+                    cause = None
+                    if len(measurements) >= 2:
+                        result = reconcile_network(list(comp.constraints), measurements, unmeasured)
+                        cause = result.final.problem() or result.steps[0].problem()
+                except Exception as exc:
+                    cause = _cause(exc)
+                if cause is not None:
+                    self._failed(stats, "reconciliation", cid, ws, cause)
+                    await conn.execute(
+                        """INSERT INTO reconciliations (component, window_start, window_end,
+                               statistic, dof, critical, passed, suspects, computed_at, error)
+                           VALUES ($1, $2, $3, NULL, 0, NULL, NULL, '{}', now(), $4)
+                           ON CONFLICT (component, window_start) DO UPDATE SET
+                               window_end = excluded.window_end, statistic = NULL, dof = 0,
+                               critical = NULL, passed = NULL, suspects = '{}',
+                               computed_at = excluded.computed_at, error = excluded.error""",
+                        cid,
+                        ws,
+                        we,
+                        cause,
+                    )
+                    await conn.execute(
+                        """DELETE FROM reconciliation_meters WHERE reconciliation_id =
+                           (SELECT id FROM reconciliations WHERE component = $1
+                            AND window_start = $2)""",
+                        cid,
+                        ws,
+                    )
                     continue
-                result = reconcile_network(list(comp.constraints), measurements, unmeasured)
+                self._computed("reconciliation", cid, ws)
+                if result is None:  # fewer than two measurements: nothing to reconcile
+                    await conn.execute(
+                        """DELETE FROM reconciliations WHERE component = $1
+                           AND window_start = $2 AND error IS NOT NULL""",
+                        cid,
+                        ws,
+                    )
+                    continue
                 final = result.final
                 rec_id = await conn.fetchval(
                     """INSERT INTO reconciliations (component, window_start, window_end,
-                           statistic, dof, critical, passed, suspects, computed_at)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
+                           statistic, dof, critical, passed, suspects, computed_at, error)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), NULL)
                        ON CONFLICT (component, window_start) DO UPDATE SET
                            window_end = excluded.window_end, statistic = excluded.statistic,
                            dof = excluded.dof, critical = excluded.critical,
                            passed = excluded.passed, suspects = excluded.suspects,
-                           computed_at = excluded.computed_at
+                           computed_at = excluded.computed_at, error = NULL
                        RETURNING id""",
                     cid,
                     ws,
@@ -1027,6 +1229,81 @@ class Engine:
                     [(r["window_end"], v) for r, v in zip(rec, verdicts, strict=True)],
                 )
 
+    async def _rules_errors(
+        self,
+        conn: asyncpg.Connection,
+        topo: Topology,
+        exchanges: set[str],
+        meters: set[str],
+        now: datetime,
+        stats: Stats,
+    ) -> None:
+        """``rules_error`` of the exchanges and meters whose windows were just computed: firing
+        while any of their windows stands as failed (a meter also for its network
+        reconciliation), resolved once none does. Its time is the computation's (``now``)."""
+        exchanges = {e for e in exchanges if e in topo.exchanges}
+        meters = {m for m in meters if m in topo.meters}
+        if not exchanges and not meters:
+            return
+        failures: dict[tuple[str, str], list[WindowFailure]] = defaultdict(list)
+        for r in await conn.fetch(
+            """SELECT exchange_id, window_start, window_end, error FROM exchange_windows
+               WHERE exchange_id = ANY($1::text[]) AND status = 'error'""",
+            list(exchanges),
+        ):
+            failures["exchange", r["exchange_id"]].append(
+                WindowFailure(r["window_start"], r["window_end"], r["error"] or "unknown")
+            )
+        for r in await conn.fetch(
+            """SELECT meter_id, window_start, window_end, error FROM meter_windows
+               WHERE meter_id = ANY($1::text[]) AND error IS NOT NULL""",
+            list(meters),
+        ):
+            failures["meter", r["meter_id"]].append(
+                WindowFailure(r["window_start"], r["window_end"], r["error"])
+            )
+        components = {topo.component_of[m] for m in meters if m in topo.component_of}
+        for r in await conn.fetch(
+            """SELECT component, window_start, window_end, error FROM reconciliations
+               WHERE component = ANY($1::text[]) AND error IS NOT NULL""",
+            list(components),
+        ):
+            for mid in topo.components[r["component"]].meters:
+                if mid in meters:
+                    failures["meter", mid].append(
+                        WindowFailure(
+                            r["window_start"],
+                            r["window_end"],
+                            r["error"],
+                            f"network reconciliation of {r['component']}",
+                        )
+                    )
+        subjects = [("exchange", e) for e in sorted(exchanges)] + [
+            ("meter", m) for m in sorted(meters)
+        ]
+        firing = {
+            r["subject"]
+            for r in await conn.fetch(
+                """SELECT subject FROM alerts WHERE rule = $1 AND status = 'firing'
+                   AND subject = ANY($2::text[])""",
+                str(Rule.rules_error),
+                [name for _, name in subjects],
+            )
+        }
+        for kind, name in subjects:
+            found = failures.get((kind, name), [])
+            if not found and name not in firing:
+                continue
+            done = await lifecycle.apply_verdict(
+                conn,
+                lifecycle.Subject(Rule.rules_error, name, kind),
+                evaluate_rules_error(kind, name, found),
+                now,
+                targets=self._targets,
+            )
+            if done:
+                stats.alerts[done] += 1
+
     # -- time-driven rules ------------------------------------------------------------------
 
     async def periodic(self, conn: asyncpg.Connection, now: datetime) -> Stats:
@@ -1157,11 +1434,13 @@ class Engine:
                     _observe(stats, time.perf_counter() - started)
                     if stats.meter_windows or stats.exchange_windows or stats.alerts:
                         log.info(
-                            "%d meter windows, %d exchange windows, %d reconciliations; alerts: %s",
+                            "%d meter windows, %d exchange windows, %d reconciliations; "
+                            "alerts: %s; %s",
                             stats.meter_windows,
                             stats.exchange_windows,
                             stats.reconciliations,
                             dict(stats.alerts) or "no change",
+                            _failed_text(stats),
                         )
                     if time.monotonic() - last_periodic > 15:
                         periodic = await self.periodic(conn, datetime.now(UTC))
@@ -1238,6 +1517,60 @@ class Engine:
                 log.warning("database not reachable (%s); retrying", exc)
                 await asyncio.sleep(2)
         return None
+
+
+def _failed_exchange_row(
+    exchange_id: str, start: datetime, end: datetime, loss: float, at: datetime, cause: str
+) -> tuple[Any, ...]:
+    """An ``exchange_windows`` row of a window that could not be computed: no numbers (as no
+    data: coverage 0), status ``error`` and the cause."""
+    return (
+        exchange_id,
+        start,
+        end,
+        None,  # sent
+        None,  # received
+        loss,
+        None,  # imbalance
+        None,  # sigma
+        None,  # z
+        0.0,  # coverage
+        "error",
+        None,  # reconciled_sent
+        None,  # reconciled_received
+        at,
+        cause,
+    )
+
+
+def _meter_window_problem(
+    meter: Meter, q: WindowQuantities, i: int, ts: FloatArray, value: FloatArray
+) -> str | None:
+    """Why window ``i`` of ``q`` cannot be taken as computed, or None: readings in it that no
+    meter can send (left out of the quantities), or a quantity that is not a finite number
+    although there is data."""
+    unit = canonical_unit(meter.kind, meter.reading)
+    if int(q.invalid[i]):
+        start, end = float(q.start[i]), float(q.end[i])
+        inside = (ts >= start) & (ts < end) & invalid_readings(value)
+        k = int(np.flatnonzero(inside)[0])
+        n = int(q.invalid[i])
+        at = datetime.fromtimestamp(float(ts[k]), UTC)
+        v = float(value[k])
+        what = "out of range" if math.isfinite(v) else "not a finite number"
+        return (
+            f"{n} stored reading{'s' if n > 1 else ''} {what}"
+            f"{', the first' if n > 1 else ':'} {v:g} {unit} at {at:%Y-%m-%d %H:%M:%S}Z "
+            f"(a reading must be a finite number within ±{MAX_ABS_VALUE:g} {unit}; correct or "
+            "delete it)"
+        )
+    quantity = float(q.quantity[i])
+    if math.isinf(quantity) or (math.isnan(quantity) and float(q.coverage[i]) > 0.0):
+        return (
+            f"the quantity ({quantity}) is not a finite number: the readings are beyond what "
+            "floating point can add up"
+        )
+    return None
 
 
 def _window_start(row: asyncpg.Record) -> datetime:
@@ -1346,10 +1679,26 @@ def _clusters(bounds: list[tuple[datetime, datetime]]) -> list[list[tuple[dateti
     return out
 
 
+def _failed_text(stats: Stats) -> str:
+    """How many windows could not be computed, by kind, for people."""
+    if not stats.failed:
+        return "no window failed"
+    kinds: dict[str, int] = defaultdict(int)
+    for kind, _, _ in stats.failures:
+        kinds[kind] += 1
+    parts = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+    return (
+        f"{stats.failed} window{'s' if stats.failed > 1 else ''} could not be computed "
+        f"({parts}; see the rules_error alerts); everything else was processed"
+    )
+
+
 def _observe(stats: Stats, seconds: float) -> None:
     from rules import metrics
 
     metrics.PASS_SECONDS.observe(seconds)
+    for kind, _, _ in stats.failures:
+        metrics.WINDOW_ERRORS.labels(kind).inc()
     metrics.METER_WINDOWS.inc(stats.meter_windows)
     metrics.EXCHANGE_WINDOWS.inc(stats.exchange_windows)
     metrics.RECONCILIATIONS.inc(stats.reconciliations)
@@ -1375,7 +1724,7 @@ def run(settings: Settings, *, once: bool = False, worker_id: str | None = None)
                 print(
                     f"processed {stats.meter_windows} meter windows, {stats.exchange_windows} "
                     f"exchange windows, {stats.reconciliations} reconciliations; alerts: "
-                    f"{dict(stats.alerts) or 'no change'}"
+                    f"{dict(stats.alerts) or 'no change'}; {_failed_text(stats)}"
                 )
             finally:
                 await conn.close()

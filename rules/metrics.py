@@ -10,6 +10,12 @@ RECONCILIATIONS = Counter("symbiont_rules_reconciliations", "Network reconciliat
 ALERT_CHANGES = Counter(
     "symbiont_rules_alert_changes", "Alerts fired, resolved or updated, by rule", ["rule"]
 )
+WINDOW_ERRORS = Counter(
+    "symbiont_rules_window_errors",
+    "Window computations that failed (kind: meter, exchange or reconciliation); each is stored "
+    "with its cause and raises rules_error",
+    ["kind"],
+)
 PASS_SECONDS = Histogram(
     "symbiont_rules_pass_seconds",
     "Time of one pass over the pending work",

@@ -8,9 +8,14 @@ one-minute readings of a meter (43,200) turns into hourly windows in a few milli
 
 Inputs
 ------
-* ``ts``: epoch seconds (float), sorted ascending (non-finite readings are dropped);
+* ``ts``: epoch seconds (float), sorted ascending;
   ``value``: the readings in the canonical unit of the meter's reading type (a register in
   MWh/m3/t for ``total``, MWh/h, m3/h or t/h for ``rate``, a quantity for ``delta``).
+  A value that is not a finite number or is beyond ``±max_abs`` (default
+  :data:`MAX_ABS_VALUE`, what ingest accepts) is left out and counted in its window's
+  ``invalid``: such a reading can only have been stored around ingest (an older version, an
+  import, SQL), and its window is not to be trusted (the rules engine reports it as an error
+  rather than a quantity). A reading with a non-finite ``ts`` is dropped.
 * ``windows``: ``[(start, end), ...]`` as aware datetimes or epoch seconds, or an ``(n, 2)``
   array of epoch seconds.  Windows are independent of each other: they need not be contiguous
   or sorted (``core.windows.windows_between`` gives the usual ones).
@@ -102,6 +107,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.network import ReadingType
+from core.units import MAX_CANONICAL_VALUE
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -117,14 +123,21 @@ GAP_FACTOR = 1.5
 RESET_TOLERANCE = 1e-9
 """A register drop larger than this fraction of the register is a counter reset."""
 
+MAX_ABS_VALUE = MAX_CANONICAL_VALUE
+"""The largest magnitude of a reading in canonical units that ingest accepts; readings beyond
+it are left out of the quantities and counted in ``invalid``. Values within it keep every
+quantity, σ and sum far inside the floating-point range."""
+
 __all__ = [
     "GAP_FACTOR",
+    "MAX_ABS_VALUE",
     "RESET_TOLERANCE",
     "Resets",
     "WindowQuantities",
     "Windows",
     "coverage",
     "delta_quantities",
+    "invalid_readings",
     "rate_quantities",
     "total_quantities",
     "window_edges",
@@ -158,7 +171,9 @@ class WindowQuantities:
     ``readings`` counts readings with ``start ≤ ts < end`` and ``first_ts``/``last_ts`` are
     the first and last of them (``nan`` when none); ``negatives`` counts negative rates or
     deltas (for ``total``: drops below the reset tolerance); ``resets`` and ``outliers`` count
-    the counter resets and corrected outlier readings whose reading lies in the window.
+    the counter resets and corrected outlier readings whose reading lies in the window;
+    ``invalid`` counts the readings in the window left out because their value is not a
+    finite number or is beyond ``max_abs``.
     ``reset_events`` lists every reset found in the readings passed in (margins included).
     """
 
@@ -174,6 +189,7 @@ class WindowQuantities:
     resets: IntArray
     outliers: IntArray
     reset_events: Resets
+    invalid: IntArray
 
     def __len__(self) -> int:
         return int(self.start.size)
@@ -210,17 +226,41 @@ def window_edges(windows: Windows) -> tuple[FloatArray, FloatArray]:
     return starts, ends
 
 
-def _readings(ts: npt.ArrayLike, value: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+def invalid_readings(value: npt.ArrayLike, max_abs: float = MAX_ABS_VALUE) -> BoolArray:
+    """Per reading: its value is not a finite number or is beyond ``±max_abs``."""
+    v = np.asarray(value, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        out: BoolArray = ~(np.abs(v) <= max_abs)
+    return out
+
+
+def _readings(
+    ts: npt.ArrayLike, value: npt.ArrayLike, max_abs: float
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """The readings to compute with, and the timestamps of those left out (invalid values)."""
     t = np.asarray(ts, dtype=np.float64).ravel()
     v = np.asarray(value, dtype=np.float64).ravel()
     if t.shape != v.shape:
         raise ValueError(f"ts and value differ in length ({t.size} != {v.size})")
-    ok = np.isfinite(t) & np.isfinite(v)
+    bad = invalid_readings(v, max_abs)
+    left_out = t[bad & np.isfinite(t)]
+    ok = np.isfinite(t) & ~bad
     if not ok.all():
         t, v = t[ok], v[ok]
     if t.size > 1 and (np.diff(t) < 0).any():
         raise ValueError("readings must be sorted by ts")
-    return t, v
+    return t, v, left_out
+
+
+def _invalid(left_out: FloatArray, starts: FloatArray, ends: FloatArray) -> IntArray:
+    """How many left-out readings lie in each window ``[start, end)``."""
+    if left_out.size == 0:
+        return np.zeros(starts.size, dtype=np.int64)
+    ordered = np.sort(left_out)
+    out: IntArray = (
+        np.searchsorted(ordered, ends, side="left") - np.searchsorted(ordered, starts, side="left")
+    ).astype(np.int64)
+    return out
 
 
 def _check_interval(interval: float | None, gap_factor: float) -> float:
@@ -425,10 +465,12 @@ def total_quantities(
     gap_factor: float = GAP_FACTOR,
     reset_tolerance: float = RESET_TOLERANCE,
     max_gap: float | None = None,
+    max_abs: float = MAX_ABS_VALUE,
 ) -> WindowQuantities:
     """Window quantities of a cumulative register (see the module's docstring)."""
     starts, ends = window_edges(windows)
-    t, v = _readings(ts, value)
+    t, v, left_out = _readings(ts, value, max_abs)
+    invalid = _invalid(left_out, starts, ends)
     interval = _check_interval(interval, gap_factor)
     s = _slices(t, starts, ends)
     first, last = _first_last(t, s)
@@ -448,6 +490,7 @@ def total_quantities(
             zeros.copy(),
             zeros.copy(),
             Resets.none(),
+            invalid,
         )
     inc, fixed, reset, jitter, outlier = _register_increments(
         t, v, interval, gap_factor, reset_tolerance
@@ -481,6 +524,7 @@ def total_quantities(
         s.counts(reset_at),
         s.counts(outlier),
         events,
+        invalid,
     )
 
 
@@ -539,10 +583,11 @@ def rate_quantities(
     interval: float,
     gap_factor: float = GAP_FACTOR,
     max_gap: float | None = None,
+    max_abs: float = MAX_ABS_VALUE,
 ) -> WindowQuantities:
     """Window quantities of an instantaneous rate per hour (see the module's docstring)."""
     starts, ends = window_edges(windows)
-    t, v = _readings(ts, value)
+    t, v, left_out = _readings(ts, value, max_abs)
     interval = _check_interval(interval, gap_factor)
     s = _slices(t, starts, ends)
     first, last = _first_last(t, s)
@@ -576,6 +621,7 @@ def rate_quantities(
         zeros,
         s.counts(spikes),
         Resets.none(),
+        _invalid(left_out, starts, ends),
     )
 
 
@@ -588,11 +634,12 @@ def delta_quantities(
     windows: Windows,
     *,
     now: datetime | float | None = None,
+    max_abs: float = MAX_ABS_VALUE,
 ) -> WindowQuantities:
     """Window quantities of a meter that sends quantities (tickets): the sum over
     ``start ≤ ts < end``; coverage by elapsed time against ``now`` (``None``: all ended)."""
     starts, ends = window_edges(windows)
-    t, v = _readings(ts, value)
+    t, v, left_out = _readings(ts, value, max_abs)
     s = _slices(t, starts, ends)
     first, last = _first_last(t, s)
     quantity = s.total(v)
@@ -615,6 +662,7 @@ def delta_quantities(
         zeros,
         zeros.copy(),
         Resets.none(),
+        _invalid(left_out, starts, ends),
     )
 
 
@@ -632,6 +680,7 @@ def window_quantities(
     gap_factor: float = GAP_FACTOR,
     reset_tolerance: float = RESET_TOLERANCE,
     max_gap: float | None = None,
+    max_abs: float = MAX_ABS_VALUE,
 ) -> WindowQuantities:
     """Window quantities of one meter by its reading type (``Meter.reading``).
 
@@ -641,7 +690,7 @@ def window_quantities(
     """
     kind = ReadingType(reading)
     if kind == ReadingType.delta:
-        return delta_quantities(ts, value, windows, now=now)
+        return delta_quantities(ts, value, windows, now=now, max_abs=max_abs)
     if interval is None:
         raise ValueError(f"a {kind.value} meter needs its interval")
     if kind == ReadingType.total:
@@ -653,7 +702,14 @@ def window_quantities(
             gap_factor=gap_factor,
             reset_tolerance=reset_tolerance,
             max_gap=max_gap,
+            max_abs=max_abs,
         )
     return rate_quantities(
-        ts, value, windows, interval=interval, gap_factor=gap_factor, max_gap=max_gap
+        ts,
+        value,
+        windows,
+        interval=interval,
+        gap_factor=gap_factor,
+        max_gap=max_gap,
+        max_abs=max_abs,
     )

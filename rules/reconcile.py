@@ -27,6 +27,15 @@ Measurements ``y`` (n) with ``V = diag(σ²)`` and linear constraints ``A_m x_m 
    observable when the null space of ``A_u`` has no component on it; unobservable streams get
    no estimate (``None``).
 
+**Floating-point range.** Squares of large quantities overflow (``(0.01·1e200)²``) and squares
+of tiny ones vanish. One exchange squares nothing: ``σ`` by ``hypot``, the reconciliation by
+shares ``(σ_i/σ_d)²``. The network least squares works on ``y`` and ``σ`` scaled by a power of
+two (exact in binary floating point) when their largest magnitude is beyond ``2^±SCALE_LIMIT``,
+and scales the results back. Nothing here raises for finite input: a result that cannot be
+represented is *flagged* — an exchange window gets status ``error`` with the cause in
+``error``, a variance is ``inf``, and :meth:`Reconciliation.problem` names a network result
+that is not a finite number.
+
 **Serial elimination** (:func:`serial_elimination`): while the global test rejects, the tested
 measurement with the largest ``|z_j|`` is removed (treated as unmeasured: its column moves from
 ``A_m`` to ``A_u``), and the rest is reconciled again; this repeats until the global test passes
@@ -52,7 +61,7 @@ import numpy.typing as npt
 from scipy import linalg, stats  # type: ignore[import-untyped, unused-ignore]
 
 FloatArray = npt.NDArray[np.float64]
-ExchangeStatus = Literal["ok", "imbalance", "incomplete", "no_data"]
+ExchangeStatus = Literal["ok", "imbalance", "incomplete", "no_data", "error"]
 
 #: A window is ``imbalance`` when ``|z|`` exceeds this (SPEC §5).
 Z_THRESHOLD = 3.0
@@ -67,6 +76,36 @@ ALPHA = 0.05
 RANK_TOL = 1e-10
 REDUNDANCY_TOL = 1e-9
 TEST_TOL = 1e-12
+
+#: A measurement's variance below this share of the largest measurement squared is 0: the
+#: meter is exact (its inverse would overflow; no real meter is that precise).
+NEGLIGIBLE_VARIANCE = 1e-280
+
+#: Magnitudes within ``2^±SCALE_LIMIT`` are computed as they are (their squares, and sums of
+#: many squares, stay far inside the float range); beyond it, in scaled form.
+SCALE_LIMIT = 400
+
+
+def _exponent(x: float) -> int:
+    """The binary exponent of ``x`` (``x = m·2^e``, ``0.5 ≤ |m| < 1``), 0 for 0."""
+    return math.frexp(x)[1] if x != 0.0 and math.isfinite(x) else 0
+
+
+def _scale_exponent(magnitudes: Sequence[float]) -> int:
+    """The power of two to divide by so that the largest magnitude is about 1: 0 (no scaling)
+    when that magnitude is within ``2^±SCALE_LIMIT``."""
+    e = max((_exponent(abs(x)) for x in magnitudes if x != 0.0), default=0)
+    return e if abs(e) > SCALE_LIMIT else 0
+
+
+def _unscale(x: float, e: int) -> float:
+    """``x·2^e``, ``±inf`` when that is beyond the float range (never raises)."""
+    if e == 0 or x == 0.0 or not math.isfinite(x):
+        return x
+    try:
+        return math.ldexp(x, e)
+    except OverflowError:
+        return math.copysign(math.inf, x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,13 +130,25 @@ class MeterQuantity:
 
 
 def meter_variance(quantity: float, uncertainty: float, uncertainty_abs: float = 0.0) -> float:
-    """``σ² = (uncertainty·q)² + uncertainty_abs²`` of one meter's window quantity."""
-    return (uncertainty * quantity) ** 2 + uncertainty_abs**2
+    """``σ² = (uncertainty·q)² + uncertainty_abs²`` of one meter's window quantity; ``inf`` when
+    it is beyond the float range (never raises for finite input)."""
+    a = uncertainty * quantity
+    if math.isfinite(a) and _scale_exponent((a, uncertainty_abs)) == 0:
+        return a * a + uncertainty_abs * uncertainty_abs
+    sigma = meter_sigma(quantity, uncertainty, uncertainty_abs)
+    return sigma * sigma  # inf beyond the float range (a float product does not raise)
 
 
 def meter_sigma(quantity: float, uncertainty: float, uncertainty_abs: float = 0.0) -> float:
-    """``σ = sqrt((uncertainty·q)² + uncertainty_abs²)``."""
-    return math.sqrt(meter_variance(quantity, uncertainty, uncertainty_abs))
+    """``σ = sqrt((uncertainty·q)² + uncertainty_abs²)``, computed without squaring (``inf``
+    only when ``σ`` itself is beyond the float range, which takes ``uncertainty > 1``)."""
+    a = uncertainty * quantity
+    if math.isfinite(a):
+        return math.hypot(a, uncertainty_abs)
+    # uncertainty·q overflowed: scale it by the power of two of the larger term
+    e = max(_exponent(quantity) + _exponent(uncertainty), _exponent(uncertainty_abs))
+    a_s = math.ldexp(uncertainty, _exponent(quantity) - e) * math.frexp(quantity)[0]
+    return _unscale(math.hypot(a_s, math.ldexp(uncertainty_abs, -e)), e)
 
 
 def ratio_z(d: float, sigma: float) -> float:
@@ -126,6 +177,9 @@ class ExchangeWindow:
     moves in proportion to its own variance, so the per-meter values sum to ``Ŝ`` and ``R̂``).
     They are ``None`` when either side has no data, or when ``σ_d = 0`` and ``d ≠ 0`` (no
     estimate satisfies the constraint while moving no exact meter).
+
+    Status ``error`` (with the cause in ``error``, every number ``None``): some result is
+    beyond the floating-point range (sums of quantities near ``1.8e308``).
     """
 
     status: ExchangeStatus
@@ -141,19 +195,30 @@ class ExchangeWindow:
     reconciled_sent: float | None = None
     reconciled_received: float | None = None
     reconciled_meters: Mapping[str, float] = field(default_factory=dict)
+    error: str | None = None
 
 
-def _side(meters: Sequence[MeterQuantity]) -> tuple[float | None, float, list[MeterQuantity]]:
-    present = [m for m in meters if m.quantity is not None]
+def _fsum(values: Sequence[float]) -> float:
+    """``math.fsum``, or ``±inf``/``nan`` instead of its OverflowError."""
+    try:
+        return math.fsum(values)
+    except OverflowError:
+        return sum(values, 0.0)
+
+
+def _side(
+    meters: Sequence[MeterQuantity],
+) -> tuple[float | None, float, list[tuple[MeterQuantity, float, float]]]:
+    """Σ q, σ of the sum, and per meter present (meter, q, σ)."""
+    present = [
+        (m, m.quantity, meter_sigma(m.quantity, m.uncertainty, m.uncertainty_abs))
+        for m in meters
+        if m.quantity is not None
+    ]
     if not present:
         return None, 0.0, present
-    total = math.fsum(m.quantity for m in present if m.quantity is not None)
-    variance = math.fsum(
-        meter_variance(m.quantity, m.uncertainty, m.uncertainty_abs)
-        for m in present
-        if m.quantity is not None
-    )
-    return total, variance, present
+    total = _fsum([q for _, q, _ in present])
+    return total, math.hypot(*(sigma for _, _, sigma in present)), present
 
 
 def reconcile_exchange(
@@ -168,35 +233,41 @@ def reconcile_exchange(
 
     Status, first match wins:
 
+    * ``error``: a result is beyond the floating-point range (see :class:`ExchangeWindow`);
     * ``no_data``: a side has no meter with a quantity (nothing to compare);
     * ``incomplete``: some meter has no quantity or covers less than ``min_coverage`` of the
       window; ``S``, ``R``, ``d`` and ``z`` are still reported over the meters present, but the
       window is never called an imbalance;
     * ``imbalance``: ``|z| > z_threshold``;
     * ``ok``.
+
+    Nothing is squared: ``σ`` by ``hypot``, and the reconciliation by the shares
+    ``(σ_i/σ_d)² ≤ 1/(1 − l)²``; so quantities of any finite magnitude are taken and it never
+    raises for them.
     """
     if not 0.0 <= loss < 1.0:
         raise ValueError(f"loss must be in [0, 1): {loss}")
     meters = [*sent, *received]
     coverage = min((m.coverage for m in meters), default=0.0)
-    s_total, s_var, s_present = _side(sent)
-    r_total, r_var, r_present = _side(received)
+    s_total, s_sigma, s_present = _side(sent)
+    r_total, r_sigma, r_present = _side(received)
     if s_total is None or r_total is None:
-        return ExchangeWindow(
-            status="no_data",
-            sent=s_total,
-            received=r_total,
-            loss=loss,
-            imbalance=None,
-            sigma=None,
-            z=None,
-            coverage=coverage,
+        return _checked(
+            ExchangeWindow(
+                status="no_data",
+                sent=s_total,
+                received=r_total,
+                loss=loss,
+                imbalance=None,
+                sigma=None,
+                z=None,
+                coverage=coverage,
+            )
         )
 
     k = 1.0 - loss
     d = k * s_total - r_total
-    sigma_d2 = k * k * s_var + r_var
-    sigma_d = math.sqrt(sigma_d2)
+    sigma_d = math.hypot(k * s_sigma, r_sigma)
     z = ratio_z(d, sigma_d)
 
     complete = all(m.quantity is not None and m.coverage >= min_coverage for m in meters)
@@ -209,38 +280,71 @@ def reconcile_exchange(
         status = "ok"
 
     # WLS of the two-measurement problem, A = [k, −1]: x̂ = y − V Aᵀ d / σ_d², applied per
-    # meter (V diagonal over the individual meters, which sums to the side totals).
+    # meter (V diagonal over the individual meters, which sums to the side totals): a sent
+    # meter moves by −k·d·(σ_i/σ_d)², a received one by +d·(σ_i/σ_d)².
     per_meter: dict[str, float] = {}
     rec_s: float | None = None
     rec_r: float | None = None
-    if sigma_d2 > 0.0 or d == 0.0:
-        lam = d / sigma_d2 if sigma_d2 > 0.0 else 0.0
-        for m in s_present:
-            assert m.quantity is not None
-            var = meter_variance(m.quantity, m.uncertainty, m.uncertainty_abs)
-            per_meter[m.meter_id] = m.quantity - var * k * lam
-        for m in r_present:
-            assert m.quantity is not None
-            var = meter_variance(m.quantity, m.uncertainty, m.uncertainty_abs)
-            per_meter[m.meter_id] = m.quantity + var * lam
-        rec_s = s_total - s_var * k * lam
-        rec_r = r_total + r_var * lam
+    if sigma_d > 0.0 or d == 0.0:
 
-    return ExchangeWindow(
-        status=status,
-        sent=s_total,
-        received=r_total,
-        loss=loss,
-        imbalance=d,
-        sigma=sigma_d,
-        z=z,
-        coverage=coverage,
-        sigma_sent=math.sqrt(s_var),
-        sigma_received=math.sqrt(r_var),
-        reconciled_sent=rec_s,
-        reconciled_received=rec_r,
-        reconciled_meters=per_meter,
+        def share(sigma: float) -> float:
+            r = sigma / sigma_d if sigma_d > 0.0 else 0.0
+            return r * r
+
+        for m, q, sigma in s_present:
+            per_meter[m.meter_id] = q - k * d * share(sigma)
+        for m, q, sigma in r_present:
+            per_meter[m.meter_id] = q + d * share(sigma)
+        rec_s = s_total - k * d * share(s_sigma)
+        rec_r = r_total + d * share(r_sigma)
+
+    return _checked(
+        ExchangeWindow(
+            status=status,
+            sent=s_total,
+            received=r_total,
+            loss=loss,
+            imbalance=d,
+            sigma=sigma_d,
+            z=z,
+            coverage=coverage,
+            sigma_sent=s_sigma,
+            sigma_received=r_sigma,
+            reconciled_sent=rec_s,
+            reconciled_received=rec_r,
+            reconciled_meters=per_meter,
+        )
     )
+
+
+def _checked(res: ExchangeWindow) -> ExchangeWindow:
+    """``res``, or status ``error`` naming the first result that is not a finite number (``z``
+    may be ``±inf``: exact meters that disagree, see :func:`ratio_z`)."""
+    named: list[tuple[str, float | None]] = [
+        ("S (the sent quantity)", res.sent),
+        ("R (the received quantity)", res.received),
+        ("d (the imbalance)", res.imbalance),
+        ("σ_d", res.sigma),
+        ("σ of the sent side", res.sigma_sent),
+        ("σ of the received side", res.sigma_received),
+        ("the reconciled sent quantity", res.reconciled_sent),
+        ("the reconciled received quantity", res.reconciled_received),
+        *((f"the reconciled quantity of meter {k}", v) for k, v in res.reconciled_meters.items()),
+    ]
+    for name, value in named:
+        if value is not None and not math.isfinite(value):
+            return ExchangeWindow(
+                status="error",
+                sent=None,
+                received=None,
+                loss=res.loss,
+                imbalance=None,
+                sigma=None,
+                z=None,
+                coverage=res.coverage,
+                error=f"{name} is beyond the floating-point range (about ±1.8e308)",
+            )
+    return res
 
 
 # ----------------------------------------------------------------------------------------------
@@ -408,6 +512,26 @@ class Reconciliation:
     def suspects(self) -> tuple[str, ...]:
         return tuple(m.id for m in self.meters if m.suspect)
 
+    def problem(self) -> str | None:
+        """The first result that is not a number a caller can store, or None: a reconciled
+        value, adjustment or estimate beyond the float range, or a nan anywhere (``±inf`` is
+        meaningful for the statistic and a ``z``: exact meters that contradict each other)."""
+        if math.isnan(self.statistic):
+            return "the χ² statistic is not a number"
+        for mr in self.meters:
+            for what, value in (("reconciled value", mr.reconciled), ("adjustment", mr.adjustment)):
+                if value is not None and not math.isfinite(value):
+                    return f"the {what} of meter {mr.id} is beyond the floating-point range"
+            if mr.z is not None and math.isnan(mr.z):
+                return f"the z of meter {mr.id} is not a number"
+        for st in self.streams:
+            if st.estimate is not None and not math.isfinite(st.estimate):
+                return f"the estimate of stream {st.id} is beyond the floating-point range"
+        for cid, cz in zip(self.constraint_ids, self.constraint_z, strict=True):
+            if cz is not None and math.isnan(cz):
+                return f"the nodal test of constraint {cid} is not a number"
+        return None
+
 
 def chi2_critical(dof: int, alpha: float = ALPHA) -> float:
     """``χ²_{1−α}(dof)``, the global test's critical value."""
@@ -493,6 +617,11 @@ def reconcile(
     ``a_unmeasured`` (``m × p``) holds the columns of unmeasured streams, eliminated by
     projection; see the module docstring for the method. ``ids``/``unmeasured_ids``/
     ``constraint_ids`` name the columns and rows (defaults ``"0"``, ``"1"``, …).
+
+    Measurements of any finite magnitude are taken: far from 1 they are computed scaled by a
+    power of two (see the module docstring), and a variance below ``NEGLIGIBLE_VARIANCE`` of
+    the largest magnitude squared counts as 0 (an exact meter). It never raises for them;
+    :meth:`Reconciliation.problem` names a result that is not a finite number.
     """
     y_v = np.asarray(y, dtype=np.float64).reshape(-1)
     s_v = np.asarray(sigma, dtype=np.float64).reshape(-1)
@@ -517,7 +646,12 @@ def reconcile(
     if len(meter_ids) != n or len(stream_ids) != p or len(row_ids) != m:
         raise ValueError("id lists do not match the matrix shapes")
 
-    var = s_v**2
+    # Computed on y and σ scaled by 2^-e (exact), results scaled back at the end.
+    e = _scale_exponent([float(np.max(np.abs(y_v), initial=0.0)), float(np.max(s_v, initial=0.0))])
+    y_c = np.ldexp(y_v, -e) if e else y_v
+    s_c = np.ldexp(s_v, -e) if e else s_v
+    var = s_c**2
+    var[var < NEGLIGIBLE_VARIANCE * max(float(np.max(np.abs(y_c), initial=0.0)) ** 2, 1.0)] = 0.0
     proj = _left_null_projection(a_u)
     b = _row_basis(proj @ a_m)  # r × n, orthonormal rows: B x_m = 0
     dof = int(b.shape[0])
@@ -525,26 +659,26 @@ def reconcile(
     if dof > 0:
         bv = b * var  # B V
         h = bv @ b.T
-        resid = b @ y_v
+        resid = b @ y_c
         h_inv_r, exact = _solve_spd(h, resid)
-        x_hat = y_v - bv.T @ h_inv_r
+        x_hat = y_c - bv.T @ h_inv_r
         h_inv_bv, _ = _solve_spd(h, bv)
         w = bv.T @ h_inv_bv
         statistic = float(resid @ h_inv_r)
         if not exact:
-            scale = max(1.0, float(np.max(np.abs(y_v)))) if n else 1.0
+            scale = max(1.0, float(np.max(np.abs(y_c)))) if n else 1.0
             if float(np.max(np.abs(b @ x_hat))) > 1e-9 * scale:
                 statistic = math.inf  # exact (σ = 0) meters contradict each other
         crit = chi2_critical(dof, alpha)
         critical: float | None = crit
         passed = statistic <= crit
     else:
-        x_hat = y_v.copy()
+        x_hat = y_c.copy()
         w = np.zeros((n, n))
         statistic = 0.0
         critical = None
         passed = True
-    adjustments = y_v - x_hat
+    adjustments = y_c - x_hat
 
     redundant = (
         np.linalg.norm(b, axis=0) > REDUNDANCY_TOL if dof > 0 else np.zeros(n, dtype=np.bool_)
@@ -564,11 +698,12 @@ def reconcile(
         x_u, *_ = np.linalg.lstsq(a_u, -(a_m @ x_hat), rcond=None)
         for j in range(p):
             ok = bool(observable[j])
-            streams.append(StreamResult(stream_ids[j], float(x_u[j]) if ok else None, ok))
+            estimate = _unscale(float(x_u[j]), e) if ok else None
+            streams.append(StreamResult(stream_ids[j], estimate, ok))
 
     # Nodal test on the original constraints that involve measured meters only.
     constraint_z: list[float | None] = []
-    r_full = a_m @ y_v
+    r_full = a_m @ y_c
     h_diag = (a_m * var) @ a_m.T if m else np.zeros((0, 0))
     for i in range(m):
         if p and np.any(a_u[i] != 0.0):
@@ -577,6 +712,11 @@ def reconcile(
         hv = float(h_diag[i, i])
         constraint_z.append(float(r_full[i]) / math.sqrt(hv) if hv > 0.0 else None)
 
+    if e:
+        with np.errstate(over="ignore"):
+            x_hat = np.ldexp(x_hat, e)
+            adjustments = np.ldexp(adjustments, e)
+            w = np.ldexp(w, 2 * e)
     meters: list[MeterResult] = []
     for j in range(n):
         zj = z_values[j]

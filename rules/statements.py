@@ -102,7 +102,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, localcontext
@@ -532,10 +532,13 @@ def _trucked(meters: Mapping[str, Meter], ex: Exchange) -> bool:
     )
 
 
-def _ticket_coverage(ex: Exchange, period: Period, cut: datetime, tz: ZoneInfo) -> Decimal:
+def _ticket_coverage(
+    ex: Exchange, period: Period, cut: datetime, tz: ZoneInfo, failed: Set[datetime] = frozenset()
+) -> Decimal:
     """Coverage of a trucked exchange over ``period`` up to ``cut`` (SPEC §4, delta meters): the
     windows that have ended by ``cut`` are complete, the one running then counts the elapsed
-    fraction of its length, whether or not any window has data."""
+    fraction of its length, whether or not any window has data; a window whose computation
+    failed (its start in ``failed``) counts as no data."""
     span_end = min(period.end, cut)
     span = (span_end - period.start) // _MICRO
     if span <= 0:
@@ -543,7 +546,7 @@ def _ticket_coverage(ex: Exchange, period: Period, cut: datetime, tz: ZoneInfo) 
     weighted = []
     for ws, we in windows_between(period.start, span_end, ex.window, tz):
         seconds = (min(we, span_end) - max(ws, period.start)) // _MICRO
-        if seconds <= 0:
+        if seconds <= 0 or ws in failed:
             continue
         if we <= cut:
             weighted.append(Decimal(seconds))
@@ -654,6 +657,7 @@ def build_statement(
         rows = by_exchange[ex.id]
         for period, terms in periods:
             part = [w for w in rows if period.start <= w.window_start < period.end]
+            failed = {w.window_start for w in part if w.status == "error"}
             sent = _exact_total([w.sent for w in part])
             received = _exact_total([w.received for w in part])
             if ex.billing == Billing.sent:
@@ -680,7 +684,7 @@ def build_statement(
                     billed=billed_q,
                     basis=ex.billing,
                     coverage=(
-                        _ticket_coverage(ex, period, cut, tz)
+                        _ticket_coverage(ex, period, cut, tz, failed)
                         if trucked
                         else _coverage(part, period, cut)
                     ),

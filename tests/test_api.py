@@ -237,6 +237,50 @@ def test_daily_balance_sums_the_windows(api_system: ApiSystem) -> None:
     assert sum(d["imbalance_windows"] for d in days["items"]) == imbalanced > 0
 
 
+def test_balance_counts_windows_that_could_not_be_computed(api_system: ApiSystem) -> None:
+    """A window the rules engine recorded as ``error`` is counted apart in the balance."""
+    exchange = "steam-asnaes-novo"
+    frm, to = api_system.start.isoformat(), api_system.end.isoformat()
+
+    async def sql(query: str) -> str:
+        conn = await asyncpg.connect(asyncpg_dsn(api_system.database_url))
+        try:
+            return str(await conn.execute(query))
+        finally:
+            await conn.close()
+
+    first = f"""(SELECT min(window_start) FROM exchange_windows
+                 WHERE exchange_id = '{exchange}' AND status <> 'error')"""
+    before = get(api_system, f"/api/v1/exchanges/{exchange}/balance", **{"from": frm, "to": to})
+    assert sum(d["error_windows"] for d in before["items"]) == 0
+    saved = asyncio.run(
+        sql(
+            f"CREATE TABLE saved_window AS SELECT * FROM exchange_windows WHERE exchange_id = "
+            f"'{exchange}' AND window_start = {first}"
+        )
+    )
+    assert saved.endswith(" 1"), saved
+    try:
+        asyncio.run(
+            sql(
+                f"UPDATE exchange_windows SET status = 'error', error = 'test' "
+                f"WHERE exchange_id = '{exchange}' AND window_start = "
+                f"(SELECT window_start FROM saved_window)"
+            )
+        )
+        after = get(api_system, f"/api/v1/exchanges/{exchange}/balance", **{"from": frm, "to": to})
+        assert sum(d["error_windows"] for d in after["items"]) == 1
+    finally:
+        asyncio.run(
+            sql(
+                "UPDATE exchange_windows w SET status = s.status, error = NULL"
+                " FROM saved_window s"
+                " WHERE w.exchange_id = s.exchange_id AND w.window_start = s.window_start"
+            )
+        )
+        asyncio.run(sql("DROP TABLE saved_window"))
+
+
 def test_statement_formats(api_system: ApiSystem) -> None:
     month = datetime.now(UTC).strftime("%Y-%m")
     base = f"/api/v1/partners/{OWN}/statements/{month}"

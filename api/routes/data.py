@@ -131,7 +131,8 @@ SELECT date_trunc($4, window_start AT TIME ZONE $5) AS bucket,
        sum(sigma) FILTER (WHERE imbalance IS NOT NULL) AS sigma,
        avg(coverage) AS coverage,
        count(*) FILTER (WHERE status = 'imbalance') AS imbalance_windows,
-       count(*) FILTER (WHERE status IN ('incomplete', 'no_data')) AS incomplete_windows
+       count(*) FILTER (WHERE status IN ('incomplete', 'no_data')) AS incomplete_windows,
+       count(*) FILTER (WHERE status = 'error') AS error_windows
 FROM exchange_windows
 WHERE exchange_id = $1 AND window_start >= $2 AND window_start < $3
 GROUP BY bucket ORDER BY bucket
@@ -171,6 +172,7 @@ async def balance(
                 "coverage": r["coverage"],
                 "imbalance_windows": r["imbalance_windows"],
                 "incomplete_windows": r["incomplete_windows"],
+                "error_windows": r["error_windows"],
             }
         )
     return {
