@@ -530,8 +530,10 @@ def build(spec: Spec, clock: Clock, out: Expectation) -> None:
         iso = rfc3339(clock.ts())
         raw = f'{{"ts": "{iso}", "value": {literal}}}'.encode()
         out.messages.append((meter.topic, raw))
-        # 1e309 reads as infinity; an integer of 400 digits is a number, over 10^12
-        reason = Reason.not_finite if "e" in literal else Reason.out_of_range
+        # NaN, Infinity and 1e309 (which reads as infinity) are not finite; an integer of
+        # 400 digits is a number, over 10^12
+        finite = kind == "huge" and "e" not in literal
+        reason = Reason.out_of_range if finite else Reason.not_finite
         out.reject_reading(meter.topic, reason, iso)
     elif kind == "overflow_in_unit":  # finite as sent, infinite in the canonical unit
         _, meter = spec
