@@ -168,6 +168,14 @@ class Balance(Model):
         return format_duration(value)
 
 
+class StatementSettings(Model):
+    """The optional ``statements:`` block: how statements are issued and what they print."""
+
+    # A month is issued by itself only when every line of a statement has this coverage.
+    min_coverage: float = Field(default=0.99, gt=0, le=1, strict=True)
+    payment_terms: str | None = None  # printed on statements
+
+
 class Network(Model):
     network: str = Field(pattern=ID_RE)
     name: str
@@ -178,6 +186,7 @@ class Network(Model):
     exchanges: list[Exchange] = Field(default_factory=list)
     balances: list[Balance] = Field(default_factory=list)
     meter_rules: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    statements: StatementSettings = Field(default_factory=StatementSettings)
 
     @field_validator("timezone")
     @classmethod
