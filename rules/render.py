@@ -314,6 +314,8 @@ def csv_frame(doc: Mapping[str, Any] | Statement) -> pd.DataFrame:
                 "savings": t["net_savings"],
             }
         )
+    if d.get("incomplete_reason"):  # issued although its data was incomplete: why
+        rows.append({**common, "record": "incomplete", "reason": d["incomplete_reason"]})
     import pandas as pd  # here: processes that only render PDFs start without it
 
     frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS), dtype=object)
@@ -665,6 +667,8 @@ def _header(page: _Page, d: Mapping[str, Any]) -> None:
             + (f" (data as of {_when(d['as_of'])})" if d.get("as_of") else "")
         ),
     ]
+    if d.get("incomplete_reason"):
+        facts.append(f"Issued with incomplete data: {d['incomplete_reason']}")
     for i, fact in enumerate(facts):
         page.text(MARGIN_X, page.y - 1.07 - 0.18 * i, fact, fontsize=8, color=MUTED)
     page.y -= 1.07 + 0.18 * len(facts)
