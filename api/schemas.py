@@ -215,10 +215,14 @@ class ReconciliationPage(BaseModel):
 
 class StatementInfo(BaseModel):
     month: str
-    status: Literal["draft", "issued"]
+    status: Literal["draft", "held", "issued"] = Field(
+        description="draft: the month is open or not due yet; held: due for issue but waiting"
+        " for its data; issued: the latest revision is issued"
+    )
     issued_at: datetime | None
     revision: int | None
     content_hash: str | None
+    document_number: str | None = None
 
 
 class StatementList(BaseModel):
@@ -226,16 +230,70 @@ class StatementList(BaseModel):
     items: list[StatementInfo]
 
 
+class RevisionOut(BaseModel):
+    revision: int
+    issued_at: datetime
+    reason: str | None = Field(description="why this revision replaced the previous one")
+    content_hash: str
+    previous_hash: str | None = Field(description="content hash of the revision it replaced")
+    document_number: str | None
+    incomplete_reason: str | None = Field(
+        description="why it was issued although its data was incomplete"
+    )
+
+
+class RevisionList(BaseModel):
+    partner: str
+    month: str
+    items: list[RevisionOut]
+
+
+class IssueRequest(BaseModel):
+    accept_incomplete: bool = Field(
+        default=False, description="issue statements whose data is incomplete too"
+    )
+    reason: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="why incomplete data is accepted (required with accept_incomplete; printed"
+        " on those statements)",
+    )
+
+
 class IssuedOut(BaseModel):
     partner: str
     month: str
     new: bool
     content_hash: str
+    revision: int = 1
+    document_number: str | None = None
+    incomplete_reason: str | None = None
 
 
 class IssueResult(BaseModel):
     month: str
     statements: list[IssuedOut]
+
+
+class HeldLine(BaseModel):
+    exchange: str
+    role: str
+    coverage: float
+    windows: int
+
+
+class HeldOut(BaseModel):
+    partner: str
+    month: str
+    lines: list[HeldLine] = Field(description="the lines short of data")
+    pending_windows: int = Field(description="windows of the month not reconciled yet")
+
+
+class IssueIncomplete(BaseModel):
+    detail: str
+    month: str
+    statements: list[IssuedOut] = Field(description="what was issued (or issued before)")
+    held: list[HeldOut] = Field(description="what was not issued: its data is incomplete")
 
 
 class RejectionOut(BaseModel):

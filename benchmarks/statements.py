@@ -262,6 +262,8 @@ async def issue_run(database_url: str, now: datetime, workers: int | None) -> di
             kwargs["timings"] = timings
         if workers is not None and "workers" in params:
             kwargs["workers"] = workers
+        if "accept_incomplete" in params:  # timed: issuing every statement, whatever its data
+            kwargs["accept_incomplete"] = "benchmark"
         backend = conn.get_server_pid()
         usage0 = resource.getrusage(resource.RUSAGE_SELF)
         children0 = resource.getrusage(resource.RUSAGE_CHILDREN)

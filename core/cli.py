@@ -134,24 +134,113 @@ def _statements_issue(args: argparse.Namespace, settings: Settings) -> int:
 
     from core.apply import load_applied
     from core.db import connect
-    from rules.issue import issue_month
+    from rules.issue import IncompleteMonth, Issued, issue_month
     from rules.statements import parse_month
 
     year, month = parse_month(args.month)
+    reason = _incomplete_reason(args)
 
-    async def go() -> list[Any]:
+    async def go() -> list[Issued]:
         conn = await connect(settings.database_url, application_name="symbiont-cli")
         try:
             net = await load_applied(conn)
             if net is None:
                 raise ValueError("no network applied yet: run `symbiont network apply FILE`")
-            return await issue_month(conn, net, year, month, datetime.now(UTC), settings=settings)
+            return await issue_month(
+                conn,
+                net,
+                year,
+                month,
+                datetime.now(UTC),
+                settings=settings,
+                accept_incomplete=reason,
+            )
         finally:
             await conn.close()
 
-    for item in asyncio.run(go()):
-        state = "issued" if item.new else "already issued"
-        print(f"{item.partner} {item.month}: {state}, content hash {item.content_hash}")
+    try:
+        issued = asyncio.run(go())
+    except IncompleteMonth as exc:
+        for item in exc.issued:
+            _print_issued(item)
+        for held in exc.held:
+            print(f"{held.partner} {held.month}: held, data incomplete: {held.describe()}")
+        print(
+            f"symbiont: {exc.headline}; issue them anyway with --accept-incomplete --reason TEXT"
+            " (the reason is printed on each)",
+            file=sys.stderr,
+        )
+        return 1
+    for item in issued:
+        _print_issued(item)
+    return 0
+
+
+def _incomplete_reason(args: argparse.Namespace) -> str | None:
+    """``--reason`` of ``--accept-incomplete`` (both or neither)."""
+    reason: str | None = args.reason
+    if args.accept_incomplete and not (reason and reason.strip()):
+        raise ValueError("--accept-incomplete needs --reason TEXT (it is printed on the statement)")
+    if reason is not None and not args.accept_incomplete:
+        raise ValueError("--reason goes with --accept-incomplete")
+    return reason.strip() if reason is not None else None
+
+
+def _print_issued(item: Any) -> None:
+    state = "issued" if item.new else "already issued"
+    if item.revision > 1:
+        state += f" (revision {item.revision})"
+    number = f", document {item.document_number}" if item.document_number else ""
+    print(f"{item.partner} {item.month}: {state}{number}, content hash {item.content_hash}")
+    if item.incomplete_reason:
+        print(f"  issued with incomplete data: {item.incomplete_reason}")
+
+
+def _statements_revise(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import UTC, datetime
+
+    from core.apply import load_applied
+    from core.db import connect
+    from rules.issue import IncompleteMonth, Issued, revise_statement
+    from rules.statements import parse_month
+
+    year, month = parse_month(args.month)
+    if not args.reason.strip():
+        raise ValueError("--reason must say why the statement is revised")
+
+    async def go() -> Issued:
+        conn = await connect(settings.database_url, application_name="symbiont-cli")
+        try:
+            net = await load_applied(conn)
+            if net is None:
+                raise ValueError("no network applied yet: run `symbiont network apply FILE`")
+            return await revise_statement(
+                conn,
+                net,
+                args.partner,
+                year,
+                month,
+                datetime.now(UTC),
+                args.reason,
+                accept_incomplete=args.accept_incomplete,
+                settings=settings,
+            )
+        finally:
+            await conn.close()
+
+    try:
+        item = asyncio.run(go())
+    except IncompleteMonth as exc:
+        for held in exc.held:
+            print(f"{held.partner} {held.month}: data incomplete: {held.describe()}")
+        print(
+            f"symbiont: not revised: the data of {exc.month} is incomplete; revise anyway with"
+            " --accept-incomplete (the reason is printed on the statement)",
+            file=sys.stderr,
+        )
+        return 1
+    _print_issued(item)
+    print(f"  reason: {args.reason.strip()}")
     return 0
 
 
@@ -174,9 +263,18 @@ def _statements_show(args: argparse.Namespace, settings: Settings) -> int:
                 raise ValueError("no network applied yet: run `symbiont network apply FILE`")
             if args.partner not in {p.id for p in net.partners}:
                 raise ValueError(f"unknown partner '{args.partner}'")
-            doc, csv, pdf = await document_for(
-                conn, net, args.partner, args.month, datetime.now(UTC)
-            )
+            try:
+                doc, csv, pdf = await document_for(
+                    conn,
+                    net,
+                    args.partner,
+                    args.month,
+                    datetime.now(UTC),
+                    grace=settings.statement_grace,
+                    revision=args.revision,
+                )
+            except LookupError as exc:
+                raise ValueError(str(exc)) from None
             if args.format == "csv":
                 return csv or render.render_csv(doc).encode()
             if args.format == "pdf":
@@ -383,10 +481,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     issue = statements.add_parser("issue", help="issue every partner's statement for a month")
     issue.add_argument("month", type=_month_arg, help="YYYY-MM, in the network's time zone")
+    issue.add_argument(
+        "--accept-incomplete",
+        action="store_true",
+        help="issue statements whose data is incomplete too (needs --reason)",
+    )
+    issue.add_argument(
+        "--reason", default=None, help="why incomplete data is accepted (printed on them)"
+    )
     issue.set_defaults(handler=_statements_issue)
-    show = statements.add_parser("show", help="a partner's statement (issued, else the draft)")
+    revise = statements.add_parser(
+        "revise", help="issue a new revision of a partner's issued statement"
+    )
+    revise.add_argument("partner")
+    revise.add_argument("month", type=_month_arg, help="YYYY-MM")
+    revise.add_argument("--reason", required=True, help="why (printed on the revision)")
+    revise.add_argument(
+        "--accept-incomplete",
+        action="store_true",
+        help="revise even if the month's data is incomplete",
+    )
+    revise.set_defaults(handler=_statements_revise)
+    show = statements.add_parser(
+        "show", help="a partner's statement (issued: its latest revision; else the draft)"
+    )
     show.add_argument("partner")
     show.add_argument("month", type=_month_arg, help="YYYY-MM")
+    show.add_argument(
+        "--revision", type=int, default=None, help="an earlier revision of an issued statement"
+    )
     show.add_argument("--format", choices=("json", "csv", "pdf"), default="json")
     show.add_argument("--output", "-o", default=None, help="write to this file")
     show.set_defaults(handler=_statements_show)

@@ -5,8 +5,9 @@ ships the binaries); with no ``SYMBIONT_MQTT_URL`` a Mosquitto of its own. Then 
 applies the example network, starts ingest, the rules engine and the API (dashboard), makes
 tokens for an operator and two partners, publishes everything since the start of the previous
 month through MQTT (with a leak in the past) and goes on live (with a meter that falls silent
-a few minutes in), issues last month's statements once that month is reconciled, and reports
-what is happening until Ctrl-C, when it stops everything it started.
+a few minutes in), issues last month's statements once the history is reconciled and every
+line of them has its data (saying what they hold, or that the month is held and why), and
+reports what is happening until Ctrl-C, when it stops everything it started.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import IO
 
@@ -275,15 +278,87 @@ async def _caught_up(dsn: str) -> bool:
         await conn.close()
 
 
-async def _issue_last_month(dsn: str, net: Network, settings: Settings) -> list[str]:
-    from rules.issue import issue_month, previous_month
+@dataclass(frozen=True)
+class LastMonth:
+    """Where last month's statements stand: how many are issued, the lowest line coverage
+    (of the issued statements once all are, else of the lines short of data; None when no
+    line is), and the windows of the month still to reconcile."""
+
+    label: str
+    name: str  # "October"
+    partners: int
+    issued: int
+    coverage: Decimal | None
+    pending: int
+
+    @property
+    def done(self) -> bool:
+        return self.issued == self.partners
+
+    def report(self) -> str:
+        if self.done:
+            return (
+                f"{self.name} issued: {self.issued} statements, coverage {_percent(self.coverage)}"
+                " on every line"
+            )
+        waiting = f", {self.pending:,} windows to reconcile" if self.pending else ""
+        issued = f"; {self.issued} of {self.partners} issued" if self.issued else ""
+        if self.coverage is None:  # no line short of data
+            return f"{self.name} held: its data is in, waiting for it to be reconciled{waiting}"
+        return (
+            f"{self.name} held: waiting for data (coverage {_percent(self.coverage)}{waiting})"
+            f"{issued}"
+        )
+
+
+def _percent(value: Decimal | None) -> str:
+    """A coverage as a percentage, rounded down (99.95 % is not 100 %)."""
+    if value is None:
+        return "-"
+    shown = (value * 100).quantize(Decimal("0.1"), rounding=ROUND_DOWN)
+    return f"{shown.normalize():f} %"
+
+
+async def _last_month(dsn: str, net: Network, settings: Settings, *, issue: bool) -> LastMonth:
+    """Last month's statements: issued now if ``issue`` and their data is complete (never
+    on incomplete data), and what they hold."""
+    from rules.issue import IncompleteMonth, issue_month, month_gate, previous_month
+    from rules.statements import month_label
 
     conn = await asyncpg.connect(dsn)
     try:
         now = datetime.now(UTC)
         year, month = previous_month(now, net)
-        issued = await issue_month(conn, net, year, month, now, settings=settings)
-        return [f"{i.partner} {i.month} {i.content_hash[:12]}" for i in issued]
+        label = month_label(year, month)
+        if issue:
+            try:
+                await issue_month(conn, net, year, month, now, settings=settings)
+                held = []
+            except IncompleteMonth as exc:
+                held = exc.held
+        else:
+            held = await month_gate(conn, net, year, month, now)
+        docs = [
+            json.loads(r["document"])
+            for r in await conn.fetch(
+                "SELECT DISTINCT ON (partner_id) document FROM statements WHERE month = $1"
+                " ORDER BY partner_id, revision DESC",
+                label,
+            )
+        ]
+        lowest = [s.coverage if s.windows else 0.0 for h in held for s in h.short]
+        coverage = Decimal(repr(min(lowest))) if lowest else None
+        if len(docs) == len(net.partners):
+            lines = [Decimal(ln["coverage"]) for d in docs for ln in d["lines"]]
+            coverage = min(lines, default=Decimal(1))
+        return LastMonth(
+            label=label,
+            name=f"{datetime(year, month, 1):%B}",
+            partners=len(net.partners),
+            issued=len(docs),
+            coverage=coverage,
+            pending=max((h.pending for h in held), default=0),
+        )
     finally:
         await conn.close()
 
@@ -355,21 +430,41 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             )
             for who, token in tokens:
                 console.print(f"  {who:<18} {token}")
-            console.print("history is filling in; last month's statements are issued once it is.\n")
+            console.print(
+                "history is filling in; last month's statements are issued once it is"
+                " reconciled and every line has its data.\n"
+            )
             deadline = None if args.duration is None else time.monotonic() + args.duration
             last: dict[str, object] = {}
-            issued = False
+            month_done = caught_up = False
+            said = ""
+            next_look = 0.0
             while deadline is None or time.monotonic() < deadline:
                 time.sleep(5)
                 services.check()
-                if not issued and asyncio.run(_caught_up(dsn)):
-                    issued = True
-                    lines = asyncio.run(_issue_last_month(dsn, net, settings))
-                    console.print(
-                        f"history reconciled after {time.monotonic() - began:.0f} s; issued"
-                        f" last month's statements: {len(lines)} ("
-                        f"e.g. {lines[0] if lines else '-'}); see them in the dashboard"
-                    )
+                if not month_done and time.monotonic() >= next_look:
+                    next_look = time.monotonic() + 15
+                    # issued only once the whole history is stored and reconciled: a month
+                    # whose last hours are still on their way is not issued on 99 % of them
+                    # (once caught up, what comes is live data of this month)
+                    caught_up = caught_up or asyncio.run(_caught_up(dsn))
+                    state = asyncio.run(_last_month(dsn, net, settings, issue=caught_up))
+                    report = state.report()
+                    if state.done:
+                        month_done = True
+                        report += (
+                            f" (history reconciled after {time.monotonic() - began:.0f} s;"
+                            " see them in the dashboard)"
+                        )
+                    elif caught_up:
+                        report += (
+                            f": the history does not cover the month; issue it anyway with"
+                            f" `symbiont statements issue {state.label} --accept-incomplete"
+                            " --reason TEXT`"
+                        )
+                    if report != said:
+                        console.print(report, soft_wrap=True)  # one line, to grep for
+                        said = report
                 status = asyncio.run(_status(dsn))
                 if status != last:
                     latest = status.get("latest")

@@ -212,8 +212,11 @@ class Balance(Model):
 
 
 class StatementSettings(Model):
-    min_coverage: float = Field(default=0.99, gt=0, le=1)
-    payment_terms: str | None = None
+    """The optional ``statements:`` block: how statements are issued and what they print."""
+
+    # A month is issued by itself only when every line of a statement has this coverage.
+    min_coverage: float = Field(default=0.99, gt=0, le=1, strict=True)
+    payment_terms: str | None = None  # printed on statements
 
     @field_validator("payment_terms")
     @classmethod

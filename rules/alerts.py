@@ -542,3 +542,65 @@ def flag_series(
         else:
             out.append(KEEP)
     return out
+
+
+# -- statement_held: a month due for issue waits for its data ---------------------------------
+
+STATEMENT_HELD = "statement_held"  # judged by rules.issue when a month falls due, not per window
+
+
+@dataclass(frozen=True)
+class LineShortfall:
+    """A statement line whose coverage is below the network's ``statements.min_coverage``."""
+
+    exchange: str
+    role: str
+    coverage: float  # 0..1, as the statement prints it
+    windows: int
+
+
+def evaluate_statement_held(
+    partner_id: str,
+    month: str,
+    short: Sequence[LineShortfall],
+    pending: int,
+    min_coverage: float,
+) -> Verdict:
+    """Fire while a partner's statement for a month that is due has lines short of data
+    (``short``); keep the alert as it is while only windows of the month still wait to be
+    reconciled (``pending``: the figures are not final yet); resolve otherwise. Issuing the
+    month resolves it too."""
+    if not short:
+        return KEEP if pending else Verdict(Decision.resolve)
+    try:
+        name = datetime.strptime(month, "%Y-%m").strftime("%B %Y")
+    except ValueError:
+        name = month
+    shown = ", ".join(
+        f"{s.exchange} {s.coverage:.1%}" if s.windows else f"{s.exchange} no data"
+        for s in short[:5]
+    )
+    more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+    lines = "1 line" if len(short) == 1 else f"{len(short)} lines"
+    waiting = f"; {pending} windows of the month wait to be reconciled" if pending else ""
+    return Verdict(
+        Decision.fire,
+        Severity.warning,
+        f"statement of {partner_id} for {name} held: {lines} short of data ({shown}{more};"
+        f" {min_coverage * 100:g}% needed){waiting}",
+        {
+            "partner": partner_id,
+            "month": month,
+            "min_coverage": min_coverage,
+            "lines": [
+                {
+                    "exchange": s.exchange,
+                    "role": s.role,
+                    "coverage": s.coverage,
+                    "windows": s.windows,
+                }
+                for s in short
+            ],
+            "pending_windows": pending,
+        },
+    )

@@ -1,5 +1,26 @@
 """Statements in the database: drafts computed on demand, issuing (idempotent, immutable,
-with adjustments for issued months whose data changed), delivery through the outbox."""
+with adjustments for issued months whose data changed), revisions, delivery through the outbox.
+
+Never issued on missing data by itself: a statement is issued only when every line's coverage
+is at least the network's ``statements.min_coverage`` and no window of the month still waits
+to be reconciled. Until then a month that is due (its grace period is over) is *held*: the
+automatic issue (:func:`issue_due`) keeps a ``statement_held`` alert firing per partner and
+month, naming the lines short of data, and resolves it when the month is issued. On command
+(:func:`issue_month` with ``accept_incomplete``) a statement is issued anyway, the reason
+printed on it.
+
+An issued statement never changes. It can be superseded by a *revision*
+(:func:`revise_statement`): revision n+1, issued, immutable and delivered like the first,
+carries its reason and the content hash of the revision it replaces; the latest revision is
+the statement, and the next month's adjustments compare against it.
+
+Every issued statement and revision gets a document number, ``{network}-{yyyy}-{nnnnn}``
+(year of issue in the network's zone, numbered per network and year), taken in the transaction
+that stores it, so numbers have neither gaps nor duplicates. The document number, the revision
+fields and the reason for issuing incomplete data are part of the JSON document (and of its
+content hash): ``document_number``, ``revision``, ``supersedes`` (revision and document number
+of the replaced revision), ``previous_hash``, ``revision_reason``, ``incomplete_reason``.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +39,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -25,7 +47,15 @@ import asyncpg
 from core.network import Network, parse_duration
 from core.settings import Settings
 from core.windows import month_bounds
-from rules import render
+from rules import lifecycle, render
+from rules.alerts import (
+    STATEMENT_HELD,
+    Decision,
+    LineShortfall,
+    Verdict,
+    evaluate_statement_held,
+)
+from rules.statement_alerts import month_alert_counts
 from rules.statements import (
     Adjustment,
     DailySeries,
@@ -52,7 +82,159 @@ class Issued:
     partner: str
     month: str
     content_hash: str
-    new: bool
+    new: bool  # issued by this call (False: it was issued before)
+    revision: int = 1
+    document_number: str | None = None  # None: issued before statements were numbered
+    incomplete_reason: str | None = None  # issued although its data was incomplete: why
+
+
+@dataclass(frozen=True)
+class Held:
+    """A partner's statement for a month that is not issued because its data is incomplete:
+    the lines short of data, and how many windows of the month wait to be reconciled."""
+
+    partner: str
+    month: str
+    short: tuple[LineShortfall, ...]
+    pending: int
+
+    def describe(self) -> str:
+        what = [
+            f"{s.exchange} ({s.role}) "
+            + (f"coverage {s.coverage:.2%}" if s.windows else "no data in the month")
+            for s in self.short
+        ]
+        if self.pending:
+            what.append(f"{self.pending} windows of the month wait to be reconciled")
+        return "; ".join(what)
+
+
+class IncompleteMonth(ValueError):
+    """Statements of a month were not issued because their data is incomplete.
+
+    ``held`` lists them with the lines short of data; ``issued`` what the same call issued
+    (or found issued) for the other partners."""
+
+    def __init__(
+        self, month: str, held: Sequence[Held], issued: Sequence[Issued], min_coverage: float
+    ) -> None:
+        self.month = month
+        self.held = list(held)
+        self.issued = list(issued)
+        self.min_coverage = min_coverage
+        n = len(self.held)
+        self.headline = (
+            f"{n} statement{'s' if n != 1 else ''} of {month} not issued, data incomplete"
+            f" (every line needs a coverage of {min_coverage * 100:g}%, and no window of the month"
+            " may wait to be reconciled)"
+        )
+        lines = "".join(f"\n  {h.partner}: {h.describe()}" for h in self.held)
+        super().__init__(self.headline + lines)
+
+
+def shortfalls(statement: Statement, min_coverage: float) -> list[LineShortfall]:
+    """The lines of ``statement`` short of data, one per exchange (the lowest coverage of an
+    exchange whose line is split by a change of terms): those whose coverage is below
+    ``min_coverage``, and those without any window in the month. The second matters for a
+    trucked exchange, whose coverage counts time alone (a day without a ticket is complete):
+    a month without a single ticket is far more often a weighbridge that did not report than
+    a month without a truck, and is not billed as zero by itself."""
+    need = Decimal(repr(min_coverage))
+    short: dict[str, LineShortfall] = {}
+    for line in statement.lines:
+        if line.coverage >= need and line.windows > 0:
+            continue
+        before = short.get(line.exchange)
+        coverage = float(line.coverage)
+        windows = line.windows
+        if before is not None:
+            coverage = min(coverage, before.coverage)
+            windows += before.windows
+        short[line.exchange] = LineShortfall(line.exchange, line.role, coverage, windows)
+    return list(short.values())
+
+
+def due_at(net: Network, year: int, month: int, grace: str) -> datetime:
+    """When a month's statements fall due: its end plus the grace period."""
+    _, end = month_bounds(year, month, net.tz)
+    return end + (parse_duration(grace) if grace else timedelta(days=3))
+
+
+def _shift(year: int, month: int, by: int) -> tuple[int, int]:
+    index = year * 12 + month - 1 + by
+    return index // 12, index % 12 + 1
+
+
+DUE_LOOKBACK_MONTHS = 12  # the automatic issue looks this many months back for held months
+
+
+def due_months_of(
+    net: Network,
+    now: datetime,
+    grace: str,
+    issued: Mapping[str, set[str]],
+    held: Mapping[str, set[str]] | None = None,
+) -> dict[str, list[str]]:
+    """Per partner (``issued``: its issued months; ``held``: the months of its firing
+    ``statement_held`` alerts), the months due for issue and not issued, oldest first: last
+    month once its grace period is over, every month held for its data until it is issued,
+    and, for a partner that has had a statement, every later month not issued yet (at most
+    :data:`DUE_LOOKBACK_MONTHS` back)."""
+    last = previous_month(now, net)
+    months = [_shift(*last, -k) for k in range(DUE_LOOKBACK_MONTHS - 1, -1, -1)]
+    due = [month_label(y, m) for y, m in months if now >= due_at(net, y, m, grace)]
+    last_label = month_label(*last)
+    out: dict[str, list[str]] = {}
+    for partner, done in issued.items():
+        first = min(done) if done else None
+        waiting = (held or {}).get(partner, set())
+        out[partner] = [
+            label
+            for label in due
+            if label not in done
+            and (label == last_label or label in waiting or (first is not None and label > first))
+        ]
+    return out
+
+
+async def due_months(
+    conn: asyncpg.Connection, net: Network, partners: Sequence[str], now: datetime, grace: str
+) -> dict[str, list[str]]:
+    """:func:`due_months_of` for ``partners``, their issued and held months read from the
+    database."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT partner_id, month FROM statements WHERE partner_id = ANY($1::text[])",
+        list(partners),
+    )
+    issued: dict[str, set[str]] = {p: set() for p in partners}
+    for r in rows:
+        issued[r["partner_id"]].add(r["month"])
+    alerts = await conn.fetch(
+        "SELECT subject, details->>'month' AS month FROM alerts WHERE rule = $1"
+        " AND status = 'firing' AND subject_kind = 'partner' AND subject = ANY($2::text[])",
+        STATEMENT_HELD,
+        list(partners),
+    )
+    held: dict[str, set[str]] = {p: set() for p in partners}
+    for r in alerts:
+        if r["month"]:
+            held[r["subject"]].add(r["month"])
+    return due_months_of(net, now, grace, issued, held)
+
+
+async def pending_windows(conn: asyncpg.Connection, net: Network, year: int, month: int) -> int:
+    """Windows of the month whose readings still wait to be reconciled (after an outage, or
+    a backfill in progress): a statement computed now would miss them."""
+    start, end = month_bounds(year, month, net.tz)
+    n = await conn.fetchval(
+        """SELECT (SELECT count(*) FROM dirty_windows
+                   WHERE window_start >= $1 AND window_start < $2)
+                + (SELECT count(*) FROM dirty_subjects
+                   WHERE window_start >= $1 AND window_start < $2)""",
+        start,
+        end,
+    )
+    return int(n or 0)
 
 
 async def _windows_by_exchange(
@@ -93,20 +275,21 @@ async def month_windows(
 async def _alert_counts(
     conn: asyncpg.Connection, net: Network, year: int, month: int
 ) -> dict[str, int]:
-    start, end = month_bounds(year, month, net.tz)
-    rows = await conn.fetch(
-        """SELECT subject, count(*) AS n FROM alerts WHERE subject_kind = 'exchange'
-           AND started_at < $2 AND (resolved_at IS NULL OR resolved_at >= $1)
-           GROUP BY subject""",
-        start,
-        end,
-    )
-    return {r["subject"]: int(r["n"]) for r in rows}
+    """Per exchange, the alerts on it or on its meters that were firing during the month."""
+    return await month_alert_counts(conn, net, year, month)
 
 
-async def stored(conn: asyncpg.Connection, partner: str, month: str) -> asyncpg.Record | None:
+async def stored(
+    conn: asyncpg.Connection, partner: str, month: str, revision: int | None = None
+) -> asyncpg.Record | None:
+    """The issued statement of ``partner`` for ``month``: its latest revision, or the
+    given one; None if there is none."""
     row: asyncpg.Record | None = await conn.fetchrow(
-        "SELECT * FROM statements WHERE partner_id = $1 AND month = $2", partner, month
+        "SELECT * FROM statements WHERE partner_id = $1 AND month = $2"
+        " AND ($3::integer IS NULL OR revision = $3) ORDER BY revision DESC LIMIT 1",
+        partner,
+        month,
+        revision,
     )
     return row
 
@@ -114,12 +297,15 @@ async def stored(conn: asyncpg.Connection, partner: str, month: str) -> asyncpg.
 async def _adjustments_for(
     conn: asyncpg.Connection, net: Network, partners: Sequence[str], label: str
 ) -> dict[str, list[Adjustment]]:
-    """Per partner, for every issued month before ``label``: what it billed (plus adjustments
-    issued since) against the same month recomputed from today's windows. One query for the
-    issued statements, one per earlier month for the windows of all the partners' exchanges."""
+    """Per partner, for every issued month before ``label``: what it billed (its latest
+    revision, plus the adjustments for it issued on other months' statements) against the
+    same month recomputed from today's windows. One query for the issued statements (the
+    latest revision of each month: an earlier revision is replaced, adjustments and all), one
+    per earlier month for the windows of all the partners' exchanges."""
     issued = await conn.fetch(
-        "SELECT partner_id, month, document FROM statements "
-        "WHERE partner_id = ANY($1::text[]) AND month < $2 ORDER BY partner_id, month",
+        "SELECT DISTINCT ON (partner_id, month) partner_id, month, document FROM statements"
+        " WHERE partner_id = ANY($1::text[]) AND month <> $2"
+        " ORDER BY partner_id, month, revision DESC",
         list(partners),
         label,
     )
@@ -132,8 +318,12 @@ async def _adjustments_for(
     windows: dict[str, dict[str, list[WindowRow]]] = {}
     out: dict[str, list[Adjustment]] = {p: [] for p in partners}
     for partner in partners:
+        # adjustments already issued, on any other month's statement (a month held for its
+        # data may be issued after later ones)
         earlier: list[Adjustment] = [a for d in docs[partner] for a in adjustments_from_document(d)]
         for doc in docs[partner]:
+            if doc["month"] > label:
+                continue
             year, month = parse_month(doc["month"])
             if doc["month"] not in windows:
                 windows[doc["month"]] = await _windows_by_exchange(
@@ -172,15 +362,36 @@ async def draft(
 
 
 async def document_for(
-    conn: asyncpg.Connection, net: Network, partner: str, label: str, now: datetime
+    conn: asyncpg.Connection,
+    net: Network,
+    partner: str,
+    label: str,
+    now: datetime,
+    *,
+    grace: str | None = None,
+    revision: int | None = None,
 ) -> tuple[dict[str, Any], bytes | None, bytes | None]:
-    """The issued statement (document, CSV, PDF) if there is one, else the live draft's
-    document and no stored renderings."""
-    row = await stored(conn, partner, label)
+    """The issued statement (document, CSV, PDF): its latest revision, or ``revision``
+    (LookupError if there is no such revision). Else the live draft's document and no stored
+    renderings; its status is ``held`` when the month is due for issue (``grace``, the
+    statement grace period, given) and waits for its data."""
+    row = await stored(conn, partner, label, revision)
     if row is not None:
         return json.loads(row["document"]), bytes(row["csv"]), bytes(row["pdf"])
+    if revision is not None:
+        raise LookupError(f"no revision {revision} of the statement of {partner} for {label}")
     year, month = parse_month(label)
-    return render.statement_document(await draft(conn, net, partner, year, month, now)), None, None
+    doc = render.statement_document(await draft(conn, net, partner, year, month, now))
+    if grace is not None and label in (await due_months(conn, net, [partner], now, grace))[partner]:
+        doc = _amended(doc, status="held")
+    return doc, None, None
+
+
+def _amended(doc: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
+    """``doc`` with ``fields`` set and its content hash computed again."""
+    out = {**doc, **fields}
+    out["content_hash"] = render.content_hash(out)
+    return out
 
 
 async def render_pdf_for(conn: asyncpg.Connection, net: Network, doc: dict[str, Any]) -> bytes:
@@ -294,6 +505,16 @@ class _Prepared:
     pdf: _PdfJob
 
 
+@dataclass
+class _Ready:
+    """A statement that passed the gate (or was accepted incomplete), not stored yet."""
+
+    partner: str
+    statement: Statement
+    rows: list[WindowRow]
+    incomplete_reason: str | None
+
+
 async def issue_month(
     conn: asyncpg.Connection,
     net: Network,
@@ -304,117 +525,507 @@ async def issue_month(
     settings: Settings | None = None,
     workers: int | None = None,
     timings: IssueTimings | None = None,
+    accept_incomplete: str | None = None,
 ) -> list[Issued]:
     """Issue every partner's statement for the month (idempotent: an issued one is left as
     it is and nothing is sent again).
 
-    The month's windows, alerts and earlier statements are read once for all partners; each
-    statement is computed and rendered as JSON and CSV here while its PDF renders in a worker
-    process (``workers``, default :func:`pdf_workers`; 0 or 1: in a thread of this process),
-    then stored in a transaction of its own, under a per-statement advisory lock and only if
-    no other issuer stored it first.
+    A statement whose data is incomplete (a line under the network's
+    ``statements.min_coverage``, or windows of the month still waiting to be reconciled) is
+    not issued: the others are, then :class:`IncompleteMonth` names what was held back and
+    why. With ``accept_incomplete`` (the reason, required) those are issued too, the reason
+    printed on them (``incomplete_reason``).
 
-    Each new statement is enqueued for delivery in the transaction that stores it
-    (``_enqueue_delivery``): the MQTT notice, the partner's webhook, and, when ``settings``
-    configure SMTP, a mail to the partner's address(es).  Without ``settings`` no mail is
-    sent: callers that should mail pass the service's settings.  ``timings``, when given, is
-    filled with where the time went."""
+    The month's windows, alerts and earlier statements are read once for all partners and
+    each statement is computed here; then, in one transaction (under a per-statement
+    advisory lock, only what no other issuer stored first), the statements get their
+    document numbers, are rendered as JSON and CSV here while their PDFs render in worker
+    processes (``workers``, default :func:`pdf_workers`; 0 or 1: in a thread of this
+    process), and are stored.
+
+    Each new statement is enqueued for delivery in that transaction (``_enqueue_delivery``):
+    the MQTT notice, the partner's webhook, and, when ``settings`` configure SMTP, a mail to
+    the partner's address(es).  Without ``settings`` no mail is sent: callers that should
+    mail pass the service's settings.  A ``statement_held`` alert of the partner and month is
+    resolved in the same transaction.  ``timings``, when given, is filled with where the time
+    went."""
+    issued, held = await _issue(
+        conn,
+        net,
+        year,
+        month,
+        now,
+        settings=settings,
+        workers=workers,
+        timings=timings,
+        accept_incomplete=accept_incomplete,
+    )
+    if held:
+        raise IncompleteMonth(month_label(year, month), held, issued, net.statements.min_coverage)
+    return issued
+
+
+async def month_gate(
+    conn: asyncpg.Connection, net: Network, year: int, month: int, now: datetime
+) -> list[Held]:
+    """The partners' statements for the month that are not issued and would be held if it
+    were issued at ``now``, with the lines short of data (nothing is issued)."""
+    label = month_label(year, month)
+    done = await _issued_already(conn, label, [p.id for p in net.partners])
+    todo = [p.id for p in net.partners if p.id not in done]
+    exchanges = list(dict.fromkeys(ex.id for p in todo for ex, _ in partner_exchanges(net, p)))
+    windows = await _windows_by_exchange(conn, net, exchanges, year, month)
+    pending = await pending_windows(conn, net, year, month)
+    _, held = _gate(net, year, month, todo, windows, pending, now)
+    return held
+
+
+def _gate(
+    net: Network,
+    year: int,
+    month: int,
+    partners: Sequence[str],
+    windows: Mapping[str, list[WindowRow]],
+    pending: int,
+    now: datetime,
+) -> tuple[list[str], list[Held]]:
+    """Which of the partners' statements for the month have complete data, and which are
+    held (with their lines short of data)."""
+    complete: list[str] = []
+    held: list[Held] = []
+    for partner in partners:
+        rows = _partner_rows(net, partner, windows)
+        statement = build_statement(net, partner, year, month, rows, as_of=now)
+        short = shortfalls(statement, net.statements.min_coverage)
+        if short or pending:
+            held.append(Held(partner, month_label(year, month), tuple(short), pending))
+        else:
+            complete.append(partner)
+    return complete, held
+
+
+async def _issue(
+    conn: asyncpg.Connection,
+    net: Network,
+    year: int,
+    month: int,
+    now: datetime,
+    *,
+    partners: Sequence[str] | None = None,
+    settings: Settings | None = None,
+    workers: int | None = None,
+    timings: IssueTimings | None = None,
+    accept_incomplete: str | None = None,
+) -> tuple[list[Issued], list[Held]]:
+    """Issue the month's statements of ``partners`` (default: all) whose data is complete,
+    or all with ``accept_incomplete``; returns them (network order) and those held back."""
     label = month_label(year, month)
     _, end = month_bounds(year, month, net.tz)
     if now < end:
         raise ValueError(f"month {label} has not ended yet (it ends {end.isoformat()})")
+    if accept_incomplete is not None and not accept_incomplete.strip():
+        raise ValueError("issuing incomplete statements needs a reason")
     t = timings if timings is not None else IssueTimings()
     began = time.perf_counter()
-    done = {
-        r["partner_id"]: r["content_hash"]
-        for r in await conn.fetch(
-            "SELECT partner_id, content_hash FROM statements WHERE month = $1", label
-        )
-    }
-    todo = [p.id for p in net.partners if p.id not in done]
-    results = {p: Issued(p, label, h, False) for p, h in done.items()}
+    wanted = [p.id for p in net.partners if partners is None or p.id in partners]
+    results = await _issued_already(conn, label, wanted)
+    todo = [p for p in wanted if p not in results]
     if not todo:
         t.compute += time.perf_counter() - began
-        return [results[p.id] for p in net.partners if p.id in results]
-    renderer = _PdfRenderer(pdf_workers(len(todo)) if workers is None else workers, t)
-    try:
-        alerts = await _alert_counts(conn, net, year, month)
-        exchanges = list(dict.fromkeys(ex.id for p in todo for ex, _ in partner_exchanges(net, p)))
-        windows = await _windows_by_exchange(conn, net, exchanges, year, month)
-        adjustments = await _adjustments_for(conn, net, todo, label)
+        return [results[p] for p in wanted if p in results], []
+    exchanges = list(dict.fromkeys(ex.id for p in todo for ex, _ in partner_exchanges(net, p)))
+    windows = await _windows_by_exchange(conn, net, exchanges, year, month)
+    pending = await pending_windows(conn, net, year, month)
+    complete, held = _gate(net, year, month, todo, windows, pending, now)
+    reasons: dict[str, str | None] = dict.fromkeys(complete)
+    if accept_incomplete is not None:
+        reasons.update((h.partner, accept_incomplete.strip()) for h in held)
+        held = []
+    chosen = [p for p in todo if p in reasons]
+    if not chosen:  # all held: nothing more to read (the automatic issue asks every minute)
         t.compute += time.perf_counter() - began
-        prepared: list[_Prepared] = []
-        for partner in todo:
-            began = time.perf_counter()
-            rows = _partner_rows(net, partner, windows)
-            statement = build_statement(
-                net,
-                partner,
-                year,
-                month,
-                rows,
-                status="issued",
-                issued_at=now,
-                alerts=alerts,
-                adjustments=adjustments[partner],
-            )
-            doc = render.statement_document(statement)
-            daily = daily_series(net, partner, year, month, rows)
-            rendered = time.perf_counter()
-            text = render.render_json(doc).decode()
-            csv = render.render_csv(doc).encode()
-            t.compute += rendered - began
-            t.json_csv += time.perf_counter() - rendered
-            prepared.append(_Prepared(partner, doc, text, csv, renderer.submit(doc, daily)))
-            await asyncio.sleep(0)  # the event loop runs between statements
-        for p in prepared:
-            pdf = await p.pdf.result()
-            began = time.perf_counter()
-            results[p.partner] = await _store(conn, net, label, now, p, pdf, settings)
-            t.store += time.perf_counter() - began
-    finally:
-        await renderer.close()
-    return [results[p.id] for p in net.partners if p.id in results]
+        return [results[p] for p in wanted if p in results], held
+    alerts = await _alert_counts(conn, net, year, month)
+    adjustments = await _adjustments_for(conn, net, chosen, label)
+    ready: list[_Ready] = []
+    for partner in chosen:
+        rows = _partner_rows(net, partner, windows)
+        statement = build_statement(
+            net,
+            partner,
+            year,
+            month,
+            rows,
+            status="issued",
+            issued_at=now,
+            alerts=alerts,
+            adjustments=adjustments[partner],
+        )
+        ready.append(_Ready(partner, statement, rows, reasons[partner]))
+        await asyncio.sleep(0)  # the event loop runs between statements
+    t.compute += time.perf_counter() - began
+    if ready:
+        results.update(await _store_month(conn, net, year, month, now, ready, settings, workers, t))
+    return [results[p] for p in wanted if p in results], held
 
 
-async def _store(
+def _issued_from(row: asyncpg.Record) -> Issued:
+    return Issued(
+        row["partner_id"],
+        row["month"],
+        row["content_hash"],
+        False,
+        revision=row["revision"],
+        document_number=row["document_number"],
+        incomplete_reason=row["incomplete_reason"],
+    )
+
+
+async def _issued_already(
+    conn: asyncpg.Connection, label: str, partners: Sequence[str]
+) -> dict[str, Issued]:
+    """The latest revision of the partners' statements for ``label`` that are issued."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT ON (partner_id) partner_id, month, content_hash, revision,"
+        " document_number, incomplete_reason FROM statements"
+        " WHERE month = $1 AND partner_id = ANY($2::text[])"
+        " ORDER BY partner_id, revision DESC",
+        label,
+        list(partners),
+    )
+    return {r["partner_id"]: _issued_from(r) for r in rows}
+
+
+async def _lock(conn: asyncpg.Connection, partner: str, label: str) -> None:
+    """The advisory lock of one partner's statement for a month, until the transaction ends
+    (taken in network order by every issuer, so two issuers never deadlock)."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('statement:' || $1 || ':' || $2))", partner, label
+    )
+
+
+async def document_numbers(
+    conn: asyncpg.Connection, net: Network, now: datetime, count: int
+) -> list[str]:
+    """``count`` new document numbers, ``{network}-{yyyy}-{nnnnn}`` (the year of ``now`` in
+    the network's zone), the next ones of the network's sequence for that year. Call inside
+    the transaction that stores the documents: the counter's row stays locked until it ends,
+    so a second issuer waits, and a rollback gives the numbers back (no gaps)."""
+    if count <= 0:
+        return []
+    year = now.astimezone(net.tz).year
+    last = await conn.fetchval(
+        """INSERT INTO document_numbers AS d (network, year, last) VALUES ($1, $2, $3)
+           ON CONFLICT (network, year) DO UPDATE SET last = d.last + EXCLUDED.last
+           RETURNING last""",
+        net.network,
+        year,
+        count,
+    )
+    return [f"{net.network}-{year:04d}-{n:05d}" for n in range(last - count + 1, last + 1)]
+
+
+def issued_document(
+    statement: Statement,
+    *,
+    document_number: str,
+    revision: int = 1,
+    supersedes: Mapping[str, Any] | None = None,
+    previous_hash: str | None = None,
+    revision_reason: str | None = None,
+    incomplete_reason: str | None = None,
+) -> dict[str, Any]:
+    """The JSON document of an issued statement: :func:`rules.render.statement_document`
+    with the document number, the revision fields and the reason for issuing incomplete
+    data, and the content hash over all of it."""
+    return _amended(
+        render.statement_document(statement),
+        document_number=document_number,
+        revision=revision,
+        supersedes=dict(supersedes) if supersedes is not None else None,
+        previous_hash=previous_hash,
+        revision_reason=revision_reason,
+        incomplete_reason=incomplete_reason,
+    )
+
+
+async def _store_month(
     conn: asyncpg.Connection,
     net: Network,
+    year: int,
+    month: int,
+    now: datetime,
+    ready: list[_Ready],
+    settings: Settings | None,
+    workers: int | None,
+    t: IssueTimings,
+) -> dict[str, Issued]:
+    """Number, render and store the ``ready`` statements in one transaction, each only if no
+    other issuer stored it first; enqueue their delivery and resolve their held alerts."""
+    label = month_label(year, month)
+    out: dict[str, Issued] = {}
+    renderer = _PdfRenderer(pdf_workers(len(ready)) if workers is None else workers, t)
+    try:
+        async with conn.transaction():
+            began = time.perf_counter()
+            for r in ready:
+                await _lock(conn, r.partner, label)
+            out.update(await _issued_already(conn, label, [r.partner for r in ready]))
+            ready = [r for r in ready if r.partner not in out]
+            numbers = await document_numbers(conn, net, now, len(ready))
+            t.store += time.perf_counter() - began
+            prepared: list[_Prepared] = []
+            for r, number in zip(ready, numbers, strict=True):
+                began = time.perf_counter()
+                doc = issued_document(
+                    r.statement, document_number=number, incomplete_reason=r.incomplete_reason
+                )
+                daily = daily_series(net, r.partner, year, month, r.rows)
+                rendered = time.perf_counter()
+                text = render.render_json(doc).decode()
+                csv = render.render_csv(doc).encode()
+                t.compute += rendered - began
+                t.json_csv += time.perf_counter() - rendered
+                prepared.append(_Prepared(r.partner, doc, text, csv, renderer.submit(doc, daily)))
+                await asyncio.sleep(0)  # the event loop runs between statements
+            targets = _alert_targets(settings)
+            for p in prepared:
+                pdf = await p.pdf.result()
+                began = time.perf_counter()
+                statement_id = await _insert(conn, label, now, p.doc, p.text, p.csv, pdf)
+                await _enqueue_delivery(
+                    conn, net, p.partner, label, statement_id, p.doc, settings=settings
+                )
+                await lifecycle.apply_verdict(
+                    conn,
+                    held_subject(p.partner, label),
+                    Verdict(Decision.resolve, details={"issued": statement_id}),
+                    now,
+                    targets=targets,
+                )
+                out[p.partner] = Issued(
+                    p.partner,
+                    label,
+                    p.doc["content_hash"],
+                    True,
+                    document_number=p.doc["document_number"],
+                    incomplete_reason=p.doc["incomplete_reason"],
+                )
+                t.store += time.perf_counter() - began
+            began = time.perf_counter()
+        t.store += time.perf_counter() - began  # the commit
+    finally:
+        await renderer.close()
+    for p in prepared:
+        log.info(
+            "issued statement %s %s, document %s (%s)%s",
+            p.partner,
+            label,
+            p.doc["document_number"],
+            p.doc["content_hash"][:12],
+            f", incomplete: {p.doc['incomplete_reason']}" if p.doc["incomplete_reason"] else "",
+        )
+    return out
+
+
+async def _insert(
+    conn: asyncpg.Connection,
     label: str,
     now: datetime,
-    p: _Prepared,
+    doc: Mapping[str, Any],
+    text: str,
+    csv: bytes,
     pdf: bytes,
-    settings: Settings | None,
+) -> int:
+    statement_id: int = await conn.fetchval(
+        """INSERT INTO statements (partner_id, month, revision, issued_at, document,
+                                   content_hash, csv, pdf, reason, previous_hash,
+                                   incomplete_reason, document_number)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id""",
+        doc["partner"],
+        label,
+        doc["revision"],
+        now,
+        text,
+        doc["content_hash"],
+        csv,
+        pdf,
+        doc["revision_reason"],
+        doc["previous_hash"],
+        doc["incomplete_reason"],
+        doc["document_number"],
+    )
+    return statement_id
+
+
+def held_subject(partner: str, label: str) -> lifecycle.Subject:
+    """The ``statement_held`` alert of a partner's statement for a month."""
+    return lifecycle.Subject(STATEMENT_HELD, partner, "partner", key=label)
+
+
+def _alert_targets(settings: Settings | None) -> lifecycle.Targets | None:
+    if settings is None:
+        return None
+    from rules import notify
+
+    def targets(alert: dict[str, Any]) -> list[tuple[str, str]]:
+        return list(notify.alert_targets(settings, alert))
+
+    return targets
+
+
+# ------------------------------------------------------------------------------ revisions
+
+
+async def revise_statement(
+    conn: asyncpg.Connection,
+    net: Network,
+    partner: str,
+    year: int,
+    month: int,
+    now: datetime,
+    reason: str,
+    *,
+    accept_incomplete: bool = False,
+    settings: Settings | None = None,
 ) -> Issued:
-    """Store one statement and enqueue its delivery, unless another issuer stored it first."""
+    """Issue revision n+1 of the partner's issued statement for the month, recomputed from
+    today's windows: issued, immutable and delivered like the first, carrying ``reason`` and
+    the content hash of the revision it replaces. Its adjustments (for earlier months) are
+    those of the revision it replaces: they were billed with it.
+
+    Refused (ValueError) when the month is not issued, when nothing in the statement would
+    change, when another month's statement carries adjustments for it (a revision would bill
+    them twice: later changes go on the next statement), and, unless ``accept_incomplete``
+    (then ``reason`` is printed as the reason for issuing incomplete data too), when its
+    data is incomplete (:class:`IncompleteMonth`)."""
+    label = month_label(year, month)
+    reason = reason.strip()
+    if not reason:
+        raise ValueError("a revision needs a reason (--reason TEXT)")
+    if partner not in {p.id for p in net.partners}:
+        raise ValueError(f"unknown partner '{partner}'")
     async with conn.transaction():
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtext('statement:' || $1 || ':' || $2))",
-            p.partner,
+        await _lock(conn, partner, label)
+        current = await stored(conn, partner, label)
+        if current is None:
+            raise ValueError(
+                f"the statement of {partner} for {label} is not issued: there is nothing to"
+                f" revise (issue it: symbiont statements issue {label})"
+            )
+        later = await conn.fetch(
+            "SELECT DISTINCT ON (month) month, revision, document FROM statements"
+            " WHERE partner_id = $1 AND month > $2 ORDER BY month, revision DESC",
+            partner,
             label,
         )
-        existing = await conn.fetchval(
-            "SELECT content_hash FROM statements WHERE partner_id = $1 AND month = $2",
-            p.partner,
-            label,
+        for r in later:
+            if any(a.month == label for a in adjustments_from_document(json.loads(r["document"]))):
+                raise ValueError(
+                    f"the statement of {partner} for {r['month']} already carries adjustments"
+                    f" for {label}: a revision would bill them twice (later changes to {label}"
+                    " appear as adjustments on the next statement)"
+                )
+        previous = json.loads(current["document"])
+        rows = await month_windows(conn, net, partner, year, month)
+        statement = build_statement(
+            net,
+            partner,
+            year,
+            month,
+            rows,
+            status="issued",
+            issued_at=now,
+            alerts=await _alert_counts(conn, net, year, month),
+            adjustments=adjustments_from_document(previous),
         )
-        if existing is not None:
-            return Issued(p.partner, label, existing, False)
-        statement_id = await conn.fetchval(
-            """INSERT INTO statements (partner_id, month, issued_at, document, content_hash,
-                                       csv, pdf)
-               VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id""",
-            p.partner,
-            label,
-            now,
-            p.text,
-            p.doc["content_hash"],
-            p.csv,
-            pdf,
+        short = shortfalls(statement, net.statements.min_coverage)
+        pending = await pending_windows(conn, net, year, month)
+        incomplete = bool(short or pending)
+        if incomplete and not accept_incomplete:
+            held = Held(partner, label, tuple(short), pending)
+            raise IncompleteMonth(label, [held], [], net.statements.min_coverage)
+        if _same_content(render.statement_document(statement), previous):
+            raise ValueError(
+                f"nothing to revise: revision {current['revision']} of the statement of"
+                f" {partner} for {label} already holds what the data gives today"
+            )
+        (number,) = await document_numbers(conn, net, now, 1)
+        doc = issued_document(
+            statement,
+            document_number=number,
+            revision=current["revision"] + 1,
+            supersedes={
+                "revision": current["revision"],
+                "document_number": current["document_number"],
+            },
+            previous_hash=current["content_hash"],
+            revision_reason=reason,
+            incomplete_reason=reason if incomplete else None,
         )
-        await _enqueue_delivery(conn, net, p.partner, label, statement_id, p.doc, settings=settings)
-    log.info("issued statement %s %s (%s)", p.partner, label, p.doc["content_hash"][:12])
-    return Issued(p.partner, label, p.doc["content_hash"], True)
+        text = render.render_json(doc).decode()
+        csv = render.render_csv(doc).encode()
+        daily = daily_series(net, partner, year, month, rows)
+        pdf = await asyncio.to_thread(render.render_pdf, doc, daily)
+        statement_id = await _insert(conn, label, now, doc, text, csv, pdf)
+        await _enqueue_delivery(conn, net, partner, label, statement_id, doc, settings=settings)
+    log.info(
+        "revised statement %s %s: revision %d, document %s (%s): %s",
+        partner,
+        label,
+        doc["revision"],
+        number,
+        doc["content_hash"][:12],
+        reason,
+    )
+    return Issued(
+        partner,
+        label,
+        doc["content_hash"],
+        True,
+        revision=doc["revision"],
+        document_number=number,
+        incomplete_reason=doc["incomplete_reason"],
+    )
+
+
+# what a revision may leave as it was without being a different statement
+_ISSUE_FIELDS = frozenset(
+    {
+        "status",
+        "issued_at",
+        "as_of",
+        "content_hash",
+        "document_number",
+        "revision",
+        "supersedes",
+        "previous_hash",
+        "revision_reason",
+        "incomplete_reason",
+    }
+)
+
+
+def _same_content(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    """Whether two statement documents say the same apart from when and how they were
+    issued."""
+
+    def body(doc: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in doc.items() if k not in _ISSUE_FIELDS}
+
+    return body(new) == body(old)
+
+
+async def revisions(conn: asyncpg.Connection, partner: str, label: str) -> list[dict[str, Any]]:
+    """Every issued revision of a partner's statement for a month, oldest first."""
+    rows = await conn.fetch(
+        """SELECT revision, issued_at, reason, content_hash, previous_hash, document_number,
+                  incomplete_reason
+           FROM statements WHERE partner_id = $1 AND month = $2 ORDER BY revision""",
+        partner,
+        label,
+    )
+    return [dict(r) for r in rows]
 
 
 async def _enqueue_delivery(
@@ -427,9 +1038,10 @@ async def _enqueue_delivery(
     *,
     settings: Settings | None = None,
 ) -> None:
-    """Outbox rows for a new statement, keyed ``statement-<id>``: the MQTT notice and webhook
-    carry the document; a mail row (one per recipient address, only when SMTP is configured)
-    carries just the statement's id, the sender reads the PDF and CSV when it sends."""
+    """Outbox rows for a new statement or revision, keyed ``statement-<id>`` (so each is
+    delivered once): the MQTT notice and webhook carry the document; a mail row (one per
+    recipient address, only when SMTP is configured) carries just the statement's id, the
+    sender reads the PDF and CSV when it sends."""
     from rules import notify
 
     who = net.partner(partner)
@@ -438,13 +1050,19 @@ async def _enqueue_delivery(
         if settings is not None
         else notify.DEFAULT_MAX_AGE
     )
+    revision = int(doc.get("revision") or 1)
     notice = {
-        "event": "statement.issued",
+        "event": "statement.issued" if revision == 1 else "statement.revised",
         "partner": partner,
         "month": label,
         "statement_id": statement_id,
         "issued_at": doc["issued_at"],
+        "document_number": doc.get("document_number"),
+        "revision": revision,
         "content_hash": doc["content_hash"],
+        "previous_hash": doc.get("previous_hash"),
+        "revision_reason": doc.get("revision_reason"),
+        "incomplete_reason": doc.get("incomplete_reason"),
         "totals": doc["totals"],
     }
     deliveries: list[tuple[str, str]] = [("mqtt", STATEMENTS_TOPIC.format(partner=partner))]
@@ -465,8 +1083,10 @@ async def _enqueue_delivery(
         await notify.enqueue(
             conn,
             event_key=event_key,
-            payload={k: notice[k] for k in ("event", "partner", "month", "statement_id")}
-            | {"content_hash": doc["content_hash"]},
+            payload={
+                k: notice[k]
+                for k in ("event", "partner", "month", "statement_id", "revision", "content_hash")
+            },
             deliveries=[(notify.Channel.mail, address) for address in recipients],
             max_age=max_age,
         )
@@ -494,28 +1114,38 @@ async def issue_due(
     *,
     settings: Settings | None = None,
 ) -> list[Issued]:
-    """Issue last month's statements once its grace period has passed."""
-    year, month = previous_month(now, net)
-    _, end = month_bounds(year, month, net.tz)
-    if now < end + (parse_duration(grace) if grace else timedelta(days=3)):
-        return []
-    done = await conn.fetchval(
-        "SELECT count(*) FROM statements WHERE month = $1", month_label(year, month)
-    )
-    if done >= len(net.partners):
-        return []
-    # Not while readings of the month still wait to be reconciled (after an outage, or a
-    # backfill in progress): the statement would miss them and need adjustments next month.
-    pending = await conn.fetchval(
-        """SELECT EXISTS (SELECT 1 FROM dirty_windows WHERE window_start < $1)
-               OR EXISTS (SELECT 1 FROM dirty_subjects WHERE window_start < $1)""",
-        end,
-    )
-    if pending:
-        log.info("statements for %s wait for pending windows", month_label(year, month))
-        return []
-    issued = await issue_month(conn, net, year, month, now, settings=settings)
-    return [i for i in issued if i.new]
+    """Issue the statements that are due (see :func:`due_months_of`: last month once its
+    grace period is over, and months held earlier) whose data is complete, oldest month
+    first. A statement held for its data keeps a ``statement_held`` alert of its partner and
+    month firing, naming the lines short of data; issuing it resolves the alert."""
+    due = await due_months(conn, net, [p.id for p in net.partners], now, grace)
+    by_month: dict[str, list[str]] = {}
+    for partner, months in due.items():
+        for label in months:
+            by_month.setdefault(label, []).append(partner)
+    out: list[Issued] = []
+    targets = _alert_targets(settings)
+    for label in sorted(by_month):
+        year, month = parse_month(label)
+        issued, held = await _issue(
+            conn, net, year, month, now, partners=by_month[label], settings=settings
+        )
+        out.extend(i for i in issued if i.new)
+        for h in held:
+            verdict = evaluate_statement_held(
+                h.partner, label, h.short, h.pending, net.statements.min_coverage
+            )
+            async with conn.transaction():
+                await lifecycle.apply_verdict(
+                    conn, held_subject(h.partner, label), verdict, now, targets=targets
+                )
+        if held:
+            log.info(
+                "statements for %s held, data incomplete: %s",
+                label,
+                "; ".join(f"{h.partner}: {h.describe()}" for h in held),
+            )
+    return out
 
 
 def utcnow() -> datetime:

@@ -2,7 +2,8 @@
 outbox rows written in the caller's transaction (so an alert and its notifications commit
 together or not at all).
 
-An alert's identity is its fingerprint (rule + subject); the partial unique index
+An alert's identity is its fingerprint (rule + subject, and a key where one rule can fire
+several times for a subject: ``statement_held`` once per month); the partial unique index
 ``alerts_one_firing`` guarantees at most one firing alert per fingerprint.
 """
 
@@ -28,10 +29,11 @@ class Subject:
     rule: str
     subject: str
     kind: str  # exchange | meter | partner
+    key: str = ""  # tells apart alerts of one rule and subject (a statement's month)
 
     @property
     def fingerprint(self) -> str:
-        return f"{self.rule}:{self.subject}"
+        return f"{self.rule}:{self.subject}" + (f":{self.key}" if self.key else "")
 
 
 def alert_json(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:

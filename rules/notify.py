@@ -720,6 +720,22 @@ def statement_mail(
     def when(ts: Any) -> str:  # as the PDF shows it: the network's time and UTC offset
         return human_time(ts, zone) if isinstance(ts, str) and ts else ""
 
+    revision = int(doc.get("revision") or 1)
+    issue: list[str] = []
+    if doc.get("document_number"):
+        issue.append(f"Document number: {doc['document_number']}")
+    if revision > 1:
+        replaced = doc.get("supersedes") or {}
+        issue.append(
+            f"Revision {revision}, replacing revision {replaced.get('revision', revision - 1)}"
+            + (f" ({replaced['document_number']})" if replaced.get("document_number") else "")
+            + f" whose content hash was {doc.get('previous_hash')}"
+        )
+        issue.append(f"Reason for the revision: {_one_line(doc.get('revision_reason') or '')}")
+    if doc.get("incomplete_reason"):
+        issue.append(
+            f"Issued with incomplete data: {_one_line(doc.get('incomplete_reason') or '')}"
+        )
     body = [
         f"Exchange statement of {name} ({partner}) for {month}",
         *(
@@ -730,6 +746,7 @@ def statement_mail(
         f"Network: {_one_line(doc.get('network_name') or doc.get('network') or '')}",
         f"Period: {when(period.get('start'))} to {when(period.get('end'))} ({zone})",
         f"Issued: {when(doc.get('issued_at'))}",
+        *issue,
         "",
         *(f"  {label + ':':<14}{value:>{width}} {unit}" for label, value, unit in rows),
         "",
@@ -742,15 +759,19 @@ def statement_mail(
         "next one.",
     ]
     message = EmailMessage()
-    message["Subject"] = STATEMENT_SUBJECT.format(month=month, name=name)
+    message["Subject"] = STATEMENT_SUBJECT.format(month=month, name=name) + (
+        f" (revision {revision})" if revision > 1 else ""
+    )
     message["From"] = sender
     message["To"] = recipient
     message["Date"] = email.utils.format_datetime(date or datetime.now(UTC))
     message["Message-ID"] = message_id
     message["Auto-Submitted"] = "auto-generated"
-    message["X-Symbiont-Statement"] = f"{partner} {month}"
+    message["X-Symbiont-Statement"] = f"{partner} {month}" + (
+        f" revision {revision}" if revision > 1 else ""
+    )
     message.set_content("\n".join(body) + "\n")
-    stem = f"statement-{partner}-{month}"
+    stem = f"statement-{partner}-{month}" + (f"-r{revision}" if revision > 1 else "")
     message.add_attachment(pdf, maintype="application", subtype="pdf", filename=f"{stem}.pdf")
     message.add_attachment(
         csv, maintype="text", subtype="csv", filename=f"{stem}.csv", params={"charset": "utf-8"}

@@ -419,6 +419,8 @@ def csv_frame(doc: Mapping[str, Any] | Statement) -> pd.DataFrame:
         )
     if d.get("payment_terms"):
         rows.append({**common, "record": "payment_terms", "payment_terms": d["payment_terms"]})
+    if d.get("incomplete_reason"):  # issued although its data was incomplete: why
+        rows.append({**common, "record": "incomplete", "reason": d["incomplete_reason"]})
     import pandas as pd  # here: processes that only render PDFs start without it
 
     frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS), dtype=object)
@@ -868,6 +870,13 @@ def _header(page: _Page, d: Mapping[str, Any]) -> None:
     notes = []
     if d.get("incomplete_reason"):
         notes.append(f"Issued on incomplete data: {d['incomplete_reason']}")
+    if isinstance(revision, int) and not isinstance(revision, bool) and revision > 1:
+        replaced = d.get("supersedes") or {}
+        notes.append(
+            f"Revision {revision} replaces revision {replaced.get('revision', revision - 1)}"
+            + (f" ({replaced['document_number']})" if replaced.get("document_number") else "")
+            + f": {d.get('revision_reason') or 'no reason given'}"
+        )
     if draft:
         notes.append(
             "A draft: its figures change while data arrives. It is not an invoice and has no "

@@ -309,9 +309,45 @@ def test_issue_is_admin_only_idempotent_and_refuses_an_open_month(api_system: Ap
     url = f"{api_system.base_url}/api/v1/statements"
     last = (datetime.now(UTC).replace(day=1) - timedelta(days=20)).strftime("%Y-%m")
     admin = api_system.headers("admin")
-    first = httpx.post(f"{url}/{last}/issue", headers=admin, timeout=300)
+    # the system holds two days of data: last month is incomplete, and not issued by itself
+    held = httpx.post(f"{url}/{last}/issue", headers=admin, timeout=300)
+    assert held.status_code == 409, held.text
+    refusal = held.json()
+    assert "not issued, data incomplete" in refusal["detail"]
+    assert refusal["statements"] == [] and refusal["month"] == last
+    assert {h["partner"] for h in refusal["held"]} == {p.id for p in api_system.network.partners}
+    novo = {h["partner"]: h for h in refusal["held"]}[OWN]
+    assert LEAKING in {line["exchange"] for line in novo["lines"]}
+    # hourly lines under the minimum coverage; a trucked one without a single ticket
+    assert all(line["coverage"] < 0.99 or line["windows"] == 0 for line in novo["lines"])
+    listing = get(api_system, f"/api/v1/partners/{OWN}/statements", f"partner:{OWN}")
+    assert {i["month"]: i for i in listing["items"]}[last]["status"] in ("draft", "held")
+    for bad in (
+        {"accept_incomplete": True},
+        {"reason": "no flag"},
+        {"accept_incomplete": True, "reason": " "},
+    ):
+        answer = httpx.post(f"{url}/{last}/issue", headers=admin, json=bad)
+        assert answer.status_code == 422, (bad, answer.text)
+    why = "the test system holds two days of data"
+    first = httpx.post(
+        f"{url}/{last}/issue",
+        headers=admin,
+        json={"accept_incomplete": True, "reason": why},
+        timeout=300,
+    )
     assert first.status_code == 200, first.text
-    second = httpx.post(f"{url}/{last}/issue", headers=admin, timeout=300).json()
+    assert all(s["new"] and s["incomplete_reason"] == why for s in first.json()["statements"])
+    numbers = [s["document_number"] for s in first.json()["statements"]]
+    assert len(set(numbers)) == len(numbers) == len(api_system.network.partners)
+    doc = get(api_system, f"/api/v1/partners/{OWN}/statements/{last}", f"partner:{OWN}")
+    assert doc["status"] == "issued" and doc["incomplete_reason"] == why
+    second = httpx.post(
+        f"{url}/{last}/issue",
+        headers=admin,
+        params={"accept_incomplete": "true", "reason": why},
+        timeout=300,
+    ).json()
     assert [s["content_hash"] for s in second["statements"]] == [
         s["content_hash"] for s in first.json()["statements"]
     ]

@@ -53,6 +53,7 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/alerts/{alert_id}/ack"): Rule(frozenset({ADMIN, OPERATOR})),
     ("GET", "/api/v1/partners/{partner_id}/statements"): Rule(READERS),
     ("GET", "/api/v1/partners/{partner_id}/statements/{month}"): Rule(READERS),
+    ("GET", "/api/v1/partners/{partner_id}/statements/{month}/revisions"): Rule(READERS),
     ("POST", "/api/v1/statements/{month}/issue"): Rule(frozenset({ADMIN})),
     ("POST", "/api/v1/readings/{partner_id}/{meter_id}"): Rule(frozenset({ADMIN, PARTNER})),
 }
@@ -186,7 +187,9 @@ def params(api_system: ApiSystem) -> Fixtures:
 def _request(
     client: httpx.Client, method: str, path: str, headers: dict[str, str]
 ) -> tuple[int, str]:
-    body = None
+    body: dict[str, object] | None = None
+    if method == "POST" and path.endswith("/issue"):  # the test system's data is incomplete
+        body = {"accept_incomplete": True, "reason": "authorization test"}
     if method == "POST" and path.startswith("/api/v1/readings/"):
         ts = datetime.now(UTC) - timedelta(minutes=1, microseconds=uuid.uuid4().int % 10**6)
         body = {"ts": ts.isoformat(), "value": 1.0}

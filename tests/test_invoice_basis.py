@@ -701,11 +701,6 @@ def test_month_alert_counts_read_the_meters_alerts(database_url: str) -> None:
     asyncio.run(go())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue_month still counts only the exchange's own alerts: it must take its counts "
-    "from rules.statement_alerts.month_alert_counts",
-)
 def test_issued_line_counts_the_meters_alerts(database_url: str) -> None:
     net = parse_network(NETWORK)
 

@@ -42,10 +42,11 @@ from core.apply import apply_network
 from core.db import asyncpg_dsn, connect
 from core.network import Network, parse_network
 from core.settings import Settings
+from core.simulate import parse_fault
 from rules import webhook
 from rules.backfill import write_simulation
 from rules.engine import Engine
-from rules.issue import issue_month, mail_recipients
+from rules.issue import issue_month, mail_recipients, revise_statement
 from rules.notify import Notifier, mail_address, parse_smtp_url, send_mail
 from rules.render import verify_hash
 
@@ -646,7 +647,15 @@ def test_no_mail_without_smtp(database_url: str) -> None:
         conn = await connect(database_url, application_name="symbiont-tests")
         try:
             await apply_network(conn, net)  # no readings needed: statements of zero
-            await issue_month(conn, net, 2026, 9, ISSUE_SEPT, settings=make_settings(database_url))
+            await issue_month(
+                conn,
+                net,
+                2026,
+                9,
+                ISSUE_SEPT,
+                settings=make_settings(database_url),
+                accept_incomplete="no meter data in this test",
+            )
             channels = await conn.fetch("SELECT DISTINCT channel FROM outbox")
             assert [r["channel"] for r in channels] == ["mqtt"]
             assert "mail" not in Notifier(make_settings(database_url)).senders
@@ -654,3 +663,94 @@ def test_no_mail_without_smtp(database_url: str) -> None:
             await conn.close()
 
     asyncio.run(go())
+
+
+def test_a_revision_goes_out_once_like_an_issue(
+    database_url: str, mosquitto: Mosquitto, smtp: SmtpSink, receiver: Receiver
+) -> None:
+    """September issued while five days of the plant's meter were missing (accepted), then
+    revised once they arrived: the revision is delivered once by webhook, mail and MQTT,
+    saying what it replaces and why; delivering again sends nothing."""
+    secret = webhook.generate_secret()
+    net = network(receiver.url())
+    settings = make_settings(
+        database_url, smtp_url=smtp.url, mqtt_url=mosquitto.url, webhook_secret=secret
+    )
+    gap_start = datetime(2026, 9, 9, 22, tzinfo=UTC)
+    gap_end = gap_start + timedelta(days=5)
+    rows: dict[int, asyncpg.Record] = {}
+
+    async def go() -> None:
+        conn = await connect(database_url, application_name="symbiont-tests")
+        try:
+            await apply_network(conn, net)
+            gap = parse_fault(f"gap:out@{gap_start.isoformat()}+5d", net)
+            await write_simulation(asyncpg_dsn(database_url), net, SEPT, OCT, faults=[gap], seed=5)
+            engine = Engine(Settings(database_url=database_url))
+            await engine.process_pending(conn, now=OCT)
+            await issue_month(
+                conn, net, 2026, 9, ISSUE_SEPT, settings=settings, accept_incomplete="meter out"
+            )
+            await write_simulation(asyncpg_dsn(database_url), net, gap_start, gap_end, seed=5)
+            await engine.process_pending(conn, now=OCT)
+            async with Notifier(settings) as notifier:
+                assert notifier.mqtt is not None and await notifier.mqtt.wait_connected(5)
+                await deliver_until_done(notifier, conn)
+                revised = await revise_statement(
+                    conn,
+                    net,
+                    "plant",
+                    2026,
+                    9,
+                    ISSUE_SEPT + timedelta(days=2),
+                    "the meter's five missing days arrived",
+                    settings=settings,
+                )
+                assert revised.revision == 2 and revised.new
+                await deliver_until_done(notifier, conn)
+                assert await notifier.deliver_due(now=ISSUE_SEPT + timedelta(days=400)) == 0
+                final = await conn.fetch("SELECT status, attempts FROM outbox")
+                assert {(r["status"], r["attempts"]) for r in final} == {("delivered", 1)}
+            for r in await conn.fetch("SELECT * FROM statements WHERE partner_id = 'plant'"):
+                rows[r["revision"]] = r
+        finally:
+            await conn.close()
+
+    with MqttWatch(mosquitto, "symbiont/statements/plant") as watch:
+        asyncio.run(go())
+        hashes = {r["content_hash"] for r in rows.values()}
+        notices = watch.payloads(lambda p: p.get("content_hash") in hashes, count=2)
+    one, two = rows[1], rows[2]
+    doc = json.loads(two["document"])
+    assert doc["previous_hash"] == one["content_hash"] and doc["revision"] == 2
+    assert [(n["event"], n["revision"]) for _, _, n in notices] == [
+        ("statement.issued", 1),
+        ("statement.revised", 2),
+    ]
+    assert notices[1][2]["previous_hash"] == one["content_hash"]
+
+    # Webhook: one per revision, the second carrying the revision's document
+    assert len(receiver.requests) == 2
+    payload = Webhook(secret).verify(receiver.requests[1].body, receiver.requests[1].headers)
+    assert payload["event"] == "statement.revised"
+    assert payload["document"] == doc and verify_hash(payload["document"])
+    assert payload["revision_reason"] == "the meter's five missing days arrived"
+
+    # Mail: one per revision and recipient; the revision says what it replaces and why
+    mails = [m for m in smtp.received() if m.rcpt_tos == [PLANT_MAIL]]
+    assert len(mails) == 2
+    first, second = (m.message for m in mails)
+    assert first["Subject"] == "Exchange statement 2026-09 — Plant A/S"
+    assert second["Subject"] == "Exchange statement 2026-09 — Plant A/S (revision 2)"
+    body = second.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert f"Document number: {doc['document_number']}" in text
+    assert one["content_hash"] in text and "five missing days arrived" in text
+    first_body = first.get_body(("plain",))
+    assert first_body is not None and "Issued with incomplete data: meter out" in (
+        first_body.get_content()
+    )
+    files = attachments(second)
+    assert sorted(files) == ["statement-plant-2026-09-r2.csv", "statement-plant-2026-09-r2.pdf"]
+    assert files["statement-plant-2026-09-r2.pdf"][1] == bytes(two["pdf"])
