@@ -70,8 +70,8 @@ class ImbalanceConfig:
 class DriftConfig:
     enabled: bool = True
     # k = 0.25 σ, h = 28 σ: see ``drift_series`` for how they were chosen (a false alarm per
-    # exchange in about a thousand years of hourly windows; a meter drifting 3 % a month on an
-    # exchange metered at 1–2 % is caught before it is 1.5 % off).
+    # exchange in about a thousand years of hourly windows; a meter drifting 3 % a month is
+    # caught when it is 0.85 % off on 1 % meters, 1.2–1.4 % on 1.7–2 % meters, median).
     k: float = 0.25  # CUSUM allowance, in σ
     h: float = 28.0  # CUSUM decision limit, in σ
 
@@ -541,25 +541,30 @@ def drift_series(
 
     Why k = 0.25 and h = 28. An exchange's z is N(0, 1) when its meters are as good as their
     stated uncertainty; the simulator draws each meter's window error from exactly that, and
-    a simulated month of the example network gives z with a standard deviation of 0.94–1.04
-    and no correlation between consecutive windows (|r₁| < 0.1). A bias b on one meter moves z
-    by b/σ_d, σ_d the relative uncertainty of d: with two meters of u that is b/(u·√2) — a
-    meter 1.5 % off moves z by 1.06 on 1 % meters, by 0.62 on the example's heat meters
-    (1.7 % and 1.8 %) and by 0.53 on 2 % meters. A meter drifting 3 % a month is a ramp of z:
-    reaching 1.5 % means catching a ramp that is at 0.5–1 σ after 360 windows. For a ramp the
-    CUSUM's allowance should be small (it wastes k per window until the ramp exceeds it), and
-    the limit then follows from the false alarms one accepts. Siegmund's approximation of the
-    in-control average run length, ARL₀ ≈ (e^{2kb} − 2kb − 1)/(2k²) per side, b = h + 1.166,
-    gives for k = 0.25, h = 28 about 8.6·10⁶ hourly windows for both sides: one false alarm
-    per exchange in about a thousand years, one in some 80 years among the example's twelve
-    hourly exchanges (a simulation of 3,000 clean years raised none). With those values a
-    Monte Carlo of the ramp (``benchmarks/drift_calibration.py``) catches 3 %/month at a median
-    of 0.85 % (90 % by 1.0 %) on 1 % meters, 1.23 % (1.45 %) on the example's heat meters and
-    1.37 % (1.62 %) on two 2 % meters; 6 %/month at 1.1 %, 1.5 % and 1.7 %. Larger k (0.5,
-    h = 14, same ARL₀) is quicker on steps but reaches only 1.5–1.7 % on the heat meters;
-    smaller k (0.1, h = 63) is slower on every ramp. A CUSUM on daily means of z is the
-    same statistic looked at once a day, so it can only be later; an EWMA with a control
-    limit of the same ARL₀ is within a few per cent of the CUSUM on ramps and worse on steps.
+    a simulated month of the example network gives hourly z with a standard deviation of
+    0.94–1.04 and no correlation between consecutive windows (|r₁| < 0.1). A bias b on one
+    meter moves z by b/σ_d, σ_d the relative uncertainty of d: with two meters of u that is
+    b/(u·√2) — a meter 1.5 % off moves z by 1.06 on 1 % meters, by 0.62 on the example's heat
+    meters (1.7 % and 1.8 %) and by 0.53 on 2 % meters. A meter drifting 3 % a month is a
+    ramp of z: being alerted before it is 1.5 % off means catching a ramp that reaches
+    0.5–1 σ in 360 windows. For a ramp the CUSUM's allowance should be small (it wastes k per
+    window until the ramp exceeds it); the limit then follows from the false alarms one
+    accepts. Siegmund's approximation of the in-control average run length,
+    ARL₀ ≈ (e^{2kb} − 2kb − 1)/(2k²) per side with b = h + 1.166, gives for k = 0.25, h = 28
+    about 8.6·10⁶ windows for both sides: a false alarm per hourly exchange in about a
+    thousand years, one in some 80 years among the example's twelve hourly exchanges (3,000
+    simulated clean years raised one). A Monte Carlo of the ramps
+    (``python -m benchmarks.drift_calibration``) then puts the meter's error when drift fires
+    at, median (90th percentile): 3 %/month 0.85 % (1.0 %) on 1 % meters, 1.23 % (1.45 %) on
+    the heat meters, 1.37 % (1.62 %) on two 2 % meters; 6 %/month 1.1 %, 1.5 %, 1.7 %. A
+    step of 1 σ takes 37 windows, of 2 σ 17. Other choices, measured the same way: k = 0.5,
+    h = 14 (ARL₀ 400 years) is quicker on steps (26 windows for 1 σ) but reaches 1.5 % on
+    the heat meters before it fires (median); k = 0.1, h = 63 (same ARL₀) is slower on
+    everything but the slowest ramps. At an equal false-alarm rate a CUSUM of daily sums of
+    z is the same statistic looked at once a day, a little later on ramps and up to a day
+    later on steps; an EWMA of z (λ = 0.01) with a control limit is about 5 % earlier on
+    ramps but later on steps (1 σ: 32 windows against 25) — the CUSUM is kept, as the
+    product contract names it.
 
     Episodes. While an imbalance episode is under way on the exchange (``episodes``: its
     :func:`imbalance_episodes`), the bias is explained by it: drift does not start firing
