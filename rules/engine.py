@@ -684,6 +684,7 @@ class Engine:
             "SELECT subject, started_at, resolved_at FROM alerts WHERE rule = 'meter_stale'"
         ):
             stale[r["subject"]].append((r["started_at"], r["resolved_at"]))
+        drift_rows: list[tuple[str, datetime, str]] = []
         for ex_id, starts in changed.items():
             ex = topo.exchanges[ex_id]
             first = min(starts)
@@ -758,15 +759,9 @@ class Engine:
                 state=carried,
                 episodes=imbalance_episodes(imb)[skip:],
             )
-            await copy_upsert(
-                conn,
-                "drift_states",
-                ("exchange_id", "window_start", "state"),
-                ("exchange_id", "window_start"),
-                [
-                    (ex_id, w.start, jsonb(st.to_json()))
-                    for w, st in zip(windows[skip:], drift_states, strict=True)
-                ],
+            drift_rows.extend(
+                (ex_id, w.start, jsonb(st.to_json()))
+                for w, st in zip(windows[skip:], drift_states, strict=True)
             )
             subject = lifecycle.Subject(Rule.drift, ex_id, "exchange")
             await self._replay(
@@ -777,6 +772,13 @@ class Engine:
                 now,
                 stats,
             )
+        await copy_upsert(
+            conn,
+            "drift_states",
+            ("exchange_id", "window_start", "state"),
+            ("exchange_id", "window_start"),
+            drift_rows,
+        )
 
     async def _meter_alerts(
         self,
@@ -852,14 +854,22 @@ class Engine:
             stale_cfg = topo.rule(Rule.meter_stale, meter_id)
             limit = stale_limit(meter.interval, stale_cfg)
             last: datetime | None = None
-            if limit is not None and rows:
+            head = rows[0] if rows else None
+            if (
+                head is not None
+                and limit is not None
+                and (
+                    head["first_ts"] is None
+                    or (head["first_ts"] - head["window_start"]).total_seconds() > limit
+                )
+            ):
                 # a silence may have begun before the windows looked at: its last reading
                 last = await conn.fetchval(
                     """SELECT last_ts FROM meter_windows WHERE meter_id = $1
                        AND window_start < $2 AND last_ts IS NOT NULL
                        ORDER BY window_start DESC LIMIT 1""",
                     meter_id,
-                    rows[0]["window_start"],
+                    head["window_start"],
                 )
             timeline: list[tuple[datetime, Verdict]] = []
             for r in rows:
