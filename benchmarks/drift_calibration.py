@@ -1,6 +1,7 @@
 """How the drift detector's parameters were chosen: a Monte Carlo of the windows' z.
 
-    python -m benchmarks.drift_calibration [--paths N] [--seed S]
+    python -m benchmarks.drift_calibration [--paths N] [--seed S] [--check-simulator DAYS]
+        [--write FILE | --no-write]
 
 An exchange's z is N(0, 1) when its meters are as good as their stated uncertainty (the
 simulator draws each meter's window error from exactly that; ``--check-simulator`` measures
@@ -22,7 +23,8 @@ The figures printed:
   by simulation to a rate that can be simulated (a false alarm in about one year in ten), so
   they compare detectors with each other; the chosen one's own rate is far lower.
 
-Pure numpy; nothing else needed.
+Pure numpy (``--check-simulator`` also runs the simulator and the window arithmetic, no
+database). The figures go to stdout and, unless ``--no-write``, to BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +44,8 @@ import numpy.typing as npt
 from rules.alerts import DRIFT_CLAMP, DriftConfig
 
 FloatArray = npt.NDArray[np.float64]
+ROOT = Path(__file__).resolve().parent.parent
+SECTION = "## Drift detector calibration"
 YEAR = 8760  # hourly windows
 MONTH = 720.0
 
@@ -232,19 +238,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="DAYS",
         help="also measure z on DAYS simulated days of the example network",
     )
+    p.add_argument("--write", type=Path, default=ROOT / "BENCHMARKS.md")
+    p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     paths = args.paths
     chosen = Cusum(DriftConfig().k, DriftConfig().h)
-    out = [f"Chosen: {chosen.name()}, z clamped at ±{DRIFT_CLAMP:g}."]
+    command = "python -m benchmarks.drift_calibration" + "".join(
+        f" {a}" for a in (argv if argv is not None else sys.argv[1:])
+    )
+    out = [
+        SECTION,
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with `{command}` ({paths:,} paths "
+        "per figure). The reasoning is in `rules.alerts.drift_series`.",
+        "",
+        f"Chosen: {chosen.name()}, z clamped at ±{DRIFT_CLAMP:g}.",
+    ]
     arl = siegmund_arl(chosen.k, chosen.h)
     out.append(
-        f"ARL₀ (Siegmund, two-sided): {arl:,.0f} windows = {arl / YEAR:,.0f} years of hourly "
+        f"- ARL₀ (Siegmund, two-sided): {arl:,.0f} windows = {arl / YEAR:,.0f} years of hourly "
         "windows per exchange"
     )
     share = false_alarm_share(chosen, rng, args.years)
     out.append(
-        f"simulated clean years with a false alarm: {share * args.years:.0f} of {args.years}"
+        f"- simulated clean years with a false alarm: {share * args.years:.0f} of {args.years}"
     )
     out.append("")
     out.append("Meter error (%) when drift fires, 10th / 50th / 90th percentile:")
@@ -260,9 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ramps(chosen)
     same_arl = [Cusum(0.5, 13.9), Cusum(0.1, 62.6)]
     for det in same_arl:
-        out.append(f"(ARL₀ of {det.name()}: {siegmund_arl(det.k, det.h) / YEAR:,.0f} years)")
-    for det in same_arl:
         ramps(det)
+    out.append("")
+    for det in same_arl:
+        out.append(f"- ARL₀ of {det.name()}: {siegmund_arl(det.k, det.h) / YEAR:,.0f} years")
     out.append("")
     out.append("Steps: median windows to detect a shift of z by 0.5, 1, 2 σ:")
     for det in [chosen, *same_arl]:
@@ -284,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ewma = calibrate(lambda L: Ewma(0.01, L), 1.0, 8.0, target, rng, paths)
     for det in (reference, daily, ewma):
         ramps(det)
+    out.append("")
     for det in (reference, daily, ewma):
         cells = ", ".join(f"{step_delay(det, s, rng, paths):.0f}" for s in (0.5, 1.0, 2.0))
         out.append(f"- steps 0.5, 1, 2 σ, {det.name()}: {cells} windows")
@@ -292,7 +312,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.append(f"z of the example network, {args.check_simulator} simulated days:")
         out.append("")
         out.extend(check_simulator(args.check_simulator))
-    print("\n".join(out))
+    text = "\n".join(out) + "\n"
+    print(text)
+    if not args.no_write:
+        from benchmarks.clients import write_section
+
+        write_section(args.write, SECTION, text)
     return 0
 
 
