@@ -27,7 +27,7 @@ from api.wcache import WindowsCache
 from core.network import CANONICAL_UNIT, Kind, Network
 from core.units import canonical_unit
 from rules.engine import DIRTY_CHANNEL, WINDOWS_CHANNEL
-from rules.lifecycle import ALERTS_CHANNEL, alert_json
+from rules.lifecycle import ALERTS_CHANNEL, alert_view
 
 log = logging.getLogger("symbiont.api.live")
 
@@ -170,7 +170,7 @@ class LiveHub:
             ex_rows = await conn.fetch(_EXCHANGES)
             meter_rows = await conn.fetch(_METERS)
             alert_rows = await conn.fetch(_OPEN_ALERTS)
-        alerts = [alert_json(r) for r in alert_rows]
+        alerts = [alert_view(r) for r in alert_rows]
         open_by_subject: dict[str, int] = {}
         for a in alerts:
             open_by_subject[a["subject"]] = open_by_subject.get(a["subject"], 0) + 1
@@ -233,7 +233,7 @@ class LiveHub:
                 "SELECT * FROM alerts WHERE id = ANY($1::bigint[]) ORDER BY id", ids
             )
         for row in rows:
-            data = alert_json(row)
+            data = alert_view(row)
             self._publish(Event("alert", data, row["subject"], row["subject_kind"]))
 
     # -- the listener ----------------------------------------------------------------------

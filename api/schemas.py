@@ -83,15 +83,54 @@ class AlertOut(BaseModel):
     status: Literal["firing", "resolved"]
     acknowledged_by: str | None
     acknowledged_at: datetime | None
-    started_at: datetime
-    resolved_at: datetime | None
+    started_at: datetime = Field(description="when the condition began")
+    resolved_at: datetime | None = Field(description="when the condition ended")
     summary: str
     details: dict[str, Any]
+    detected_at: datetime | None = Field(
+        default=None,
+        description="when the rules saw it fire (the end of the window that showed it)",
+    )
+    incident_id: int | None = Field(default=None, description="the incident it belongs to")
 
 
 class AlertPage(BaseModel):
     items: list[AlertOut]
     next_cursor: str | None = Field(description="pass as `cursor` for the next page")
+
+
+class IncidentEvent(BaseModel):
+    at: datetime = Field(description="when the alert's condition began or ended, or the ack")
+    event: Literal["firing", "resolved", "acknowledged", "updated"]
+    alert_id: int
+    rule: str
+    subject: str
+    severity: Literal["warning", "critical"]
+    summary: str
+    by: str | None = Field(description="who acknowledged (acknowledged events)")
+
+
+class IncidentOut(BaseModel):
+    id: int
+    subject: str = Field(description="the exchange (or meter, or partner) it is about")
+    subject_kind: Literal["exchange", "meter", "partner"]
+    status: Literal["open", "resolved"] = Field(description="open while any of its alerts fires")
+    severity: Literal["warning", "critical"] = Field(description="the worst of its alerts")
+    started_at: datetime
+    resolved_at: datetime | None
+    summary: str
+    rules: list[str]
+    alert_ids: list[int]
+
+
+class IncidentPage(BaseModel):
+    items: list[IncidentOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page")
+
+
+class IncidentDetail(IncidentOut):
+    alerts: list[AlertOut]
+    timeline: list[IncidentEvent] = Field(description="its alerts' events, in order")
 
 
 class LiveExchange(BaseModel):

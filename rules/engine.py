@@ -32,8 +32,8 @@ import signal
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -49,9 +49,10 @@ from core.text import safe_text
 from core.units import canonical_unit
 from core.windows import window_bounds as _window_bounds
 from core.windows import windows_between
-from rules import lifecycle
+from rules import incidents, lifecycle
 from rules.alerts import (
     Decision,
+    DriftState,
     MeterWindow,
     Rule,
     Severity,
@@ -63,7 +64,9 @@ from rules.alerts import (
     evaluate_rejections,
     evaluate_rules_error,
     evaluate_stale,
+    imbalance_episodes,
     imbalance_series,
+    stale_limit,
 )
 from rules.alerts import flag_series as _flag_series
 from rules.quantities import (
@@ -71,6 +74,8 @@ from rules.quantities import (
     WindowQuantities,
     Windows,
     invalid_readings,
+    outlier_times,
+    repeat_run,
     window_quantities,
 )
 from rules.reconcile import (
@@ -105,12 +110,13 @@ def flag_series(
     fire_after: int,
     clear_after: int,
     fire: Callable[[int, int], Verdict],
+    starts: Sequence[datetime] | None = None,
 ) -> list[Verdict]:
     """``rules.alerts.flag_series`` with a fast path for the usual case, no flag set: then
     every verdict is a plain resolve (``Verdict`` is frozen, so one instance serves all)."""
     if not any(flags):
         return [_RESOLVE] * len(flags)
-    return _flag_series(flags, fire_after, clear_after, fire)
+    return _flag_series(flags, fire_after, clear_after, fire, starts)
 
 
 DIRTY_CHANNEL = "symbiont_dirty"
@@ -162,6 +168,7 @@ class Stats:
     deferred: int = 0
     statements: int = 0
     alerts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    touched: set[int] = field(default_factory=set)  # alerts fired, resolved or changed
     # (kind, subject, window start) → cause of every window whose computation failed
     failures: dict[tuple[str, str, datetime], str] = field(default_factory=dict)
 
@@ -180,6 +187,7 @@ class Stats:
         for key, n in other.alerts.items():
             self.alerts[key] += n
         self.failures.update(other.failures)
+        self.touched |= other.touched
 
 
 def _dt(epoch: float) -> datetime | None:
@@ -549,6 +557,7 @@ class Engine:
                 if cid in topo.components:
                     touched.update(topo.components[cid].meters)
             await self._rules_errors(conn, topo, set(work["exchange"]), touched, now, stats)
+            await incidents.regroup(conn, _incident_keys(topo), stats.touched)
             done = [r for r in rows if (r["kind"], r["subject"], r["window_start"]) not in keep]
             await conn.execute(
                 """DELETE FROM dirty_subjects d
@@ -847,10 +856,12 @@ class Engine:
     async def _last_transition(
         self, conn: asyncpg.Connection, fingerprints: Sequence[str]
     ) -> dict[str, tuple[bool, datetime]]:
-        """Per fingerprint: firing now?, and when its state last changed."""
+        """Per fingerprint: firing now?, and when the rules saw its state last change (the
+        replay's clock: a window's end, not the instant the condition began or ended)."""
         rows = await conn.fetch(
             """SELECT DISTINCT ON (fingerprint) fingerprint, status,
-                      COALESCE(resolved_at, started_at) AS changed
+                      CASE WHEN status = 'firing' THEN COALESCE(detected_at, started_at)
+                           ELSE COALESCE(resolve_detected_at, resolved_at) END AS changed
                FROM alerts WHERE fingerprint = ANY($1::text[])
                ORDER BY fingerprint, id DESC""",
             list(fingerprints),
@@ -867,24 +878,37 @@ class Engine:
         stats: Stats,
         *,
         inhibited: Callable[[datetime], bool] | None = None,
+        instant: Callable[[datetime, Verdict], Awaitable[datetime | None]] | None = None,
     ) -> None:
-        """Apply the verdicts at their times, after the alert's last change, touching the
-        database only on transitions (and once at the end to refresh a firing alert)."""
+        """Apply the verdicts at their times (when the evidence was there: the end of the window
+        that showed it, or for a silence the instant it became one), after the alert's last
+        change, touching the database only on transitions (and once at the end to refresh a
+        firing alert). ``instant`` finds, for a transition only, the instant the condition
+        began or ended when that takes reading the readings."""
         firing, since = state if state else (False, datetime.min.replace(tzinfo=UTC))
         last_fire: tuple[datetime, Verdict] | None = None
+
+        async def precise(at: datetime, verdict: Verdict) -> Verdict:
+            if instant is None:
+                return verdict
+            when = await instant(at, verdict)
+            return verdict if when is None else replace(verdict, at=when)
+
         for at, verdict in timeline:
             if at <= since or at > now:
                 continue
             if verdict.decision == Decision.fire:
                 last_fire = (at, verdict)
                 if not firing:
+                    blocked = inhibited(at) if inhibited else False
                     done = await lifecycle.apply_verdict(
                         conn,
                         subject,
-                        verdict,
+                        verdict if blocked else await precise(at, verdict),
                         at,
                         targets=self._targets,
-                        inhibited=inhibited(at) if inhibited else False,
+                        inhibited=blocked,
+                        touched=stats.touched,
                     )
                     if done:
                         stats.alerts[done] += 1
@@ -892,7 +916,12 @@ class Engine:
                         last_fire = None
             elif verdict.decision == Decision.resolve and firing:
                 done = await lifecycle.apply_verdict(
-                    conn, subject, verdict, at, targets=self._targets
+                    conn,
+                    subject,
+                    await precise(at, verdict),
+                    at,
+                    targets=self._targets,
+                    touched=stats.touched,
                 )
                 if done:
                     stats.alerts[done] += 1
@@ -900,7 +929,12 @@ class Engine:
                 last_fire = None
         if firing and last_fire is not None:
             done = await lifecycle.apply_verdict(
-                conn, subject, last_fire[1], last_fire[0], targets=self._targets
+                conn,
+                subject,
+                last_fire[1],
+                last_fire[0],
+                targets=self._targets,
+                touched=stats.touched,
             )
             if done:
                 stats.alerts[done] += 1
@@ -922,6 +956,7 @@ class Engine:
             "SELECT subject, started_at, resolved_at FROM alerts WHERE rule = 'meter_stale'"
         ):
             stale[r["subject"]].append((r["started_at"], r["resolved_at"]))
+        drift_rows: list[tuple[str, datetime, str]] = []
         for ex_id, starts in changed.items():
             ex = topo.exchanges[ex_id]
             first = min(starts)
@@ -955,9 +990,12 @@ class Engine:
             spans = [span for m in (*ex.sent, *ex.received) for span in stale.get(m, [])]
 
             def inhibited(
-                at: datetime, spans: list[tuple[datetime, datetime | None]] = spans
+                at: datetime,
+                spans: list[tuple[datetime, datetime | None]] = spans,
+                window: timedelta = ex.window,
             ) -> bool:
-                return any(a <= at and (b is None or at < b) for a, b in spans)
+                # a meter of the exchange was stale during the window that would fire it
+                return any(a < at and (b is None or b > at - window) for a, b in spans)
 
             imb_cfg = topo.rule(Rule.imbalance, ex_id)
             imb = imbalance_series(ex_id, topo.unit(ex_id), windows, False, imb_cfg)
@@ -971,16 +1009,48 @@ class Engine:
                 stats,
                 inhibited=inhibited,
             )
-            drift = drift_series(ex_id, windows, topo.rule(Rule.drift, ex_id))
+            # drift: the statistic carries on from the one stored after the last window
+            # before the first that changed (from zero at the start of the history if none)
+            saved = await conn.fetchrow(
+                """SELECT window_start, state FROM drift_states WHERE exchange_id = $1
+                   AND window_start >= $2 AND window_start < $3
+                   ORDER BY window_start DESC LIMIT 1""",
+                ex_id,
+                history_from,
+                first,
+            )
+            skip = 0
+            carried: DriftState | None = None
+            if saved is not None:
+                skip = bisect.bisect_right([w.start for w in windows], saved["window_start"])
+                carried = DriftState.from_json(_json(saved["state"]))
+            drift, drift_states = drift_series(
+                ex_id,
+                windows[skip:],
+                topo.rule(Rule.drift, ex_id),
+                state=carried,
+                episodes=imbalance_episodes(imb)[skip:],
+            )
+            drift_rows.extend(
+                (ex_id, w.start, jsonb(st.to_json()))
+                for w, st in zip(windows[skip:], drift_states, strict=True)
+            )
             subject = lifecycle.Subject(Rule.drift, ex_id, "exchange")
             await self._replay(
                 conn,
                 subject,
-                list(zip(times, drift, strict=True)),
+                list(zip(times[skip:], drift, strict=True)),
                 states.get(subject.fingerprint),
                 now,
                 stats,
             )
+        await copy_upsert(
+            conn,
+            "drift_states",
+            ("exchange_id", "window_start", "state"),
+            ("exchange_id", "window_start"),
+            drift_rows,
+        )
 
     async def _meter_alerts(
         self,
@@ -1007,7 +1077,7 @@ class Engine:
             lo = (min(starts) if starts else now - window * 48) - window * 48
             rows = await conn.fetch(
                 """SELECT window_start, window_end, quantity, coverage, readings, stuck,
-                          negatives, resets, reset_events, outliers, last_ts
+                          negatives, resets, reset_events, outliers, first_ts, last_ts
                    FROM meter_windows WHERE meter_id = $1 AND window_start >= $2
                    AND window_end <= $3 ORDER BY window_start""",
                 meter_id,
@@ -1028,10 +1098,14 @@ class Engine:
                 for r in rows
             ]
             times = [w.end for w in mws]
+            starts_ = [w.start for w in mws]
             outliers = [int(r["outliers"]) for r in rows]
 
             async def replay(
-                rule: Rule, timeline: list[tuple[datetime, Verdict]], meter_id: str = meter_id
+                rule: Rule,
+                timeline: list[tuple[datetime, Verdict]],
+                meter_id: str = meter_id,
+                instant: Callable[[datetime, Verdict], Awaitable[datetime | None]] | None = None,
             ) -> None:
                 await self._replay(
                     conn,
@@ -1040,29 +1114,45 @@ class Engine:
                     states.get(f"{rule}:{meter_id}"),
                     now,
                     stats,
+                    instant=instant,
                 )
 
-            # stale: at each window end, the age of the newest reading so far (a meter that
-            # never sent anything in the period looked at is not judged here)
-            # Only gaps with data after them are judged here: data may still be on its way
-            # for the time after the newest reading, and the live check (``periodic``)
-            # judges that edge by the wall clock and by what arrives.
+            # stale: a silence between two readings longer than the tolerance, placed where
+            # it happened (seen at the last reading plus the tolerance, as the live check sees
+            # it; over at the first reading after it). Silences between two readings of one
+            # window are not seen here (a window keeps only its first and last reading's time);
+            # the silence after the newest reading is judged by the live check
+            # (``periodic``), by the wall clock and by what arrives.
             stale_cfg = topo.rule(Rule.meter_stale, meter_id)
-            newest = max((r["last_ts"] for r in rows if r["last_ts"] is not None), default=None)
+            limit = stale_limit(meter.interval, stale_cfg)
             last: datetime | None = None
+            head = rows[0] if rows else None
+            if (
+                head is not None
+                and limit is not None
+                and (
+                    head["first_ts"] is None
+                    or (head["first_ts"] - head["window_start"]).total_seconds() > limit
+                )
+            ):
+                # a silence may have begun before the windows looked at: its last reading
+                last = await conn.fetchval(
+                    """SELECT last_ts FROM meter_windows WHERE meter_id = $1
+                       AND window_start < $2 AND last_ts IS NOT NULL
+                       ORDER BY window_start DESC LIMIT 1""",
+                    meter_id,
+                    head["window_start"],
+                )
             timeline: list[tuple[datetime, Verdict]] = []
             for r in rows:
+                first_ts = r["first_ts"]
+                if first_ts is not None and last is not None and limit is not None:
+                    silence = evaluate_stale(meter_id, last, meter.interval, first_ts, stale_cfg)
+                    if silence.decision == Decision.fire and silence.at is not None:
+                        timeline.append((silence.at, silence))
+                        timeline.append((first_ts, Verdict(Decision.resolve, at=first_ts)))
                 if r["last_ts"] is not None:
                     last = r["last_ts"]
-                if last is not None and newest is not None and r["window_end"] <= newest:
-                    timeline.append(
-                        (
-                            r["window_end"],
-                            evaluate_stale(
-                                meter_id, last, meter.interval, r["window_end"], stale_cfg
-                            ),
-                        )
-                    )
             await replay(Rule.meter_stale, timeline)
 
             # stuck: no movement for a whole window while the counterpart shows flow
@@ -1104,8 +1194,33 @@ class Engine:
                         {"since": since.isoformat(), "windows": run},
                     )
 
-                verdicts = flag_series(flags, 1, 1, stuck_verdict)
-                await replay(Rule.meter_stuck, list(zip(times, verdicts, strict=True)))
+                verdicts = flag_series(flags, 1, 1, stuck_verdict, starts_)
+
+                async def stuck_instant(
+                    at: datetime,
+                    verdict: Verdict,
+                    meter_id: str = meter_id,
+                    window: timedelta = window,
+                ) -> datetime | None:
+                    # the first reading that repeats its predecessor; the first that moves again
+                    if verdict.decision == Decision.fire:
+                        since = datetime.fromisoformat(verdict.details["since"])
+                        lo_, hi_ = since - window, since + window
+                        anchor = since
+                    elif verdict.at is not None:
+                        lo_, hi_, anchor = verdict.at - window, at, verdict.at - window
+                    else:
+                        return None
+                    ts, value = await fetch_series(conn, meter_id, lo_, hi_)
+                    began, ended = repeat_run(ts, value, anchor.timestamp())
+                    found = began if verdict.decision == Decision.fire else ended
+                    return _dt(found) if found is not None else None
+
+                await replay(
+                    Rule.meter_stuck,
+                    list(zip(times, verdicts, strict=True)),
+                    instant=stuck_instant,
+                )
 
             # counter resets: fire at the reset, resolve a while after the last one
             reset_cfg = topo.rule(Rule.counter_reset, meter_id)
@@ -1148,6 +1263,7 @@ class Engine:
                     1,
                     neg_cfg.clear_after,
                     negative_verdict,
+                    [w.start for _, w in with_data],
                 )
                 await replay(
                     Rule.negative_flow,
@@ -1178,8 +1294,28 @@ class Engine:
                 1,
                 spike_cfg.clear_after,
                 spike_verdict,
+                starts_,
             )
-            await replay(Rule.meter_spike, list(zip(times, verdicts, strict=True)))
+
+            async def spike_instant(
+                at: datetime,
+                verdict: Verdict,
+                meter_id: str = meter_id,
+                meter: Any = meter,
+                window: timedelta = window,
+            ) -> datetime | None:
+                # the first reading left out in the window that fired
+                if verdict.decision != Decision.fire:
+                    return None
+                start = datetime.fromisoformat(verdict.details["window_start"])
+                ts, value = await fetch_series(conn, meter_id, start, start + window)
+                found = outlier_times(meter.reading, ts, value)
+                found = found[(found >= start.timestamp()) & (found < at.timestamp())]
+                return _dt(float(found[0])) if found.size else None
+
+            await replay(
+                Rule.meter_spike, list(zip(times, verdicts, strict=True)), instant=spike_instant
+            )
 
             # suspects named by network reconciliation
             comp_id = topo.component_of.get(meter_id)
@@ -1223,6 +1359,7 @@ class Engine:
                     sus_cfg.fire_after,
                     sus_cfg.clear_after,
                     suspect_verdict,
+                    [r["window_start"] for r in rec],
                 )
                 await replay(
                     Rule.meter_suspect,
@@ -1326,6 +1463,7 @@ class Engine:
             arrived[r["meter_id"]] = r["arrived"]
         applied = await conn.fetchval("SELECT applied_at FROM network LIMIT 1")
         async with conn.transaction():
+            stale_firing = await lifecycle.firing(conn, Rule.meter_stale)
             for meter_id, meter in topo.meters.items():
                 verdict = evaluate_stale(
                     meter_id,
@@ -1345,12 +1483,24 @@ class Engine:
                     )
                     if quiet.decision != Decision.fire:
                         continue  # old readings still arriving: a backfill, not silence
+                alert = stale_firing.get(f"{Rule.meter_stale}:{meter_id}")
+                if verdict.decision == Decision.resolve and alert is not None:
+                    # the silence ended at the first reading after it
+                    details = _json(alert["details"])
+                    quiet_since = details.get("last_reading")
+                    resumed = await conn.fetchval(
+                        "SELECT min(ts) FROM readings WHERE meter_id = $1 AND ts > $2",
+                        meter_id,
+                        datetime.fromisoformat(quiet_since) if quiet_since else alert["started_at"],
+                    )
+                    verdict = replace(verdict, at=resumed)
                 done = await lifecycle.apply_verdict(
                     conn,
                     lifecycle.Subject(Rule.meter_stale, meter_id, "meter"),
                     verdict,
                     now,
                     targets=self._targets,
+                    touched=stats.touched,
                 )
                 if done:
                     stats.alerts[done] += 1
@@ -1370,9 +1520,11 @@ class Engine:
                     verdict,
                     now,
                     targets=self._targets,
+                    touched=stats.touched,
                 )
                 if done:
                     stats.alerts[done] += 1
+            await incidents.regroup(conn, _incident_keys(topo), stats.touched)
         return stats
 
     async def issue_statements(self, conn: asyncpg.Connection, now: datetime) -> int:
@@ -1576,6 +1728,21 @@ def _meter_window_problem(
 def _window_start(row: asyncpg.Record) -> datetime:
     start: datetime = row["window_start"]
     return start
+
+
+def _incident_keys(topo: Topology) -> incidents.Keys:
+    return incidents.Keys(
+        {e.id: [*e.sent, *e.received] for e in topo.exchanges.values()}, topo.exchanges_of
+    )
+
+
+def _json(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        import json
+
+        parsed: dict[str, Any] = json.loads(value)
+        return parsed
+    return dict(value)
 
 
 def _events(value: Any) -> list[dict[str, Any]]:

@@ -5,6 +5,12 @@ together or not at all).
 An alert's identity is its fingerprint (rule + subject, and a key where one rule can fire
 several times for a subject: ``statement_held`` once per month); the partial unique index
 ``alerts_one_firing`` guarantees at most one firing alert per fingerprint.
+
+Two clocks: ``started_at``/``resolved_at`` are when the condition began and ended (a
+verdict's ``at``, else the time it was seen), ``detected_at``/``resolve_detected_at`` when the
+rules saw it (the end of the window that showed it, or the clock of a live check). The events
+of an alert are stamped with the condition's instants, so an incident's timeline reads the
+same whether its data came live or as a backfill.
 """
 
 from __future__ import annotations
@@ -60,6 +66,17 @@ def alert_json(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def alert_view(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
+    """``alert_json`` with what the API shows beside it: the incident the alert belongs to and
+    when the rules saw it fire."""
+    detected = row["detected_at"]
+    return {
+        **alert_json(row),
+        "incident_id": row["incident_id"],
+        "detected_at": detected.isoformat() if isinstance(detected, datetime) else None,
+    }
+
+
 async def _event(
     conn: asyncpg.Connection,
     row: asyncpg.Record,
@@ -99,18 +116,21 @@ async def apply_verdict(
     *,
     targets: Targets | None = None,
     inhibited: bool = False,
+    touched: set[int] | None = None,
 ) -> str | None:
-    """Bring the alert of ``subject`` in line with ``verdict``; returns what happened
-    (``fired``, ``resolved``, ``updated``) or None. Call inside a transaction."""
+    """Bring the alert of ``subject`` in line with ``verdict`` as seen at ``now``; returns
+    what happened (``fired``, ``resolved``, ``updated``) or None, and adds the alert's id to
+    ``touched`` when it fired or resolved. Call inside a transaction."""
     current = await conn.fetchrow(_SELECT, subject.fingerprint)
     if verdict.decision == Decision.fire:
         if current is None:
             if inhibited:
                 return None
+            started = min(verdict.at, now) if verdict.at is not None else now
             row = await conn.fetchrow(
                 """INSERT INTO alerts (fingerprint, rule, subject, subject_kind, severity, status,
-                                       started_at, summary, details, updated_at)
-                   VALUES ($1, $2, $3, $4, $5, 'firing', $6, $7, $8::jsonb, $6)
+                                       started_at, summary, details, updated_at, detected_at)
+                   VALUES ($1, $2, $3, $4, $5, 'firing', $6, $7, $8::jsonb, $9, $9)
                    ON CONFLICT (fingerprint) WHERE status = 'firing' DO NOTHING
                    RETURNING *""",
                 subject.fingerprint,
@@ -118,13 +138,16 @@ async def apply_verdict(
                 subject.subject,
                 subject.kind,
                 verdict.severity.value,
-                now,
+                started,
                 verdict.summary,
                 json.dumps(verdict.details, default=str),
+                now,
             )
             if row is None:  # another worker fired it a moment ago
                 return None
-            await _event(conn, row, "firing", now, targets)
+            await _event(conn, row, "firing", started, targets)
+            if touched is not None:
+                touched.add(row["id"])
             return "fired"
         severity_changed = current["severity"] != verdict.severity.value
         row = await conn.fetchrow(
@@ -138,17 +161,25 @@ async def apply_verdict(
         )
         if severity_changed and row is not None:
             await _event(conn, row, "updated", now, targets)
+            if touched is not None:
+                touched.add(row["id"])
             return "updated"
         return None
     if verdict.decision == Decision.resolve and current is not None:
+        ended = min(verdict.at, now) if verdict.at is not None else now
+        ended = max(ended, current["started_at"])
         row = await conn.fetchrow(
-            """UPDATE alerts SET status = 'resolved', resolved_at = $2, updated_at = $2
+            """UPDATE alerts SET status = 'resolved', resolved_at = $2, updated_at = $3,
+                                 resolve_detected_at = $3
                WHERE id = $1 RETURNING *""",
             current["id"],
+            ended,
             now,
         )
         assert row is not None
-        await _event(conn, row, "resolved", now, targets)
+        await _event(conn, row, "resolved", ended, targets)
+        if touched is not None:
+            touched.add(row["id"])
         return "resolved"
     return None
 

@@ -713,3 +713,46 @@ def window_quantities(
         max_gap=max_gap,
         max_abs=max_abs,
     )
+
+
+def outlier_times(
+    reading: ReadingType | str,
+    ts: npt.ArrayLike,
+    value: npt.ArrayLike,
+    *,
+    reset_tolerance: float = RESET_TOLERANCE,
+) -> FloatArray:
+    """The ``ts`` of the readings that :func:`window_quantities` leaves out as outliers
+    (a spiked register reading, a rate far off both neighbours); delta meters have none.
+    Pass the readings around the instants of interest with a neighbour either side."""
+    kind = ReadingType(reading)
+    t, v, _ = _readings(ts, value, MAX_ABS_VALUE)
+    if kind == ReadingType.total:
+        flagged = _outliers(t, v, reset_tolerance)
+    elif kind == ReadingType.rate:
+        flagged = _rate_spikes(v)
+    else:
+        flagged = np.zeros(t.size, dtype=bool)
+    out: FloatArray = t[flagged]
+    return out
+
+
+def repeat_run(
+    ts: npt.ArrayLike, value: npt.ArrayLike, at: float
+) -> tuple[float | None, float | None]:
+    """Around instant ``at`` inside a run of identical readings (a stuck meter): the ``ts`` of
+    the first reading of the run that repeats its predecessor, and of the first reading after
+    the run that differs from its predecessor. None where the run reaches the end of the
+    readings given (it began before them, or it has not ended)."""
+    t, v, _ = _readings(ts, value, MAX_ABS_VALUE)
+    if t.size == 0:
+        return None, None
+    j = int(np.searchsorted(t, at, side="left"))
+    j = min(j, t.size - 1)
+    changed = np.flatnonzero(v[1:] != v[:-1]) + 1  # readings that differ from their predecessor
+    k = int(np.searchsorted(changed, j, side="right"))  # changes up to reading j
+    began: float | None = None
+    if k > 0 and changed[k - 1] + 1 < t.size:  # the run starts at reading changed[k − 1]
+        began = float(t[changed[k - 1] + 1])
+    ended = float(t[changed[k]]) if k < changed.size else None
+    return began, ended

@@ -450,3 +450,93 @@ def test_window_history_is_cached_until_its_windows_change(api_system: ApiSystem
     finally:
         db_fetch(api_system, update, LEAKING, first["window_start"], original)
     assert _poll_sent(api_system, params, original) == pytest.approx(original)
+
+
+def test_incidents_group_the_leaks_alerts_with_their_timeline(api_system: ApiSystem) -> None:
+    """The leak's imbalance and the alerts on the exchange's meters are one incident; its
+    timeline holds their events in order (an acknowledgement too); a partner sees the
+    incident with only the alerts it may see; filters and unknown ids answer as for alerts."""
+    net = api_system.network
+    leaking = next(e for e in net.exchanges if e.id == LEAKING)
+    related = {LEAKING, *leaking.sent, *leaking.received}
+    alerts = [a for a in get(api_system, "/api/v1/alerts")["items"] if a["subject"] in related]
+    imbalance = next(a for a in alerts if a["rule"] == "imbalance")
+    others = [a for a in alerts if a["id"] != imbalance["id"] and a["rule"] == "meter_suspect"]
+    assert others, "the leak named no suspect meter"
+    incident_id = imbalance["incident_id"]
+    assert incident_id is not None
+    assert all(a["incident_id"] == incident_id for a in others)  # same episode, same incident
+
+    listed = get(api_system, "/api/v1/incidents")["items"]
+    mine = next(i for i in listed if i["id"] == incident_id)
+    assert (mine["subject"], mine["subject_kind"]) == (LEAKING, "exchange")
+    assert mine["status"] == "open" and mine["resolved_at"] is None  # the leak goes on
+    assert {"imbalance", "meter_suspect"} <= set(mine["rules"])
+    assert set(mine["alert_ids"]) >= {imbalance["id"], *(a["id"] for a in others)}
+    assert mine["started_at"] == min(
+        a["started_at"] for a in alerts if a["incident_id"] == mine["id"]
+    )
+    assert all(
+        i["status"] == "open" for i in get(api_system, "/api/v1/incidents", status="open")["items"]
+    )
+    assert incident_id not in {
+        i["id"] for i in get(api_system, "/api/v1/incidents", status="resolved")["items"]
+    }
+
+    suspect = others[0]
+    response = httpx.post(
+        f"{api_system.base_url}/api/v1/alerts/{suspect['id']}/ack",
+        headers=api_system.headers("operator"),
+    )
+    assert response.status_code == 200
+    detail = get(api_system, f"/api/v1/incidents/{incident_id}")
+    assert {a["id"] for a in detail["alerts"]} == set(mine["alert_ids"])
+    timeline = detail["timeline"]
+    times = [datetime.fromisoformat(e["at"]) for e in timeline]
+    assert times == sorted(times)
+    firing = {e["alert_id"]: e["at"] for e in timeline if e["event"] == "firing"}
+    assert set(firing) == set(mine["alert_ids"])
+    for a in detail["alerts"]:
+        assert datetime.fromisoformat(firing[a["id"]]) == datetime.fromisoformat(a["started_at"])
+    acks = [e for e in timeline if e["event"] == "acknowledged" and e["alert_id"] == suspect["id"]]
+    assert len(acks) == 1 and acks[0]["by"].startswith("operator#")
+
+    # the provider sees the incident with the exchange's alerts but not those on the
+    # receiver's meters; a partner with nothing to do with it does not see it at all
+    async def token(partner: str) -> str:
+        from api.tokens import create_token
+
+        conn = await asyncpg.connect(asyncpg_dsn(api_system.database_url))
+        try:
+            return (await create_token(conn, "partner", partner, name="test")).token
+        finally:
+            await conn.close()
+
+    provider = {"Authorization": f"Bearer {asyncio.run(token(leaking.provider))}"}
+    seen = httpx.get(f"{api_system.base_url}/api/v1/incidents/{incident_id}", headers=provider)
+    assert seen.status_code == 200, seen.text
+    as_provider = seen.json()
+    theirs = {m.id for m in net.meters if m.partner == leaking.provider}
+    visible = {a["id"] for a in detail["alerts"] if a["subject"] in {LEAKING} | theirs}
+    assert imbalance["id"] in visible and suspect["id"] not in visible
+    assert {a["id"] for a in as_provider["alerts"]} == set(as_provider["alert_ids"]) == visible
+    assert {e["alert_id"] for e in as_provider["timeline"]} <= visible
+    assert suspect["subject"] not in json.dumps(as_provider)
+    listed_by_provider = httpx.get(f"{api_system.base_url}/api/v1/incidents", headers=provider)
+    assert incident_id in {i["id"] for i in listed_by_provider.json()["items"]}
+    foreign = httpx.get(
+        f"{api_system.base_url}/api/v1/incidents/{incident_id}",
+        headers=api_system.headers("partner:gyproc"),
+    )
+    assert foreign.status_code == 404
+
+    for path, params, status in (
+        ("/api/v1/incidents/999999999", {}, 404),
+        ("/api/v1/incidents/0", {}, 404),
+        ("/api/v1/incidents", {"status": "firing"}, 422),
+        ("/api/v1/incidents", {"since": "yesterday"}, 422),
+    ):
+        response = httpx.get(
+            f"{api_system.base_url}{path}", headers=api_system.headers("admin"), params=params
+        )
+        assert response.status_code == status, (path, params, response.text)

@@ -51,6 +51,8 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/alerts"): Rule(EVERYONE),
     ("GET", "/api/v1/alerts/{alert_id}"): Rule(EVERYONE),
     ("POST", "/api/v1/alerts/{alert_id}/ack"): Rule(frozenset({ADMIN, OPERATOR})),
+    ("GET", "/api/v1/incidents"): Rule(EVERYONE),
+    ("GET", "/api/v1/incidents/{incident_id}"): Rule(EVERYONE),
     ("GET", "/api/v1/partners/{partner_id}/statements"): Rule(READERS),
     ("GET", "/api/v1/partners/{partner_id}/statements/{month}"): Rule(READERS),
     ("GET", "/api/v1/partners/{partner_id}/statements/{month}/revisions"): Rule(READERS),
@@ -147,26 +149,40 @@ def params(api_system: ApiSystem) -> Fixtures:
     def exchange_of(partner: str) -> str:
         return next(e.id for e in net.exchanges if partner in (e.provider, e.receiver))
 
-    async def alert_ids() -> dict[str, int]:
+    async def alert_ids() -> tuple[dict[str, int], dict[str, int]]:
         conn = await asyncpg.connect(asyncpg_dsn(api_system.database_url))
         try:
-            own = await conn.fetchval(
-                "SELECT id FROM alerts WHERE subject = $1 ORDER BY id LIMIT 1", LEAKING
+            own = await conn.fetchrow(
+                "SELECT id, incident_id FROM alerts WHERE subject = $1 ORDER BY id LIMIT 1",
+                LEAKING,
             )
-            # an alert about a meter of the foreign partner, as the rules engine writes them
-            foreign = await conn.fetchval(
-                "INSERT INTO alerts (fingerprint, rule, subject, subject_kind, severity, status,"
-                " started_at, summary) VALUES ($1, 'meter_stale', $2, 'meter', 'warning',"
-                " 'firing', now(), 'test alert') RETURNING id",
-                f"meter_stale:{meter_of(FOREIGN)}",
+            # an alert about a meter of the foreign partner, in an incident of its own, as the
+            # rules engine writes them
+            incident = await conn.fetchval(
+                "INSERT INTO incidents (subject, subject_kind, status, severity, started_at)"
+                " VALUES ($1, 'meter', 'open', 'warning', now()) RETURNING id",
                 meter_of(FOREIGN),
             )
-            return {OWN: own, FOREIGN: foreign}
+            foreign = await conn.fetchval(
+                "INSERT INTO alerts (fingerprint, rule, subject, subject_kind, severity, status,"
+                " started_at, summary, incident_id) VALUES ($1, 'meter_stale', $2, 'meter',"
+                " 'warning', 'firing', now(), 'test alert', $3) RETURNING id",
+                f"meter_stale:{meter_of(FOREIGN)}",
+                meter_of(FOREIGN),
+                incident,
+            )
+            if own is None:
+                return {}, {}
+            return (
+                {OWN: own["id"], FOREIGN: foreign},
+                {OWN: own["incident_id"], FOREIGN: incident},
+            )
         finally:
             await conn.close()
 
-    alerts = asyncio.run(alert_ids())
-    assert alerts[OWN] is not None, "the leak raised no alert to test with"
+    alerts, incidents = asyncio.run(alert_ids())
+    assert alerts.get(OWN) is not None, "the leak raised no alert to test with"
+    assert incidents[OWN] is not None, "the leak's alert is in no incident"
     month = datetime.now(UTC) - timedelta(days=40)
     previous = f"{month.year:04d}-{month.month:02d}"
     values = {}
@@ -176,6 +192,7 @@ def params(api_system: ApiSystem) -> Fixtures:
             "exchange_id": LEAKING if partner == OWN else exchange_of(partner),
             "partner_id": partner,
             "alert_id": str(alerts[partner]),
+            "incident_id": str(incidents[partner]),
             "month": previous,
         }
     assert values[FOREIGN]["exchange_id"] not in {
@@ -212,7 +229,7 @@ def _expected(rule: Rule, role: str | None, token: str | None, partner: str) -> 
     return rule.ok
 
 
-PARTNER_PATHS = ("{meter_id}", "{exchange_id}", "{partner_id}", "{alert_id}")
+PARTNER_PATHS = ("{meter_id}", "{exchange_id}", "{partner_id}", "{alert_id}", "{incident_id}")
 
 
 @pytest.mark.parametrize("caller", list(CALLERS))
@@ -253,6 +270,10 @@ def test_partner_lists_hold_only_its_own(api_system: ApiSystem, params: Fixtures
         alerts = client.get("/api/v1/alerts", headers=headers).json()["items"]
         network = client.get("/api/v1/network", headers=headers).json()
         admin_alerts = client.get("/api/v1/alerts", headers=api_system.headers("admin")).json()
+        incidents = client.get("/api/v1/incidents", headers=headers).json()["items"]
+        admin_incidents = client.get(
+            "/api/v1/incidents", headers=api_system.headers("admin")
+        ).json()["items"]
     assert {e["id"] for e in live["exchanges"]} == {
         e.id for e in api_system.network.exchanges if OWN in (e.provider, e.receiver)
     }
@@ -263,6 +284,10 @@ def test_partner_lists_hold_only_its_own(api_system: ApiSystem, params: Fixtures
     assert len(admin_alerts["items"]) > len(alerts)  # the foreign alert exists, but not for OWN
     assert {e["id"] for e in network["exchanges"]} <= mine
     assert {m["id"] for m in network["meters"]} <= mine
+    # incidents: only those with an alert it may see, and of them only those alerts
+    assert incidents and all(i["subject"] in mine for i in incidents)
+    assert {a for i in incidents for a in i["alert_ids"]} <= {a["id"] for a in alerts}
+    assert len(admin_incidents) > len(incidents)  # the foreign alert's incident
 
 
 def test_failed_auth_is_logged_without_the_token(

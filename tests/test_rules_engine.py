@@ -557,8 +557,11 @@ def test_two_workers_equal_one_worker(database_url: str, second_database_url: st
     assert sum("t-use" in r["suspects"] for r in rec_one) > 24
 
     # Alerts are not compared: see test_alert_replay_waits_for_earlier_windows_of_other_workers
-    alerts = asyncio.run(_fetch(second_database_url, "SELECT fingerprint, started_at FROM alerts"))
-    assert ("imbalance:water", datetime(2026, 5, 6, 11, tzinfo=UTC)) in {tuple(a) for a in alerts}
+    alerts = asyncio.run(
+        _fetch(second_database_url, "SELECT fingerprint, started_at, detected_at FROM alerts")
+    )
+    leak = (datetime(2026, 5, 6, 9, tzinfo=UTC), datetime(2026, 5, 6, 11, tzinfo=UTC))
+    assert ("imbalance:water", *leak) in {tuple(a) for a in alerts}
     assert asyncio.run(_dirty_left(database_url)) == (0, 0)
     assert asyncio.run(_dirty_left(second_database_url)) == (0, 0)
 
@@ -630,8 +633,10 @@ def test_alert_lifecycle_leak_acknowledge_stale_and_inhibition(database_url: str
             assert [r["fingerprint"] for r in imb] == ["imbalance:heat-a"]  # heat-b inhibited
             alert = imb[0]
             assert (alert["subject"], alert["subject_kind"]) == ("heat-a", "exchange")
-            # fires at the end of the second imbalanced window, resolves after two clean ones
-            assert (alert["started_at"], alert["resolved_at"]) == (at(6), at(12))
+            # seen at the end of the second imbalanced window and after two clean ones; the
+            # episode itself runs from the first imbalanced window to the first clean one
+            assert (alert["detected_at"], alert["resolve_detected_at"]) == (at(6), at(12))
+            assert (alert["started_at"], alert["resolved_at"]) == (at(4), at(10))
             assert alert["status"] == "resolved"
             assert alert["severity"] in ("warning", "critical")
             assert "heat-a" in alert["summary"] and "\n" not in alert["summary"]
@@ -641,13 +646,19 @@ def test_alert_lifecycle_leak_acknowledge_stale_and_inhibition(database_url: str
                 "SELECT kind, at FROM alert_events WHERE alert_id = $1 ORDER BY id", alert["id"]
             )
             assert [(e["kind"], e["at"]) for e in events] == [
-                ("firing", at(6)),
-                ("resolved", at(12)),
+                ("firing", at(4)),
+                ("resolved", at(10)),
             ]
 
-            # br's windows 14 and 15 end with a 6-minute silence: stale at 15:00 and 16:00
-            stale_br = await conn.fetch("SELECT * FROM alerts WHERE fingerprint = 'meter_stale:br'")
-            assert [(r["started_at"], r["resolved_at"]) for r in stale_br] == [(at(15), at(17))]
+            # br's windows 14 and 15 end with a 6-minute silence: stale from 3 minutes after
+            # its last reading (14:54, 15:54) to its next one (15:00, 16:00)
+            stale_br = await conn.fetch(
+                "SELECT * FROM alerts WHERE fingerprint = 'meter_stale:br' ORDER BY started_at"
+            )
+            assert [(r["started_at"], r["resolved_at"]) for r in stale_br] == [
+                (at(14, 57), at(15)),
+                (at(15, 57), at(16)),
+            ]
             ex_b = await conn.fetch(
                 "SELECT window_start, status FROM exchange_windows WHERE exchange_id = 'heat-b'"
                 " AND window_start IN ($1, $2)",
@@ -681,7 +692,9 @@ def test_alert_lifecycle_leak_acknowledge_stale_and_inhibition(database_url: str
             await engine.periodic(conn, end + MINUTE)  # again: no duplicate
             stale = await conn.fetch("SELECT * FROM alerts WHERE fingerprint = 'meter_stale:ar'")
             assert len(stale) == 1
-            assert (stale[0]["status"], stale[0]["started_at"]) == ("firing", end)
+            # stale since its last reading (22:59) plus 3 × its interval, seen at 23:30
+            assert (stale[0]["status"], stale[0]["started_at"]) == ("firing", at(23, 2))
+            assert stale[0]["detected_at"] == end
             assert orjson.loads(stale[0]["details"])["last_reading"] == at(22, 59).isoformat()
             stale_events = await conn.fetch(
                 "SELECT kind FROM alert_events WHERE alert_id = $1", stale[0]["id"]
@@ -743,8 +756,12 @@ def test_alert_replay_waits_for_earlier_windows_of_other_workers(database_url: s
             await conn_b.close()
 
     alerts = asyncio.run(go())
-    # one worker: fires at the end of the second imbalanced window, resolves after two clean
+    # one worker: seen at the end of the second imbalanced window and after two clean ones;
+    # the episode runs from the first imbalanced window (04:00) to the first clean one (10:00)
     assert [(r["started_at"], r["resolved_at"]) for r in alerts] == [
+        (day + 4 * HOUR, day + 10 * HOUR)
+    ]
+    assert [(r["detected_at"], r["resolve_detected_at"]) for r in alerts] == [
         (day + 6 * HOUR, day + 12 * HOUR)
     ]
 

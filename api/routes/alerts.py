@@ -58,7 +58,7 @@ async def alerts(
     more = len(rows) > limit
     rows = rows[:limit]
     return {
-        "items": [scope.redact_alert(lifecycle.alert_json(r)) for r in rows],
+        "items": [scope.redact_alert(lifecycle.alert_view(r)) for r in rows],
         "next_cursor": str(rows[-1]["id"]) if more else None,
     }
 
@@ -74,7 +74,7 @@ async def _visible(state: State, caller: Caller, alert_id: int) -> Any:
 async def alert(alert_id: int, state: State, caller: AlertReader) -> dict[str, Any]:
     if not 1 <= alert_id < 2**63:
         raise not_found("alert", str(alert_id))
-    return caller.scope.redact_alert(lifecycle.alert_json(await _visible(state, caller, alert_id)))
+    return caller.scope.redact_alert(lifecycle.alert_view(await _visible(state, caller, alert_id)))
 
 
 @router.post("/alerts/{alert_id}/ack", response_model=AlertOut)
@@ -98,4 +98,4 @@ async def acknowledge(
         )
     if row is None:
         raise not_found("alert", str(alert_id))
-    return caller.scope.redact_alert(lifecycle.alert_json(row))
+    return caller.scope.redact_alert(lifecycle.alert_view(row))
