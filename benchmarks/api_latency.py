@@ -45,12 +45,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import math
-import os
 import random
-import resource
 import secrets
 import signal
 import socket
@@ -59,7 +56,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -74,34 +71,19 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.clients import QoS1Publisher, write_section  # noqa: E402
-from benchmarks.ingest_throughput import (  # noqa: E402
-    BenchError,
-    add_common_arguments,
-    cpu_seconds,
-    fetch,
-    loadavg,
-    log,
-    machine,
-    machine_busy,
-    percentile,
-    wait_quiet,
-)
-from benchmarks.rules_engine import Service, _clean_env  # noqa: E402
-from core.apply import apply_network  # noqa: E402
-from core.db import asyncpg_dsn, upgrade  # noqa: E402
+from benchmarks.clients import QoS1Publisher, split_url  # noqa: E402
+from benchmarks.harness import BenchError, arguments, log, postgres, proc, reports, services  # noqa: E402
+from benchmarks.harness.reports import mib, secs  # noqa: E402
+from core.db import asyncpg_dsn  # noqa: E402
 from core.network import Network, ReadingType, load_network  # noqa: E402
 from core.simulate import parse_fault, simulate  # noqa: E402
-from tests.services import (  # noqa: E402
-    Mosquitto,
-    create_database,
-    drop_database,
-    free_port,
-    system_postgres_url,
-    wait_port,
-)
+from tests.services import Mosquitto, free_port, wait_port  # noqa: E402
 
 SECTION = "## API (issue 5: speed)"
+ON_MACHINE = (
+    "Everything (PostgreSQL, broker, ingest, rules, API, publisher, load generator, harness) "
+    "on this machine."
+)
 NETWORK_FILE = ROOT / "examples" / "kalundborg.yaml"
 LEAKING = "steam-asnaes-novo"  # leaks 25 % from the start of the backfill, as in the API tests
 WINDOWS_EXCHANGE = LEAKING
@@ -111,6 +93,8 @@ RULES_WORKER = "bench-api-rules"
 TARGET_LIVE_P99_S = 0.050
 TARGET_WINDOWS_P99_S = 0.100
 PUB_WINDOW = 1000  # unacknowledged messages the publisher allows itself
+# What the code measured is: its commit, and which of these differ from it.
+CODE_PATHS = ("api", "core", "ingest", "rules", "benchmarks")
 
 
 def faults_for(start: datetime) -> list[str]:
@@ -118,6 +102,9 @@ def faults_for(start: datetime) -> list[str]:
 
 
 # --------------------------------------------------------------------------------- options
+
+
+QUIET_WAIT = 60.0  # the default of --quiet-wait on this benchmark's own command line
 
 
 @dataclass
@@ -137,12 +124,39 @@ class Options:
     pool_size: int | None = None  # SYMBIONT_API_POOL_SIZE for the API (None: its default)
     windows_cache_mb: float | None = None  # SYMBIONT_API_WINDOWS_CACHE_MB (None: its default)
     profile: Path | None = None  # directory for py-spy profiles of the API (collapsed stacks)
-    quiet_wait: float = 60.0
+    quiet_wait: float = QUIET_WAIT
     write: Path | None = ROOT / "BENCHMARKS.md"
     command: str = ""
 
 
+DESCRIPTION = "API latency under load and live streams (benchmarks/api_latency.py)."
+# --quick: small sizes for a smoke run
+QUICK = {
+    "days": 3,
+    "seconds": 10.0,
+    "hold_seconds": 10.0,
+    "streams": 50,
+    "warmup": 5.0,
+    "quiet_wait": 3.0,
+}
+
+
 # -------------------------------------------------------------------------- the publisher
+
+
+def publish_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", required=True)
+    p.add_argument("--client-id", required=True)
+    p.add_argument("--network", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--fault", action="append", default=[])
+    p.add_argument("--sim-start", required=True, help="the backfill's start (ISO)")
+    p.add_argument("--live-from", type=float, required=True, help="the backfill's end (epoch)")
+    p.add_argument("--rate", type=float, required=True, help="readings/s")
+    p.add_argument("--per-message", type=int, required=True)
+    p.add_argument("--late-per-s", type=float, default=0.0)
+    p.add_argument("--max-seconds", type=float, required=True)
+    p.add_argument("--ready-file", required=True)
 
 
 def run_publish(args: argparse.Namespace) -> dict[str, Any]:
@@ -236,7 +250,6 @@ def run_publish(args: argparse.Namespace) -> dict[str, Any]:
         pub.wait_acked()
     finally:
         pub.close()
-    usage = resource.getrusage(resource.RUSAGE_SELF)
     span = last_at - first
     return {
         "published": published + late,
@@ -250,7 +263,7 @@ def run_publish(args: argparse.Namespace) -> dict[str, Any]:
         "meters": n,
         "late_meters": [mid for _, mid in late_meters],
         "per_second": sorted(per_second.items()),
-        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "cpu_s": proc.rusage_cpu(),
     }
 
 
@@ -330,14 +343,22 @@ def request_bytes(host: str, port: int, path: str, token: str, accept: str) -> b
     ).encode()
 
 
+def load_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", required=True)
+    p.add_argument("--path", required=True)
+    p.add_argument("--token", required=True)
+    p.add_argument("--rate", type=float, required=True)
+    p.add_argument("--duration", type=float, required=True)
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--grace", type=float, default=30.0, help="wait after the last send")
+
+
 async def open_loop(args: argparse.Namespace) -> dict[str, Any]:
     """Requests due at t0 + i / rate, each on the first free connection; latency from when it
     was due to the end of its response."""
-    host, _, port_text = args.url.split("://", 1)[1].rstrip("/").partition(":")
-    port = int(port_text)
+    host, port = split_url(args.url.rstrip("/"))
     request = request_bytes(host, port, args.path, args.token, "application/json")
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    startup_cpu = usage.ru_utime + usage.ru_stime
+    startup_cpu = proc.rusage_cpu()
     idle: asyncio.Queue[HttpConnection] = asyncio.Queue()
     for _ in range(args.connections):
         conn = HttpConnection(host, port)
@@ -345,7 +366,7 @@ async def open_loop(args: argparse.Namespace) -> dict[str, Any]:
         idle.put_nowait(conn)
     loop = asyncio.get_running_loop()
     total = int(args.rate * args.duration)
-    results: list[list[float]] = []
+    results: list[list[float | None]] = []
     errors: list[str] = []
     reconnects = 0
     t0 = loop.time() + 0.2
@@ -395,7 +416,6 @@ async def open_loop(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.wait(list(tasks), timeout=5)
     while not idle.empty():
         idle.get_nowait().close()
-    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "requests": total,
         "results": results,
@@ -405,17 +425,22 @@ async def open_loop(args: argparse.Namespace) -> dict[str, Any]:
         "unanswered": unanswered,
         "started_at": wall0,
         "span_s": ended - t0,
-        "cpu_s": usage.ru_utime + usage.ru_stime - startup_cpu,
+        "cpu_s": proc.rusage_cpu() - startup_cpu,
     }
+
+
+def sse_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", required=True)
+    p.add_argument("--path", required=True)
+    p.add_argument("--token", action="append", required=True, help="LABEL:TOKEN:COUNT")
+    p.add_argument("--hold", type=float, required=True)
 
 
 async def hold_streams(args: argparse.Namespace) -> dict[str, Any]:
     """Open every stream at once, hold them ``hold`` s after the last one answered, count
     what each received; then close them all."""
-    host, _, port_text = args.url.split("://", 1)[1].rstrip("/").partition(":")
-    port = int(port_text)
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    startup_cpu = usage.ru_utime + usage.ru_stime
+    host, port = split_url(args.url.rstrip("/"))
+    startup_cpu = proc.rusage_cpu()
     plan: list[tuple[str, str]] = []
     for spec in args.token:
         label, token, count = spec.split(":", 2)
@@ -509,129 +534,70 @@ async def hold_streams(args: argparse.Namespace) -> dict[str, Any]:
         }
         for key, times in arrivals.items()
     ]
-    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "streams": [{**s, "counts": dict(s["counts"])} for s in streams],
         "open_s": all_open - t_open,
         "held_from": wall_open,
         "closed_at": closed,
         "events": spreads,
-        "cpu_s": usage.ru_utime + usage.ru_stime - startup_cpu,
+        "cpu_s": proc.rusage_cpu() - startup_cpu,
     }
 
 
 # ------------------------------------------------------------------------------ processes
 
 
-def read_status_kib(pid: int | None, key: str) -> int | None:
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def backend_cpu(url: str) -> dict[int, tuple[str, float]]:
-    """CPU seconds of every PostgreSQL backend of the benchmark database, by pid."""
-    rows = fetch(
-        url,
-        "SELECT pid, application_name FROM pg_stat_activity WHERE datname = current_database()"
-        " AND pid <> pg_backend_pid()",
-    )
-    out: dict[int, tuple[str, float]] = {}
-    for r in rows:
-        cpu = cpu_seconds(r["pid"])
-        if cpu is not None:
-            out[r["pid"]] = (r["application_name"] or "", cpu)
-    return out
-
-
 GROUPS = ("api", "api_pg", "rules", "rules_pg", "ingest", "ingest_pg", "broker", "publisher")
+# The PostgreSQL backends of each service, by the prefix of their application_name.
+BACKEND_GROUPS = {
+    "api_pg": "symbiont-api",
+    "rules_pg": "symbiont-rules",
+    "ingest_pg": "symbiont-ingest",
+}
 
 
 @dataclass
 class Processes:
     url: str
-    api: Service
-    rules: Service
-    ingest: Service
+    api: services.Service
+    rules: services.Service
+    ingest: services.Service
     broker: Mosquitto
     publisher: subprocess.Popen[bytes] | None = None
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "t": time.time(),
-            "api": cpu_seconds(self.api.pid),
-            "rules": cpu_seconds(self.rules.pid),
-            "ingest": cpu_seconds(self.ingest.pid),
-            "broker": cpu_seconds(self.broker.pid),
-            "publisher": cpu_seconds(self.publisher.pid if self.publisher else None),
-            "machine": machine_busy(),
-            "backends": backend_cpu(self.url),
-            "rss": read_status_kib(self.api.pid, "VmRSS"),
+    def snapshot(self) -> proc.Snapshot:
+        """CPU seconds of every process and of their backends, and the API's VmRSS."""
+        pids = {
+            "api": self.api.pid,
+            "rules": self.rules.pid,
+            "ingest": self.ingest.pid,
+            "broker": self.broker.pid,
+            "publisher": self.publisher.pid if self.publisher else None,
         }
+        return proc.snapshot(pids, backends=lambda: postgres.backend_cpu(self.url), rss_of=("api",))
 
 
-def cpu_spent(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float | None]:
+def cpu_spent(a: proc.Snapshot, b: proc.Snapshot) -> dict[str, float | None]:
     """CPU seconds per group between two snapshots (backends by application name; one that
     appeared in between counts from zero)."""
-    out: dict[str, float | None] = {}
-    for key in ("api", "rules", "ingest", "broker", "publisher", "machine"):
-        out[key] = None if a[key] is None or b[key] is None else b[key] - a[key]
-    for group, prefix in (
-        ("api_pg", "symbiont-api"),
-        ("rules_pg", "symbiont-rules"),
-        ("ingest_pg", "symbiont-ingest"),
-    ):
-        total = 0.0
-        for pid, (name, cpu) in b["backends"].items():
-            if name.startswith(prefix):
-                total += cpu - a["backends"].get(pid, (name, 0.0))[1]
-        out[group] = total
-    out["wall"] = b["t"] - a["t"]
-    return out
+    return proc.spent(a, b, BACKEND_GROUPS)
 
 
 def run_client(
     cmd: Sequence[str], procs: Processes, timeout: float
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+) -> tuple[dict[str, Any], list[proc.Snapshot]]:
     """A client role as a process; samples the processes every second while it runs. Returns
     its JSON result and the samples (first before it started, last after it ended)."""
     samples = [procs.snapshot()]
-    proc = subprocess.Popen(
+    result = services.run_json(
         [sys.executable, "-m", "benchmarks.api_latency", *cmd],
-        cwd=ROOT,
-        env=_clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        what=cmd[0],
+        env=services.clean_env(),
+        timeout=timeout,
+        tick=lambda: samples.append(procs.snapshot()),
+        interval=1.0,
     )
-    out: list[bytes] = []
-    err: list[bytes] = []
-    readers = [
-        threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True),  # type: ignore[union-attr]
-        threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True),  # type: ignore[union-attr]
-    ]
-    for r in readers:
-        r.start()
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None:
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise BenchError(f"{cmd[0]} did not finish within {timeout:.0f} s")
-        time.sleep(1.0)
-        samples.append(procs.snapshot())
-    for r in readers:
-        r.join(10)
     samples.append(procs.snapshot())
-    if proc.returncode != 0:
-        raise BenchError(f"{cmd[0]} failed:\n{b''.join(err).decode()[-3000:]}")
-    lines = [line for line in b"".join(out).splitlines() if line.startswith(b"{")]
-    result: dict[str, Any] = orjson.loads(lines[-1])
     return result, samples
 
 
@@ -666,8 +632,7 @@ class HttpPhase:
         return sorted(r[1] for r in self.result["results"])
 
     def p(self, q: float) -> float:
-        values = self.latencies
-        return percentile(values, q) if values else math.nan
+        return reports.percentile_of(self.latencies, q)
 
     @property
     def achieved(self) -> float:
@@ -682,20 +647,15 @@ class HttpPhase:
     @property
     def body_bytes(self) -> int:
         sizes = sorted(r[3] for r in self.ok)
-        return sizes[len(sizes) // 2] if sizes else 0
+        return int(sizes[len(sizes) // 2]) if sizes else 0
 
     @property
     def max_send_lag(self) -> float:
         return max((r[4] for r in self.result["results"] if r[4] is not None), default=0.0)
 
     def by_phase(self, step: float = 10.0) -> list[tuple[str, int, float]]:
-        groups: dict[int, list[float]] = defaultdict(list)
-        for r in self.result["results"]:
-            groups[int(r[0] // step)].append(r[1])
-        return [
-            (f"{int(k * step)}–{int((k + 1) * step)} s", len(v), percentile(sorted(v), 99))
-            for k, v in sorted(groups.items())
-        ]
+        groups = reports.by_interval(((r[0], r[1]) for r in self.result["results"]), step)
+        return [(label, len(v), reports.percentile(v, 99)) for label, v in groups]
 
 
 @dataclass
@@ -761,7 +721,7 @@ def http_phase(
         opts.connections,
         result,
         cpu_spent(samples[0], samples[-1]),
-        [s["rss"] for s in samples if s["rss"]],
+        [rss for s in samples if (rss := s.rss_kib["api"])],
         before,
         scrape(base),
     )
@@ -774,10 +734,8 @@ def http_phase(
 
 def sse_phase(token_specs: list[str], base: str, procs: Processes, opts: Options) -> SsePhase:
     time.sleep(3.0)
-    rss_before = read_status_kib(procs.api.pid, "VmRSS")
-    log(
-        f"sse: {opts.streams} streams held for {opts.hold_seconds:g} s (API RSS {_kib(rss_before)})"
-    )
+    rss_before = procs.api.memory_kib("VmRSS")
+    log(f"sse: {opts.streams} streams held for {opts.hold_seconds:g} s (API RSS {mib(rss_before)})")
     spy = _py_spy(procs, opts, "sse", opts.hold_seconds + 5)
     metrics_during: dict[str, float] = {}
 
@@ -796,18 +754,18 @@ def sse_phase(token_specs: list[str], base: str, procs: Processes, opts: Options
     _py_spy_wait(spy)
     probe.join(5)
     held_from, closed = result["held_from"], result["closed_at"]
-    during = [s for s in samples if held_from <= s["t"] <= closed and s["rss"]]
-    end = samples[-1]["rss"]
-    hwm = read_status_kib(procs.api.pid, "VmHWM")
+    during = [rss for s in samples if held_from <= s.t <= closed and (rss := s.rss_kib["api"])]
+    end = samples[-1].rss_kib["api"]
+    hwm = procs.api.memory_kib("VmHWM")
     time.sleep(10.0)
-    after = read_status_kib(procs.api.pid, "VmRSS")
+    after = procs.api.memory_kib("VmRSS")
     phase = SsePhase(
         opts.streams,
         opts.hold_seconds,
         result,
         cpu_spent(samples[0], samples[-1]),
         rss_before,
-        [s["rss"] for s in during],
+        during,
         end,
         after,
         hwm,
@@ -819,7 +777,7 @@ def sse_phase(token_specs: list[str], base: str, procs: Processes, opts: Options
     ]
     log(
         f"sse: events per stream min {min(counts, default=0)}, max {max(counts, default=0)}; "
-        f"API RSS max {_kib(max(phase.rss_during_kib, default=None))}, after {_kib(after)}"
+        f"API RSS max {mib(max(phase.rss_during_kib, default=None))}, after {mib(after)}"
     )
     return phase
 
@@ -830,9 +788,8 @@ def _py_spy(
     if opts.profile is None or procs.api.pid is None:
         return None
     opts.profile.mkdir(parents=True, exist_ok=True)
-    spy = Path(sys.executable).parent / "py-spy"
     cmd = [
-        str(spy), "record", "--pid", str(procs.api.pid), "--rate", "100",
+        str(services.PY_SPY), "record", "--pid", str(procs.api.pid), "--rate", "100",
         "--duration", str(int(seconds)), "--nonblocking",
         "--format", "raw", "-o", str(opts.profile / f"api-{name}.txt"),
     ]  # fmt: skip
@@ -860,6 +817,7 @@ class Prepared:
 
 
 async def prepare(url: str, net: Network, opts: Options) -> Prepared:
+    """The backfill and the tokens, in a database with the network applied."""
     dsn = asyncpg_dsn(url)
     end = datetime.now(UTC).replace(second=0, microsecond=0)
     start = end - timedelta(days=opts.days)
@@ -868,7 +826,6 @@ async def prepare(url: str, net: Network, opts: Options) -> Prepared:
 
     conn = await asyncpg.connect(dsn)
     try:
-        await apply_network(conn, net)
         faults = [parse_fault(f, net) for f in faults_for(start)]
         began = time.perf_counter()
         readings = await write_simulation(dsn, net, start, end, faults=faults, seed=SEED)
@@ -902,7 +859,7 @@ def warm_up(base: str, paths: Sequence[str], token: str, windows_expected: int) 
 
 
 @dataclass
-class Report:
+class Report(reports.RunReport):
     prepared: Prepared | None = None
     once_s: float = 0.0
     api_env: dict[str, str] = field(default_factory=dict)
@@ -915,38 +872,32 @@ class Report:
     api_rss_start_kib: int | None = None
     windows_path: str = ""
     windows_count: int = 0
-    load_before: str = ""
-    load_after: str = ""
-    seconds: float = 0.0
-    code: str = ""
     workdir: str = ""
 
 
 def run(opts: Options) -> Report:
-    report = Report(load_before=loadavg(), code=code_version())
-    began = time.monotonic()
-    workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"symbiont-abench-{os.getpid()}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    report.workdir = str(workdir)
-    log(f"logs in {workdir}")
-    net = load_network(NETWORK_FILE)
-    admin = system_postgres_url()
-    name = f"symbiont_abench_{os.getpid()}_{secrets.token_hex(3)}"
-    wait_quiet(opts.quiet_wait)
-    url = create_database(admin, name)
+    report = Report(code=reports.code_version(*CODE_PATHS))
     try:
-        upgrade(url)
-        log(f"set-up: {opts.days} days of the example network (write_simulation)")
-        prep = asyncio.run(prepare(url, net, opts))
-        report.prepared = prep
-        log(f"set-up: {prep.readings:,} readings in {prep.load_s:.1f} s; symbiont rules --once")
-        with Mosquitto(autosave_interval=1) as broker:
-            _measure(url, net, prep, broker, opts, workdir, report)
+        with reports.timed_run(report):
+            workdir = services.make_workdir("abench")
+            report.workdir = str(workdir)
+            net = load_network(NETWORK_FILE)
+            proc.wait_quiet(opts.quiet_wait)
+            dbs = postgres.Databases(net, "abench")
+            try:
+                url = dbs.fresh("api")
+                log(f"set-up: {opts.days} days of the example network (write_simulation)")
+                prep = asyncio.run(prepare(url, net, opts))
+                report.prepared = prep
+                log(
+                    f"set-up: {prep.readings:,} readings in {prep.load_s:.1f} s; "
+                    "symbiont rules --once"
+                )
+                with Mosquitto(autosave_interval=1) as broker:
+                    _measure(url, net, prep, broker, opts, workdir, report)
+            finally:
+                dbs.close()
     finally:
-        with contextlib.suppress(Exception):
-            drop_database(admin, name)
-        report.load_after = loadavg()
-        report.seconds = time.monotonic() - began
         save_raw(report)
     return report
 
@@ -960,20 +911,8 @@ def _measure(
     workdir: Path,
     report: Report,
 ) -> None:
-    env = _clean_env()
-    env.update(SYMBIONT_DATABASE_URL=url, SYMBIONT_MQTT_URL=broker.url, SYMBIONT_LOG_LEVEL="INFO")
-    began = time.perf_counter()
-    once = subprocess.run(
-        [sys.executable, "-m", "core.cli", "rules", "--once"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        check=False,
-        timeout=1800,
-    )
-    report.once_s = time.perf_counter() - began
-    if once.returncode != 0:
-        raise BenchError(f"symbiont rules --once failed:\n{once.stderr.decode()[-3000:]}")
+    env = services.service_env(url, broker.url)
+    report.once_s = services.rules_once(env, timeout=1800)
     api_env = dict(env)
     if opts.pool_size is not None:
         api_env["SYMBIONT_API_POOL_SIZE"] = str(opts.pool_size)
@@ -986,25 +925,22 @@ def _measure(
     }
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    ingest = Service(
-        "ingest",
-        ["ingest", "--client-id", f"bench-api-ingest-{secrets.token_hex(3)}"],
-        env,
-        workdir / "ingest.log",
+    ingest = services.ingest_service(
+        env, f"bench-api-ingest-{secrets.token_hex(3)}", workdir / "ingest.log"
     )
-    rules = Service("rules", ["rules", "--worker-id", RULES_WORKER], env, workdir / "rules.log")
-    api = Service("api", ["api", "--port", str(port)], api_env, workdir / "api.log")
+    rules = services.rules_service(env, RULES_WORKER, workdir / "rules.log")
+    api = services.Service("api", ["api", "--port", str(port)], api_env, workdir / "api.log")
     procs = Processes(url, api, rules, ingest, broker)
     publisher: subprocess.Popen[bytes] | None = None
     try:
         ingest.start()
-        ingest.wait_log(b"connected to mqtt://")
+        ingest.wait_ready()
         api.start()
         wait_port("127.0.0.1", port, timeout=60)
-        report.api_rss_start_kib = read_status_kib(api.pid, "VmRSS")
+        report.api_rss_start_kib = api.memory_kib("VmRSS")
         if opts.rules:
             rules.start()
-            rules.wait_log(b"rules worker")
+            rules.wait_ready()
         ready = workdir / "publisher.ready"
         ready.unlink(missing_ok=True)
         phases = 2 + len(opts.windows_extra_rates)
@@ -1024,7 +960,9 @@ def _measure(
             (workdir / "publisher.out").open("wb") as out,
             (workdir / "publisher.log").open("wb") as err,
         ):
-            publisher = subprocess.Popen(cmd, cwd=ROOT, env=_clean_env(), stdout=out, stderr=err)
+            publisher = subprocess.Popen(
+                cmd, cwd=ROOT, env=services.clean_env(), stdout=out, stderr=err
+            )
         procs.publisher = publisher
         deadline = time.monotonic() + 300
         while not ready.exists():
@@ -1075,7 +1013,7 @@ def _measure(
         expected = report.publisher["readings"] + report.publisher["late"]
         deadline = time.monotonic() + 120
         while True:
-            report.stored = fetch(
+            report.stored = postgres.fetch(
                 url, "SELECT count(*) AS n FROM readings WHERE received_at >= $1", published_from
             )[0]["n"]
             if report.stored >= expected or time.monotonic() > deadline:
@@ -1083,7 +1021,7 @@ def _measure(
             time.sleep(0.5)
         report.alert_events = {
             f"{r['rule']} {r['kind']}": r["n"]
-            for r in fetch(
+            for r in postgres.fetch(
                 url,
                 "SELECT a.rule, e.kind, count(*) AS n FROM alert_events e JOIN alerts a "
                 "ON a.id = e.alert_id WHERE e.at >= $1 GROUP BY 1, 2 ORDER BY 1, 2",
@@ -1104,27 +1042,6 @@ def _measure(
     ][:10]
 
 
-def code_version() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "api", "core", "ingest", "rules", "benchmarks"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.split("\n")
-    except OSError:
-        return "unknown"
-    changed = sorted(line[3:] for line in dirty if line.strip())
-    if not head:
-        return "unknown"
-    return f"commit {head}" + (
-        f" with uncommitted changes in {', '.join(changed)}" if changed else ""
-    )
-
-
 # -------------------------------------------------------------------------------- output
 
 
@@ -1134,28 +1051,17 @@ def _ms(value: float) -> str:
     return f"{value * 1000:,.1f} ms" if value < 0.1 else f"{value * 1000:,.0f} ms"
 
 
-def _kib(kib: int | None) -> str:
-    return f"{kib / 1024:,.0f} MiB" if kib else "n/a"
-
-
-def _s(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1f}"
-
-
 def _others(cpu: dict[str, float | None], client: float) -> float | None:
-    if cpu["machine"] is None:
-        return None
-    ours = sum(cpu[g] or 0.0 for g in GROUPS) + client
-    return max(0.0, cpu["machine"] - ours)
+    return proc.others(cpu["machine"], *(cpu[g] for g in GROUPS), client)
 
 
 def cpu_line(cpu: dict[str, float | None], client: float, client_name: str) -> str:
     return (
-        f"API {_s(cpu['api'])}, its PostgreSQL backends {_s(cpu['api_pg'])}; rules "
-        f"{_s(cpu['rules'])} + backends {_s(cpu['rules_pg'])}; ingest {_s(cpu['ingest'])} + "
-        f"backends {_s(cpu['ingest_pg'])}; Mosquitto {_s(cpu['broker'])}; publisher "
-        f"{_s(cpu['publisher'])}; {client_name} {client:.1f}; everything else "
-        f"{_s(_others(cpu, client))}; whole machine {_s(cpu['machine'])} of "
+        f"API {secs(cpu['api'])}, its PostgreSQL backends {secs(cpu['api_pg'])}; rules "
+        f"{secs(cpu['rules'])} + backends {secs(cpu['rules_pg'])}; ingest {secs(cpu['ingest'])} + "
+        f"backends {secs(cpu['ingest_pg'])}; Mosquitto {secs(cpu['broker'])}; publisher "
+        f"{secs(cpu['publisher'])}; {client_name} {client:.1f}; everything else "
+        f"{secs(_others(cpu, client))}; whole machine {secs(cpu['machine'])} of "
         f"{2 * (cpu['wall'] or 0):.0f} in {cpu['wall'] or 0:.0f} s"
     )
 
@@ -1168,21 +1074,13 @@ def _stats(values: list[int]) -> str:
 
 
 def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
-    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     prep = report.prepared
     assert prep is not None
     pub = report.publisher
     pool = report.api_env.get("SYMBIONT_API_POOL_SIZE", "default (10)")
     cache_mb = report.api_env.get("SYMBIONT_API_WINDOWS_CACHE_MB", "default (64)")
     out = [
-        SECTION,
-        "",
-        f"Measured {now} with `{opts.command}` (from the repository root); code: {report.code}.",
-        "",
-        f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} RAM, Linux "
-        f"{info['kernel']}; {info['postgresql']}; {info['mosquitto']}; Python "
-        f"{info['python']}, asyncpg {info['asyncpg']}. Everything (PostgreSQL, broker, "
-        "ingest, rules, API, publisher, load generator, harness) on this machine.",
+        *reports.heading(SECTION, opts.command, report.code, info, ON_MACHINE, broker=True),
         "",
         f"Set-up: the example network (`examples/kalundborg.yaml`), {opts.days} days of "
         f"simulated readings up to {prep.end:%Y-%m-%d %H:%M} UTC (seed {SEED}, a 25 % leak on "
@@ -1264,9 +1162,7 @@ def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
         "VmRSS of the API process from /proc, CPU seconds from /proc/<pid>/stat and "
         "/proc/stat.",
         "",
-        f"Load average before the run {report.load_before}, after it {report.load_after} "
-        f"(anything else running on the machine competes for the same 2 cores); the whole run "
-        f"took {report.seconds:.0f} s.",
+        report.footer(),
     ]
     return "\n".join(out) + "\n"
 
@@ -1302,8 +1198,8 @@ def sse_lines(sse: SsePhase, opts: Options, rss_start_kib: int | None) -> list[s
     spreads = sorted(e["spread_s"] for e in res["events"] if e["streams"] > 1)
     fan = (
         f"{len(res['events'])} events; the time from an event's first to its last "
-        f"arrival over the streams that got it: p50 {_ms(percentile(spreads, 50))}, p99 "
-        f"{_ms(percentile(spreads, 99))}, max {_ms(spreads[-1])}"
+        f"arrival over the streams that got it: p50 {_ms(reports.percentile(spreads, 50))}, p99 "
+        f"{_ms(reports.percentile(spreads, 99))}, max {_ms(spreads[-1])}"
         if spreads
         else f"{len(res['events'])} distinct events"
     )
@@ -1325,10 +1221,10 @@ def sse_lines(sse: SsePhase, opts: Options, rss_start_kib: int | None) -> list[s
         + " |",
         f"| Events per stream, min / median / max | {per_label} |",
         f"| Fan-out | {fan} |",
-        f"| API RSS (VmRSS) | once started {_kib(rss_start_kib)}; before the streams "
-        f"{_kib(sse.rss_before_kib)}; while held: max "
-        f"{_kib(max(during, default=None))}, at the end {_kib(sse.rss_end_kib)}; 10 s after "
-        f"closing {_kib(sse.rss_after_kib)}; peak since start (VmHWM) {_kib(sse.hwm_kib)} |",
+        f"| API RSS (VmRSS) | once started {mib(rss_start_kib)}; before the streams "
+        f"{mib(sse.rss_before_kib)}; while held: max "
+        f"{mib(max(during, default=None))}, at the end {mib(sse.rss_end_kib)}; 10 s after "
+        f"closing {mib(sse.rss_after_kib)}; peak since start (VmHWM) {mib(sse.hwm_kib)} |",
         f"| Open streams by the API's gauge | {streams_gauge:g} midway, {after_gauge:g} after |"
         if streams_gauge is not None and after_gauge is not None
         else "| Open streams by the API's gauge | n/a |",
@@ -1347,14 +1243,9 @@ def save_raw(report: Report) -> None:
 
 
 def main(opts: Options) -> Report:
-    info = machine()
+    info = reports.machine()
     report = run(opts)
-    text = markdown(report, opts, info)
-    print()
-    print(text)
-    if opts.write is not None:
-        write_section(opts.write, SECTION, text, stop="#")
-        log(f"wrote {opts.write}")
+    reports.publish(markdown(report, opts, info), opts.write, SECTION, stop="#")
     return report
 
 
@@ -1441,18 +1332,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def options(argv: Sequence[str], *, command: str = "") -> Options:
-    """The benchmark's options from its own command line (``benchmarks.run --only api``)."""
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.run --only api",
-        description="API latency under load and live streams (benchmarks/api_latency.py).",
-    )
-    add_arguments(p)
-    add_common_arguments(p)
-    p.set_defaults(quiet_wait=Options().quiet_wait)
-    return from_args(p.parse_args(argv), command=command)
-
-
 def _rates(text: str | None, default: tuple[float, ...]) -> tuple[float, ...]:
     if text is None:
         return default
@@ -1461,87 +1340,27 @@ def _rates(text: str | None, default: tuple[float, ...]) -> tuple[float, ...]:
 
 def from_args(args: argparse.Namespace, *, command: str = "") -> Options:
     """Options from parsed arguments; what ``args`` lacks keeps its default."""
-    d = Options()
-
-    def get(name: str, default: Any) -> Any:
-        return getattr(args, name, default)
-
-    opts = Options(
-        days=get("days", d.days),
-        rate=get("rate", d.rate),
-        windows_extra_rates=_rates(get("windows_extra_rates", None), d.windows_extra_rates),
-        seconds=get("seconds", d.seconds),
-        connections=get("connections", d.connections),
-        ingest_rate=get("ingest_rate", d.ingest_rate),
-        readings_per_message=get("readings_per_message", d.readings_per_message),
-        late_per_s=get("late_per_s", d.late_per_s),
-        streams=get("streams", d.streams),
-        hold_seconds=get("hold_seconds", d.hold_seconds),
-        warmup=get("warmup", d.warmup),
-        rules=not get("without_rules", False),
-        pool_size=get("pool_size", None),
-        windows_cache_mb=get("windows_cache_mb", None),
-        profile=get("profile", None),
-        quiet_wait=get("quiet_wait", d.quiet_wait),
+    return arguments.options_from(
+        Options,
+        args,
+        QUICK,
         command=command,
+        windows_extra_rates=_rates(
+            getattr(args, "windows_extra_rates", None), Options().windows_extra_rates
+        ),
+        rules=not getattr(args, "without_rules", False),
     )
-    quick = get("quick", False)
-    if quick:
-        opts.days = min(opts.days, 3)
-        opts.seconds = min(opts.seconds, 10.0)
-        opts.hold_seconds = min(opts.hold_seconds, 10.0)
-        opts.streams = min(opts.streams, 50)
-        opts.warmup = min(opts.warmup, 5.0)
-        opts.quiet_wait = min(opts.quiet_wait, 3.0)
-    write = get("write", None)
-    if get("no_write", False) or (quick and write is None):
-        opts.write = None
-    elif write is not None:
-        opts.write = write
-    return opts
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """The roles that run as processes of their own, each printing one JSON line: ``publish``
     (readings over MQTT until SIGTERM), ``load`` (open-loop GETs), ``sse`` (live streams)."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.api_latency")
-    sub = parser.add_subparsers(dest="role", required=True)
-    p = sub.add_parser("publish")
-    p.add_argument("--url", required=True)
-    p.add_argument("--client-id", required=True)
-    p.add_argument("--network", required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--fault", action="append", default=[])
-    p.add_argument("--sim-start", required=True, help="the backfill's start (ISO)")
-    p.add_argument("--live-from", type=float, required=True, help="the backfill's end (epoch)")
-    p.add_argument("--rate", type=float, required=True, help="readings/s")
-    p.add_argument("--per-message", type=int, required=True)
-    p.add_argument("--late-per-s", type=float, default=0.0)
-    p.add_argument("--max-seconds", type=float, required=True)
-    p.add_argument("--ready-file", required=True)
-    load = sub.add_parser("load")
-    load.add_argument("--url", required=True)
-    load.add_argument("--path", required=True)
-    load.add_argument("--token", required=True)
-    load.add_argument("--rate", type=float, required=True)
-    load.add_argument("--duration", type=float, required=True)
-    load.add_argument("--connections", type=int, default=32)
-    load.add_argument("--grace", type=float, default=30.0, help="wait after the last send")
-    sse = sub.add_parser("sse")
-    sse.add_argument("--url", required=True)
-    sse.add_argument("--path", required=True)
-    sse.add_argument("--token", action="append", required=True, help="LABEL:TOKEN:COUNT")
-    sse.add_argument("--hold", type=float, required=True)
-    args = parser.parse_args(argv)
-    runner: Callable[[], dict[str, Any]]
-    if args.role == "publish":
-        runner = lambda: run_publish(args)  # noqa: E731
-    elif args.role == "load":
-        runner = lambda: asyncio.run(open_loop(args))  # noqa: E731
-    else:
-        runner = lambda: asyncio.run(hold_streams(args))  # noqa: E731
-    sys.stdout.write(orjson.dumps(runner()).decode() + "\n")
-    return 0
+    roles: dict[str, services.Role] = {
+        "publish": (publish_arguments, run_publish),
+        "load": (load_arguments, lambda args: asyncio.run(open_loop(args))),
+        "sse": (sse_arguments, lambda args: asyncio.run(hold_streams(args))),
+    }
+    return services.role_main("python -m benchmarks.api_latency", roles, argv)
 
 
 if __name__ == "__main__":

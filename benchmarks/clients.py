@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import resource
 import socket
 import struct
 import sys
@@ -29,7 +28,6 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -37,6 +35,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+from benchmarks.harness.proc import rusage_cpu, status_kib
 
 READINGS_FILTER = "symbiont/readings/#"
 
@@ -63,18 +63,6 @@ def make_client(client_id: str, *, manual_ack: bool = False) -> mqtt.Client:
         protocol=mqtt.MQTTv5,
         manual_ack=manual_ack,
     )
-
-
-def vm_hwm_kib(pid: int | str = "self") -> int | None:
-    """Peak resident set size (VmHWM) of a process in KiB, None if it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def create_session(
@@ -158,8 +146,7 @@ def _consume(
     client.on_message = on_message
     timer = threading.Timer(args.timeout, client.disconnect)
     timer.daemon = True
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    startup_cpu = usage.ru_utime + usage.ru_stime
+    startup_cpu = rusage_cpu()
     connect_at = time.time()
     if args.protocol == "5":
         client.connect(host, port, keepalive=60, clean_start=False, properties=session_properties())
@@ -168,15 +155,14 @@ def _consume(
     timer.start()
     client.loop_forever()
     timer.cancel()
-    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "received": drain.count,
         "complete": drain.count >= drain.n,
         "connect_at": connect_at,
         "first_at": drain.first,
         "last_at": drain.last or time.time(),
-        "vm_hwm_kib": vm_hwm_kib(),
-        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "vm_hwm_kib": status_kib(),
+        "cpu_s": rusage_cpu(),
         "startup_cpu_s": startup_cpu,
     }
 
@@ -405,7 +391,6 @@ def run_pace(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         pub.close()
     span = last - first
-    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "published": published,
         "acked": pub.acked,
@@ -413,7 +398,7 @@ def run_pace(args: argparse.Namespace) -> dict[str, Any]:
         "last_at": last,
         "achieved_rate": (published - 1) / span if span > 0 else 0.0,
         "max_behind_s": behind_max,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "cpu_s": rusage_cpu(),
     }
 
 
@@ -448,24 +433,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def write_section(path: Path, section: str, text: str, *, stop: str = "## ") -> None:
-    """Replace the section headed ``section`` in ``path`` (or append it), keeping the rest.
-
-    The section runs from its heading to the next line starting with ``stop``: ``"## "`` for
-    the next section, ``"#"`` for the next heading of any level (so that notes written by hand
-    under a heading of their own stay)."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = old.splitlines()
-    try:
-        start = lines.index(section)
-    except ValueError:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith(stop)), len(lines)
-        )
-        tail = "\n".join(lines[end:])
-        new = "\n".join(lines[:start]) + "\n" + text + ("\n" + tail + "\n" if tail else "")
-    path.write_text(new)

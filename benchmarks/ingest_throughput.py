@@ -36,70 +36,37 @@ too.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import math
 import os
-import platform
 import re
 import secrets
-import shlex
-import signal
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.clients import (  # noqa: E402
-    QoS1Publisher,
-    create_session,
-    vm_hwm_kib,
-    write_section,
-)
-from core.apply import apply_network  # noqa: E402
+from benchmarks.clients import QoS1Publisher, create_session  # noqa: E402
+from benchmarks.harness import BenchError, arguments, log, postgres, proc, reports, services, slug  # noqa: E402
+from benchmarks.harness.reports import mib, secs  # noqa: E402
 from core.db import asyncpg_dsn  # noqa: E402
 from core.network import parse_network  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from tests.services import (  # noqa: E402
-    Mosquitto,
-    create_database,
-    create_migrated_template,
-    drop_database,
-    system_postgres_url,
-)
+from tests.services import Mosquitto  # noqa: E402
 
-NOTIFY_CHANNEL = "symbiont_dirty"
 PARTNER = "bench"
 METER_PREFIX = "bench-m"
 INTERVAL_S = 60
 SECTION = "## Ingest throughput (issue: ingestion pipeline)"
 TARGET_MSGS = 15_000.0
 TARGET_READINGS = 150_000.0
-
-
-class BenchError(RuntimeError):
-    """A benchmark step failed; the message says which and why."""
-
-
-def slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text).strip("_")
-
-
-def log(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------- options
@@ -116,11 +83,23 @@ class Options:
     meters: int = 100
     autosave_interval: int = 1  # Mosquitto's, as in tests.services
     raw_v311: bool = True  # also drain with a raw MQTT 3.1.1 subscriber
-    quiet_wait: float = 5.0  # before each measurement, wait up to this long for an idle box
+    # before each measurement, wait up to this long for an idle box
+    quiet_wait: float = arguments.QUIET_WAIT
     write: Path | None = ROOT / "BENCHMARKS.md"
     command: str = ""
     ingest_env: dict[str, str] = field(default_factory=dict)
     workers: tuple[int, ...] = (1, 2)  # ingest drains with this many workers each
+
+
+DESCRIPTION = "Ingest throughput, latency and memory (benchmarks/ingest_throughput.py)."
+# --quick: small sizes for a smoke run
+QUICK = {
+    "messages": 20_000,
+    "batch_messages": 2_000,
+    "naive_messages": 2_000,
+    "latency_seconds": 5.0,
+    "quiet_wait": 3.0,
+}
 
 
 # ---------------------------------------------------------------------------- environment
@@ -147,194 +126,7 @@ def bench_network(meters: int) -> dict[str, Any]:
     }
 
 
-class Databases:
-    """A migrated template on the system PostgreSQL and fresh databases cloned from it."""
-
-    def __init__(self, meters: int) -> None:
-        self.admin = system_postgres_url()
-        self.tag = f"{os.getpid()}_{secrets.token_hex(3)}"
-        self.template = f"symbiont_bench_tpl_{self.tag}"
-        self.created: list[str] = []
-        self.network = parse_network(bench_network(meters))
-        create_migrated_template(self.admin, self.template)
-
-    def fresh(self, label: str) -> str:
-        name = f"symbiont_bench_{label}_{self.tag}"
-        url = create_database(self.admin, name, template=self.template)
-        self.created.append(name)
-        asyncio.run(self._apply(url))
-        return url
-
-    async def _apply(self, url: str) -> None:
-        conn = await asyncpg.connect(asyncpg_dsn(url))
-        try:
-            await apply_network(conn, self.network)
-        finally:
-            await conn.close()
-
-    def close(self) -> None:
-        for name in [*self.created, self.template]:
-            with contextlib.suppress(Exception):
-                drop_database(self.admin, name)
-
-
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU seconds a live process has used, None if it cannot be read."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy() -> float | None:
-    """CPU seconds all cores of this machine have spent busy since boot (/proc/stat)."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except (OSError, IndexError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_quiet(max_wait: float, threshold: float = 0.25) -> None:
-    """Wait (at most ``max_wait`` s) until the machine was busy for less than ``threshold``
-    cores over the last second: other work on the box skews every figure."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        before = machine_busy()
-        time.sleep(1.0)
-        busy = _delta(machine_busy(), before)
-        if busy is None or busy < threshold:
-            return
-        if time.monotonic() >= deadline:
-            log(f"the machine is still busy ({busy:.2f} cores of other work); measuring anyway")
-            return
-
-
-def _delta(after: float | None, before: float | None) -> float | None:
-    return None if after is None or before is None else after - before
-
-
-class Backend:
-    """The PostgreSQL backends serving the connections named ``application_name`` (and
-    ``application_name/2`` …, ingest's further writer connections), found through
-    pg_stat_activity (their CPU is readable when the server runs on this machine)."""
-
-    def __init__(self, url: str, application_name: str) -> None:
-        self.url = url
-        self.application_name = application_name
-        self.pids: set[int] = set()
-        self._next = 0.0
-
-    def poll(self) -> None:
-        if time.monotonic() < self._next:
-            return
-        self._next = time.monotonic() + 0.2
-        rows = fetch(
-            self.url,
-            """SELECT pid FROM pg_stat_activity
-               WHERE application_name = $1 OR application_name LIKE $1 || '/%'""",
-            self.application_name,
-        )
-        self.pids |= {r["pid"] for r in rows}
-
-    def cpu_seconds(self) -> float | None:
-        if not self.pids:
-            return None
-        return _sum([cpu_seconds(pid) for pid in sorted(self.pids)])
-
-
-def fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    async def go() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(asyncpg_dsn(url))
-        try:
-            rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
-            return rows
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
-
-
-class Listener:
-    """LISTENs on ``symbiont_dirty`` in a thread of its own; records each notification's
-    arrival time and payload (the batch's inserted count)."""
-
-    def __init__(self, url: str) -> None:
-        self.dsn = asyncpg_dsn(url)
-        self.events: list[tuple[float, int]] = []
-        self.total = 0
-        self.target = math.inf
-        self.reached = threading.Event()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="listener", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-        self._ready.wait(15)
-        if self._error is not None:
-            raise BenchError(f"LISTEN failed: {self._error}")
-
-    def expect(self, total: int) -> None:
-        self.target = total
-        if self.total >= total:
-            self.reached.set()
-
-    def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        now = time.time()
-        n = int(payload or 0)
-        self.events.append((now, n))
-        self.total += n
-        if self.total >= self.target:
-            self.reached.set()
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            conn = await asyncpg.connect(self.dsn)
-            try:
-                await conn.add_listener(NOTIFY_CHANNEL, self._notified)
-                self._ready.set()
-                await self._stop.wait()
-            finally:
-                await conn.close()
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-
-    def progress_wait(
-        self, stall_s: float, alive: Callable[[], bool], tick: Callable[[], None] | None = None
-    ) -> bool:
-        """Wait until the expected total arrived; False if nothing came for ``stall_s`` or
-        ``alive()`` turned false. ``tick()`` is called every 0.1 s meanwhile."""
-        last_total, last_change = self.total, time.monotonic()
-        while not self.reached.wait(0.1):
-            if tick is not None:
-                tick()
-            if self.total != last_total:
-                last_total, last_change = self.total, time.monotonic()
-            elif time.monotonic() - last_change > stall_s or not alive():
-                return self.reached.is_set()
-        return True
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-
-class Ingest:
+class Ingest(services.Service):
     """``symbiont ingest`` as a subprocess, logging to a file."""
 
     def __init__(
@@ -346,111 +138,44 @@ class Ingest:
         log_path: Path,
         group: str | None = None,
     ) -> None:
-        self.env = dict(os.environ)
+        env = dict(os.environ)
         for key in ("SYMBIONT_METRICS_PORT", "SYMBIONT_LOG_JSON"):
-            self.env.pop(key, None)
-        self.env.update(opts.ingest_env)
-        self.env.update(
+            env.pop(key, None)
+        env.update(opts.ingest_env)
+        env.update(
             SYMBIONT_DATABASE_URL=database_url,
             SYMBIONT_MQTT_URL=broker.url,
             SYMBIONT_INGEST_CLIENT_ID=client_id,
             SYMBIONT_LOG_LEVEL="INFO",
         )
         if group is not None:
-            self.env["SYMBIONT_INGEST_SHARE_GROUP"] = group
+            env["SYMBIONT_INGEST_SHARE_GROUP"] = group
+        super().__init__("ingest", ["ingest"], env, log_path, ready=services.INGEST_READY)
         self.client_id = client_id
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.started_at = 0.0
-        self._log_offset = 0
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as out:
-            self._log_offset = out.tell()
-            self.started_at = time.time()
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "core.cli", "ingest"],
-                cwd=ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-            )
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def wait_connected(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.connected():
-                return
-            if not self.alive():
-                break
-            time.sleep(0.05)
-        raise BenchError(f"ingest did not connect:\n{self.log_tail()}")
 
     def connected(self) -> bool:
         """Whether it has logged its connection to the broker since it was started."""
-        with self.log_path.open("rb") as handle:
-            handle.seek(self._log_offset)
-            return b"connected to mqtt://" in handle.read()
-
-    def vm_hwm_kib(self) -> int | None:
-        return vm_hwm_kib(self.proc.pid) if self.alive() and self.proc is not None else None
-
-    def cpu_seconds(self) -> float | None:
-        return cpu_seconds(self.proc.pid) if self.alive() and self.proc is not None else None
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def log_tail(self, lines: int = 30) -> str:
-        text = self.log_path.read_text(errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
+        return self.logged(services.INGEST_READY)
 
     def stopped_messages(self) -> int | None:
         """Messages this run committed, from its last "ingest stopped: N messages" line."""
-        with self.log_path.open("rb") as handle:
-            handle.seek(self._log_offset)
-            found = re.findall(rb"ingest stopped: (\d+) messages", handle.read())
+        found = re.findall(rb"ingest stopped: (\d+) messages", self.log_since_start())
         return int(found[-1]) if found else None
 
 
 def run_client(
-    role: str, *args: str, timeout: float = 900.0, tick: Callable[[], None] | None = None
+    role: str, *args: str, tick: Callable[[], None] | None = None
 ) -> tuple[dict[str, Any], float]:
     """Run ``benchmarks.clients ROLE``; its JSON result and the time it was started.
 
     ``tick()`` is called every 0.1 s while it runs."""
     started = time.time()
-    with subprocess.Popen(
+    result = services.run_json(
         [sys.executable, "-m", "benchmarks.clients", role, *args],
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    ) as proc:
-        deadline = time.monotonic() + timeout
-        while proc.poll() is None and time.monotonic() < deadline:
-            if tick is not None:
-                tick()
-            time.sleep(0.1)
-        if proc.poll() is None:
-            proc.kill()
-        out, err = proc.communicate()
-    if proc.returncode != 0:
-        raise BenchError(f"benchmarks.clients {role} failed:\n{err.decode()[-3000:]}")
-    result: dict[str, Any] = orjson.loads(out.splitlines()[-1])
+        what=f"benchmarks.clients {role}",
+        timeout=900.0,
+        tick=tick,
+    )
     return result, started
 
 
@@ -528,10 +253,7 @@ class DrainResult:
     @property
     def cpu_others(self) -> float | None:
         """CPU seconds of everything else while this consumer drained."""
-        if self.cpu_machine is None:
-            return None
-        ours = (self.cpu_consumer or 0.0) + (self.cpu_backend or 0.0) + (self.cpu_broker or 0.0)
-        return max(0.0, self.cpu_machine - ours)
+        return proc.others(self.cpu_machine, self.cpu_consumer, self.cpu_backend, self.cpu_broker)
 
     @property
     def msg_rate(self) -> float:
@@ -571,12 +293,9 @@ class LatencyResult:
 
 
 @dataclass
-class Report:
+class Report(reports.RunReport):
     drains: list[DrainResult] = field(default_factory=list)
     latencies: list[LatencyResult] = field(default_factory=list)
-    load_before: str = ""
-    load_after: str = ""
-    seconds: float = 0.0
 
 
 # ---------------------------------------------------------------------------------- cases
@@ -600,28 +319,44 @@ def drain_raw(
     client_id: str,
     group: str,
 ) -> DrainResult:
-    wait_quiet(quiet)
+    proc.wait_quiet(quiet)
     log(f"{workload}: {label} draining")
-    broker_cpu = cpu_seconds(broker.pid)
-    busy = machine_busy()
+    before = proc.snapshot({"broker": broker.pid})
     raw, started = run_client(
         "raw", "--url", broker.url, "--client-id", client_id, "--group", group,
         "--n", str(n), "--protocol", protocol,
     )  # fmt: skip
+    cpu = proc.spent(before, proc.snapshot({"broker": broker.pid}))
     if not raw["complete"]:
         raise BenchError(f"{label} received {raw['received']} of {n} messages")
-    result = DrainResult(
-        workload, label, n, n * per_message,
-        seconds=raw["last_at"] - raw["connect_at"],
-        wall_s=raw["last_at"] - started,
-        peak_kib=raw["vm_hwm_kib"],
-        cpu_consumer=raw["cpu_s"],
-        cpu_startup=raw["startup_cpu_s"],
-        cpu_broker=_delta(cpu_seconds(broker.pid), broker_cpu),
-        cpu_machine=_delta(machine_busy(), busy),
+    result = client_drain(
+        workload, label, n, n * per_message, raw, started,
+        cpu_broker=cpu["broker"], cpu_machine=cpu["machine"],
     )  # fmt: skip
     log(f"{workload}: {label} {result.msg_rate:,.0f} msg/s")
     return result
+
+
+def client_drain(
+    workload: str,
+    consumer: str,
+    n: int,
+    readings: int,
+    res: dict[str, Any],
+    started: float,
+    **figures: Any,
+) -> DrainResult:
+    """The drain of a ``benchmarks.clients`` consumer started at ``started``, from its
+    result ``res``; ``figures`` are the ones the harness measured around it."""
+    return DrainResult(
+        workload, consumer, n, readings,
+        seconds=res["last_at"] - res["connect_at"],
+        wall_s=res["last_at"] - started,
+        peak_kib=res["vm_hwm_kib"],
+        cpu_consumer=res["cpu_s"],
+        cpu_startup=res["startup_cpu_s"],
+        **figures,
+    )  # fmt: skip
 
 
 def ingest_label(workers: int) -> str:
@@ -629,7 +364,7 @@ def ingest_label(workers: int) -> str:
 
 
 def drain_case(
-    dbs: Databases, opts: Options, workload: str, n: int, per_message: int, workdir: Path
+    dbs: postgres.Databases, opts: Options, workload: str, n: int, per_message: int, workdir: Path
 ) -> list[DrainResult]:
     """The raw paho subscribers and ingest (with each number of workers in ``opts.workers``)
     drain the same backlog, published once while all of them are offline, one after the
@@ -667,7 +402,7 @@ def drain_case(
                 ingest.start()
             try:
                 for ingest in team:
-                    ingest.wait_connected()
+                    ingest.wait_ready()
             finally:
                 for ingest in team:
                     ingest.stop()
@@ -708,11 +443,11 @@ def drain_ingest(
     and check that every reading was stored."""
     readings = n * per_message
     label = ingest_label(len(team))
-    wait_quiet(opts.quiet_wait)
+    proc.wait_quiet(opts.quiet_wait)
     log(f"{workload}: {label} draining")
-    listener = Listener(url)
+    listener = postgres.Listener(url)
     listener.start()
-    backends = [Backend(url, f"symbiont-ingest:{ingest.client_id}") for ingest in team]
+    backends = [postgres.Backends(url, f"symbiont-ingest:{ingest.client_id}") for ingest in team]
     startup: dict[int, float | None] = {}
 
     def tick() -> None:
@@ -725,19 +460,17 @@ def drain_ingest(
     def alive() -> bool:
         return all(ingest.alive() for ingest in team)
 
-    broker_cpu = cpu_seconds(broker.pid)
-    busy = machine_busy()
+    before = proc.snapshot({"broker": broker.pid})
     try:
         listener.expect(readings)
         for ingest in team:
             ingest.start()
         complete = listener.progress_wait(60.0, alive, tick)
         last_commit = listener.events[-1][0] if listener.events else time.time()
-        peaks = [ingest.vm_hwm_kib() for ingest in team]
-        cpu_ingest = _sum([ingest.cpu_seconds() for ingest in team])
-        cpu_backend = _sum([backend.cpu_seconds() for backend in backends])
-        cpu_broker = _delta(cpu_seconds(broker.pid), broker_cpu)
-        cpu_machine = _delta(machine_busy(), busy)
+        peaks = [ingest.memory_kib() for ingest in team]
+        cpu_ingest = proc.total([ingest.cpu_seconds() for ingest in team])
+        cpu_backend = proc.total([backend.cpu_seconds() for backend in backends])
+        cpu = proc.spent(before, proc.snapshot({"broker": broker.pid}))
     finally:
         for ingest in team:
             ingest.stop()
@@ -745,7 +478,7 @@ def drain_ingest(
     if not complete:
         tails = "\n".join(ingest.log_tail() for ingest in team)
         raise BenchError(f"{label} stored {listener.total} of {readings} readings:\n{tails}")
-    row = fetch(
+    row = postgres.fetch(
         url,
         """SELECT count(*) AS n, count(DISTINCT received_at) AS batches,
                   extract(epoch FROM max(received_at) - min(received_at)) AS span,
@@ -761,10 +494,10 @@ def drain_ingest(
         rejected=row["rejected"],
         batches=row["batches"],
         cpu_consumer=cpu_ingest,
-        cpu_startup=_sum([startup.get(k) for k in range(len(team))]),
+        cpu_startup=proc.total([startup.get(k) for k in range(len(team))]),
         cpu_backend=cpu_backend,
-        cpu_broker=cpu_broker,
-        cpu_machine=cpu_machine,
+        cpu_broker=cpu["broker"],
+        cpu_machine=cpu["machine"],
         workers=len(team),
         per_worker=[ingest.stopped_messages() for ingest in team],
     )  # fmt: skip
@@ -780,12 +513,7 @@ def drain_ingest(
     return result
 
 
-def _sum(values: Sequence[float | None]) -> float | None:
-    """The sum, None if any is unknown."""
-    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
-
-
-def naive_case(dbs: Databases, opts: Options, n: int) -> DrainResult:
+def naive_case(dbs: postgres.Databases, opts: Options, n: int) -> DrainResult:
     url = dbs.fresh("naive")
     with Mosquitto(autosave_interval=opts.autosave_interval) as broker:
         tag = secrets.token_hex(3)
@@ -793,56 +521,45 @@ def naive_case(dbs: Databases, opts: Options, n: int) -> DrainResult:
         create_session(broker.url, client_id, group)
         log(f"naive: publishing {n:,} single-reading messages")
         publish_backlog(broker.url, n, 1, opts.meters)
-        wait_quiet(opts.quiet_wait)
+        proc.wait_quiet(opts.quiet_wait)
         log("naive: per-message INSERT + commit draining")
-        backend = Backend(url, client_id)
-        cpu: dict[str, float | None] = {}
+        backend = postgres.Backends(url, client_id)
+        last: dict[str, float | None] = {}
 
         def tick() -> None:
             backend.poll()
             value = backend.cpu_seconds()
             if value is not None:
-                cpu["backend"] = value  # the last reading before it exits
+                last["backend"] = value  # the last reading before it exits
 
-        broker_cpu = cpu_seconds(broker.pid)
-        busy = machine_busy()
+        before = proc.snapshot({"broker": broker.pid})
         res, started = run_client(
             "naive", "--url", broker.url, "--client-id", client_id, "--group", group,
             "--n", str(n), "--database", asyncpg_dsn(url), tick=tick,
         )  # fmt: skip
-        cpu_broker = _delta(cpu_seconds(broker.pid), broker_cpu)
-        cpu_machine = _delta(machine_busy(), busy)
-    stored = fetch(url, "SELECT count(*) AS n FROM readings")[0]["n"]
+        cpu = proc.spent(before, proc.snapshot({"broker": broker.pid}))
+    stored = postgres.fetch(url, "SELECT count(*) AS n FROM readings")[0]["n"]
     if not res["complete"] or stored != n:
         raise BenchError(f"naive consumer stored {stored} of {n} readings")
-    result = DrainResult(
+    result = client_drain(
         "1 reading/msg",
         "naive INSERT+commit per msg",
         n,
         n,
-        seconds=res["last_at"] - res["connect_at"],
-        wall_s=res["last_at"] - started,
-        peak_kib=res["vm_hwm_kib"],
+        res,
+        started,
         stored=stored,
         rejected=0,
-        cpu_consumer=res["cpu_s"],
-        cpu_startup=res["startup_cpu_s"],
-        cpu_backend=cpu.get("backend"),
-        cpu_broker=cpu_broker,
-        cpu_machine=cpu_machine,
+        cpu_backend=last.get("backend"),
+        cpu_broker=cpu["broker"],
+        cpu_machine=cpu["machine"],
     )
     log(f"naive: {result.msg_rate:,.0f} msg/s")
     return result
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 def latency_case(
-    dbs: Databases, opts: Options, rate: float, workdir: Path, workers: int = 1
+    dbs: postgres.Databases, opts: Options, rate: float, workdir: Path, workers: int = 1
 ) -> LatencyResult:
     url = dbs.fresh(f"latency_w{workers}")
     with Mosquitto(autosave_interval=opts.autosave_interval) as broker:
@@ -858,7 +575,7 @@ def latency_case(
             )
             for k in range(workers)
         ]
-        listener = Listener(url)
+        listener = postgres.Listener(url)
         listener.start()
 
         def alive() -> bool:
@@ -868,11 +585,10 @@ def latency_case(
             for ingest in team:
                 ingest.start()
             for ingest in team:
-                ingest.wait_connected()
-            wait_quiet(opts.quiet_wait)
-            busy = machine_busy()
-            span_start = time.monotonic()
-            cpu_before = _sum([ingest.cpu_seconds() for ingest in team])
+                ingest.wait_ready()
+            proc.wait_quiet(opts.quiet_wait)
+            workers_pids = {f"ingest{k}": ingest.pid for k, ingest in enumerate(team)}
+            before = proc.snapshot(workers_pids)
             total = int(rate * opts.latency_seconds)
             per_meter = -(-total // opts.meters)
             start_ts = int(time.time()) - per_meter - 86400
@@ -905,15 +621,13 @@ def latency_case(
             if not listener.progress_wait(30.0, alive):
                 tails = "\n".join(ingest.log_tail() for ingest in team)
                 raise BenchError(f"ingest stored {listener.total} of {pub['published']}:\n{tails}")
-            peak = max((p for p in (i.vm_hwm_kib() for i in team) if p), default=None)
-            cpu_ingest = _delta(_sum([ingest.cpu_seconds() for ingest in team]), cpu_before)
-            cpu_machine = _delta(machine_busy(), busy)
-            span = time.monotonic() - span_start
+            peak = max((p for p in (i.memory_kib() for i in team) if p), default=None)
+            cpu = proc.spent(before, proc.snapshot(workers_pids))
         finally:
             for ingest in team:
                 ingest.stop()
             listener.stop()
-    rows = fetch(url, "SELECT value, received_at FROM readings")
+    rows = postgres.fetch(url, "SELECT value, received_at FROM readings")
     batches = sorted({r["received_at"] for r in rows})
     if len(batches) != len(listener.events):
         raise BenchError(
@@ -930,15 +644,15 @@ def latency_case(
         published=pub["published"],
         stored=len(rows),
         batches=len(batches),
-        p50_ms=percentile(latencies, 50) * 1000,
-        p99_ms=percentile(latencies, 99) * 1000,
+        p50_ms=reports.percentile(latencies, 50) * 1000,
+        p99_ms=reports.percentile(latencies, 99) * 1000,
         max_ms=latencies[-1] * 1000,
         max_behind_s=pub["max_behind_s"],
         peak_kib=peak,
-        cpu_ingest=cpu_ingest,
+        cpu_ingest=proc.total([cpu[name] for name in workers_pids]),
         cpu_publisher=pub["cpu_s"],
-        cpu_machine=cpu_machine,
-        span_s=span,
+        cpu_machine=cpu["machine"],
+        span_s=cpu["wall"],
     )
     log(
         f"latency ({ingest_label(workers)}): p50 {result.p50_ms:.1f} ms, "
@@ -951,20 +665,24 @@ def latency_case(
 # -------------------------------------------------------------------------------- running
 
 
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
+def revision() -> str:
+    """The commit measured, and whether ingest's code differed from it."""
+    state = reports.git_state(["ingest", "core"])
+    if state is None:
         return "unknown"
+    head, changed = state
+    return head + (" with uncommitted changes in ingest/ or core/" if changed else "")
 
 
 def run(opts: Options) -> Report:
-    report = Report(load_before=loadavg())
-    began = time.monotonic()
-    workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"symbiont-bench-{os.getpid()}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    log(f"logs in {workdir}")
-    dbs = Databases(opts.meters)
+    report = Report(code=revision())
+    with reports.timed_run(report):
+        run_cases(opts, report, services.make_workdir("bench"))
+    return report
+
+
+def run_cases(opts: Options, report: Report, workdir: Path) -> None:
+    dbs = postgres.Databases(parse_network(bench_network(opts.meters)), "bench")
     try:
         single_rates: dict[int, float] = {}
         if opts.messages:
@@ -995,9 +713,6 @@ def run(opts: Options) -> Report:
                 report.latencies.append(latency_case(dbs, opts, rate, workdir, workers))
     finally:
         dbs.close()
-    report.load_after = loadavg()
-    report.seconds = time.monotonic() - began
-    return report
 
 
 # ---------------------------------------------------------------------------- command line
@@ -1087,132 +802,19 @@ def _workers(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(counts))
 
 
-def options(argv: Sequence[str], *, command: str = "") -> Options:
-    """The benchmark's options from its own command line (``benchmarks.run --only ingest``)."""
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.run --only ingest",
-        description="Ingest throughput, latency and memory (benchmarks/ingest_throughput.py).",
-    )
-    add_arguments(p)
-    add_common_arguments(p)
-    return from_args(p.parse_args(argv), command=command)
-
-
-def add_common_arguments(p: argparse.ArgumentParser) -> None:
-    """The options every benchmark takes (``benchmarks.run`` without ``--only``)."""
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="small sizes for a smoke run (figures not written unless --write is given)",
-    )
-    p.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=Options().quiet_wait,
-        help="before each measurement wait up to this many seconds for the machine to be "
-        "idle (default %(default)s)",
-    )
-    out = p.add_mutually_exclusive_group()
-    out.add_argument(
-        "--write",
-        type=Path,
-        default=None,
-        help="file to record the figures in (default BENCHMARKS.md)",
-    )
-    out.add_argument("--no-write", action="store_true", help="only print the figures")
-
-
 def from_args(args: argparse.Namespace, *, command: str = "") -> Options:
     """Options from parsed arguments; what ``args`` lacks keeps its default."""
-    d = Options()
-
-    def get(name: str, default: Any) -> Any:
-        return getattr(args, name, default)
-
-    opts = Options(
-        messages=get("messages", d.messages),
-        batch_messages=get("batch_messages", d.batch_messages),
-        readings_per_message=get("readings_per_message", d.readings_per_message),
-        naive_messages=get("naive_messages", d.naive_messages),
-        latency_seconds=get("latency_seconds", d.latency_seconds),
-        latency_rate=get("latency_rate", d.latency_rate),
-        meters=get("meters", d.meters),
-        autosave_interval=get("autosave_interval", d.autosave_interval),
-        raw_v311=not get("no_raw_v311", False),
-        quiet_wait=get("quiet_wait", d.quiet_wait),
-        command=command,
-        workers=get("workers", d.workers),
-    )
-    quick = get("quick", False)
-    if quick:
-        opts.messages = min(opts.messages, 20_000)
-        opts.batch_messages = min(opts.batch_messages, 2_000)
-        opts.naive_messages = min(opts.naive_messages, 2_000)
-        opts.latency_seconds = min(opts.latency_seconds, 5.0)
-        opts.quiet_wait = min(opts.quiet_wait, 3.0)
-    if get("batch_readings", None) is not None:
-        opts.ingest_env["SYMBIONT_INGEST_BATCH_READINGS"] = str(args.batch_readings)
-    if get("batch_wait_ms", None) is not None:
-        opts.ingest_env["SYMBIONT_INGEST_BATCH_WAIT_MS"] = str(args.batch_wait_ms)
-    write = get("write", None)
-    if get("no_write", False) or (quick and write is None):
-        opts.write = None
-    elif write is not None:
-        opts.write = write
+    opts = arguments.options_from(Options, args, QUICK, command=command)
+    for option, setting in (
+        ("batch_readings", "SYMBIONT_INGEST_BATCH_READINGS"),
+        ("batch_wait_ms", "SYMBIONT_INGEST_BATCH_WAIT_MS"),
+    ):
+        if getattr(args, option, None) is not None:
+            opts.ingest_env[setting] = str(getattr(args, option))
     return opts
 
 
 # -------------------------------------------------------------------------------- output
-
-
-def _mib(kib: int | None) -> str:
-    return f"{kib / 1024:,.0f} MiB" if kib else "n/a"
-
-
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    pg = fetch(system_postgres_url(), "SELECT version() AS v")[0]["v"].split(" on ")[0]
-    mosq = Mosquitto(autosave_interval=1)
-    try:
-        out = subprocess.run([mosq.binary, "-h"], capture_output=True, text=True, check=False)
-        mosquitto = (out.stdout or out.stderr).splitlines()[0].strip()
-    finally:
-        mosq.close()
-    revision = "unknown"
-    with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        git = ["git", "-C", str(ROOT)]
-        head = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            [*git, "status", "--porcelain", "--", "ingest", "core"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        revision = head + (" with uncommitted changes in ingest/ or core/" if dirty else "")
-    return {
-        "revision": revision,
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu,
-        "memory": mem,
-        "kernel": platform.release(),
-        "postgresql": pg,
-        "mosquitto": mosquitto,
-        "python": platform.python_version(),
-        "paho-mqtt": metadata.version("paho-mqtt"),
-        "asyncpg": metadata.version("asyncpg"),
-    }
 
 
 def settings_used(opts: Options) -> str:
@@ -1227,10 +829,6 @@ def _rate(value: float | None) -> str:
     return "–" if value is None else f"{value:,.0f}"
 
 
-def _cpu(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1f}"
-
-
 def table(report: Report) -> list[str]:
     lines = [
         "| Workload | Consumer | Messages | Readings | Timed span | Messages/s | Readings/s "
@@ -1242,8 +840,8 @@ def table(report: Report) -> list[str]:
         lines.append(
             f"| {d.workload} | {d.consumer} | {d.messages:,} | {d.readings:,} | "
             f"{d.seconds:.2f} s | {d.msg_rate:,.0f} | {d.reading_rate:,.0f} | "
-            f"{d.wall_s:.2f} s | {_mib(d.peak_kib)} | {_cpu(d.cpu_consumer)} / "
-            f"{_cpu(d.cpu_backend)} / {_cpu(d.cpu_broker)} / {_cpu(d.cpu_others)} | "
+            f"{d.wall_s:.2f} s | {mib(d.peak_kib)} | {secs(d.cpu_consumer)} / "
+            f"{secs(d.cpu_backend)} / {secs(d.cpu_broker)} / {secs(d.cpu_others)} | "
             f"{_rate(d.msgs_per_cpu_s)} |"
         )
     return lines
@@ -1291,17 +889,17 @@ def verdicts(report: Report) -> list[str]:
 
 
 def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
-    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [
-        SECTION,
-        "",
-        f"Measured {now} with `{opts.command}` (from the repository root), code at "
-        f"{info['revision']}.",
-        "",
-        f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} RAM, Linux "
-        f"{info['kernel']}; {info['postgresql']}; {info['mosquitto']}; Python {info['python']}, "
-        f"paho-mqtt {info['paho-mqtt']}, asyncpg {info['asyncpg']}. Broker, consumers and "
-        "PostgreSQL all on this machine.",
+        *reports.heading(
+            SECTION,
+            opts.command,
+            report.code,
+            info,
+            "Broker, consumers and PostgreSQL all on this machine.",
+            broker=True,
+            paho=True,
+            code_label=", code at ",
+        ),
         "",
         f"Ingest settings: {settings_used(opts)}. Mosquitto from `tests.services` "
         f"(persistence on, unlimited queues, autosave every {opts.autosave_interval} s). "
@@ -1345,38 +943,21 @@ def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
             f"behind schedule); {lat.stored:,} of {lat.published:,} readings stored in "
             f"{lat.batches:,} batches. Publish → committed (NOTIFY received): "
             f"p50 {lat.p50_ms:.1f} ms, **p99 {lat.p99_ms:.1f} ms**, max {lat.max_ms:.1f} ms. "
-            f"{who} peak RSS {_mib(lat.peak_kib)}. CPU seconds meanwhile: ingest "
-            f"{_cpu(lat.cpu_ingest)}, publisher {_cpu(lat.cpu_publisher)}, the whole machine "
-            f"{_cpu(lat.cpu_machine)} (of {2 * lat.span_s:.1f} available on 2 cores in those "
+            f"{who} peak RSS {mib(lat.peak_kib)}. CPU seconds meanwhile: ingest "
+            f"{secs(lat.cpu_ingest)}, publisher {secs(lat.cpu_publisher)}, the whole machine "
+            f"{secs(lat.cpu_machine)} (of {2 * lat.span_s:.1f} available on 2 cores in those "
             f"{lat.span_s:.1f} s).",
         ]
     peaks = [d.peak_kib for d in report.drains if d.consumer.startswith(INGEST) and d.peak_kib]
     peaks += [lat.peak_kib for lat in report.latencies if lat.peak_kib]
     if peaks:
-        out += ["", f"Ingest peak memory (largest VmHWM of all runs): {_mib(max(peaks))}."]
-    out += [
-        "",
-        f"Load average before the run {report.load_before}, after it {report.load_after} "
-        f"(anything else running on the machine competes for the same 2 cores); the whole run "
-        f"took {report.seconds:.0f} s.",
-    ]
+        out += ["", f"Ingest peak memory (largest VmHWM of all runs): {mib(max(peaks))}."]
+    out += ["", report.footer()]
     return "\n".join(out) + "\n"
 
 
 def main(opts: Options) -> Report:
-    info = machine()
+    info = reports.machine()
     report = run(opts)
-    text = markdown(report, opts, info)
-    print()
-    print(text)
-    if opts.write is not None:
-        write_section(opts.write, SECTION, text, stop="#")
-        log(f"wrote {opts.write}")
+    reports.publish(markdown(report, opts, info), opts.write, SECTION, stop="#")
     return report
-
-
-def default_command(argv: list[str]) -> str:
-    python = Path(sys.executable)
-    with contextlib.suppress(ValueError):
-        python = python.relative_to(ROOT)
-    return shlex.join([str(python), "-m", "benchmarks.run", *argv])

@@ -57,23 +57,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
-import contextlib
 import io
 import math
-import os
-import resource
 import secrets
-import signal
-import subprocess
 import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -87,36 +82,19 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.clients import write_section  # noqa: E402
-from benchmarks.ingest_throughput import (  # noqa: E402
-    BenchError,
-    add_common_arguments,
-    cpu_seconds,
-    fetch,
-    loadavg,
-    log,
-    machine,
-    machine_busy,
-    percentile,
-    slug,
-    wait_quiet,
-)
-from core.apply import apply_network  # noqa: E402
+from benchmarks.clients import split_url  # noqa: E402
+from benchmarks.harness import BenchError, arguments, log, postgres, proc, reports, services  # noqa: E402
+from benchmarks.harness.reports import mib, secs  # noqa: E402
 from core.db import asyncpg_dsn  # noqa: E402
 from core.network import Network, ReadingType, parse_network  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.simulate import Fault, parse_fault, simulate  # noqa: E402
 from core.units import conversion  # noqa: E402
 from core.windows import WindowCutter, window_bounds  # noqa: E402
-from tests.services import (  # noqa: E402
-    Mosquitto,
-    create_database,
-    create_migrated_template,
-    drop_database,
-    system_postgres_url,
-)
+from tests.services import Mosquitto  # noqa: E402
 
 SECTION = "## Rules engine (issue: rules engine)"
+ON_MACHINE = "Everything (PostgreSQL, broker, services, publisher, harness) on this machine."
 TIMEZONE = "Europe/Copenhagen"
 START = datetime(2026, 10, 1, tzinfo=UTC)  # October: includes the 25-hour DST day
 TARGET_BACKFILL_S = 60.0
@@ -137,38 +115,57 @@ FAULTS = (
 )
 
 FloatArray = npt.NDArray[np.float64]
-
-
-def split_url(url: str) -> tuple[str, int]:
-    """``mqtt://host:port`` → (host, port): the benchmark's broker is anonymous, plain TCP."""
-    rest = url.split("://", 1)[-1]
-    host, _, port = rest.rpartition(":")
-    return host or "127.0.0.1", int(port)
-
-
-def vm_hwm_kib(pid: int) -> int | None:
-    """Peak resident set size (VmHWM) of a live process in KiB, None if it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+T = TypeVar("T")
+# What the code measured is: its commit, and which of these differ from it.
+CODE_PATHS = ("rules", "core", "ingest", "benchmarks")
 
 
 # --------------------------------------------------------------------------------- options
 
 
 @dataclass
-class Options:
+class MonthOptions:
+    """The simulated month (from 2026-10-01) the rules and the statements benchmarks load."""
+
     exchanges: int = 100
     partners: int = 20
     days: int = 31
     seed: int = 1
     faults: bool = True
     loader: str = "copy"  # or "writer" (rules.backfill.write_simulation)
+
+    @property
+    def start(self) -> datetime:
+        return START
+
+    @property
+    def end(self) -> datetime:
+        return START + timedelta(days=self.days)
+
+
+def add_month_arguments(p: argparse.ArgumentParser, d: MonthOptions) -> None:
+    """The options of ``MonthOptions`` (``d``: the defaults)."""
+    p.add_argument("--exchanges", type=int, default=d.exchanges, help="default %(default)s")
+    p.add_argument("--partners", type=int, default=d.partners, help="default %(default)s")
+    p.add_argument(
+        "--days",
+        type=int,
+        default=d.days,
+        help="days of data from 2026-10-01 (default %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help="simulation seed")
+    p.add_argument("--no-faults", action="store_true", help="a clean month (no faults)")
+    p.add_argument(
+        "--loader",
+        choices=("copy", "writer"),
+        default=d.loader,
+        help="how the month is loaded (not timed): binary COPY or the ingest batch writer "
+        "(rules.backfill.write_simulation); default %(default)s",
+    )
+
+
+@dataclass
+class Options(MonthOptions):
     backfill: bool = True
     latency_seconds: float = 60.0  # 0 skips the latency run
     latency_rate: float = 5000.0  # readings/s
@@ -180,13 +177,9 @@ class Options:
     write: Path | None = ROOT / "BENCHMARKS.md"
     command: str = ""
 
-    @property
-    def start(self) -> datetime:
-        return START
 
-    @property
-    def end(self) -> datetime:
-        return START + timedelta(days=self.days)
+DESCRIPTION = "Rules engine: a month from scratch, live latency (benchmarks/rules_engine.py)."
+QUICK = {"days": 3, "latency_seconds": 15.0, "quiet_wait": 3.0}  # --quick: a smoke run
 
 
 # --------------------------------------------------------------------------------- network
@@ -254,46 +247,6 @@ def bench_network(exchanges: int, partners: int) -> dict[str, Any]:
         "meters": meters,
         "exchanges": links,
     }
-
-
-class Databases:
-    """A migrated template on the system PostgreSQL and fresh databases cloned from it, each
-    with the benchmark network applied."""
-
-    def __init__(self, net: Network) -> None:
-        self.admin = system_postgres_url()
-        self.tag = f"{os.getpid()}_{secrets.token_hex(3)}"
-        self.template = f"symbiont_rbench_tpl_{self.tag}"
-        self.created: list[str] = []
-        self.network = net
-        create_migrated_template(self.admin, self.template)
-
-    def fresh(self, label: str) -> str:
-        name = f"symbiont_rbench_{label}_{self.tag}"
-        url = create_database(self.admin, name, template=self.template)
-        self.created.append(name)
-        asyncio.run(self._apply(url))
-        return url
-
-    def copy(self, url: str, label: str) -> str:
-        """A new database cloned from the one at ``url`` (nobody may be connected to it)."""
-        name = f"symbiont_rbench_{label}_{self.tag}"
-        source = url.rsplit("/", 1)[1].split("?", 1)[0]
-        created = create_database(self.admin, name, template=source)
-        self.created.append(name)
-        return created
-
-    async def _apply(self, url: str) -> None:
-        conn = await asyncpg.connect(asyncpg_dsn(url))
-        try:
-            await apply_network(conn, self.network)
-        finally:
-            await conn.close()
-
-    def close(self) -> None:
-        for name in [*self.created, self.template]:
-            with contextlib.suppress(Exception):
-                drop_database(self.admin, name)
 
 
 # -------------------------------------------------------------------------------- loading
@@ -406,7 +359,7 @@ async def _copy(conn: asyncpg.Connection, parts: list[bytes]) -> int:
     return int(str(status).rsplit(" ", 1)[1])
 
 
-def load_month(url: str, net: Network, opts: Options) -> LoadResult:
+def load_month(url: str, net: Network, opts: MonthOptions) -> LoadResult:
     faults = [parse_fault(f, net) for f in FAULTS] if opts.faults else []
     began = time.perf_counter()
     if opts.loader == "writer":
@@ -420,21 +373,17 @@ def load_month(url: str, net: Network, opts: Options) -> LoadResult:
     else:
         readings = asyncio.run(load_copy(url, net, opts.start, opts.end, opts.seed, faults))
     seconds = time.perf_counter() - began
-    dirty = fetch(url, "SELECT count(*) AS n FROM dirty_windows")[0]["n"]
-
-    async def settle() -> None:
-        conn = await asyncpg.connect(asyncpg_dsn(url))
-        try:
-            await conn.execute("VACUUM ANALYZE")
-            await conn.execute("CHECKPOINT")
-        finally:
-            await conn.close()
-
-    asyncio.run(settle())
+    dirty = postgres.fetch(url, "SELECT count(*) AS n FROM dirty_windows")[0]["n"]
+    postgres.execute(url, "VACUUM ANALYZE", "CHECKPOINT")
     return LoadResult(opts.loader, readings, dirty, seconds)
 
 
 # --------------------------------------------------------------------- the timed engine run
+
+
+def engine_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--database-url", required=True)
+    p.add_argument("--now", required=True, type=datetime.fromisoformat)
 
 
 async def engine_run(database_url: str, now: datetime) -> dict[str, Any]:
@@ -447,39 +396,28 @@ async def engine_run(database_url: str, now: datetime) -> dict[str, Any]:
     timings: dict[str, float] = defaultdict(float)
     passes: dict[str, int] = defaultdict(int)
 
+    async def timed(stage: str, work: Awaitable[T]) -> T:
+        t = time.perf_counter()
+        try:
+            return await work
+        finally:
+            timings[stage] += time.perf_counter() - t
+            passes[stage] += 1
+
     class TimedEngine(Engine):
         async def stage1(self, conn: asyncpg.Connection, topo: Topology, at: datetime) -> Stats:
-            t = time.perf_counter()
-            try:
-                return await super().stage1(conn, topo, at)
-            finally:
-                timings["stage1"] += time.perf_counter() - t
-                passes["stage1"] += 1
+            return await timed("stage1", super().stage1(conn, topo, at))
 
         async def stage2(self, conn: asyncpg.Connection, topo: Topology, at: datetime) -> Stats:
-            t = time.perf_counter()
-            try:
-                return await super().stage2(conn, topo, at)
-            finally:
-                timings["stage2"] += time.perf_counter() - t
-                passes["stage2"] += 1
+            return await timed("stage2", super().stage2(conn, topo, at))
 
     engine = TimedEngine(Settings(database_url=database_url))
     conn = await asyncpg.connect(
         engine.dsn, server_settings={"application_name": "bench-rules-backfill"}
     )
     try:
-        backend = conn.get_server_pid()
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        usage_before = resource.getrusage(resource.RUSAGE_SELF)
-        backend_before = cpu_seconds(backend)
-        busy_before = machine_busy()
-        began = time.perf_counter()
-        stats = await engine.process_pending(conn, now=now)
-        wall = time.perf_counter() - began
-        busy_after = machine_busy()
-        backend_after = cpu_seconds(backend)
-        usage = resource.getrusage(resource.RUSAGE_SELF)
+        with proc.Span(conn.get_server_pid()) as span:
+            stats = await engine.process_pending(conn, now=now)
         counts = {
             "meter_windows": await conn.fetchval("SELECT count(*) FROM meter_windows"),
             "exchange_windows": await conn.fetchval("SELECT count(*) FROM exchange_windows"),
@@ -503,7 +441,7 @@ async def engine_run(database_url: str, now: datetime) -> dict[str, Any]:
     finally:
         await conn.close()
     return {
-        "wall_s": wall,
+        **span.figures(),
         "stage1_s": timings["stage1"],
         "stage2_s": timings["stage2"],
         "stage1_passes": passes["stage1"],
@@ -518,16 +456,6 @@ async def engine_run(database_url: str, now: datetime) -> dict[str, Any]:
         "counts": counts,
         "statuses": statuses,
         "alerts": alerts,
-        "cpu_s": (usage.ru_utime + usage.ru_stime)
-        - (usage_before.ru_utime + usage_before.ru_stime),
-        "backend_cpu_s": None
-        if backend_before is None or backend_after is None
-        else backend_after - backend_before,
-        "machine_cpu_s": None
-        if busy_before is None or busy_after is None
-        else busy_after - busy_before,
-        "rss_before_kib": rss_before,
-        "peak_rss_kib": usage.ru_maxrss,
         "engine_file": rules.engine.__file__,
     }
 
@@ -562,7 +490,7 @@ _DIGESTS = {
 
 
 def digest(url: str) -> dict[str, str]:
-    return {table: str(fetch(url, sql)[0][0]) for table, sql in _DIGESTS.items()}
+    return {table: str(postgres.fetch(url, sql)[0][0]) for table, sql in _DIGESTS.items()}
 
 
 def timed_engine(
@@ -575,42 +503,25 @@ def timed_engine(
         "--database-url", url, "--now", opts.end.isoformat(),
     ]  # fmt: skip
     if opts.profile is not None and code is None:
-        spy = Path(sys.executable).parent / "py-spy"
-        cmd = [str(spy), "record", "--rate", "50", "-o", str(opts.profile), "--", *cmd]
-    env = _clean_env()
+        cmd = services.py_spy_record(cmd, opts.profile, "--rate", "50")
+    env = services.clean_env()
     if code is not None:
         env["PYTHONPATH"] = str(ROOT)  # benchmarks and tests; core, ingest, rules from ``code``
-    proc = subprocess.run(cmd, cwd=code or ROOT, env=env, capture_output=True, check=False)
     label = "baseline" if code is not None else "current"
-    (workdir / f"engine-backfill-{label}.log").write_bytes(proc.stderr)
-    if proc.returncode != 0:
-        raise BenchError(f"engine run failed:\n{proc.stderr.decode()[-3000:]}")
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(b"{")]
-    result: dict[str, Any] = orjson.loads(lines[-1])
-    return result
-
-
-def export_code(rev: str, workdir: Path) -> Path:
-    """``core``, ``ingest`` and ``rules`` as of git revision ``rev``, in a directory."""
-    target = workdir / f"baseline-{slug(rev)}"
-    target.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(
-        ["git", "archive", "--format=tar", rev, "core", "ingest", "rules"],
-        cwd=ROOT,
-        capture_output=True,
-        check=False,
+    return services.run_json(
+        cmd,
+        what="engine run",
+        env=env,
+        cwd=code or ROOT,
+        stderr_to=workdir / f"engine-backfill-{label}.log",
     )
-    if archive.returncode != 0:
-        raise BenchError(f"git archive {rev} failed: {archive.stderr.decode()}")
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
-    return target
 
 
-def backfill_case(dbs: Databases, opts: Options, workdir: Path) -> BackfillResult:
+def backfill_case(dbs: postgres.Databases, opts: Options, workdir: Path) -> BackfillResult:
     url = dbs.fresh("backfill")
     log(f"backfill: loading {opts.days} days of {len(dbs.network.meters)} meters ({opts.loader})")
     load = load_month(url, dbs.network, opts)
-    stored = fetch(url, "SELECT count(*) AS n FROM readings")[0]["n"]
+    stored = postgres.fetch(url, "SELECT count(*) AS n FROM readings")[0]["n"]
     log(
         f"backfill: {load.readings:,} readings, {load.dirty:,} dirty windows loaded in "
         f"{load.seconds:.1f} s"
@@ -620,43 +531,42 @@ def backfill_case(dbs: Databases, opts: Options, workdir: Path) -> BackfillResul
     hours = int((opts.end - opts.start).total_seconds() // 3600)
     starts = {window_bounds(opts.start + timedelta(hours=h), timedelta(hours=1), tz)[0] for h in
               range(hours)}  # fmt: skip
-    wait_quiet(opts.quiet_wait)
+    proc.wait_quiet(opts.quiet_wait)
     log("backfill: Engine.process_pending from scratch")
     result = timed_engine(url, opts, workdir)
     log(
         f"backfill: {result['wall_s']:.1f} s, {result['counts']['meter_windows']:,} meter "
         f"windows, {result['counts']['exchange_windows']:,} exchange windows; everything else "
-        f"on the machine meanwhile {_s(others(result))} CPU s"
+        f"on the machine meanwhile {secs(others_in(result))} CPU s"
     )
     out = BackfillResult(load, result, stored, len(starts), digest=digest(url))
     if opts.baseline and baseline_url is not None:
-        code = export_code(opts.baseline, workdir)
-        wait_quiet(opts.quiet_wait)
+        code = services.export_code(opts.baseline, workdir)
+        proc.wait_quiet(opts.quiet_wait)
         log(f"backfill: the same with the engine of {opts.baseline}")
         out.baseline = timed_engine(baseline_url, opts, workdir, code)
         out.baseline_digest = digest(baseline_url)
-        out.baseline_rev = _describe(opts.baseline)
+        out.baseline_rev = services.describe(opts.baseline)
         log(
             f"backfill: baseline ({out.baseline['engine_file']}) "
-            f"{out.baseline['wall_s']:.1f} s (everything else {_s(others(out.baseline))} CPU s); "
+            f"{out.baseline['wall_s']:.1f} s "
+            f"(everything else {secs(others_in(out.baseline))} CPU s); "
             "results " + ("identical" if out.baseline_digest == out.digest else "DIFFER")
         )
     return out
 
 
-def _describe(rev: str) -> str:
-    done = subprocess.run(
-        ["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    return done.stdout.strip() or rev
-
-
-def _clean_env() -> dict[str, str]:
-    """This environment without any SYMBIONT_* setting (the benchmark sets its own)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("SYMBIONT_")}
-
-
 # -------------------------------------------------------------------------- the publisher
+
+
+def publish_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", required=True)
+    p.add_argument("--client-id", required=True)
+    p.add_argument("--rate", type=float, required=True, help="readings per second")
+    p.add_argument("--per-message", type=int, required=True)
+    p.add_argument("--duration", type=float, required=True)
+    p.add_argument("--exchanges", type=int, required=True)
+    p.add_argument("--partners", type=int, required=True)
 
 
 def run_publish(args: argparse.Namespace) -> dict[str, Any]:
@@ -737,7 +647,6 @@ def run_publish(args: argparse.Namespace) -> dict[str, Any]:
         cond.wait_for(lambda: acked >= published, timeout=60)
     client.disconnect()
     client.loop_stop()
-    usage = resource.getrusage(resource.RUSAGE_SELF)
     span = last_at - first
     return {
         "published": published,
@@ -747,7 +656,7 @@ def run_publish(args: argparse.Namespace) -> dict[str, Any]:
         "last_at": last_at,
         "achieved_readings_per_s": readings / span if span > 0 else 0.0,
         "max_behind_s": behind_max,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "cpu_s": proc.rusage_cpu(),
     }
 
 
@@ -785,112 +694,7 @@ CREATE TRIGGER bench_trace_xw_u AFTER UPDATE ON exchange_windows
 """
 
 
-class Listener:
-    """LISTENs on ``symbiont_dirty`` and ``symbiont_windows`` on one connection, in a thread of
-    its own; records (arrival time, channel, payload)."""
-
-    CHANNELS = ("symbiont_dirty", "symbiont_windows")
-
-    def __init__(self, url: str) -> None:
-        self.dsn = asyncpg_dsn(url)
-        self.events: list[tuple[float, str, str]] = []
-        self.dirty_total = 0
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="listener", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-        self._ready.wait(15)
-        if self._error is not None:
-            raise BenchError(f"LISTEN failed: {self._error}")
-
-    def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        self.events.append((time.time(), channel, payload))
-        if channel == "symbiont_dirty":
-            self.dirty_total += int(payload or 0)
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            conn = await asyncpg.connect(self.dsn)
-            try:
-                for channel in self.CHANNELS:
-                    await conn.add_listener(channel, self._notified)
-                self._ready.set()
-                await self._stop.wait()
-            finally:
-                await conn.close()
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-
-class Service:
-    """A ``symbiont`` subcommand as a subprocess, logging to a file."""
-
-    def __init__(self, name: str, args: Sequence[str], env: dict[str, str], log_path: Path):
-        self.name = name
-        self.args = list(args)
-        self.env = env
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "core.cli", *self.args],
-                cwd=ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-            )
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def wait_log(self, text: bytes, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log_path.read_bytes():
-                return
-            if not self.alive():
-                break
-            time.sleep(0.05)
-        raise BenchError(f"{self.name} did not log {text!r}:\n{self.log_tail()}")
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.alive() and self.proc is not None else None
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def log_tail(self, lines: int = 30) -> str:
-        text = self.log_path.read_text(errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
+CHANNELS = ("symbiont_dirty", "symbiont_windows")  # what the listener records
 
 
 @dataclass
@@ -925,85 +729,57 @@ class LatencyResult:
     @property
     def others_cpu_s(self) -> float | None:
         """CPU seconds of everything on the machine but the processes listed."""
-        if self.machine_cpu_s is None:
-            return None
-        ours = [
+        return proc.others(
+            self.machine_cpu_s,
             self.rules_cpu_s,
             self.rules_backend_cpu_s,
             self.ingest_cpu_s,
             self.ingest_backend_cpu_s,
             self.broker_cpu_s,
             self.publisher_cpu_s,
-        ]
-        return max(0.0, self.machine_cpu_s - sum(v or 0.0 for v in ours))
+        )
 
     def p(self, q: float, naive: bool = False) -> float:
-        values = sorted(self.naive if naive else self.latencies)
-        return percentile(values, q) if values else math.nan
+        return reports.percentile_of(self.naive if naive else self.latencies, q)
 
 
-def latency_case(dbs: Databases, opts: Options, workdir: Path) -> LatencyResult:
+def latency_case(dbs: postgres.Databases, opts: Options, workdir: Path) -> LatencyResult:
     # Wait for a quiet machine before the network is applied: meters that send nothing for
     # three intervals after that are (rightly) alerted stale by the engine's periodic check.
-    wait_quiet(opts.quiet_wait)
+    proc.wait_quiet(opts.quiet_wait)
     url = dbs.fresh("latency")
     net = dbs.network
-    fetch(url, "SELECT 1")  # connectable
-    asyncio.run(_execute(url, _TRACE))
+    postgres.fetch(url, "SELECT 1")  # connectable
+    postgres.execute(url, _TRACE)
     with Mosquitto(autosave_interval=1) as broker:
-        env = _clean_env()
-        env.update(
-            SYMBIONT_DATABASE_URL=url,
-            SYMBIONT_MQTT_URL=broker.url,
-            SYMBIONT_LOG_LEVEL="INFO",
-        )
+        env = services.service_env(url, broker.url)
         ingest_id = f"bench-ingest-{secrets.token_hex(3)}"
-        ingest = Service(
-            "ingest",
-            ["ingest", "--client-id", ingest_id],
-            env,
-            workdir / "ingest-live.log",
-        )
-        rules = Service(
-            "rules", ["rules", "--worker-id", RULES_WORKER], env, workdir / "rules-live.log"
-        )
+        ingest = services.ingest_service(env, ingest_id, workdir / "ingest-live.log")
+        rules = services.rules_service(env, RULES_WORKER, workdir / "rules-live.log")
         # The rules service issues last month's statements once its grace period is over (PDFs
         # included), beside the windows: done here, before the run, for a steady state, unless
         # --statements-during-run asks for that once-a-month case.
-        once_s: float | None = None
-        if not opts.statements_during_run:
-            began_once = time.perf_counter()
-            once = subprocess.run(
-                [sys.executable, "-m", "core.cli", "rules", "--once"],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                check=False,
-                timeout=900,
-            )
-            once_s = time.perf_counter() - began_once
-            if once.returncode != 0:
-                raise BenchError(f"symbiont rules --once failed:\n{once.stderr.decode()[-3000:]}")
-        statements_before = fetch(url, "SELECT count(*) AS n FROM statements")[0]["n"]
-        listener = Listener(url)
+        once_s = None if opts.statements_during_run else services.rules_once(env, timeout=900)
+        statements_before = postgres.fetch(url, "SELECT count(*) AS n FROM statements")[0]["n"]
+        listener = postgres.Listener(url, CHANNELS)
         listener.start()
         try:
-            ingest.start()
-            ingest.wait_log(b"connected to mqtt://")
-            rules.start()
-            rules.wait_log(b"rules worker")
-            backend = _backend_pid(url, f"symbiont-rules:{RULES_WORKER}")
+            for service in (ingest, rules):
+                service.start()
+                service.wait_ready()
+            backend = postgres.wait_backend(url, f"symbiont-rules:{RULES_WORKER}")
 
-            def cpu_now() -> dict[str, float | None]:
-                return {
-                    "ingest": cpu_seconds(ingest.pid),
-                    "rules": cpu_seconds(rules.pid),
-                    "backend": cpu_seconds(backend),
-                    "broker": cpu_seconds(broker.pid),
-                    "machine": machine_busy(),
-                }
+            def cpu_now() -> proc.Snapshot:
+                return proc.snapshot(
+                    {
+                        "ingest": ingest.pid,
+                        "rules": rules.pid,
+                        "backend": backend,
+                        "broker": broker.pid,
+                    }
+                )
 
-            wait_quiet(min(opts.quiet_wait, 10.0))
+            proc.wait_quiet(min(opts.quiet_wait, 10.0))
             cpu0 = cpu_now()
             began = time.time()
             log(
@@ -1015,25 +791,23 @@ def latency_case(dbs: Databases, opts: Options, workdir: Path) -> LatencyResult:
                 raise BenchError(f"only {pub['acked']} of {pub['published']} PUBACKs arrived")
             _wait_settled(url, listener, pub["readings"], ingest, rules)
             seconds = time.time() - began
-            cpu1 = cpu_now()
+            cpu = proc.spent(cpu0, cpu_now())
             # ingest's writer connects at its first batch: its whole life is this run
-            writer = _backend_pid(url, f"symbiont-ingest:{ingest_id}", timeout=2.0)
-            cpu0["writer"], cpu1["writer"] = 0.0, cpu_seconds(writer)
-            rules_peak = vm_hwm_kib(rules.pid) if rules.pid else None
-            ingest_peak = vm_hwm_kib(ingest.pid) if ingest.pid else None
+            writer = postgres.wait_backend(url, f"symbiont-ingest:{ingest_id}", timeout=2.0)
+            cpu["writer"] = proc.cpu_seconds(writer)
+            rules_peak = rules.memory_kib()
+            ingest_peak = ingest.memory_kib()
         finally:
             rules.stop()
             ingest.stop()
             listener.stop()
 
-    def spent(key: str) -> float | None:
-        a, b = cpu0[key], cpu1[key]
-        return None if a is None or b is None else b - a
-
     result = _latencies(url, net, listener.events)
     alerts = {
         r["rule"]: r["n"]
-        for r in fetch(url, "SELECT rule, count(*) AS n FROM alerts GROUP BY rule ORDER BY rule")
+        for r in postgres.fetch(
+            url, "SELECT rule, count(*) AS n FROM alerts GROUP BY rule ORDER BY rule"
+        )
     }
     lat = LatencyResult(
         target_rate=opts.latency_rate,
@@ -1048,12 +822,12 @@ def latency_case(dbs: Databases, opts: Options, workdir: Path) -> LatencyResult:
         missing=result["missing"],
         max_behind_s=pub["max_behind_s"],
         publisher_cpu_s=pub["cpu_s"],
-        ingest_cpu_s=spent("ingest"),
-        rules_cpu_s=spent("rules"),
-        rules_backend_cpu_s=spent("backend"),
-        ingest_backend_cpu_s=spent("writer"),
-        broker_cpu_s=spent("broker"),
-        machine_cpu_s=spent("machine"),
+        ingest_cpu_s=cpu["ingest"],
+        rules_cpu_s=cpu["rules"],
+        rules_backend_cpu_s=cpu["backend"],
+        ingest_backend_cpu_s=cpu["writer"],
+        broker_cpu_s=cpu["broker"],
+        machine_cpu_s=cpu["machine"],
         seconds=seconds,
         rules_peak_kib=rules_peak,
         ingest_peak_kib=ingest_peak,
@@ -1061,7 +835,7 @@ def latency_case(dbs: Databases, opts: Options, workdir: Path) -> LatencyResult:
         by_phase=result["by_phase"],
         once_s=once_s,
         statements_before=statements_before,
-        statements_during=fetch(url, "SELECT count(*) AS n FROM statements")[0]["n"]
+        statements_during=postgres.fetch(url, "SELECT count(*) AS n FROM statements")[0]["n"]
         - statements_before,
     )
     if lat.stored != lat.readings:
@@ -1073,27 +847,6 @@ def latency_case(dbs: Databases, opts: Options, workdir: Path) -> LatencyResult:
     return lat
 
 
-async def _execute(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(asyncpg_dsn(url))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-def _backend_pid(url: str, application_name: str, timeout: float = 10.0) -> int | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = fetch(
-            url, "SELECT pid FROM pg_stat_activity WHERE application_name = $1", application_name
-        )
-        if rows:
-            pid: int = rows[0]["pid"]
-            return pid
-        time.sleep(0.1)
-    return None
-
-
 def _run_publisher(broker_url: str, opts: Options) -> dict[str, Any]:
     cmd = [
         sys.executable, "-m", "benchmarks.rules_engine", "publish",
@@ -1102,27 +855,25 @@ def _run_publisher(broker_url: str, opts: Options) -> dict[str, Any]:
         "--duration", repr(opts.latency_seconds),
         "--exchanges", str(opts.exchanges), "--partners", str(opts.partners),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, check=False, env=_clean_env())
-    if proc.returncode != 0:
-        raise BenchError(f"publisher failed:\n{proc.stderr.decode()[-3000:]}")
-    result: dict[str, Any] = orjson.loads(proc.stdout.splitlines()[-1])
-    return result
+    return services.run_json(cmd, what="publisher", env=services.clean_env())
 
 
 def _wait_settled(
-    url: str, listener: Listener, readings: int, ingest: Service, rules: Service
+    url: str,
+    listener: postgres.Listener,
+    readings: int,
+    ingest: services.Service,
+    rules: services.Service,
 ) -> None:
     """Until every reading is stored and the engine has nothing left to do (and has announced
     windows after the last batch)."""
     deadline = time.monotonic() + 120
-    while listener.dirty_total < readings:
+    while listener.total < readings:
         if time.monotonic() > deadline or not ingest.alive():
-            raise BenchError(
-                f"ingest stored {listener.dirty_total} of {readings}:\n{ingest.log_tail()}"
-            )
+            raise BenchError(f"ingest stored {listener.total} of {readings}:\n{ingest.log_tail()}")
         time.sleep(0.1)
     while True:
-        pending = fetch(
+        pending = postgres.fetch(
             url,
             "SELECT (SELECT count(*) FROM dirty_windows) + "
             "(SELECT count(*) FROM dirty_subjects) AS n",
@@ -1149,7 +900,7 @@ def _latencies(url: str, net: Network, events: list[tuple[float, str, str]]) -> 
             exchanges_of[mid].append((ex.id, ex.window))
     dirty = [(t, int(p or 0)) for t, c, p in events if c == "symbiont_dirty"]
     windows = [(t, int(p or 0)) for t, c, p in events if c == "symbiont_windows"]
-    batches = fetch(
+    batches = postgres.fetch(
         url,
         "SELECT received_at, count(*) AS n FROM readings GROUP BY received_at ORDER BY 1",
     )
@@ -1161,8 +912,10 @@ def _latencies(url: str, net: Network, events: list[tuple[float, str, str]]) -> 
             f"{len(batches)} batches stored but {len(inserted)} notifications with readings"
         )
     committed = {b["received_at"]: t for b, (t, _) in zip(batches, inserted, strict=True)}
-    newest = fetch(url, "SELECT received_at, meter_id, max(ts) AS ts FROM readings GROUP BY 1, 2")
-    trace = fetch(
+    newest = postgres.fetch(
+        url, "SELECT received_at, meter_id, max(ts) AS ts FROM readings GROUP BY 1, 2"
+    )
+    trace = postgres.fetch(
         url,
         "SELECT tbl, subject, window_start, last_ts, at, xid FROM bench_trace ORDER BY at, xid",
     )
@@ -1213,7 +966,7 @@ def _latencies(url: str, net: Network, events: list[tuple[float, str, str]]) -> 
     latencies: list[float] = []
     naive: list[float] = []
     window_times = [t for t, _ in windows]
-    phases: dict[str, list[float]] = defaultdict(list)
+    phases: list[tuple[float, float]] = []  # (batch commit from the first, its latency)
     first_commit = min(committed.values(), default=0.0)
     for batch, t in committed.items():
         k = bisect.bisect_right(window_times, t)
@@ -1221,15 +974,10 @@ def _latencies(url: str, net: Network, events: list[tuple[float, str, str]]) -> 
             naive.append(window_times[k] - t)
         if batch in done and batch not in missing_batches:
             latencies.append(done[batch] - t)
-            phases[f"{int((t - first_commit) // 10) * 10:>3d}"].append(done[batch] - t)
+            phases.append((t - first_commit, done[batch] - t))
     by_phase = [
-        (
-            f"{int(key)}–{int(key) + 10} s",
-            len(vals),
-            percentile(sorted(vals), 50),
-            percentile(sorted(vals), 99),
-        )
-        for key, vals in sorted(phases.items(), key=lambda kv: int(kv[0]))
+        (label, len(vals), reports.percentile(vals, 50), reports.percentile(vals, 99))
+        for label, vals in reports.by_interval(phases)
     ]
     return {
         "stored": sum(b["n"] for b in batches),
@@ -1246,55 +994,38 @@ def _latencies(url: str, net: Network, events: list[tuple[float, str, str]]) -> 
 
 
 @dataclass
-class Report:
+class Report(reports.RunReport):
     backfill: BackfillResult | None = None
     latency: LatencyResult | None = None
-    load_before: str = ""
-    load_after: str = ""
-    seconds: float = 0.0
-    code: str = ""
 
 
 def run(opts: Options) -> Report:
-    report = Report(load_before=loadavg(), code=code_version())
-    began = time.monotonic()
-    workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"symbiont-rbench-{os.getpid()}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    log(f"logs in {workdir}")
-    net = parse_network(bench_network(opts.exchanges, opts.partners))
-    dbs = Databases(net)
-    try:
-        if opts.backfill:
-            report.backfill = backfill_case(dbs, opts, workdir)
-        if opts.latency_seconds > 0:
-            report.latency = latency_case(dbs, opts, workdir)
-    finally:
-        dbs.close()
-    report.load_after = loadavg()
-    report.seconds = time.monotonic() - began
+    report = Report(code=reports.code_version(*CODE_PATHS))
+    with reports.timed_run(report):
+        workdir = services.make_workdir("rbench")
+        dbs = postgres.Databases(
+            parse_network(bench_network(opts.exchanges, opts.partners)), "rbench"
+        )
+        try:
+            if opts.backfill:
+                report.backfill = backfill_case(dbs, opts, workdir)
+            if opts.latency_seconds > 0:
+                report.latency = latency_case(dbs, opts, workdir)
+        finally:
+            dbs.close()
     return report
 
 
 # -------------------------------------------------------------------------------- output
 
 
-def _mib(kib: int | None) -> str:
-    return f"{kib / 1024:,.0f} MiB" if kib else "n/a"
-
-
-def _s(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1f}"
-
-
 def _ms(value: float) -> str:
     return f"{value * 1000:,.0f} ms"
 
 
-def others(run: dict[str, Any]) -> float | None:
+def others_in(run: dict[str, Any]) -> float | None:
     """CPU seconds the rest of the machine spent during a timed engine run."""
-    if run["machine_cpu_s"] is None:
-        return None
-    return float(max(0.0, run["machine_cpu_s"] - run["cpu_s"] - (run["backend_cpu_s"] or 0.0)))
+    return proc.others(run["machine_cpu_s"], run["cpu_s"], run["backend_cpu_s"])
 
 
 def backfill_lines(b: BackfillResult, opts: Options, n_meters: int) -> list[str]:
@@ -1319,8 +1050,8 @@ def backfill_lines(b: BackfillResult, opts: Options, n_meters: int) -> list[str]
             f"- Baseline: the engine (`core`, `ingest`, `rules`) of commit {b.baseline_rev}, "
             f"timed the same way on a copy of the same loaded database: **{bl['wall_s']:.1f} s** "
             f"(stage 1 {bl['stage1_s']:.1f} s / stage 2 {bl['stage2_s']:.1f} s; CPU s engine / "
-            f"backend / everything else {_s(bl['cpu_s'])} / {_s(bl['backend_cpu_s'])} / "
-            f"{_s(others(bl))}; peak RSS {_mib(bl['peak_rss_kib'])}). What the two "
+            f"backend / everything else {secs(bl['cpu_s'])} / {secs(bl['backend_cpu_s'])} / "
+            f"{secs(others_in(bl))}; peak RSS {mib(bl['peak_rss_kib'])}). What the two "
             "produced (md5 of meter windows, exchange windows, alerts and alert events, "
             f"computation times left out) is **{'identical' if same else 'different'}**.",
         ]
@@ -1343,11 +1074,11 @@ def backfill_lines(b: BackfillResult, opts: Options, n_meters: int) -> list[str]
         f"({e['stats']['exchange_windows']:,}) — {statuses} |",
         f"| Alerts | {alert_text} |",
         f"| Left dirty afterwards | {c['dirty_windows']} windows, {c['dirty_subjects']} subjects |",
-        f"| Engine process peak RSS (`ru_maxrss`) | {_mib(e['peak_rss_kib'])} "
-        f"({_mib(e['rss_before_kib'])} before the run) |",
+        f"| Engine process peak RSS (`ru_maxrss`) | {mib(e['peak_rss_kib'])} "
+        f"({mib(e['rss_before_kib'])} before the run) |",
         f"| CPU s: engine process / its PostgreSQL backend / everything else on the machine "
-        f"(PostgreSQL's background writers and autovacuum, other work) | {_s(e['cpu_s'])} / "
-        f"{_s(e['backend_cpu_s'])} / {_s(others(e))} |",
+        f"(PostgreSQL's background writers and autovacuum, other work) | {secs(e['cpu_s'])} / "
+        f"{secs(e['backend_cpu_s'])} / {secs(others_in(e))} |",
         "",
         f"- Target: a month for 100 exchanges reconciled from scratch in under "
         f"{TARGET_BACKFILL_S:.0f} s: **{verdict}** ({e['wall_s']:.1f} s).",
@@ -1398,13 +1129,13 @@ def latency_lines(lat: LatencyResult, opts: Options) -> list[str]:
         f"**{verdict}** (p99 {_ms(lat.p(99))}). Batches never reflected: {lat.missing}.",
         f"- Over the run (by batch commit time): {phases}.",
         f"- CPU s over the {lat.seconds:.0f} s from the first publish to settled: rules "
-        f"{_s(lat.rules_cpu_s)}, its PostgreSQL backend {_s(lat.rules_backend_cpu_s)}, ingest "
-        f"{_s(lat.ingest_cpu_s)}, its PostgreSQL writer backend {_s(lat.ingest_backend_cpu_s)} "
+        f"{secs(lat.rules_cpu_s)}, its PostgreSQL backend {secs(lat.rules_backend_cpu_s)}, ingest "
+        f"{secs(lat.ingest_cpu_s)}, its PostgreSQL writer backend {secs(lat.ingest_backend_cpu_s)} "
         "(whole life), "
-        f"Mosquitto {_s(lat.broker_cpu_s)}, publisher {_s(lat.publisher_cpu_s)} (whole life); "
-        f"whole machine {_s(lat.machine_cpu_s)}, of which everything else (PostgreSQL's "
-        f"background processes, other work) {_s(lat.others_cpu_s)}. Peak RSS (VmHWM): rules "
-        f"{_mib(lat.rules_peak_kib)}, ingest {_mib(lat.ingest_peak_kib)}. Alerts raised during "
+        f"Mosquitto {secs(lat.broker_cpu_s)}, publisher {secs(lat.publisher_cpu_s)} (whole life); "
+        f"whole machine {secs(lat.machine_cpu_s)}, of which everything else (PostgreSQL's "
+        f"background processes, other work) {secs(lat.others_cpu_s)}. Peak RSS (VmHWM): rules "
+        f"{mib(lat.rules_peak_kib)}, ingest {mib(lat.ingest_peak_kib)}. Alerts raised during "
         f"the run: {alerts}.",
     ]
 
@@ -1429,39 +1160,9 @@ METHOD = (
 )
 
 
-def code_version() -> str:
-    """The commit measured, and whether the engine's code differed from it."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "rules", "core", "ingest", "benchmarks"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.split("\n")
-    except OSError:
-        return "unknown"
-    changed = sorted(line[3:] for line in dirty if line.strip())
-    if not head:
-        return "unknown"
-    return f"commit {head}" + (
-        f" with uncommitted changes in {', '.join(changed)}" if changed else ""
-    )
-
-
 def markdown(report: Report, opts: Options, info: dict[str, str], n_meters: int) -> str:
-    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [
-        SECTION,
-        "",
-        f"Measured {now} with `{opts.command}` (from the repository root); code: {report.code}.",
-        "",
-        f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} RAM, Linux "
-        f"{info['kernel']}; {info['postgresql']}; {info['mosquitto']}; Python "
-        f"{info['python']}, asyncpg {info['asyncpg']}. Everything (PostgreSQL, broker, "
-        "services, publisher, harness) on this machine.",
+        *reports.heading(SECTION, opts.command, report.code, info, ON_MACHINE, broker=True),
         "",
         f"Network (built by `benchmarks.rules_engine.bench_network`): {opts.partners} "
         f"partners, {opts.exchanges} heat exchanges with hourly windows in {TIMEZONE}, each "
@@ -1480,24 +1181,14 @@ def markdown(report: Report, opts: Options, info: dict[str, str], n_meters: int)
         out += [*backfill_lines(report.backfill, opts, n_meters), ""]
     if report.latency is not None:
         out += [*latency_lines(report.latency, opts), "", METHOD, ""]
-    out += [
-        f"Load average before the run {report.load_before}, after it {report.load_after} "
-        f"(anything else running on the machine competes for the same 2 cores); the whole run "
-        f"took {report.seconds:.0f} s.",
-    ]
+    out.append(report.footer())
     return "\n".join(out) + "\n"
 
 
 def main(opts: Options) -> Report:
-    info = machine()
+    info = reports.machine()
     report = run(opts)
-    n_meters = 2 * opts.exchanges
-    text = markdown(report, opts, info, n_meters)
-    print()
-    print(text)
-    if opts.write is not None:
-        write_section(opts.write, SECTION, text)
-        log(f"wrote {opts.write}")
+    reports.publish(markdown(report, opts, info, 2 * opts.exchanges), opts.write, SECTION)
     return report
 
 
@@ -1506,19 +1197,7 @@ def main(opts: Options) -> Report:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = Options()
-    p.add_argument("--exchanges", type=int, default=d.exchanges, help="default %(default)s")
-    p.add_argument("--partners", type=int, default=d.partners, help="default %(default)s")
-    p.add_argument(
-        "--days", type=int, default=d.days, help="days from 2026-10-01 (default %(default)s)"
-    )
-    p.add_argument("--seed", type=int, default=d.seed, help="simulation seed")
-    p.add_argument("--no-faults", action="store_true", help="a clean month (no faults)")
-    p.add_argument(
-        "--loader",
-        choices=("copy", "writer"),
-        default=d.loader,
-        help="how the month is loaded (not timed): binary COPY, or the ingest batch writer",
-    )
+    add_month_arguments(p, d)
     p.add_argument("--no-backfill", action="store_true", help="skip the backfill run")
     p.add_argument(
         "--latency-seconds",
@@ -1538,12 +1217,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.readings_per_message,
         help="readings per message in the live run (default %(default)s)",
     )
-    p.add_argument(
-        "--baseline",
-        default=None,
-        metavar="REV",
-        help="also time the engine (core, ingest, rules) of this git revision on a copy of the "
+    arguments.add_baseline_arguments(
+        p,
+        "also time the engine (core, ingest, rules) of this git revision on a copy of the "
         "same loaded database, and compare what both produced",
+        "record a py-spy flame graph (SVG) of the timed engine run",
     )
     p.add_argument(
         "--statements-during-run",
@@ -1551,82 +1229,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="do not issue the previous month's statements before the live run (the service "
         "then issues them during it)",
     )
-    p.add_argument(
-        "--profile",
-        type=Path,
-        default=None,
-        help="record a py-spy flame graph (SVG) of the timed engine run",
-    )
-
-
-def options(argv: Sequence[str], *, command: str = "") -> Options:
-    """The benchmark's options from its own command line (``benchmarks.run --only rules``)."""
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.run --only rules",
-        description="Rules engine: a month from scratch, live latency "
-        "(benchmarks/rules_engine.py).",
-    )
-    add_arguments(p)
-    add_common_arguments(p)
-    return from_args(p.parse_args(argv), command=command)
-
-
-def from_args(args: argparse.Namespace, *, command: str = "") -> Options:
-    """Options from parsed arguments; what ``args`` lacks keeps its default."""
-    d = Options()
-    opts = Options(
-        exchanges=getattr(args, "exchanges", d.exchanges),
-        partners=getattr(args, "partners", d.partners),
-        days=getattr(args, "days", d.days),
-        seed=getattr(args, "seed", d.seed),
-        faults=not getattr(args, "no_faults", False),
-        loader=getattr(args, "loader", d.loader),
-        backfill=not getattr(args, "no_backfill", False),
-        latency_seconds=getattr(args, "latency_seconds", d.latency_seconds),
-        latency_rate=getattr(args, "latency_rate", d.latency_rate),
-        readings_per_message=getattr(args, "readings_per_message", d.readings_per_message),
-        quiet_wait=getattr(args, "quiet_wait", d.quiet_wait),
-        profile=getattr(args, "profile", None),
-        baseline=getattr(args, "baseline", None),
-        statements_during_run=getattr(args, "statements_during_run", False),
-        command=command,
-    )
-    quick = getattr(args, "quick", False)
-    if quick:
-        opts.days = min(opts.days, 3)
-        opts.latency_seconds = min(opts.latency_seconds, 15.0)
-        opts.quiet_wait = min(opts.quiet_wait, 3.0)
-    write = getattr(args, "write", None)
-    if getattr(args, "no_write", False) or (quick and write is None):
-        opts.write = None
-    elif write is not None:
-        opts.write = write
-    return opts
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """The helper roles run as processes of their own: ``engine`` (the timed backfill run)
     and ``publish`` (the live publisher); each prints one JSON line."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.rules_engine")
-    sub = parser.add_subparsers(dest="role", required=True)
-    e = sub.add_parser("engine")
-    e.add_argument("--database-url", required=True)
-    e.add_argument("--now", required=True, type=datetime.fromisoformat)
-    p = sub.add_parser("publish")
-    p.add_argument("--url", required=True)
-    p.add_argument("--client-id", required=True)
-    p.add_argument("--rate", type=float, required=True, help="readings per second")
-    p.add_argument("--per-message", type=int, required=True)
-    p.add_argument("--duration", type=float, required=True)
-    p.add_argument("--exchanges", type=int, required=True)
-    p.add_argument("--partners", type=int, required=True)
-    args = parser.parse_args(argv)
-    if args.role == "engine":
-        result = asyncio.run(engine_run(args.database_url, args.now))
-    else:
-        result = run_publish(args)
-    sys.stdout.write(orjson.dumps(result).decode() + "\n")
-    return 0
+    roles: dict[str, services.Role] = {
+        "engine": (engine_arguments, lambda a: asyncio.run(engine_run(a.database_url, a.now))),
+        "publish": (publish_arguments, run_publish),
+    }
+    return services.role_main("python -m benchmarks.rules_engine", roles, argv)
 
 
 if __name__ == "__main__":

@@ -41,14 +41,12 @@ import contextlib
 import hashlib
 import inspect
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -59,37 +57,24 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.clients import write_section  # noqa: E402
-from benchmarks.ingest_throughput import (  # noqa: E402
-    BenchError,
-    add_common_arguments,
-    cpu_seconds,
-    fetch,
-    loadavg,
-    log,
-    machine,
-    machine_busy,
-    wait_quiet,
-)
+from benchmarks.harness import BenchError, arguments, log, postgres, proc, reports, services  # noqa: E402
+from benchmarks.harness.reports import secs  # noqa: E402
 from benchmarks.rules_engine import (  # noqa: E402
+    CODE_PATHS,
     TIMEZONE,
-    Databases,
-    _clean_env,
-    _describe,
+    MonthOptions,
+    add_month_arguments,
     bench_network,
-    code_version,
-    export_code,
     load_month,
 )
-from benchmarks.rules_engine import Options as RulesOptions  # noqa: E402
 from core.db import asyncpg_dsn  # noqa: E402
 from core.network import Network, parse_network  # noqa: E402
 from core.settings import Settings  # noqa: E402
 
 SECTION = "## Statements"
+ON_MACHINE = "PostgreSQL and the harness on this machine."
 TARGET_S = 10.0
-YEAR, MONTH = 2026, 10
-START = datetime(2026, 10, 1, tzinfo=UTC)
+YEAR, MONTH = 2026, 10  # the month issued: the one the rules benchmark simulates
 GRACE = timedelta(days=3)
 
 
@@ -97,12 +82,7 @@ GRACE = timedelta(days=3)
 
 
 @dataclass
-class Options:
-    exchanges: int = 100
-    partners: int = 20
-    days: int = 31
-    seed: int = 1
-    faults: bool = True
+class Options(MonthOptions):
     loader: str = "writer"  # rules.backfill.write_simulation, or "copy"
     runs: int = 3
     workers: int | None = None  # issue_month's PDF processes (None: its default)
@@ -115,10 +95,6 @@ class Options:
     command: str = ""
 
     @property
-    def end(self) -> datetime:
-        return START + timedelta(days=self.days)
-
-    @property
     def issue_at(self) -> datetime:
         """When the month is issued: its end in the network's zone plus the grace period."""
         from zoneinfo import ZoneInfo
@@ -126,6 +102,10 @@ class Options:
         from core.windows import month_bounds
 
         return month_bounds(YEAR, MONTH, ZoneInfo(TIMEZONE))[1] + GRACE
+
+
+DESCRIPTION = "Statements: a month for every partner (benchmarks/statements.py)."
+QUICK = {"days": 3, "runs": 1, "quiet_wait": 3.0}  # --quick: a smoke run
 
 
 # --------------------------------------------------------------------------------- network
@@ -168,18 +148,10 @@ class Prepared:
     reused: bool = False
 
 
-def prepare(dbs: Databases, opts: Options) -> Prepared:
+def prepare(dbs: postgres.Databases, opts: Options) -> Prepared:
     url = dbs.fresh("statements")
-    rules_opts = RulesOptions(
-        exchanges=opts.exchanges,
-        partners=opts.partners,
-        days=opts.days,
-        seed=opts.seed,
-        faults=opts.faults,
-        loader=opts.loader,
-    )
     log(f"prepare: loading {opts.days} days of {len(dbs.network.meters)} meters ({opts.loader})")
-    load = load_month(url, dbs.network, rules_opts)
+    load = load_month(url, dbs.network, opts)
     log(f"prepare: {load.readings:,} readings in {load.seconds:.1f} s; rules engine once")
     began = time.perf_counter()
     asyncio.run(_rules_once(url, opts.end))
@@ -208,9 +180,11 @@ async def _rules_once(url: str, now: datetime) -> None:
 def _describe_db(url: str) -> Prepared:
     statuses = {
         r["status"]: r["n"]
-        for r in fetch(url, "SELECT status, count(*) AS n FROM exchange_windows GROUP BY 1")
+        for r in postgres.fetch(
+            url, "SELECT status, count(*) AS n FROM exchange_windows GROUP BY 1"
+        )
     }
-    readings = fetch(url, "SELECT count(*) AS n FROM readings")[0]["n"]
+    readings = postgres.fetch(url, "SELECT count(*) AS n FROM readings")[0]["n"]
     return Prepared(url, readings, 0.0, 0.0, sum(statuses.values()), statuses)
 
 
@@ -226,19 +200,16 @@ RESET session_replication_role;
 
 def reset(url: str) -> None:
     """Forget every issued statement (benchmark databases only: statements are immutable)."""
-
-    async def go() -> None:
-        conn = await asyncpg.connect(asyncpg_dsn(url))
-        try:
-            await conn.execute(_RESET)
-            await conn.execute("VACUUM ANALYZE statements, outbox")
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
+    postgres.execute(url, _RESET, "VACUUM ANALYZE statements, outbox")
 
 
 # -------------------------------------------------------------------------- the timed run
+
+
+def issue_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--database-url", required=True)
+    p.add_argument("--now", required=True, type=datetime.fromisoformat)
+    p.add_argument("--workers", type=int, default=None)
 
 
 async def issue_run(database_url: str, now: datetime, workers: int | None) -> dict[str, Any]:
@@ -264,53 +235,19 @@ async def issue_run(database_url: str, now: datetime, workers: int | None) -> di
             kwargs["workers"] = workers
         if "accept_incomplete" in params:  # timed: issuing every statement, whatever its data
             kwargs["accept_incomplete"] = "benchmark"
-        backend = conn.get_server_pid()
-        usage0 = resource.getrusage(resource.RUSAGE_SELF)
-        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        backend0 = cpu_seconds(backend)
-        busy0 = machine_busy()
-        began = time.perf_counter()
-        issued = await rules.issue.issue_month(conn, net, YEAR, MONTH, now, **kwargs)
-        wall = time.perf_counter() - began
-        busy1 = machine_busy()
-        backend1 = cpu_seconds(backend)
-        usage1 = resource.getrusage(resource.RUSAGE_SELF)
-        children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        helpers = _children_cpu(os.getpid())  # the PDF fork server, still alive
+        with proc.Span(conn.get_server_pid()) as span:
+            issued = await rules.issue.issue_month(conn, net, YEAR, MONTH, now, **kwargs)
+        helpers = proc.children_cpu(os.getpid())  # the PDF fork server, still alive
     finally:
         await conn.close()
-
-    def cpu(a: resource.struct_rusage, b: resource.struct_rusage) -> float:
-        return (b.ru_utime + b.ru_stime) - (a.ru_utime + a.ru_stime)
-
     return {
-        "wall_s": wall,
+        **span.figures(),
         "issued": len(issued),
         "new": sum(1 for i in issued if i.new),
         "timings": None if timings is None else asdict(timings),
-        "cpu_s": cpu(usage0, usage1),
-        "children_cpu_s": cpu(children0, children1),
         "helpers_cpu_s": helpers,
-        "backend_cpu_s": None if backend0 is None or backend1 is None else backend1 - backend0,
-        "machine_cpu_s": None if busy0 is None or busy1 is None else busy1 - busy0,
-        "peak_rss_kib": usage1.ru_maxrss,
         "issue_file": rules.issue.__file__,
     }
-
-
-def _children_cpu(parent: int) -> float:
-    """CPU seconds of the live child processes of ``parent`` and of their children."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == parent:
-            total += (cpu_seconds(int(entry.name)) or 0.0) + _children_cpu(int(entry.name))
-    return total
 
 
 def timed_issue(
@@ -325,27 +262,20 @@ def timed_issue(
     if opts.workers is not None:
         cmd += ["--workers", str(opts.workers)]
     if opts.profile is not None and code is None and label == "run-1":
-        spy = Path(sys.executable).parent / "py-spy"
-        cmd = [
-            str(spy), "record", "--subprocesses", "--rate", "100", "-o", str(opts.profile),
-            "--", *cmd,
-        ]  # fmt: skip
-    env = _clean_env()
+        cmd = services.py_spy_record(cmd, opts.profile, "--subprocesses", "--rate", "100")
+    env = services.clean_env()
     if code is not None:  # core, ingest, rules from ``code``; benchmarks and tests from here
         env["PYTHONPATH"] = os.pathsep.join([str(code), str(ROOT)])
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, check=False)
-    (workdir / f"issue-{label}.log").write_bytes(proc.stderr)
-    if proc.returncode != 0:
-        raise BenchError(f"issue run failed:\n{proc.stderr.decode()[-3000:]}")
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(b"{")]
-    result: dict[str, Any] = orjson.loads(lines[-1])
+    result = services.run_json(
+        cmd, what="issue run", env=env, stderr_to=workdir / f"issue-{label}.log"
+    )
     result["stored"] = stored_digest(url)
     return result
 
 
 def stored_digest(url: str) -> dict[str, Any]:
     """What the run stored: counts, sizes, and one SHA-256 per column over all statements."""
-    rows = fetch(
+    rows = postgres.fetch(
         url,
         "SELECT partner_id, document, content_hash, csv, pdf FROM statements "
         "WHERE month = $1 ORDER BY partner_id",
@@ -362,7 +292,7 @@ def stored_digest(url: str) -> dict[str, Any]:
         out[f"{col}_sha256"] = h.hexdigest()
         out[f"{col}_bytes"] = size
     out["lines"] = sum(len(orjson.loads(r["document"])["lines"]) for r in rows)
-    out["outbox"] = fetch(
+    out["outbox"] = postgres.fetch(
         url, "SELECT count(*) AS n FROM outbox WHERE event_key LIKE 'statement-%'"
     )[0]["n"]
     return out
@@ -372,49 +302,47 @@ def stored_digest(url: str) -> dict[str, Any]:
 
 
 @dataclass
-class Report:
+class Report(reports.RunReport):
     prepared: Prepared | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
     baseline: dict[str, Any] | None = None
     baseline_rev: str = ""
-    load_before: str = ""
-    load_after: str = ""
-    seconds: float = 0.0
-    code: str = ""
 
 
 def run(opts: Options) -> Report:
-    report = Report(load_before=loadavg(), code=code_version())
-    began = time.monotonic()
-    workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"symbiont-sbench-{os.getpid()}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    log(f"logs in {workdir}")
+    report = Report(code=reports.code_version(*CODE_PATHS))
+    with reports.timed_run(report):
+        run_issues(opts, report, services.make_workdir("sbench"))
+    return report
+
+
+def run_issues(opts: Options, report: Report, workdir: Path) -> None:
     net = parse_network(statements_network(opts.exchanges, opts.partners))
-    dbs: Databases | None = None
+    dbs: postgres.Databases | None = None
     try:
         if opts.database_url:
             prepared = _describe_db(opts.database_url)
             prepared.reused = True
         else:
-            dbs = Databases(net)
+            dbs = postgres.Databases(net, "rbench")
             prepared = prepare(dbs, opts)
         report.prepared = prepared
         url = prepared.url
         for k in range(1, opts.runs + 1):
             reset(url)
-            wait_quiet(opts.quiet_wait)
+            proc.wait_quiet(opts.quiet_wait)
             log(f"run {k}: issue_month for {opts.partners} partners")
             result = timed_issue(url, opts, workdir, f"run-{k}")
             _check(result, net)
             report.runs.append(result)
             log(f"run {k}: {result['wall_s']:.2f} s ({_phases(result)})")
         if opts.baseline:
-            code = export_code(opts.baseline, workdir)
+            code = services.export_code(opts.baseline, workdir)
             reset(url)
-            wait_quiet(opts.quiet_wait)
+            proc.wait_quiet(opts.quiet_wait)
             log(f"baseline: issue_month of {opts.baseline}")
             report.baseline = timed_issue(url, opts, workdir, "baseline", code)
-            report.baseline_rev = _describe(opts.baseline)
+            report.baseline_rev = services.describe(opts.baseline)
             _check(report.baseline, net)
             log(f"baseline: {report.baseline['wall_s']:.2f} s")
     finally:
@@ -423,9 +351,6 @@ def run(opts: Options) -> Report:
                 dbs.created = [n for n in dbs.created if "statements" not in n]
                 log(f"kept the database: {report.prepared.url if report.prepared else '?'}")
             dbs.close()
-    report.load_after = loadavg()
-    report.seconds = time.monotonic() - began
-    return report
 
 
 def _check(result: dict[str, Any], net: Network) -> None:
@@ -440,10 +365,6 @@ def _check(result: dict[str, Any], net: Network) -> None:
 # -------------------------------------------------------------------------------- output
 
 
-def _s(value: float | None, places: int = 2) -> str:
-    return "–" if value is None else f"{value:.{places}f}"
-
-
 def _phases(result: dict[str, Any]) -> str:
     t = result.get("timings")
     if not t:
@@ -456,16 +377,14 @@ def _phases(result: dict[str, Any]) -> str:
 
 
 def _others(result: dict[str, Any]) -> float | None:
-    if result["machine_cpu_s"] is None:
-        return None
     t = result.get("timings") or {}
-    ours = (
-        result["cpu_s"]
-        + (result["backend_cpu_s"] or 0.0)
-        + float(t.get("pdf_cpu", 0.0) or 0.0)
-        + float(result.get("helpers_cpu_s") or 0.0)
+    return proc.others(
+        result["machine_cpu_s"],
+        result["cpu_s"],
+        result["backend_cpu_s"],
+        float(t.get("pdf_cpu", 0.0) or 0.0),
+        float(result.get("helpers_cpu_s") or 0.0),
     )
-    return float(max(0.0, result["machine_cpu_s"] - ours))
 
 
 def runs_table(report: Report) -> list[str]:
@@ -489,23 +408,22 @@ def _row(name: str, r: dict[str, Any]) -> str:
         cells = [
             f"{t['compute']:.2f} s",
             f"{t['json_csv']:.2f} s",
-            f"{t['pdf']:.2f} s / {t['workers']} / {_s(per)} s",
+            f"{t['pdf']:.2f} s / {t['workers']} / {secs(per, 2)} s",
             f"{t['pdf_wait']:.2f} s",
             f"{t['store']:.2f} s",
         ]
-        workers = _s(t.get("pdf_cpu"), 1)
+        workers = secs(t.get("pdf_cpu"))
     else:
         cells = ["–"] * 5
         workers = "–"
     cpu = (
-        f"{r['cpu_s']:.1f} / {workers} / {_s(r.get('helpers_cpu_s'), 1)} / "
-        f"{_s(r['backend_cpu_s'], 1)} / {_s(_others(r), 1)}"
+        f"{r['cpu_s']:.1f} / {workers} / {secs(r.get('helpers_cpu_s'))} / "
+        f"{secs(r['backend_cpu_s'])} / {secs(_others(r))}"
     )
     return f"| {name} | **{r['wall_s']:.2f} s** | " + " | ".join(cells) + f" | {cpu} |"
 
 
 def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
-    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     p = report.prepared
     assert p is not None
     walls = [r["wall_s"] for r in report.runs]
@@ -524,13 +442,7 @@ def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
         f"exchange windows: {statuses}), then `VACUUM ANALYZE` and `CHECKPOINT`"
     )
     out = [
-        SECTION,
-        "",
-        f"Measured {now} with `{opts.command}` (from the repository root); code: {report.code}.",
-        "",
-        f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} RAM, Linux "
-        f"{info['kernel']}; {info['postgresql']}; Python {info['python']}, asyncpg "
-        f"{info['asyncpg']}. PostgreSQL and the harness on this machine.",
+        *reports.heading(SECTION, opts.command, report.code, info, ON_MACHINE, broker=False),
         "",
         f"Network (`benchmarks.statements.statements_network`): {opts.partners} partners, "
         f"{opts.exchanges} hourly heat exchanges in {TIMEZONE} (the rules benchmark's, with "
@@ -576,24 +488,14 @@ def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
                or "nothing")
             + "."
         )  # fmt: skip
-    out += [
-        "",
-        f"Load average before the run {report.load_before}, after it {report.load_after} "
-        f"(anything else running on the machine competes for the same 2 cores); the whole run "
-        f"took {report.seconds:.0f} s.",
-    ]
+    out += ["", report.footer()]
     return "\n".join(out) + "\n"
 
 
 def main(opts: Options) -> Report:
-    info = machine()
+    info = reports.machine()
     report = run(opts)
-    text = markdown(report, opts, info)
-    print()
-    print(text)
-    if opts.write is not None:
-        write_section(opts.write, SECTION, text)
-        log(f"wrote {opts.write}")
+    reports.publish(markdown(report, opts, info), opts.write, SECTION)
     return report
 
 
@@ -602,30 +504,16 @@ def main(opts: Options) -> Report:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = Options()
-    p.add_argument("--exchanges", type=int, default=d.exchanges, help="default %(default)s")
-    p.add_argument("--partners", type=int, default=d.partners, help="default %(default)s")
-    p.add_argument(
-        "--days", type=int, default=d.days, help="days of data from 2026-10-01 (default 31)"
-    )
-    p.add_argument("--seed", type=int, default=d.seed, help="simulation seed")
-    p.add_argument("--no-faults", action="store_true", help="a clean month (no faults)")
-    p.add_argument(
-        "--loader",
-        choices=("writer", "copy"),
-        default=d.loader,
-        help="how the month is loaded (not timed): the ingest batch writer "
-        "(rules.backfill.write_simulation, the default) or binary COPY",
-    )
+    add_month_arguments(p, d)
     p.add_argument("--runs", type=int, default=d.runs, help="timed runs (default %(default)s)")
     p.add_argument(
         "--workers", type=int, default=None, help="PDF worker processes (default: issue_month's)"
     )
-    p.add_argument(
-        "--baseline",
-        default=None,
-        metavar="REV",
-        help="also time issue_month of this git revision (core, ingest, rules) on the same "
+    arguments.add_baseline_arguments(
+        p,
+        "also time issue_month of this git revision (core, ingest, rules) on the same "
         "database, and compare what both stored",
+        "record a py-spy flame graph (SVG) of the first timed run, PDF workers included",
     )
     p.add_argument(
         "--database-url",
@@ -636,69 +524,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--keep", action="store_true", help="keep the prepared database (its URL is logged)"
     )
-    p.add_argument(
-        "--profile",
-        type=Path,
-        default=None,
-        help="record a py-spy flame graph (SVG) of the first timed run, PDF workers included",
-    )
-
-
-def options(argv: Sequence[str], *, command: str = "") -> Options:
-    """The benchmark's options from its own command line (``benchmarks.run --only
-    statements``)."""
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.run --only statements",
-        description="Statements: a month for every partner (benchmarks/statements.py).",
-    )
-    add_arguments(p)
-    add_common_arguments(p)
-    return from_args(p.parse_args(argv), command=command)
-
-
-def from_args(args: argparse.Namespace, *, command: str = "") -> Options:
-    """Options from parsed arguments; what ``args`` lacks keeps its default."""
-    d = Options()
-    opts = Options(
-        exchanges=getattr(args, "exchanges", d.exchanges),
-        partners=getattr(args, "partners", d.partners),
-        days=getattr(args, "days", d.days),
-        seed=getattr(args, "seed", d.seed),
-        faults=not getattr(args, "no_faults", False),
-        loader=getattr(args, "loader", d.loader),
-        runs=getattr(args, "runs", d.runs),
-        workers=getattr(args, "workers", None),
-        quiet_wait=getattr(args, "quiet_wait", d.quiet_wait),
-        profile=getattr(args, "profile", None),
-        baseline=getattr(args, "baseline", None),
-        database_url=getattr(args, "database_url", None),
-        keep=getattr(args, "keep", False),
-        command=command,
-    )
-    if getattr(args, "quick", False):
-        opts.days = min(opts.days, 3)
-        opts.runs = min(opts.runs, 1)
-        opts.quiet_wait = min(opts.quiet_wait, 3.0)
-    write = getattr(args, "write", None)
-    if getattr(args, "no_write", False) or (getattr(args, "quick", False) and write is None):
-        opts.write = None
-    elif write is not None:
-        opts.write = write
-    return opts
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """``issue``: the timed run, as a process of its own; prints one JSON line."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.statements")
-    sub = parser.add_subparsers(dest="role", required=True)
-    i = sub.add_parser("issue")
-    i.add_argument("--database-url", required=True)
-    i.add_argument("--now", required=True, type=datetime.fromisoformat)
-    i.add_argument("--workers", type=int, default=None)
-    args = parser.parse_args(argv)
-    result = asyncio.run(issue_run(args.database_url, args.now, args.workers))
-    sys.stdout.write(orjson.dumps(result).decode() + "\n")
-    return 0
+    run = lambda a: asyncio.run(issue_run(a.database_url, a.now, a.workers))  # noqa: E731
+    return services.role_main(
+        "python -m benchmarks.statements", {"issue": (issue_arguments, run)}, argv
+    )
 
 
 if __name__ == "__main__":
