@@ -869,7 +869,7 @@ def _header(page: _Page, d: Mapping[str, Any]) -> None:
     y -= 0.36
     notes = []
     if d.get("incomplete_reason"):
-        notes.append(f"Issued on incomplete data: {d['incomplete_reason']}")
+        notes.append(f"Issued with incomplete data: {d['incomplete_reason']}")
     if isinstance(revision, int) and not isinstance(revision, bool) and revision > 1:
         replaced = d.get("supersedes") or {}
         notes.append(

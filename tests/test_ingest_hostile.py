@@ -216,7 +216,9 @@ def bad_senml(draw: st.DrawFn, meter: Meter, clock: Clock) -> tuple[dict[str, An
         }
     if choice == "name":
         return {
-            "n": draw(nasty_text.filter(lambda s: s not in {m.id for m in METERS})),
+            "n": draw(
+                nasty_text.filter(lambda s: s.rstrip(":/") not in {"", *(m.id for m in METERS)})
+            ),
             "t": t,
             "v": 1.0,
         }, {"unknown_meter"}

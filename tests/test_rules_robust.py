@@ -833,7 +833,8 @@ def test_alert_series_take_any_finite_window(
         windows.append(WindowResult(start, start + HOUR, status, s, r, d, sigma, z, 1.0))
     for verdict in imbalance_series("x", "MWh", windows, False, ImbalanceConfig()):
         assert "\n" not in verdict.summary
-    for verdict in drift_series("x", windows, DriftConfig()):
+    verdicts, _ = drift_series("x", windows, DriftConfig())
+    for verdict in verdicts:
         assert "\n" not in verdict.summary
 
 
