@@ -88,10 +88,10 @@ from benchmarks.ingest_throughput import (  # noqa: E402
     wait_quiet,
 )
 from benchmarks.rules_engine import Service, _clean_env  # noqa: E402
+from cli.simulate import parse_fault, simulate  # noqa: E402
 from core.apply import apply_network  # noqa: E402
 from core.db import asyncpg_dsn, upgrade  # noqa: E402
 from core.network import Network, ReadingType, load_network  # noqa: E402
-from core.simulate import parse_fault, simulate  # noqa: E402
 from tests.services import (  # noqa: E402
     Mosquitto,
     create_database,
@@ -864,7 +864,7 @@ async def prepare(url: str, net: Network, opts: Options) -> Prepared:
     end = datetime.now(UTC).replace(second=0, microsecond=0)
     start = end - timedelta(days=opts.days)
     from api.tokens import create_token
-    from rules.backfill import write_simulation
+    from cli.backfill import write_simulation
 
     conn = await asyncpg.connect(dsn)
     try:
@@ -964,7 +964,7 @@ def _measure(
     env.update(SYMBIONT_DATABASE_URL=url, SYMBIONT_MQTT_URL=broker.url, SYMBIONT_LOG_LEVEL="INFO")
     began = time.perf_counter()
     once = subprocess.run(
-        [sys.executable, "-m", "core.cli", "rules", "--once"],
+        [sys.executable, "-m", "cli.main", "rules", "--once"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -48,11 +48,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.clients import write_section  # noqa: E402
+from cli.simulate import Fault, parse_fault, simulate  # noqa: E402
 from core.apply import apply_network  # noqa: E402
 from core.db import asyncpg_dsn, upgrade  # noqa: E402
 from core.network import Network, parse_network  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from core.simulate import Fault, parse_fault, simulate  # noqa: E402
 from core.units import conversion  # noqa: E402
 from ingest.parse import NetworkIndex, Parsed  # noqa: E402
 from ingest.writer import BatchWriter, Message  # noqa: E402

@@ -369,7 +369,7 @@ class Ingest:
             self._log_offset = out.tell()
             self.started_at = time.time()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "core.cli", "ingest"],
+                [sys.executable, "-m", "cli.main", "ingest"],
                 cwd=ROOT,
                 env=self.env,
                 stdin=subprocess.DEVNULL,

@@ -101,11 +101,11 @@ from benchmarks.ingest_throughput import (  # noqa: E402
     slug,
     wait_quiet,
 )
+from cli.simulate import Fault, parse_fault, simulate  # noqa: E402
 from core.apply import apply_network  # noqa: E402
 from core.db import asyncpg_dsn  # noqa: E402
 from core.network import Network, ReadingType, parse_network  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from core.simulate import Fault, parse_fault, simulate  # noqa: E402
 from core.units import conversion  # noqa: E402
 from core.windows import WindowCutter, window_bounds  # noqa: E402
 from tests.services import (  # noqa: E402
@@ -410,7 +410,7 @@ def load_month(url: str, net: Network, opts: Options) -> LoadResult:
     faults = [parse_fault(f, net) for f in FAULTS] if opts.faults else []
     began = time.perf_counter()
     if opts.loader == "writer":
-        from rules.backfill import write_simulation
+        from cli.backfill import write_simulation
 
         readings = asyncio.run(
             write_simulation(
@@ -851,7 +851,7 @@ class Service:
     def start(self) -> None:
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "core.cli", *self.args],
+                [sys.executable, "-m", "cli.main", *self.args],
                 cwd=ROOT,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -974,7 +974,7 @@ def latency_case(dbs: Databases, opts: Options, workdir: Path) -> LatencyResult:
         if not opts.statements_during_run:
             began_once = time.perf_counter()
             once = subprocess.run(
-                [sys.executable, "-m", "core.cli", "rules", "--once"],
+                [sys.executable, "-m", "cli.main", "rules", "--once"],
                 cwd=ROOT,
                 env=env,
                 capture_output=True,

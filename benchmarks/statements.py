@@ -244,7 +244,7 @@ def reset(url: str) -> None:
 async def issue_run(database_url: str, now: datetime, workers: int | None) -> dict[str, Any]:
     """``issue_month`` once, timed (runs in its own process: ``python -m benchmarks.statements
     issue``)."""
-    import rules.issue
+    import statements.issue
     from core.apply import load_applied
 
     conn = await asyncpg.connect(
@@ -254,11 +254,11 @@ async def issue_run(database_url: str, now: datetime, workers: int | None) -> di
         net = await load_applied(conn)
         if net is None:
             raise BenchError("no network applied")
-        params = inspect.signature(rules.issue.issue_month).parameters
+        params = inspect.signature(statements.issue.issue_month).parameters
         kwargs: dict[str, Any] = {}
         timings = None
         if "timings" in params:
-            timings = rules.issue.IssueTimings()
+            timings = statements.issue.IssueTimings()
             kwargs["timings"] = timings
         if workers is not None and "workers" in params:
             kwargs["workers"] = workers
@@ -270,7 +270,7 @@ async def issue_run(database_url: str, now: datetime, workers: int | None) -> di
         backend0 = cpu_seconds(backend)
         busy0 = machine_busy()
         began = time.perf_counter()
-        issued = await rules.issue.issue_month(conn, net, YEAR, MONTH, now, **kwargs)
+        issued = await statements.issue.issue_month(conn, net, YEAR, MONTH, now, **kwargs)
         wall = time.perf_counter() - began
         busy1 = machine_busy()
         backend1 = cpu_seconds(backend)
@@ -294,7 +294,7 @@ async def issue_run(database_url: str, now: datetime, workers: int | None) -> di
         "backend_cpu_s": None if backend0 is None or backend1 is None else backend1 - backend0,
         "machine_cpu_s": None if busy0 is None or busy1 is None else busy1 - busy0,
         "peak_rss_kib": usage1.ru_maxrss,
-        "issue_file": rules.issue.__file__,
+        "issue_file": statements.issue.__file__,
     }
 
 

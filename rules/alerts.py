@@ -758,7 +758,9 @@ def flag_series(
 
 # -- statement_held: a month due for issue waits for its data ---------------------------------
 
-STATEMENT_HELD = "statement_held"  # judged by rules.issue when a month falls due, not per window
+STATEMENT_HELD = (
+    "statement_held"  # judged by statements.issue when a month falls due, not per window
+)
 
 
 @dataclass(frozen=True)

@@ -253,13 +253,13 @@ class Engine:
 
     def _alert_targets(self) -> lifecycle.Targets | None:
         try:
-            from rules import notify
+            from notify import outbox
         except ImportError:  # pragma: no cover - notify is part of the package
             return None
         settings = self.settings
 
         def targets(alert: dict[str, Any]) -> list[tuple[str, str]]:
-            return list(notify.alert_targets(settings, alert))
+            return list(outbox.alert_targets(settings, alert))
 
         return targets
 
@@ -1530,7 +1530,7 @@ class Engine:
     async def issue_statements(self, conn: asyncpg.Connection, now: datetime) -> int:
         """Last month's statements, once its grace period (SYMBIONT_STATEMENT_GRACE) is over.
         The service runs this in a task of its own, so rendering never delays windows."""
-        from rules.issue import issue_due
+        from statements.issue import issue_due
 
         topo = await self.topology_for(conn)
         if topo is None:
@@ -1566,9 +1566,9 @@ class Engine:
         await listener.add_listener(DIRTY_CHANNEL, lambda *_: wake.set())
         notifier_task = None
         try:
-            from rules import notify
+            from notify import outbox
 
-            notifier = notify.Notifier(self.settings)
+            notifier = outbox.Notifier(self.settings)
             notifier_task = asyncio.create_task(notifier.run(stop))
         except (ImportError, AttributeError):  # pragma: no cover
             pass

@@ -35,8 +35,9 @@ from standardwebhooks import Webhook
 
 from core.db import connect
 from core.settings import Settings
-from rules import notify, webhook
-from rules.notify import AlertEvent, Notifier
+from notify import outbox as notify
+from notify import webhook
+from notify.outbox import AlertEvent, Notifier
 
 ALERTMANAGER_ENV = "SYMBIONT_ALERTMANAGER"  # path to the alertmanager binary, if not found
 

@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.network import Network, ReadingType, load_network, parse_network
-from core.simulate import (
+from cli.simulate import (
     Fault,
     FaultKind,
     MeterChunk,
@@ -28,6 +27,7 @@ from core.simulate import (
     simulate,
     true_flows,
 )
+from core.network import Network, ReadingType, load_network, parse_network
 from core.units import conversion
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -22,8 +22,9 @@ from api.schemas import (
 )
 from api.tokens import Role
 from core.windows import month_bounds
-from rules import render
-from rules.issue import (
+from statements import render
+from statements.compute import month_label
+from statements.issue import (
     IncompleteMonth,
     Issued,
     document_for,
@@ -32,7 +33,6 @@ from rules.issue import (
     render_pdf_for,
     revisions,
 )
-from rules.statements import month_label
 
 router = APIRouter(
     prefix="/api/v1",

@@ -134,8 +134,8 @@ def _statements_issue(args: argparse.Namespace, settings: Settings) -> int:
 
     from core.apply import load_applied
     from core.db import connect
-    from rules.issue import IncompleteMonth, Issued, issue_month
-    from rules.statements import parse_month
+    from statements.compute import parse_month
+    from statements.issue import IncompleteMonth, Issued, issue_month
 
     year, month = parse_month(args.month)
     reason = _incomplete_reason(args)
@@ -201,8 +201,8 @@ def _statements_revise(args: argparse.Namespace, settings: Settings) -> int:
 
     from core.apply import load_applied
     from core.db import connect
-    from rules.issue import IncompleteMonth, Issued, revise_statement
-    from rules.statements import parse_month
+    from statements.compute import parse_month
+    from statements.issue import IncompleteMonth, Issued, revise_statement
 
     year, month = parse_month(args.month)
     if not args.reason.strip():
@@ -249,9 +249,9 @@ def _statements_show(args: argparse.Namespace, settings: Settings) -> int:
 
     from core.apply import load_applied
     from core.db import connect
-    from rules import render
-    from rules.issue import document_for, render_pdf_for
-    from rules.statements import parse_month
+    from statements import render
+    from statements.compute import parse_month
+    from statements.issue import document_for, render_pdf_for
 
     parse_month(args.month)  # a clear error for a bad month before anything else
 
@@ -297,7 +297,7 @@ def _statements_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from core import simulate
+    from cli import simulate
 
     return simulate.run(args, settings)
 
@@ -309,13 +309,13 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from core import demo
+    from cli import demo
 
     return demo.run(args, settings)
 
 
 def _broker_config(args: argparse.Namespace, settings: Settings) -> int:
-    from core import brokerconfig
+    from cli import brokerconfig
 
     return brokerconfig.run(args)
 
@@ -471,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     rules.set_defaults(handler=_rules)
 
     simulate = sub.add_parser("simulate", help="publish realistic readings for a network")
-    from core import simulate as simulate_module
+    from cli import simulate as simulate_module
 
     simulate_module.add_arguments(simulate)
     simulate.set_defaults(handler=_simulate)
@@ -537,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     broker = sub.add_parser(
         "broker-config", help="Mosquitto users, passwords and ACL for a network file"
     )
-    from core import brokerconfig
+    from cli import brokerconfig
 
     brokerconfig.add_arguments(broker)
     broker.set_defaults(handler=_broker_config)

@@ -1,6 +1,6 @@
 """Statements out (SPEC §7): the JSON document with its content hash, CSV and PDF.
 
-Pure functions from a :class:`rules.statements.Statement` or its JSON document to bytes or
+Pure functions from a :class:`statements.compute.Statement` or its JSON document to bytes or
 text; no I/O, no clock. CSV and PDF are made from the *document* (the dict that
 :func:`statement_document` returns and that is stored when a statement is issued), so a
 stored statement renders the same way later.
@@ -90,7 +90,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.ft2font import GlyphIndexType
 
-from rules.statements import (
+from statements.compute import (
     COVERAGE_PLACES,
     KINDS,
     Adjustment,
@@ -1393,7 +1393,7 @@ def _ticks_in(ticks: Iterable[float], lo: float, hi: float) -> list[float]:
 def render_pdf(doc: Mapping[str, Any] | Statement, daily: Sequence[DailySeries] = ()) -> bytes:
     """The statement as a PDF (A4 landscape): header, lines, adjustments and totals, then a
     chart of daily sent vs received per exchange (``daily``, from
-    :func:`rules.statements.daily_series`)."""
+    :func:`statements.compute.daily_series`)."""
     d = _doc(doc)
     digest = str(d.get("content_hash") or content_hash(d))
     numbered = f"{d['document_number']} · " if d.get("document_number") else ""
@@ -1446,7 +1446,7 @@ def render_pdf_timed(
     doc: Mapping[str, Any] | Statement, daily: Sequence[DailySeries] = ()
 ) -> tuple[bytes, float, float]:
     """:func:`render_pdf`, with the wall and CPU seconds it took (what worker processes
-    rendering for :func:`rules.issue.issue_month` send back)."""
+    rendering for :func:`statements.issue.issue_month` send back)."""
     wall, cpu = time.perf_counter(), time.process_time()
     pdf = render_pdf(doc, daily)
     return pdf, time.perf_counter() - wall, time.process_time() - cpu

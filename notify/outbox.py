@@ -23,7 +23,7 @@ target) thanks to the outbox's unique key.  ``Notifier`` workers then deliver:
   What leaves the process (``webhook-timestamp``, Alertmanager ``endsAt``) uses the wall clock,
   since receivers compare it with theirs.
 
-Issued statements (rules/issue.py) go out as a signed webhook, a retained MQTT notice and, when
+Issued statements (statements/issue.py) go out as a signed webhook, a retained MQTT notice and, when
 SMTP is configured (``smtp_url``), a mail per recipient address with the PDF and CSV attached.
 A mail row's payload names the statement; the sender reads the stored PDF and CSV at send
 time, so the outbox stays small.  SMTP replies 4xx and connection trouble are retried, 5xx
@@ -73,8 +73,8 @@ from core.db import ConfigError, connect, create_pool, require_database_url
 from core.settings import Settings
 from ingest.service import mqtt_client as make_mqtt_client
 from ingest.service import parse_mqtt_url
-from rules import webhook
-from rules.statements import human_time
+from notify import webhook
+from statements.compute import human_time
 
 log = logging.getLogger("symbiont.notify")
 

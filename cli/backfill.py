@@ -9,8 +9,8 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+from cli.simulate import Fault, simulate
 from core.network import Network
-from core.simulate import Fault, simulate
 from core.units import conversion
 from ingest.parse import NetworkIndex, Parsed
 from ingest.writer import BatchWriter, Message

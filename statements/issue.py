@@ -47,7 +47,7 @@ import asyncpg
 from core.network import Network, parse_duration
 from core.settings import Settings
 from core.windows import month_bounds
-from rules import lifecycle, render
+from rules import lifecycle
 from rules.alerts import (
     STATEMENT_HELD,
     Decision,
@@ -55,8 +55,9 @@ from rules.alerts import (
     Verdict,
     evaluate_statement_held,
 )
-from rules.statement_alerts import month_alert_counts
-from rules.statements import (
+from statements import render
+from statements.alert_counts import month_alert_counts
+from statements.compute import (
     Adjustment,
     DailySeries,
     Statement,
@@ -449,7 +450,7 @@ class _PdfRenderer:
         if workers > 1:
             try:
                 ctx = multiprocessing.get_context("forkserver")
-                ctx.set_forkserver_preload(["__main__", "rules.render"])
+                ctx.set_forkserver_preload(["__main__", "statements.render"])
                 # the server imports the renderer while this process reads the database
                 multiprocessing.forkserver.ensure_running()
                 self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
@@ -735,7 +736,7 @@ def issued_document(
     revision_reason: str | None = None,
     incomplete_reason: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON document of an issued statement: :func:`rules.render.statement_document`
+    """The JSON document of an issued statement: :func:`statements.render.statement_document`
     with the document number, the revision fields and the reason for issuing incomplete
     data, and the content hash over all of it."""
     return _amended(
@@ -866,10 +867,10 @@ def held_subject(partner: str, label: str) -> lifecycle.Subject:
 def _alert_targets(settings: Settings | None) -> lifecycle.Targets | None:
     if settings is None:
         return None
-    from rules import notify
+    from notify import outbox
 
     def targets(alert: dict[str, Any]) -> list[tuple[str, str]]:
-        return list(notify.alert_targets(settings, alert))
+        return list(outbox.alert_targets(settings, alert))
 
     return targets
 
@@ -1042,13 +1043,13 @@ async def _enqueue_delivery(
     delivered once): the MQTT notice and webhook carry the document; a mail row (one per
     recipient address, only when SMTP is configured) carries just the statement's id, the
     sender reads the PDF and CSV when it sends."""
-    from rules import notify
+    from notify import outbox
 
     who = net.partner(partner)
     max_age = (
         timedelta(hours=settings.notify_max_age_h)
         if settings is not None
-        else notify.DEFAULT_MAX_AGE
+        else outbox.DEFAULT_MAX_AGE
     )
     revision = int(doc.get("revision") or 1)
     notice = {
@@ -1069,7 +1070,7 @@ async def _enqueue_delivery(
     if who.webhook:
         deliveries.append(("webhook", who.webhook))
     event_key = f"statement-{statement_id}"
-    await notify.enqueue(
+    await outbox.enqueue(
         conn,
         event_key=event_key,
         payload={**notice, "document": doc},
@@ -1080,14 +1081,14 @@ async def _enqueue_delivery(
         recipients = mail_recipients(who.email)
         if not recipients:
             log.warning("partner %s: no usable mail address in %r", partner, who.email)
-        await notify.enqueue(
+        await outbox.enqueue(
             conn,
             event_key=event_key,
             payload={
                 k: notice[k]
                 for k in ("event", "partner", "month", "statement_id", "revision", "content_hash")
             },
-            deliveries=[(notify.Channel.mail, address) for address in recipients],
+            deliveries=[(outbox.Channel.mail, address) for address in recipients],
             max_age=max_age,
         )
 
