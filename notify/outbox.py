@@ -71,10 +71,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from core.db import ConfigError, connect, create_pool, require_database_url
 from core.settings import Settings
+from core.windows import human_time
 from ingest.service import mqtt_client as make_mqtt_client
 from ingest.service import parse_mqtt_url
 from notify import webhook
-from statements.compute import human_time
 
 log = logging.getLogger("symbiont.notify")
 

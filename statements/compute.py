@@ -184,25 +184,6 @@ def parse_month(text: str) -> tuple[int, int]:
     return year, month
 
 
-def _offset(local: datetime) -> str:
-    """The UTC offset of an aware instant as ``+01:00`` (``+00:00`` for UTC)."""
-    offset = local.utcoffset() or timedelta(0)
-    minutes = round(offset.total_seconds() / 60)
-    sign = "-" if minutes < 0 else "+"
-    hours, minutes = divmod(abs(minutes), 60)
-    return f"{sign}{hours:02d}:{minutes:02d}"
-
-
-def human_time(ts: str, zone: str | None = None) -> str:
-    """An instant of a statement as people read it: in the network's time zone (``zone``;
-    the document's instants are already in it) to the minute, with the zone's UTC offset
-    then: ``2026-12-04T14:50:12.068851+01:00`` → ``4 Dec 2026 14:50 (UTC+01:00)``."""
-    local = datetime.fromisoformat(ts)
-    if zone:
-        local = local.astimezone(ZoneInfo(zone))
-    return f"{local.day} {local:%b %Y %H:%M} (UTC{_offset(local)})"
-
-
 # ----------------------------------------------------------------------------------- inputs
 
 

@@ -90,6 +90,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.ft2font import GlyphIndexType
 
+from core.windows import human_time
 from statements.compute import (
     COVERAGE_PLACES,
     KINDS,
@@ -101,7 +102,6 @@ from statements.compute import (
     StatementLine,
     Subtotal,
     Totals,
-    human_time,
 )
 
 DOCUMENT_VERSION = 2  # 2: parties, document number, subtotals, savings, payment terms

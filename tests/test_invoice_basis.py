@@ -36,7 +36,7 @@ from core.apply import apply_network, load_applied
 from core.db import asyncpg_dsn
 from core.network import Network, NetworkError, parse_network
 from core.settings import Settings
-from core.windows import month_bounds
+from core.windows import human_time, month_bounds
 from notify.outbox import statement_mail
 from rules.engine import Engine
 from statements.alert_counts import month_alert_counts
@@ -48,7 +48,6 @@ from statements.compute import (
     compute_adjustments,
     daily_series,
     exchange_alert_counts,
-    human_time,
 )
 from statements.issue import issue_month, stored
 from statements.render import render_csv, render_pdf, statement_document, verify_hash
