@@ -249,7 +249,7 @@ def _statements_show(args: argparse.Namespace, settings: Settings) -> int:
 
     from core.apply import load_applied
     from core.db import connect
-    from statements import render
+    from statements import pdf as render
     from statements.compute import parse_month
     from statements.issue import document_for, render_pdf_for
 

@@ -6,7 +6,7 @@ A statement is one partner's account of one calendar month, cut in the network's
 statement needs comes in as arguments: the network model, the reconciled exchange windows
 (rows of ``exchange_windows``), alert counts, earlier issued months for adjustments, and the
 instants (``issued_at``, ``as_of``); nothing here reads the clock or the database.
-``statements.render`` turns a :class:`Statement` into JSON (with its content hash), CSV and PDF.
+``statements.pdf`` turns a :class:`Statement` into JSON (with its content hash), CSV and PDF.
 
 Lines
 -----

@@ -55,7 +55,7 @@ from rules.alerts import (
     Verdict,
     evaluate_statement_held,
 )
-from statements import render
+from statements import pdf as render
 from statements.alert_counts import month_alert_counts
 from statements.compute import (
     Adjustment,
@@ -450,7 +450,7 @@ class _PdfRenderer:
         if workers > 1:
             try:
                 ctx = multiprocessing.get_context("forkserver")
-                ctx.set_forkserver_preload(["__main__", "statements.render"])
+                ctx.set_forkserver_preload(["__main__", "statements.pdf"])
                 # the server imports the renderer while this process reads the database
                 multiprocessing.forkserver.ensure_running()
                 self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
@@ -736,7 +736,7 @@ def issued_document(
     revision_reason: str | None = None,
     incomplete_reason: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON document of an issued statement: :func:`statements.render.statement_document`
+    """The JSON document of an issued statement: :func:`statements.pdf.statement_document`
     with the document number, the revision fields and the reason for issuing incomplete
     data, and the content hash over all of it."""
     return _amended(

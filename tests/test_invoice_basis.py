@@ -50,7 +50,7 @@ from statements.compute import (
     exchange_alert_counts,
 )
 from statements.issue import issue_month, stored
-from statements.render import render_csv, render_pdf, statement_document, verify_hash
+from statements.pdf import render_csv, render_pdf, statement_document, verify_hash
 
 # 13:50:12.068851 UTC on 4 November: 14:50 in Copenhagen, standard time (+01:00)
 ISSUED_AT = datetime(2026, 11, 4, 13, 50, 12, 68851, tzinfo=UTC)

@@ -33,7 +33,7 @@ from statements.issue import (
     revise_statement,
     stored,
 )
-from statements.render import verify_hash
+from statements.pdf import verify_hash
 
 REPO = Path(__file__).resolve().parent.parent
 NETWORK: dict[str, Any] = {

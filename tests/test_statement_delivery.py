@@ -48,7 +48,7 @@ from notify import webhook
 from notify.outbox import Notifier, mail_address, parse_smtp_url, send_mail
 from rules.engine import Engine
 from statements.issue import issue_month, mail_recipients, revise_statement
-from statements.render import verify_hash
+from statements.pdf import verify_hash
 
 SEPT = datetime(2026, 8, 31, 22, tzinfo=UTC)  # 1 September, Copenhagen
 OCT = datetime(2026, 9, 30, 22, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""Monthly statements (SPEC §7): statements.compute and statements.render, pure and fast.
+"""Monthly statements (SPEC §7): statements.compute and statements.pdf, pure and fast.
 
 The windows fed to the statements are the simulator's true flows (``cli.simulate.
 true_flows``), so the input is known exactly; every expected quantity and amount is computed
@@ -33,7 +33,7 @@ from pypdf import PdfReader
 from cli.simulate import ExchangeTruth, true_flows
 from core.network import Exchange, Network, Terms, load_network, parse_network
 from core.windows import month_bounds
-from statements import render
+from statements import pdf as render
 from statements.compute import (
     Statement,
     WindowRow,
@@ -44,7 +44,7 @@ from statements.compute import (
     daily_series,
     with_adjustments,
 )
-from statements.render import (
+from statements.pdf import (
     canonical_json,
     render_csv,
     render_json,

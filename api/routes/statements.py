@@ -22,7 +22,7 @@ from api.schemas import (
 )
 from api.tokens import Role
 from core.windows import month_bounds
-from statements import render
+from statements import pdf as render
 from statements.compute import month_label
 from statements.issue import (
     IncompleteMonth,
