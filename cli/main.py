@@ -249,7 +249,7 @@ def _statements_show(args: argparse.Namespace, settings: Settings) -> int:
 
     from core.apply import load_applied
     from core.db import connect
-    from statements import pdf as render
+    from statements import csv_export, document
     from statements.compute import parse_month
     from statements.issue import document_for, render_pdf_for
 
@@ -276,10 +276,10 @@ def _statements_show(args: argparse.Namespace, settings: Settings) -> int:
             except LookupError as exc:
                 raise ValueError(str(exc)) from None
             if args.format == "csv":
-                return csv or render.render_csv(doc).encode()
+                return csv or csv_export.render_csv(doc).encode()
             if args.format == "pdf":
                 return pdf or await render_pdf_for(conn, net, doc)
-            return render.render_json(doc)
+            return document.render_json(doc)
         finally:
             await conn.close()
 

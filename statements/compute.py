@@ -6,7 +6,8 @@ A statement is one partner's account of one calendar month, cut in the network's
 statement needs comes in as arguments: the network model, the reconciled exchange windows
 (rows of ``exchange_windows``), alert counts, earlier issued months for adjustments, and the
 instants (``issued_at``, ``as_of``); nothing here reads the clock or the database.
-``statements.pdf`` turns a :class:`Statement` into JSON (with its content hash), CSV and PDF.
+``statements.document``, ``statements.csv_export`` and ``statements.pdf`` turn a
+:class:`Statement` into JSON (with its content hash), CSV and PDF.
 
 Lines
 -----

@@ -55,7 +55,7 @@ from rules.alerts import (
     Verdict,
     evaluate_statement_held,
 )
-from statements import pdf as render
+from statements import csv_export, document
 from statements.alert_counts import month_alert_counts
 from statements.compute import (
     Adjustment,
@@ -72,6 +72,7 @@ from statements.compute import (
     partner_exchanges,
     with_adjustments,
 )
+from statements.pdf import render_pdf, render_pdf_timed
 
 log = logging.getLogger("symbiont.statements")
 
@@ -382,7 +383,7 @@ async def document_for(
     if revision is not None:
         raise LookupError(f"no revision {revision} of the statement of {partner} for {label}")
     year, month = parse_month(label)
-    doc = render.statement_document(await draft(conn, net, partner, year, month, now))
+    doc = document.statement_document(await draft(conn, net, partner, year, month, now))
     if grace is not None and label in (await due_months(conn, net, [partner], now, grace))[partner]:
         doc = _amended(doc, status="held")
     return doc, None, None
@@ -391,7 +392,7 @@ async def document_for(
 def _amended(doc: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
     """``doc`` with ``fields`` set and its content hash computed again."""
     out = {**doc, **fields}
-    out["content_hash"] = render.content_hash(out)
+    out["content_hash"] = document.content_hash(out)
     return out
 
 
@@ -401,7 +402,7 @@ async def render_pdf_for(conn: asyncpg.Connection, net: Network, doc: dict[str, 
     year, month = parse_month(doc["month"])
     windows = await month_windows(conn, net, doc["partner"], year, month)
     daily = daily_series(net, doc["partner"], year, month, windows)
-    return await asyncio.to_thread(render.render_pdf, doc, daily)
+    return await asyncio.to_thread(render_pdf, doc, daily)
 
 
 # ------------------------------------------------------------------------------- issuing
@@ -462,7 +463,7 @@ class _PdfRenderer:
         future: concurrent.futures.Future[tuple[bytes, float, float]] | None = None
         if self.pool is not None:
             with contextlib.suppress(BrokenProcessPool, RuntimeError):
-                future = self.pool.submit(render.render_pdf_timed, doc, daily)
+                future = self.pool.submit(render_pdf_timed, doc, daily)
         return _PdfJob(self, doc, daily, future)
 
     async def close(self) -> None:
@@ -489,7 +490,7 @@ class _PdfJob:
                 self.future = None
         if self.future is None:
             # one at a time, off the event loop (a PDF takes a third of a second or more)
-            pdf, wall, cpu = await asyncio.to_thread(render.render_pdf_timed, self.doc, self.daily)
+            pdf, wall, cpu = await asyncio.to_thread(render_pdf_timed, self.doc, self.daily)
         t.pdf_wait += time.perf_counter() - began
         t.pdf += wall
         t.pdf_cpu += cpu
@@ -736,11 +737,11 @@ def issued_document(
     revision_reason: str | None = None,
     incomplete_reason: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON document of an issued statement: :func:`statements.pdf.statement_document`
+    """The JSON document of an issued statement: :func:`statements.document.statement_document`
     with the document number, the revision fields and the reason for issuing incomplete
     data, and the content hash over all of it."""
     return _amended(
-        render.statement_document(statement),
+        document.statement_document(statement),
         document_number=document_number,
         revision=revision,
         supersedes=dict(supersedes) if supersedes is not None else None,
@@ -783,8 +784,8 @@ async def _store_month(
                 )
                 daily = daily_series(net, r.partner, year, month, r.rows)
                 rendered = time.perf_counter()
-                text = render.render_json(doc).decode()
-                csv = render.render_csv(doc).encode()
+                text = document.render_json(doc).decode()
+                csv = csv_export.render_csv(doc).encode()
                 t.compute += rendered - began
                 t.json_csv += time.perf_counter() - rendered
                 prepared.append(_Prepared(r.partner, doc, text, csv, renderer.submit(doc, daily)))
@@ -946,7 +947,7 @@ async def revise_statement(
         if incomplete and not accept_incomplete:
             held = Held(partner, label, tuple(short), pending)
             raise IncompleteMonth(label, [held], [], net.statements.min_coverage)
-        if _same_content(render.statement_document(statement), previous):
+        if _same_content(document.statement_document(statement), previous):
             raise ValueError(
                 f"nothing to revise: revision {current['revision']} of the statement of"
                 f" {partner} for {label} already holds what the data gives today"
@@ -964,10 +965,10 @@ async def revise_statement(
             revision_reason=reason,
             incomplete_reason=reason if incomplete else None,
         )
-        text = render.render_json(doc).decode()
-        csv = render.render_csv(doc).encode()
+        text = document.render_json(doc).decode()
+        csv = csv_export.render_csv(doc).encode()
         daily = daily_series(net, partner, year, month, rows)
-        pdf = await asyncio.to_thread(render.render_pdf, doc, daily)
+        pdf = await asyncio.to_thread(render_pdf, doc, daily)
         statement_id = await _insert(conn, label, now, doc, text, csv, pdf)
         await _enqueue_delivery(conn, net, partner, label, statement_id, doc, settings=settings)
     log.info(

@@ -49,8 +49,10 @@ from statements.compute import (
     daily_series,
     exchange_alert_counts,
 )
+from statements.csv_export import render_csv
+from statements.document import statement_document, verify_hash
 from statements.issue import issue_month, stored
-from statements.pdf import render_csv, render_pdf, statement_document, verify_hash
+from statements.pdf import render_pdf
 
 # 13:50:12.068851 UTC on 4 November: 14:50 in Copenhagen, standard time (+01:00)
 ISSUED_AT = datetime(2026, 11, 4, 13, 50, 12, 68851, tzinfo=UTC)

@@ -23,6 +23,7 @@ from core.db import asyncpg_dsn
 from core.network import Network, load_network, parse_network
 from core.settings import Settings
 from rules.engine import Engine
+from statements.document import verify_hash
 from statements.issue import (
     IncompleteMonth,
     IssueTimings,
@@ -33,7 +34,6 @@ from statements.issue import (
     revise_statement,
     stored,
 )
-from statements.pdf import verify_hash
 
 REPO = Path(__file__).resolve().parent.parent
 NETWORK: dict[str, Any] = {

@@ -47,8 +47,8 @@ from core.settings import Settings
 from notify import webhook
 from notify.outbox import Notifier, mail_address, parse_smtp_url, send_mail
 from rules.engine import Engine
+from statements.document import verify_hash
 from statements.issue import issue_month, mail_recipients, revise_statement
-from statements.pdf import verify_hash
 
 SEPT = datetime(2026, 8, 31, 22, tzinfo=UTC)  # 1 September, Copenhagen
 OCT = datetime(2026, 9, 30, 22, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""Monthly statements (SPEC §7): statements.compute and statements.pdf, pure and fast.
+"""Monthly statements (SPEC §7): statements.compute and its renderings, pure and fast.
 
 The windows fed to the statements are the simulator's true flows (``cli.simulate.
 true_flows``), so the input is known exactly; every expected quantity and amount is computed
@@ -33,7 +33,7 @@ from pypdf import PdfReader
 from cli.simulate import ExchangeTruth, true_flows
 from core.network import Exchange, Network, Terms, load_network, parse_network
 from core.windows import month_bounds
-from statements import pdf as render
+from statements import pdf_charts
 from statements.compute import (
     Statement,
     WindowRow,
@@ -44,14 +44,9 @@ from statements.compute import (
     daily_series,
     with_adjustments,
 )
-from statements.pdf import (
-    canonical_json,
-    render_csv,
-    render_json,
-    render_pdf,
-    statement_document,
-    verify_hash,
-)
+from statements.csv_export import render_csv
+from statements.document import canonical_json, render_json, statement_document, verify_hash
+from statements.pdf import render_pdf
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CPH = ZoneInfo("Europe/Copenhagen")
@@ -714,7 +709,7 @@ def test_pdf_bytes_do_not_depend_on_what_was_rendered_before() -> None:
     ]
 
     def fresh(d: dict[str, Any], series: list[Any]) -> bytes:
-        render._CHARTS.clear()  # a process that has drawn no chart yet
+        pdf_charts._CHARTS.clear()  # a process that has drawn no chart yet
         return render_pdf(d, series)
 
     expected = {k: fresh(*case) for k, case in enumerate(((doc, daily), (other, other_daily),
