@@ -1566,9 +1566,9 @@ class Engine:
         await listener.add_listener(DIRTY_CHANNEL, lambda *_: wake.set())
         notifier_task = None
         try:
-            from notify import outbox
+            from notify import worker
 
-            notifier = outbox.Notifier(self.settings)
+            notifier = worker.Notifier(self.settings)
             notifier_task = asyncio.create_task(notifier.run(stop))
         except (ImportError, AttributeError):  # pragma: no cover
             pass

@@ -37,7 +37,7 @@ from core.db import asyncpg_dsn
 from core.network import Network, NetworkError, parse_network
 from core.settings import Settings
 from core.windows import human_time, month_bounds
-from notify.outbox import statement_mail
+from notify.mail import statement_mail
 from rules.engine import Engine
 from statements.alert_counts import month_alert_counts
 from statements.compute import (

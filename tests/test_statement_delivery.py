@@ -45,7 +45,8 @@ from core.db import asyncpg_dsn, connect
 from core.network import Network, parse_network
 from core.settings import Settings
 from notify import webhook
-from notify.outbox import Notifier, mail_address, parse_smtp_url, send_mail
+from notify.mail import mail_address, parse_smtp_url, send_mail
+from notify.worker import Notifier
 from rules.engine import Engine
 from statements.document import verify_hash
 from statements.issue import issue_month, mail_recipients, revise_statement
