@@ -88,7 +88,8 @@ from benchmarks.ingest_throughput import (  # noqa: E402
     wait_quiet,
 )
 from benchmarks.rules_engine import Service, _clean_env  # noqa: E402
-from cli.simulate import parse_fault, simulate  # noqa: E402
+from cli.faults import parse_fault  # noqa: E402
+from cli.simulate import simulate  # noqa: E402
 from core.apply import apply_network  # noqa: E402
 from core.db import asyncpg_dsn, upgrade  # noqa: E402
 from core.network import Network, ReadingType, load_network  # noqa: E402

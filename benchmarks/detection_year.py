@@ -48,7 +48,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.clients import write_section  # noqa: E402
-from cli.simulate import Fault, parse_fault, simulate  # noqa: E402
+from cli.faults import Fault, parse_fault  # noqa: E402
+from cli.simulate import simulate  # noqa: E402
 from core.apply import apply_network  # noqa: E402
 from core.db import asyncpg_dsn, upgrade  # noqa: E402
 from core.network import Network, parse_network  # noqa: E402

@@ -101,7 +101,8 @@ from benchmarks.ingest_throughput import (  # noqa: E402
     slug,
     wait_quiet,
 )
-from cli.simulate import Fault, parse_fault, simulate  # noqa: E402
+from cli.faults import Fault, parse_fault  # noqa: E402
+from cli.simulate import simulate  # noqa: E402
 from core.apply import apply_network  # noqa: E402
 from core.db import asyncpg_dsn  # noqa: E402
 from core.network import Network, ReadingType, parse_network  # noqa: E402

@@ -9,7 +9,8 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from cli.simulate import Fault, simulate
+from cli.faults import Fault
+from cli.simulate import simulate
 from core.network import Network
 from core.units import conversion
 from ingest.parse import NetworkIndex, Parsed

@@ -297,9 +297,9 @@ def _statements_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from cli import simulate
+    from cli import publish
 
-    return simulate.run(args, settings)
+    return publish.run(args, settings)
 
 
 def _import(args: argparse.Namespace, settings: Settings) -> int:
@@ -471,9 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     rules.set_defaults(handler=_rules)
 
     simulate = sub.add_parser("simulate", help="publish realistic readings for a network")
-    from cli import simulate as simulate_module
+    from cli import publish
 
-    simulate_module.add_arguments(simulate)
+    publish.add_arguments(simulate)
     simulate.set_defaults(handler=_simulate)
 
     statements = sub.add_parser("statements", help="monthly statements").add_subparsers(

@@ -21,7 +21,7 @@ from services import free_port
 from api.app import create_app
 from api.tokens import create_token
 from cli.backfill import write_simulation
-from cli.simulate import parse_fault
+from cli.faults import parse_fault
 from core.apply import apply_network
 from core.db import asyncpg_dsn
 from core.network import Network, load_network

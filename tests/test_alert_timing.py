@@ -26,7 +26,8 @@ import pytest
 from ingest_helpers import symbiont_command
 from services import create_database, drop_database
 
-from cli.simulate import Fault, MeterChunk, parse_fault, simulate
+from cli.faults import Fault, parse_fault
+from cli.simulate import MeterChunk, simulate
 from core.apply import apply_network
 from core.db import asyncpg_dsn
 from core.network import Network, parse_network

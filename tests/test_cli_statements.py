@@ -18,7 +18,7 @@ from ingest_helpers import symbiont_command
 from pypdf import PdfReader
 
 from cli.backfill import write_simulation
-from cli.simulate import parse_fault
+from cli.faults import parse_fault
 from core.apply import apply_network
 from core.db import asyncpg_dsn
 from core.network import load_network

@@ -27,7 +27,7 @@ import pytest
 from services import create_database, drop_database, system_postgres_url
 
 from cli.backfill import write_simulation
-from cli.simulate import parse_fault
+from cli.faults import parse_fault
 from core.apply import apply_network
 from core.db import asyncpg_dsn, upgrade
 from core.network import Network, load_network, parse_network

@@ -31,7 +31,7 @@ from PIL import Image
 from test_statements import EXAMPLES, kalundborg, rows_from, truth_for
 
 from cli.backfill import write_simulation
-from cli.simulate import parse_fault
+from cli.faults import parse_fault
 from core.apply import apply_network, load_applied
 from core.db import asyncpg_dsn
 from core.network import Network, NetworkError, parse_network

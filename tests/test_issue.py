@@ -17,7 +17,7 @@ from api_system import ApiSystem
 
 from api.tokens import create_token
 from cli.backfill import write_simulation
-from cli.simulate import parse_fault
+from cli.faults import parse_fault
 from core.apply import apply_network
 from core.db import asyncpg_dsn
 from core.network import Network, load_network, parse_network
@@ -158,7 +158,7 @@ def test_late_data_after_issue_is_one_adjustment(database_url: str) -> None:
         try:
             await apply_network(conn, net)
             # September with the receiver meter's readings of the 15th held back
-            from cli.simulate import parse_fault
+            from cli.faults import parse_fault
 
             withheld = parse_fault("gap:in@2026-09-14T22:00Z+1d", net)
             await write_simulation(

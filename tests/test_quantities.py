@@ -12,7 +12,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from cli.simulate import Fault, FaultKind, MeterChunk, simulate, true_flows
+from cli.faults import Fault, FaultKind
+from cli.simulate import MeterChunk, simulate, true_flows
 from core.network import Network, ReadingType, load_network, parse_network
 from core.units import conversion
 from core.windows import local_midnight, windows_between

@@ -26,7 +26,7 @@ from ingest_helpers import symbiont_command
 from services import create_database, drop_database
 
 from cli.backfill import write_simulation
-from cli.simulate import Fault, parse_fault
+from cli.faults import Fault, parse_fault
 from core.apply import apply_network
 from core.db import asyncpg_dsn
 from core.network import Network, NetworkError, parse_network

@@ -39,7 +39,7 @@ from services import Mosquitto, free_port
 from standardwebhooks import Webhook
 
 from cli.backfill import write_simulation
-from cli.simulate import parse_fault
+from cli.faults import parse_fault
 from core.apply import apply_network
 from core.db import asyncpg_dsn, connect
 from core.network import Network, parse_network

@@ -66,7 +66,9 @@ from services import Mosquitto, create_database, drop_database, free_port
 
 from api.tokens import create_token
 from cli.brokerconfig import CONF_FILE, CREDENTIALS_FILE, INGEST_USER, RULES_USER, read_credentials
-from cli.simulate import encode, format_ts, parse_fault, simulate
+from cli.faults import parse_fault
+from cli.publish import encode, format_ts
+from cli.simulate import simulate
 from core.db import asyncpg_dsn
 from core.network import Network, parse_network
 from core.settings import Settings
