@@ -124,9 +124,10 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _rules(args: argparse.Namespace, settings: Settings) -> int:
-    from rules.engine import run
+    from rules.service import run
+    from statements.issue import issue_statements
 
-    return run(settings, once=args.once, worker_id=args.worker_id)
+    return run(settings, once=args.once, worker_id=args.worker_id, issue=issue_statements)
 
 
 def _statements_issue(args: argparse.Namespace, settings: Settings) -> int:

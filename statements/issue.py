@@ -55,6 +55,7 @@ from rules.alerts import (
     Verdict,
     evaluate_statement_held,
 )
+from rules.engine import Engine
 from statements import csv_export, document
 from statements.alert_counts import month_alert_counts
 from statements.compute import (
@@ -1148,6 +1149,18 @@ async def issue_due(
                 "; ".join(f"{h.partner}: {h.describe()}" for h in held),
             )
     return out
+
+
+async def issue_statements(engine: Engine, conn: asyncpg.Connection, now: datetime) -> int:
+    """Last month's statements for the engine's network, once its grace period
+    (SYMBIONT_STATEMENT_GRACE) is over: what the rules service issues after its passes."""
+    topo = await engine.topology_for(conn)
+    if topo is None:
+        return 0
+    issued = await issue_due(
+        conn, topo.net, now, engine.settings.statement_grace, settings=engine.settings
+    )
+    return len(issued)
 
 
 def utcnow() -> datetime:
