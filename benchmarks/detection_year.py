@@ -57,7 +57,8 @@ from core.settings import Settings  # noqa: E402
 from core.units import conversion  # noqa: E402
 from ingest.parse import NetworkIndex, Parsed  # noqa: E402
 from ingest.writer import BatchWriter, Message  # noqa: E402
-from rules.engine import Engine, Stats  # noqa: E402
+from rules.engine import Engine  # noqa: E402
+from rules.passes import Stats  # noqa: E402
 from tests.services import create_database, drop_database, system_postgres_url  # noqa: E402
 
 SECTION = "## Detection over a simulated year"

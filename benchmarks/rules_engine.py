@@ -442,7 +442,8 @@ async def engine_run(database_url: str, now: datetime) -> dict[str, Any]:
     """``Engine.process_pending(conn, now)`` once, timed per stage (runs in its own process:
     ``python -m benchmarks.rules_engine engine``)."""
     import rules.engine
-    from rules.engine import Engine, Stats
+    from rules.engine import Engine
+    from rules.passes import Stats
     from rules.topology import Topology
 
     timings: dict[str, float] = defaultdict(float)

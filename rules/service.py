@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 import asyncpg
 
 from core.settings import Settings
-from rules.engine import DIRTY_CHANNEL, Engine, Stats
+from rules.engine import DIRTY_CHANNEL, Engine
+from rules.passes import Stats
 
 log = logging.getLogger("symbiont.rules")
 

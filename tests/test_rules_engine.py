@@ -35,7 +35,8 @@ from core.windows import local_midnight
 from ingest.parse import NetworkIndex, Parser
 from ingest.writer import BatchWriter, Message
 from rules import lifecycle
-from rules.engine import Engine, Stats
+from rules.engine import Engine
+from rules.passes import Stats
 from rules.reconcile import serial_elimination
 from rules.store import claim_meter_windows, finish_meter_windows
 

@@ -47,7 +47,8 @@ from rules.alerts import (
     drift_series,
     imbalance_series,
 )
-from rules.engine import Engine, Stats
+from rules.engine import Engine
+from rules.passes import Stats
 from rules.quantities import MAX_ABS_VALUE, window_quantities
 from rules.reconcile import (
     MeterQuantity,
