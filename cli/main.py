@@ -203,7 +203,8 @@ def _statements_revise(args: argparse.Namespace, settings: Settings) -> int:
     from core.apply import load_applied
     from core.db import connect
     from statements.compute import parse_month
-    from statements.issue import IncompleteMonth, Issued, revise_statement
+    from statements.issue import IncompleteMonth, Issued
+    from statements.revise import revise_statement
 
     year, month = parse_month(args.month)
     if not args.reason.strip():

@@ -24,9 +24,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-from statements.compute import (
-    Statement,
-)
+from statements.compute import Statement
 from statements.document import _counterparties_of, _doc, _parties
 
 # -------------------------------------------------------------------------------------- CSV

@@ -33,11 +33,7 @@ if TYPE_CHECKING:
     pass
 
 from core.windows import human_time
-from statements.compute import (
-    KINDS,
-    DailySeries,
-    Statement,
-)
+from statements.compute import KINDS, DailySeries, Statement
 from statements.document import _counterparties_of, _doc, _parties, content_hash
 from statements.pdf_charts import _chart, _fill_chart
 from statements.pdf_layout import (

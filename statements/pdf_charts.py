@@ -23,9 +23,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 if TYPE_CHECKING:
     pass
 
-from statements.compute import (
-    DailySeries,
-)
+from statements.compute import DailySeries
 from statements.pdf_layout import (
     AXIS_ZORDER,
     GRID,

@@ -34,7 +34,8 @@ from core.settings import Settings
 from ingest.parse import NetworkIndex, Parser
 from ingest.writer import BatchWriter, Message
 from rules.engine import Engine, _silences
-from statements.compute import Statement, StatementLine, billed_lines, compute_adjustments
+from statements.adjustments import billed_lines, compute_adjustments
+from statements.compute import Statement, StatementLine
 from statements.issue import draft
 
 HOUR = timedelta(hours=1)

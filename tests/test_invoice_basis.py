@@ -39,13 +39,12 @@ from core.settings import Settings
 from core.windows import human_time, month_bounds
 from notify.mail import statement_mail
 from rules.engine import Engine
+from statements.adjustments import billed_lines, compute_adjustments
 from statements.alert_counts import month_alert_counts
 from statements.compute import (
     AlertSpan,
     Statement,
-    billed_lines,
     build_statement,
-    compute_adjustments,
     daily_series,
     exchange_alert_counts,
 )

@@ -32,9 +32,9 @@ from statements.issue import (
     issue_month,
     issue_statements,
     render_pdf_for,
-    revise_statement,
     stored,
 )
+from statements.revise import revise_statement
 
 REPO = Path(__file__).resolve().parent.parent
 NETWORK: dict[str, Any] = {

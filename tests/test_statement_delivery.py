@@ -49,7 +49,8 @@ from notify.mail import mail_address, parse_smtp_url, send_mail
 from notify.worker import Notifier
 from rules.engine import Engine
 from statements.document import verify_hash
-from statements.issue import issue_month, mail_recipients, revise_statement
+from statements.issue import issue_month, mail_recipients
+from statements.revise import revise_statement
 
 SEPT = datetime(2026, 8, 31, 22, tzinfo=UTC)  # 1 September, Copenhagen
 OCT = datetime(2026, 9, 30, 22, tzinfo=UTC)

@@ -34,16 +34,13 @@ from cli.simulate import ExchangeTruth, true_flows
 from core.network import Exchange, Network, Terms, load_network, parse_network
 from core.windows import month_bounds
 from statements import pdf_charts
-from statements.compute import (
-    Statement,
-    WindowRow,
+from statements.adjustments import (
     adjustments_from_document,
     billed_lines,
-    build_statement,
     compute_adjustments,
-    daily_series,
     with_adjustments,
 )
+from statements.compute import Statement, WindowRow, build_statement, daily_series
 from statements.csv_export import render_csv
 from statements.document import canonical_json, render_json, statement_document, verify_hash
 from statements.pdf import render_pdf

@@ -31,8 +31,8 @@ from statements.issue import (
     due_months,
     issue_month,
     render_pdf_for,
-    revisions,
 )
+from statements.revise import revisions
 
 router = APIRouter(
     prefix="/api/v1",
