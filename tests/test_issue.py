@@ -26,7 +26,6 @@ from rules.engine import Engine
 from statements.document import verify_hash
 from statements.issue import (
     IncompleteMonth,
-    IssueTimings,
     document_for,
     due_months,
     issue_month,
@@ -34,6 +33,7 @@ from statements.issue import (
     render_pdf_for,
     stored,
 )
+from statements.pdf_pool import IssueTimings
 from statements.revise import revise_statement
 
 REPO = Path(__file__).resolve().parent.parent
