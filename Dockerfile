@@ -4,7 +4,10 @@ COPY pyproject.toml README.md ./
 COPY core core
 COPY ingest ingest
 COPY rules rules
+COPY statements statements
+COPY notify notify
 COPY api api
+COPY cli cli
 COPY migrations migrations
 COPY examples examples
 RUN pip install --no-cache-dir .

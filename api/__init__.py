@@ -1,1 +1,2 @@
-"""symbiont HTTP API and dashboard (being built)."""
+"""symbiont api: the HTTP API (readings, windows, alerts, incidents, statements, live streams)
+and the dashboard, over everything the other packages store."""

@@ -2,7 +2,7 @@
 
 Set-up, everything on this machine: a fresh migrated database with the example network
 (``examples/kalundborg.yaml``), ``days`` of simulated readings up to the current minute
-(``rules.backfill.write_simulation``, seed 5, a 25 % leak on ``steam-asnaes-novo`` from the
+(``cli.backfill.write_simulation``, seed 5, a 25 % leak on ``steam-asnaes-novo`` from the
 start, as ``tests/api_system.py`` does) reconciled by ``symbiont rules --once``; then a
 private Mosquitto, ``symbiont ingest``, ``symbiont rules`` and ``symbiont api --port P`` as
 processes of their own, and a publisher process (``python -m benchmarks.api_latency
@@ -74,9 +74,10 @@ if str(ROOT) not in sys.path:
 from benchmarks.clients import QoS1Publisher, split_url  # noqa: E402
 from benchmarks.harness import BenchError, arguments, log, postgres, proc, reports, services  # noqa: E402
 from benchmarks.harness.reports import mib, secs  # noqa: E402
+from cli.faults import parse_fault  # noqa: E402
+from cli.simulate import simulate  # noqa: E402
 from core.db import asyncpg_dsn  # noqa: E402
 from core.network import Network, ReadingType, load_network  # noqa: E402
-from core.simulate import parse_fault, simulate  # noqa: E402
 from tests.services import Mosquitto, free_port, wait_port  # noqa: E402
 
 SECTION = "## API (issue 5: speed)"
@@ -822,7 +823,7 @@ async def prepare(url: str, net: Network, opts: Options) -> Prepared:
     end = datetime.now(UTC).replace(second=0, microsecond=0)
     start = end - timedelta(days=opts.days)
     from api.tokens import create_token
-    from rules.backfill import write_simulation
+    from cli.backfill import write_simulation
 
     conn = await asyncpg.connect(dsn)
     try:
@@ -1085,7 +1086,7 @@ def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
         f"Set-up: the example network (`examples/kalundborg.yaml`), {opts.days} days of "
         f"simulated readings up to {prep.end:%Y-%m-%d %H:%M} UTC (seed {SEED}, a 25 % leak on "
         f"`{LEAKING}` from the start; {prep.readings:,} readings through "
-        f"`rules.backfill.write_simulation` in {prep.load_s:.0f} s), reconciled by `symbiont "
+        f"`cli.backfill.write_simulation` in {prep.load_s:.0f} s), reconciled by `symbiont "
         f"rules --once` ({report.once_s:.0f} s). Then private Mosquitto, `symbiont ingest`, "
         + ("`symbiont rules` " if opts.rules else "(**no** `symbiont rules`: `--without-rules`) ")
         + f"and `symbiont api --port P` (one uvicorn process, pool size {pool}, window-history "

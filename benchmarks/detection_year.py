@@ -4,8 +4,8 @@
 
 The same path as ``tests/test_detection.py`` (which keeps to a month so the test suite can
 afford it): the example network (``examples/kalundborg.yaml``, 34 meters, 16 exchanges) is
-simulated with ``core.simulate`` over the year 2026 (UTC, both DST changes in it) with the
-faults in ``FAULTS`` and written through the ingest batch writer (as ``rules.backfill`` does)
+simulated with ``cli.simulate`` over the year 2026 (UTC, both DST changes in it) with the
+faults in ``FAULTS`` and written through the ingest batch writer (as ``cli.backfill`` does)
 into a fresh migrated database on the system PostgreSQL; the rules engine runs over what has
 been written after every ``--part`` days (default 30), as ``symbiont rules --once`` would after
 each part of a backfill. (In one pass over a whole year's backlog, stage 1's bookkeeping of
@@ -47,16 +47,18 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.clients import write_section  # noqa: E402
+from benchmarks.harness.reports import write_section  # noqa: E402
+from cli.faults import Fault, parse_fault  # noqa: E402
+from cli.simulate import simulate  # noqa: E402
 from core.apply import apply_network  # noqa: E402
 from core.db import asyncpg_dsn, upgrade  # noqa: E402
 from core.network import Network, parse_network  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from core.simulate import Fault, parse_fault, simulate  # noqa: E402
 from core.units import conversion  # noqa: E402
 from ingest.parse import NetworkIndex, Parsed  # noqa: E402
 from ingest.writer import BatchWriter, Message  # noqa: E402
-from rules.engine import Engine, Stats  # noqa: E402
+from rules.engine import Engine  # noqa: E402
+from rules.passes import Stats  # noqa: E402
 from tests.services import create_database, drop_database, system_postgres_url  # noqa: E402
 
 SECTION = "## Detection over a simulated year"

@@ -172,8 +172,8 @@ def check_simulator(days: int) -> list[str]:
     from datetime import UTC, datetime, timedelta
     from pathlib import Path
 
+    from cli.simulate import simulate
     from core.network import load_network
-    from core.simulate import simulate
     from core.units import conversion
     from core.windows import windows_between
     from rules.quantities import window_quantities

@@ -5,8 +5,8 @@ from scratch in under 60 s). A network of ``exchanges`` heat exchanges between `
 partners (hourly windows, Europe/Copenhagen): each has one ``total`` sent meter and one
 received meter, ``rate`` or ``total`` alternately, all one-minute, MWh (MW for rates),
 1 % uncertainty, nominal flows 1–25.75 MW. The month (2026-10-01 – 2026-11-01 UTC, with the
-25-hour DST day) is simulated by ``core.simulate.simulate`` and loaded with a binary COPY
-straight into ``readings`` (``--loader writer`` goes through ``rules.backfill.
+25-hour DST day) is simulated by ``cli.simulate.simulate`` and loaded with a binary COPY
+straight into ``readings`` (``--loader writer`` goes through ``cli.backfill.
 write_simulation``, the ingest batch writer, instead: slower, same rows). The loader marks
 the dirty (meter, window) pairs exactly as ingest does (``WindowCutter.start`` of every
 reading, vectorised), then ``VACUUM ANALYZE`` and ``CHECKPOINT`` (not timed). The timed part
@@ -85,10 +85,11 @@ if str(ROOT) not in sys.path:
 from benchmarks.clients import split_url  # noqa: E402
 from benchmarks.harness import BenchError, arguments, log, postgres, proc, reports, services  # noqa: E402
 from benchmarks.harness.reports import mib, secs  # noqa: E402
+from cli.faults import Fault, parse_fault  # noqa: E402
+from cli.simulate import simulate  # noqa: E402
 from core.db import asyncpg_dsn  # noqa: E402
 from core.network import Network, ReadingType, parse_network  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from core.simulate import Fault, parse_fault, simulate  # noqa: E402
 from core.units import conversion  # noqa: E402
 from core.windows import WindowCutter, window_bounds  # noqa: E402
 from tests.services import Mosquitto  # noqa: E402
@@ -132,7 +133,7 @@ class MonthOptions:
     days: int = 31
     seed: int = 1
     faults: bool = True
-    loader: str = "copy"  # or "writer" (rules.backfill.write_simulation)
+    loader: str = "copy"  # or "writer" (cli.backfill.write_simulation)
 
     @property
     def start(self) -> datetime:
@@ -160,7 +161,7 @@ def add_month_arguments(p: argparse.ArgumentParser, d: MonthOptions) -> None:
         choices=("copy", "writer"),
         default=d.loader,
         help="how the month is loaded (not timed): binary COPY or the ingest batch writer "
-        "(rules.backfill.write_simulation); default %(default)s",
+        "(cli.backfill.write_simulation); default %(default)s",
     )
 
 
@@ -363,7 +364,7 @@ def load_month(url: str, net: Network, opts: MonthOptions) -> LoadResult:
     faults = [parse_fault(f, net) for f in FAULTS] if opts.faults else []
     began = time.perf_counter()
     if opts.loader == "writer":
-        from rules.backfill import write_simulation
+        from cli.backfill import write_simulation
 
         readings = asyncio.run(
             write_simulation(
@@ -390,7 +391,8 @@ async def engine_run(database_url: str, now: datetime) -> dict[str, Any]:
     """``Engine.process_pending(conn, now)`` once, timed per stage (runs in its own process:
     ``python -m benchmarks.rules_engine engine``)."""
     import rules.engine
-    from rules.engine import Engine, Stats
+    from rules.engine import Engine
+    from rules.passes import Stats
     from rules.topology import Topology
 
     timings: dict[str, float] = defaultdict(float)
@@ -1040,7 +1042,7 @@ def backfill_lines(b: BackfillResult, opts: Options, n_meters: int) -> list[str]
     loader = (
         "binary COPY into `readings` + dirty windows marked as ingest marks them"
         if b.load.loader == "copy"
-        else "`rules.backfill.write_simulation` (the ingest batch writer)"
+        else "`cli.backfill.write_simulation` (the ingest batch writer)"
     )
     base = []
     if b.baseline is not None:

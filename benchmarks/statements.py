@@ -12,13 +12,13 @@ takes part in 10 exchanges (5 as provider, 5 as receiver) when there are 100 exc
 partners, so its statement has 10–14 lines and a chart of 10 panels.
 
 Setting up (not timed): a fresh database with the network applied; October 2026 (the 25-hour
-DST day included) simulated by ``core.simulate`` with the rules benchmark's faults and loaded
-by ``rules.backfill.write_simulation`` (``--loader copy``: the rules benchmark's binary COPY,
+DST day included) simulated by ``cli.simulate`` with the rules benchmark's faults and loaded
+by ``cli.backfill.write_simulation`` (``--loader copy``: the rules benchmark's binary COPY,
 faster, same rows); then the rules engine once over it, as ``symbiont rules --once`` does
 (``Engine.process_pending`` and ``Engine.periodic`` at the end of the loaded span), then
 ``VACUUM ANALYZE`` and ``CHECKPOINT``.
 
-Timed: ``rules.issue.issue_month(conn, net, 2026, 10, now)`` with ``now`` = the end of the
+Timed: ``statements.issue.issue_month(conn, net, 2026, 10, now)`` with ``now`` = the end of the
 grace period (3 days after the month), in a process of its own (``python -m
 benchmarks.statements issue``), the way ``symbiont rules`` issues a month: every partner's
 statement computed, rendered as JSON, CSV and PDF, and stored with its delivery rows in the
@@ -83,7 +83,7 @@ GRACE = timedelta(days=3)
 
 @dataclass
 class Options(MonthOptions):
-    loader: str = "writer"  # rules.backfill.write_simulation, or "copy"
+    loader: str = "writer"  # cli.backfill.write_simulation, or "copy"
     runs: int = 3
     workers: int | None = None  # issue_month's PDF processes (None: its default)
     quiet_wait: float = 10.0
@@ -215,7 +215,7 @@ def issue_arguments(p: argparse.ArgumentParser) -> None:
 async def issue_run(database_url: str, now: datetime, workers: int | None) -> dict[str, Any]:
     """``issue_month`` once, timed (runs in its own process: ``python -m benchmarks.statements
     issue``)."""
-    import rules.issue
+    import statements.issue
     from core.apply import load_applied
 
     conn = await asyncpg.connect(
@@ -225,18 +225,18 @@ async def issue_run(database_url: str, now: datetime, workers: int | None) -> di
         net = await load_applied(conn)
         if net is None:
             raise BenchError("no network applied")
-        params = inspect.signature(rules.issue.issue_month).parameters
+        params = inspect.signature(statements.issue.issue_month).parameters
         kwargs: dict[str, Any] = {}
         timings = None
         if "timings" in params:
-            timings = rules.issue.IssueTimings()
+            timings = statements.issue.IssueTimings()
             kwargs["timings"] = timings
         if workers is not None and "workers" in params:
             kwargs["workers"] = workers
         if "accept_incomplete" in params:  # timed: issuing every statement, whatever its data
             kwargs["accept_incomplete"] = "benchmark"
         with proc.Span(conn.get_server_pid()) as span:
-            issued = await rules.issue.issue_month(conn, net, YEAR, MONTH, now, **kwargs)
+            issued = await statements.issue.issue_month(conn, net, YEAR, MONTH, now, **kwargs)
         helpers = proc.children_cpu(os.getpid())  # the PDF fork server, still alive
     finally:
         await conn.close()
@@ -246,7 +246,7 @@ async def issue_run(database_url: str, now: datetime, workers: int | None) -> di
         "new": sum(1 for i in issued if i.new),
         "timings": None if timings is None else asdict(timings),
         "helpers_cpu_s": helpers,
-        "issue_file": rules.issue.__file__,
+        "issue_file": statements.issue.__file__,
     }
 
 
@@ -437,7 +437,7 @@ def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
         f"{p.exchange_windows:,} exchange windows: {statuses})"
         if p.reused
         else f"{p.readings:,} readings loaded in {p.load_s:.0f} s "
-        f"({'`rules.backfill.write_simulation`' if opts.loader == 'writer' else 'binary COPY'}),"
+        f"({'`cli.backfill.write_simulation`' if opts.loader == 'writer' else 'binary COPY'}),"
         f" the rules engine once over them in {p.engine_s:.0f} s ({p.exchange_windows:,} "
         f"exchange windows: {statuses}), then `VACUUM ANALYZE` and `CHECKPOINT`"
     )
@@ -451,7 +451,7 @@ def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
         + ("faults as in the rules benchmark" if opts.faults else "no faults")
         + f". Data: 2026-10-01 – {opts.end:%Y-%m-%d} UTC, seed {opts.seed}: {prep}.",
         "",
-        f"Timed: `rules.issue.issue_month(conn, net, {YEAR}, {MONTH}, now="
+        f"Timed: `statements.issue.issue_month(conn, net, {YEAR}, {MONTH}, now="
         f"{opts.issue_at.isoformat().replace('+00:00', 'Z')})` in a process of its own, "
         f"{len(report.runs)} run(s), the month's statements deleted before each. Each run "
         f"issued {first.get('statements', 0)} statements ({first.get('lines', 0)} lines): "
@@ -464,7 +464,7 @@ def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
         "",
         f"- Target: every statement of the month, JSON + CSV + PDF, in under {TARGET_S:.0f} s: "
         f"**{verdict}** (median of {len(walls)} run(s): {median:.2f} s).",
-        "- Phases, as `issue_month` measures them (`rules.issue.IssueTimings`): *compute* is "
+        "- Phases, as `issue_month` measures them (`statements.issue.IssueTimings`): *compute* is "
         "reading windows, alerts and earlier statements and building the documents; *PDF* "
         "is the rendering time summed over the statements, in worker processes beside the "
         "issuing one; *waiting for PDFs* is the part of the wall time the issuing process "

@@ -1,1 +1,2 @@
-"""symbiont's shared domain: settings, the network model, units, time windows, database."""
+"""symbiont core: what every other package needs — settings, the network model, units, time
+windows, database access."""

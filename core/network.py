@@ -21,22 +21,14 @@ from pydantic import (
     field_validator,
 )
 
+# The vocabulary of kinds and reading types, used through this module by most of symbiont.
+from core.kinds import CANONICAL_UNIT as CANONICAL_UNIT
+from core.kinds import Kind as Kind
+from core.kinds import ReadingType as ReadingType
+from core.rule_settings import rule_config
+from core.units import UnitError, conversion
+
 ID_RE = r"^[a-z0-9][a-z0-9-]*$"
-
-
-class Kind(StrEnum):
-    heat = "heat"
-    water = "water"
-    material = "material"
-
-
-CANONICAL_UNIT: dict[Kind, str] = {Kind.heat: "MWh", Kind.water: "m3", Kind.material: "t"}
-
-
-class ReadingType(StrEnum):
-    total = "total"
-    rate = "rate"
-    delta = "delta"
 
 
 class Billing(StrEnum):
@@ -304,8 +296,6 @@ def _cross_check(net: Network) -> list[str]:
     partners = {p.id for p in net.partners}
     meters = {m.id: m for m in net.meters}
 
-    from core.units import UnitError, conversion  # local: units imports this module
-
     for i, m in enumerate(net.meters):
         if m.partner not in partners:
             problems.append(f"meters[{i}].partner: unknown partner '{m.partner}'")
@@ -399,8 +389,6 @@ METER_RULES = frozenset(
 
 
 def _check_rules(path: str, rules: dict[str, Any], allowed: frozenset[str]) -> list[str]:
-    from rules.alerts import rule_config  # the rules engine owns the rule settings
-
     problems = []
     for rule, overrides in rules.items():
         if rule not in RULE_NAMES:

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     webhook_secret: str | None = None
-    # Statement mail (SPEC §7, rules/notify.py): sent only when smtp_url is set.
+    # Statement mail (SPEC §7, notify/outbox.py): sent only when smtp_url is set.
     #   smtp://[user[:password]@]host[:port]           port 25, STARTTLS if the server offers it
     #   smtp+starttls://[user[:password]@]host[:port]  port 587, STARTTLS required
     #   smtps://[user[:password]@]host[:port]          port 465, implicit TLS
@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     )
 
     # Integrations (SPEC §6): where alert events go and how the outbox delivers them (see
-    # rules/notify.py).  webhook_secret above: whsec_<base64 key>, or any other text whose
+    # notify/outbox.py).  webhook_secret above: whsec_<base64 key>, or any other text whose
     # UTF-8 bytes are the key; without one, webhooks go out unsigned.
     alert_webhooks: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

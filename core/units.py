@@ -13,7 +13,7 @@ from typing import Any
 
 import pint
 
-from core.network import CANONICAL_UNIT, Kind, ReadingType
+from core.kinds import CANONICAL_UNIT, Kind, ReadingType
 
 _ureg: Any = pint.UnitRegistry()
 # District-heating practice (and the Danish tables) use the international-table calorie.

@@ -2,6 +2,7 @@
 
 A window of a day or less starts at local midnight and runs in real (elapsed) time, so a
 23-hour spring-forward day has 23 one-hour windows and a 25-hour autumn day has 25.
+``human_time`` shows an instant as people read it, in the network's zone with its offset.
 """
 
 from __future__ import annotations
@@ -91,3 +92,22 @@ class WindowCutter:
         if window_s >= 86400:
             return lo
         return lo + ((epoch - lo) // window_s) * window_s
+
+
+def _offset(local: datetime) -> str:
+    """The UTC offset of an aware instant as ``+01:00`` (``+00:00`` for UTC)."""
+    offset = local.utcoffset() or timedelta(0)
+    minutes = round(offset.total_seconds() / 60)
+    sign = "-" if minutes < 0 else "+"
+    hours, minutes = divmod(abs(minutes), 60)
+    return f"{sign}{hours:02d}:{minutes:02d}"
+
+
+def human_time(ts: str, zone: str | None = None) -> str:
+    """An instant of a statement as people read it: in the network's time zone (``zone``;
+    the document's instants are already in it) to the minute, with the zone's UTC offset
+    then: ``2026-12-04T14:50:12.068851+01:00`` → ``4 Dec 2026 14:50 (UTC+01:00)``."""
+    local = datetime.fromisoformat(ts)
+    if zone:
+        local = local.astimezone(ZoneInfo(zone))
+    return f"{local.day} {local:%b %Y %H:%M} (UTC{_offset(local)})"

@@ -1,1 +1,2 @@
-"""symbiont rules: window quantities, reconciliation, alerts and statements (being built)."""
+"""symbiont rules: window quantities, reconciliation of exchanges and networks, and the alert
+rules with their lifecycle and incidents; the ``symbiont rules`` service."""

@@ -14,6 +14,14 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from core.rule_settings import (
+    CounterResetConfig,
+    DriftConfig,
+    ImbalanceConfig,
+    RejectionsConfig,
+    StaleConfig,
+)
+
 
 class Rule(StrEnum):
     imbalance = "imbalance"
@@ -53,123 +61,6 @@ class Verdict:
 
 
 KEEP = Verdict(Decision.keep)
-
-
-# -- configuration (defaults per SPEC §6, overridable per exchange or meter) ------------------
-
-
-@dataclass(frozen=True)
-class ImbalanceConfig:
-    enabled: bool = True
-    z: float = 3.0  # |z| above this is an imbalanced window (the window status uses it too)
-    fire_after: int = 2  # consecutive imbalanced windows to fire
-    clear_after: int = 2  # consecutive clean windows to resolve
-    critical_fraction: float = 0.10  # |d| above this share of S is critical
-
-
-@dataclass(frozen=True)
-class DriftConfig:
-    enabled: bool = True
-    # k = 0.25 σ, h = 28 σ: see ``drift_series`` for how they were chosen (a false alarm per
-    # exchange in about a thousand years of hourly windows; a meter drifting 3 % a month is
-    # caught when it is 0.85 % off on 1 % meters, 1.2–1.4 % on 1.7–2 % meters, median).
-    k: float = 0.25  # CUSUM allowance, in σ
-    h: float = 28.0  # CUSUM decision limit, in σ
-
-
-@dataclass(frozen=True)
-class SuspectConfig:
-    # The global test fails by chance in α = 5 % of windows and then names some meter:
-    # three windows in a row keep chance out (≈ 10⁻⁷ per meter and window).
-    enabled: bool = True
-    fire_after: int = 3
-    clear_after: int = 3
-
-
-@dataclass(frozen=True)
-class StaleConfig:
-    enabled: bool = True
-    intervals: float = 3.0  # no reading for this many × interval
-    after_s: float | None = None  # or an explicit age (delta meters have no interval)
-
-
-@dataclass(frozen=True)
-class StuckConfig:
-    enabled: bool = True
-    min_counterpart_share: float = 0.05  # counterpart flow above this share of its usual flow
-
-
-@dataclass(frozen=True)
-class CounterResetConfig:
-    enabled: bool = True
-    hold_s: float = 86400.0  # stays firing this long after the last reset
-
-
-@dataclass(frozen=True)
-class NegativeFlowConfig:
-    enabled: bool = True
-    clear_after: int = 1
-
-
-@dataclass(frozen=True)
-class SpikeConfig:
-    enabled: bool = True
-    clear_after: int = 1
-
-
-@dataclass(frozen=True)
-class RejectionsConfig:
-    enabled: bool = True
-    fraction: float = 0.01
-    min_messages: int = 20
-
-
-RULE_CONFIG: dict[str, type] = {
-    Rule.imbalance: ImbalanceConfig,
-    Rule.drift: DriftConfig,
-    Rule.meter_suspect: SuspectConfig,
-    Rule.meter_stale: StaleConfig,
-    Rule.meter_stuck: StuckConfig,
-    Rule.counter_reset: CounterResetConfig,
-    Rule.negative_flow: NegativeFlowConfig,
-    Rule.meter_spike: SpikeConfig,
-    Rule.rejections: RejectionsConfig,
-}
-
-
-def rule_config(rule: str, overrides: object) -> Any:
-    """The rule's config with overrides applied; raises ValueError naming a bad key or value."""
-    cls = RULE_CONFIG[rule]
-    if overrides is False or overrides == "off":
-        return cls(enabled=False)
-    if overrides is None or overrides == {}:
-        return cls()
-    if not isinstance(overrides, Mapping):
-        raise ValueError(f"{rule}: overrides must be a mapping (or `off`)")
-    known = {f.name: f for f in fields(cls)}
-    values: dict[str, Any] = {}
-    for key, value in overrides.items():
-        name = key.replace("-", "_")
-        if name not in known:
-            raise ValueError(f"{rule}.{key}: unknown setting (known: {', '.join(known)})")
-        default = getattr(cls(), name)
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ValueError(f"{rule}.{key}: must be true or false")
-        elif isinstance(default, int) and not isinstance(default, bool):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{rule}.{key}: must be a whole number ≥ 1")
-        else:
-            if (
-                not isinstance(value, int | float)
-                or isinstance(value, bool)
-                or not math.isfinite(value)
-                or value < 0
-            ):
-                raise ValueError(f"{rule}.{key}: must be a non-negative number")
-            value = float(value)
-        values[name] = value
-    return cls(**values)
 
 
 # -- inputs -----------------------------------------------------------------------------------
@@ -758,7 +649,9 @@ def flag_series(
 
 # -- statement_held: a month due for issue waits for its data ---------------------------------
 
-STATEMENT_HELD = "statement_held"  # judged by rules.issue when a month falls due, not per window
+STATEMENT_HELD = (
+    "statement_held"  # judged by statements.issue when a month falls due, not per window
+)
 
 
 @dataclass(frozen=True)

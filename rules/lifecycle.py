@@ -84,7 +84,7 @@ async def _event(
     now: datetime,
     targets: Targets | None,
 ) -> None:
-    from rules import notify
+    from notify import outbox
 
     alert = alert_json(row)
     payload = {"event": kind, "alert": alert, "at": now.isoformat()}
@@ -99,7 +99,7 @@ async def _event(
     if targets is not None:
         deliveries = list(targets(alert))
         if deliveries:
-            await notify.enqueue(
+            await outbox.enqueue(
                 conn, event_key=f"alert-event-{event_id}", payload=payload, deliveries=deliveries
             )
     await conn.execute("SELECT pg_notify($1, $2)", ALERTS_CHANNEL, str(row["id"]))

@@ -10,7 +10,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from core.network import Exchange, Meter, Network
-from rules.alerts import Rule, rule_config
+from core.rule_settings import rule_config
+from rules.alerts import Rule
 from rules.reconcile import Constraint, balance_constraint, exchange_constraint
 
 

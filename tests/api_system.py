@@ -20,12 +20,12 @@ from services import free_port
 
 from api.app import create_app
 from api.tokens import create_token
+from cli.backfill import write_simulation
+from cli.faults import parse_fault
 from core.apply import apply_network
 from core.db import asyncpg_dsn
 from core.network import Network, load_network
 from core.settings import Settings
-from core.simulate import parse_fault
-from rules.backfill import write_simulation
 from rules.engine import Engine
 
 REPO = Path(__file__).resolve().parent.parent

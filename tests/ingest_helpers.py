@@ -172,9 +172,11 @@ def wait_until(
 def symbiont_command() -> list[str]:
     """The ``symbiont`` entry point of this interpreter's environment."""
     script = Path(sys.executable).with_name("symbiont")
-    if script.is_file():
+    # An environment installed before the command line moved has a script that imports it
+    # from where it was: run this checkout's module instead.
+    if script.is_file() and "from cli.main import main" in script.read_text(errors="replace"):
         return [str(script)]
-    return [sys.executable, "-m", "core.cli"]
+    return [sys.executable, "-m", "cli.main"]
 
 
 class ServiceProcess:

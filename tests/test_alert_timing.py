@@ -16,22 +16,22 @@ import asyncio
 import os
 import secrets
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+from ingest_helpers import symbiont_command
 from services import create_database, drop_database
 
+from cli.faults import Fault, parse_fault
+from cli.simulate import MeterChunk, simulate
 from core.apply import apply_network
 from core.db import asyncpg_dsn
 from core.network import Network, parse_network
 from core.settings import Settings
-from core.simulate import Fault, MeterChunk, parse_fault, simulate
 from core.units import conversion
 from ingest.parse import NetworkIndex, Parsed
 from ingest.writer import BatchWriter, Message
@@ -174,9 +174,12 @@ def test_rules_once_stamps_alerts_at_the_instant_their_condition_began(
     asyncio.run(fill())
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYMBIONT_")}
     env["SYMBIONT_DATABASE_URL"] = database_url
-    exe = Path(sys.executable).with_name("symbiont")
     done = subprocess.run(
-        [str(exe), "rules", "--once"], env=env, capture_output=True, text=True, timeout=120
+        [*symbiont_command(), "rules", "--once"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     alerts = asyncio.run(_alerts(database_url))

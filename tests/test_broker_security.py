@@ -47,8 +47,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from services import Mosquitto, find_mosquitto
 
-from core import brokerconfig
-from core.brokerconfig import (
+from cli import brokerconfig
+from cli.brokerconfig import (
     INGEST_USER,
     MONITOR_USER,
     RULES_USER,

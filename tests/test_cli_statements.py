@@ -17,12 +17,12 @@ import pandas as pd
 from ingest_helpers import symbiont_command
 from pypdf import PdfReader
 
+from cli.backfill import write_simulation
+from cli.faults import parse_fault
 from core.apply import apply_network
 from core.db import asyncpg_dsn
 from core.network import load_network
 from core.settings import Settings
-from core.simulate import parse_fault
-from rules.backfill import write_simulation
 from rules.engine import Engine
 
 REPO = Path(__file__).resolve().parent.parent

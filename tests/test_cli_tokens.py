@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from ingest_helpers import symbiont_command
 
-from core.cli import main
+from cli.main import main
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from core import brokerconfig
-from core.cli import build_parser
+from cli import brokerconfig
+from cli.main import build_parser
 from core.network import load_network
 from core.settings import Settings
 from ingest.service import parse_mqtt_url
@@ -109,7 +109,8 @@ def test_commands_parse_with_the_cli(services: dict[str, dict[str, Any]]) -> Non
 def test_dockerfile_runs_the_cli() -> None:
     text = DOCKERFILE.read_text()
     assert 'ENTRYPOINT ["symbiont"]' in text
-    for directory in ("core", "ingest", "rules", "api", "migrations", "examples"):
+    packages = ("core", "ingest", "rules", "statements", "notify", "api", "cli")
+    for directory in (*packages, "migrations", "examples"):
         assert re.search(rf"^COPY {directory} {directory}$", text, re.M), directory
     assert re.search(r"^USER (?!root)\S+", text, re.M), "the services should not run as root"
 

@@ -22,8 +22,8 @@ import httpx
 from ingest_helpers import symbiont_command
 from services import free_port
 
+from cli.demo import prune_server_handles
 from core.db import asyncpg_dsn
-from core.demo import prune_server_handles
 
 
 def _children(pid: int) -> set[int]:

@@ -26,12 +26,12 @@ import asyncpg
 import pytest
 from services import create_database, drop_database, system_postgres_url
 
+from cli.backfill import write_simulation
+from cli.faults import parse_fault
 from core.apply import apply_network
 from core.db import asyncpg_dsn, upgrade
 from core.network import Network, load_network, parse_network
 from core.settings import Settings
-from core.simulate import parse_fault
-from rules.backfill import write_simulation
 from rules.engine import Engine
 
 REPO = Path(__file__).resolve().parent.parent

@@ -34,8 +34,9 @@ from core.settings import Settings
 from ingest.parse import NetworkIndex, Parser
 from ingest.writer import BatchWriter, Message
 from rules.engine import Engine, _silences
-from rules.issue import draft
-from rules.statements import Statement, StatementLine, billed_lines, compute_adjustments
+from statements.adjustments import billed_lines, compute_adjustments
+from statements.compute import Statement, StatementLine
+from statements.issue import draft
 
 HOUR = timedelta(hours=1)
 QUARTER = timedelta(minutes=15)

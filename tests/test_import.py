@@ -33,7 +33,7 @@ exchanges:
 def symbiont(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SYMBIONT_DATABASE_URL": database_url}
     return subprocess.run(
-        [sys.executable, "-m", "core.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         env=env,
         capture_output=True,
         text=True,

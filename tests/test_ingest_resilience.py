@@ -39,7 +39,7 @@ from ingest_helpers import (
 )
 from services import Mosquitto, PrivatePostgres
 
-from core.broker import free_port
+from cli.broker import free_port
 from core.units import conversion
 from ingest.parse import KEEP_PAYLOAD, MAX_BATCH, Reason
 

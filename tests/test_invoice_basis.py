@@ -30,28 +30,28 @@ import yaml
 from PIL import Image
 from test_statements import EXAMPLES, kalundborg, rows_from, truth_for
 
+from cli.backfill import write_simulation
+from cli.faults import parse_fault
 from core.apply import apply_network, load_applied
 from core.db import asyncpg_dsn
 from core.network import Network, NetworkError, parse_network
 from core.settings import Settings
-from core.simulate import parse_fault
-from core.windows import month_bounds
-from rules.backfill import write_simulation
+from core.windows import human_time, month_bounds
+from notify.mail import statement_mail
 from rules.engine import Engine
-from rules.issue import issue_month, stored
-from rules.notify import statement_mail
-from rules.render import render_csv, render_pdf, statement_document, verify_hash
-from rules.statement_alerts import month_alert_counts
-from rules.statements import (
+from statements.adjustments import billed_lines, compute_adjustments
+from statements.alert_counts import month_alert_counts
+from statements.compute import (
     AlertSpan,
     Statement,
-    billed_lines,
     build_statement,
-    compute_adjustments,
     daily_series,
     exchange_alert_counts,
-    human_time,
 )
+from statements.csv_export import render_csv
+from statements.document import statement_document, verify_hash
+from statements.issue import issue_month, stored
+from statements.pdf import render_pdf
 
 # 13:50:12.068851 UTC on 4 November: 14:50 in Copenhagen, standard time (+01:00)
 ISSUED_AT = datetime(2026, 11, 4, 13, 50, 12, 68851, tzinfo=UTC)

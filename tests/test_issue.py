@@ -16,24 +16,25 @@ import pytest
 from api_system import ApiSystem
 
 from api.tokens import create_token
+from cli.backfill import write_simulation
+from cli.faults import parse_fault
 from core.apply import apply_network
 from core.db import asyncpg_dsn
 from core.network import Network, load_network, parse_network
 from core.settings import Settings
-from core.simulate import parse_fault
-from rules.backfill import write_simulation
 from rules.engine import Engine
-from rules.issue import (
+from statements.document import verify_hash
+from statements.issue import (
     IncompleteMonth,
-    IssueTimings,
     document_for,
     due_months,
     issue_month,
+    issue_statements,
     render_pdf_for,
-    revise_statement,
     stored,
 )
-from rules.render import verify_hash
+from statements.pdf_pool import IssueTimings
+from statements.revise import revise_statement
 
 REPO = Path(__file__).resolve().parent.parent
 NETWORK: dict[str, Any] = {
@@ -158,7 +159,7 @@ def test_late_data_after_issue_is_one_adjustment(database_url: str) -> None:
         try:
             await apply_network(conn, net)
             # September with the receiver meter's readings of the 15th held back
-            from core.simulate import parse_fault
+            from cli.faults import parse_fault
 
             withheld = parse_fault("gap:in@2026-09-14T22:00Z+1d", net)
             await write_simulation(
@@ -209,14 +210,14 @@ def test_statements_are_issued_automatically_after_the_grace_period(database_url
         conn = await _setup(database_url)
         try:
             engine = Engine(Settings(database_url=database_url, statement_grace="3d"))
-            early = await engine.issue_statements(conn, datetime(2026, 11, 2, 12, tzinfo=UTC))
+            early = await issue_statements(engine, conn, datetime(2026, 11, 2, 12, tzinfo=UTC))
             assert early == 0
             assert await conn.fetchval("SELECT count(*) FROM statements") == 0
-            late = await engine.issue_statements(conn, datetime(2026, 11, 4, tzinfo=UTC))
+            late = await issue_statements(engine, conn, datetime(2026, 11, 4, tzinfo=UTC))
             assert late == len(net.partners)
             months = await conn.fetch("SELECT DISTINCT month FROM statements")
             assert [r["month"] for r in months] == ["2026-10"]
-            again = await engine.issue_statements(conn, datetime(2026, 11, 4, 1, tzinfo=UTC))
+            again = await issue_statements(engine, conn, datetime(2026, 11, 4, 1, tzinfo=UTC))
             assert again == 0
         finally:
             await conn.close()
@@ -240,9 +241,9 @@ def test_automatic_issue_waits_for_the_months_pending_windows(database_url: str)
             )
             engine = Engine(Settings(database_url=database_url, statement_grace="3d"))
             late = datetime(2026, 11, 4, tzinfo=UTC)
-            assert await engine.issue_statements(conn, late) == 0
+            assert await issue_statements(engine, conn, late) == 0
             await engine.process_pending(conn, now=NOV)
-            assert await engine.issue_statements(conn, late) == len(net.partners)
+            assert await issue_statements(engine, conn, late) == len(net.partners)
         finally:
             await conn.close()
 
@@ -321,7 +322,7 @@ def test_a_month_short_of_data_is_held_until_its_data_arrives(database_url: str)
     async def go() -> None:
         conn, engine = await _short_september(database_url, net)
         try:
-            assert await engine.issue_statements(conn, DUE_SEPT) == 0
+            assert await issue_statements(engine, conn, DUE_SEPT) == 0
             assert await conn.fetchval("SELECT count(*) FROM statements") == 0
             alerts = {
                 r["subject"]: r
@@ -343,7 +344,7 @@ def test_a_month_short_of_data_is_held_until_its_data_arrives(database_url: str)
 
             # a minute later: still held, the same alert (no duplicate)
             again = DUE_SEPT + timedelta(minutes=1)
-            assert await engine.issue_statements(conn, again) == 0
+            assert await issue_statements(engine, conn, again) == 0
             assert await conn.fetchval(
                 "SELECT count(*) FROM alerts WHERE rule = 'statement_held'"
             ) == len(alerts)
@@ -370,7 +371,7 @@ def test_a_month_short_of_data_is_held_until_its_data_arrives(database_url: str)
             # the data arrives: held while its windows wait to be reconciled, then issued
             await write_simulation(asyncpg_dsn(database_url), net, GAP_START, GAP_END, seed=5)
             later = DUE_SEPT + timedelta(hours=2)
-            assert await engine.issue_statements(conn, later) == 0
+            assert await issue_statements(engine, conn, later) == 0
             assert (
                 await conn.fetchval(
                     "SELECT count(*) FROM alerts WHERE status = 'firing'"
@@ -379,7 +380,7 @@ def test_a_month_short_of_data_is_held_until_its_data_arrives(database_url: str)
                 == 2
             )
             await engine.process_pending(conn, now=NOV)
-            assert await engine.issue_statements(conn, later) == 2
+            assert await issue_statements(engine, conn, later) == 2
             docs = await _documents(conn, "2026-09")
             for doc in docs.values():
                 assert doc["status"] == "issued" and doc["incomplete_reason"] is None
@@ -392,7 +393,7 @@ def test_a_month_short_of_data_is_held_until_its_data_arrives(database_url: str)
                 ("resolved", later),
                 ("resolved", later),
             ]
-            assert await engine.issue_statements(conn, later + timedelta(minutes=1)) == 0
+            assert await issue_statements(engine, conn, later + timedelta(minutes=1)) == 0
         finally:
             await conn.close()
 
@@ -408,9 +409,9 @@ def test_a_held_month_stays_due_after_the_next_month_is_issued(database_url: str
     async def go() -> None:
         conn, engine = await _short_september(database_url, net)
         try:
-            assert await engine.issue_statements(conn, DUE_SEPT) == 0
+            assert await issue_statements(engine, conn, DUE_SEPT) == 0
             # October is complete and issued on time; September still waits
-            assert await engine.issue_statements(conn, ISSUE_OCT) == 2
+            assert await issue_statements(engine, conn, ISSUE_OCT) == 2
             oct_docs = await _documents(conn, "2026-10")
             assert all(d["adjustments"] == [] for d in oct_docs.values())
             # September stays due (its alert keeps firing) after October is issued
@@ -419,7 +420,7 @@ def test_a_held_month_stays_due_after_the_next_month_is_issued(database_url: str
                 "town": ["2026-09"],
             }
             await _late_data_arrives(database_url, net, conn)
-            assert await engine.issue_statements(conn, ISSUE_OCT + timedelta(hours=1)) == 2
+            assert await issue_statements(engine, conn, ISSUE_OCT + timedelta(hours=1)) == 2
             sept = await _documents(conn, "2026-09")
             assert all(
                 Decimal(ln["coverage"]) >= Decimal("0.99")

@@ -35,8 +35,18 @@ from standardwebhooks import Webhook
 
 from core.db import connect
 from core.settings import Settings
-from rules import notify, webhook
-from rules.notify import AlertEvent, Notifier
+from notify import webhook
+from notify.alertmanager import DeliveryError, alertmanager_body, resend_firing_to_alertmanager
+from notify.outbox import (
+    ALERT_FIELDS,
+    LISTEN_CHANNEL,
+    AlertEvent,
+    alert_targets,
+    backoff_delay,
+    enqueue,
+    enqueue_alert_event,
+)
+from notify.worker import Notifier
 
 ALERTMANAGER_ENV = "SYMBIONT_ALERTMANAGER"  # path to the alertmanager binary, if not found
 
@@ -310,16 +320,14 @@ def test_signature_matches_the_standard_webhooks_reference() -> None:
 
 def test_backoff_grows_with_jitter_and_respects_cap_and_retry_after() -> None:
     def delays(jitter: float) -> list[float]:
-        return [
-            notify.backoff_delay(n, base_s=10, cap_s=3600, rng=lambda: jitter) for n in range(1, 12)
-        ]
+        return [backoff_delay(n, base_s=10, cap_s=3600, rng=lambda: jitter) for n in range(1, 12)]
 
     low, high = delays(0.0), delays(1.0)
     assert low[:3] == [5, 10, 20] and high[:3] == [10, 20, 40]
     assert all(a <= b for a, b in itertools.pairwise(low))
     assert max(high) == 3600 and max(low) == 1800
-    assert notify.backoff_delay(1, base_s=10, cap_s=3600, retry_after_s=120, rng=lambda: 0) == 120
-    assert notify.backoff_delay(1, base_s=10, cap_s=60, retry_after_s=1e6) == 60
+    assert backoff_delay(1, base_s=10, cap_s=3600, retry_after_s=120, rng=lambda: 0) == 120
+    assert backoff_delay(1, base_s=10, cap_s=60, retry_after_s=1e6) == 60
 
 
 def test_alertmanager_alert_shape() -> None:
@@ -337,7 +345,7 @@ def test_alertmanager_alert_shape() -> None:
         "summary": "meter m1 stale for 14 min",
         "details": {"age_s": 840.0},
     }
-    body = notify.alertmanager_body(alert, now=now, ttl=timedelta(minutes=4))
+    body = alertmanager_body(alert, now=now, ttl=timedelta(minutes=4))
     assert body[0] == {
         "labels": {
             "alertname": "meter_stale",
@@ -353,7 +361,7 @@ def test_alertmanager_alert_shape() -> None:
     assert body[1]["labels"]["severity"] == "critical"
     assert body[1]["endsAt"] == "2026-11-23T10:00:00.000000Z"
     resolved = {**alert, "status": "resolved", "resolved_at": "2026-11-23T09:30:00Z"}
-    (only,) = notify.alertmanager_body(resolved, now=now, ttl=timedelta(minutes=4))
+    (only,) = alertmanager_body(resolved, now=now, ttl=timedelta(minutes=4))
     assert only["endsAt"] == "2026-11-23T09:30:00.000000Z"
 
 
@@ -375,7 +383,7 @@ def test_enqueue_is_transactional_idempotent_and_notifies(database_url: str) -> 
     async def go() -> None:
         conn, listener = await db(database_url), await db(database_url)
         heard: asyncio.Queue[str] = asyncio.Queue()
-        await listener.add_listener(notify.LISTEN_CHANNEL, lambda *args: heard.put_nowait(args[2]))
+        await listener.add_listener(LISTEN_CHANNEL, lambda *args: heard.put_nowait(args[2]))
         targets = [
             ("webhook", "http://a/x"),
             ("mqtt", "symbiont/alerts/s"),
@@ -383,15 +391,15 @@ def test_enqueue_is_transactional_idempotent_and_notifies(database_url: str) -> 
         ]
         try:
             async with conn.transaction():
-                n = await notify.enqueue(conn, event_key="e1", payload={"a": 1}, deliveries=targets)
+                n = await enqueue(conn, event_key="e1", payload={"a": 1}, deliveries=targets)
                 assert n == 2  # the duplicate pair counts once
                 assert heard.empty()  # NOTIFY goes out on commit
             await asyncio.wait_for(heard.get(), 5)
-            again = await notify.enqueue(conn, event_key="e1", payload={"a": 2}, deliveries=targets)
+            again = await enqueue(conn, event_key="e1", payload={"a": 2}, deliveries=targets)
             assert again == 0
             with pytest.raises(RuntimeError):
                 async with conn.transaction():
-                    await notify.enqueue(
+                    await enqueue(
                         conn, event_key="e2", payload={}, deliveries=[("webhook", "http://b/")]
                     )
                     raise RuntimeError("the producer's transaction fails")
@@ -417,14 +425,14 @@ def test_alert_targets_follow_settings(database_url: str) -> None:
         mqtt_url="mqtt://127.0.0.1:1883",
         alert_mqtt=True,
     )
-    assert notify.alert_targets(settings, {"subject": "steam-novo"}) == [
+    assert alert_targets(settings, {"subject": "steam-novo"}) == [
         ("webhook", "http://a/x"),
         ("webhook", "http://b/y"),
         ("alertmanager", "http://am:9093"),
         ("mqtt", "symbiont/alerts/steam-novo"),
     ]
     quiet = make_settings(database_url, mqtt_url="mqtt://127.0.0.1:1883", alert_mqtt=False)
-    assert notify.alert_targets(quiet, {"subject": "x"}) == []
+    assert alert_targets(quiet, {"subject": "x"}) == []
 
 
 # ------------------------------------------------------------------------------ webhooks
@@ -444,11 +452,11 @@ def test_webhook_receiver_down_then_back_gets_every_event_exactly_once(
             at = datetime.now(UTC)
             async with conn.transaction():
                 for key, event, alert in [("a-fire", "firing", a), ("b-fire", "firing", b)]:
-                    await notify.enqueue_alert_event(
+                    await enqueue_alert_event(
                         conn, settings, event_key=key, event=event, alert=alert, at=at
                     )
             a_resolved = await resolve_alert(conn, a["id"])
-            await notify.enqueue_alert_event(
+            await enqueue_alert_event(
                 conn,
                 settings,
                 event_key="a-resolve",
@@ -521,7 +529,7 @@ def test_webhook_receiver_down_then_back_gets_every_event_exactly_once(
         payload = reference.verify(request.body, request.headers)  # independent check
         events.append((payload["alert"]["fingerprint"], payload["event"]))
         assert set(payload) == {"event", "alert", "at"}
-        assert set(payload["alert"]) == set(notify.ALERT_FIELDS)
+        assert set(payload["alert"]) == set(ALERT_FIELDS)
     a_events = [e for f, e in events if f == "imbalance:steam-novo"]
     assert a_events == ["firing", "resolved"]
 
@@ -539,7 +547,7 @@ def test_webhook_failures_that_retrying_cannot_fix_fail_at_once(
     async def go() -> None:
         conn = await db(database_url)
         try:
-            await notify.enqueue(conn, event_key="e", payload={"x": 1}, deliveries=targets)
+            await enqueue(conn, event_key="e", payload={"x": 1}, deliveries=targets)
             async with Notifier(settings) as notifier:
                 assert await notifier.deliver_due() == len(targets)
                 status = {r["target"]: r for r in await outbox(conn)}
@@ -572,7 +580,7 @@ def test_webhook_gives_up_after_max_age(database_url: str, receiver: Receiver) -
     async def go() -> None:
         conn = await db(database_url)
         try:
-            await notify.enqueue(
+            await enqueue(
                 conn, event_key="e", payload={"x": 1}, deliveries=[("webhook", receiver.url())]
             )
             (row,) = await outbox(conn)
@@ -625,7 +633,7 @@ def test_two_notifiers_deliver_each_event_exactly_once(
                     alert = await insert_alert(
                         conn, rule="meter_stale", subject=f"m{i}", kind="meter"
                     )
-                    await notify.enqueue_alert_event(
+                    await enqueue_alert_event(
                         conn, settings, event_key=f"e{i}", event="firing", alert=alert,
                         at=datetime.now(UTC),
                     )  # fmt: skip
@@ -666,7 +674,7 @@ def test_run_sends_a_new_event_within_a_second(database_url: str, receiver: Rece
             await asyncio.sleep(0.5)  # let it start, pass once and wait
             alert = await insert_alert(conn)
             started = time.monotonic()
-            await notify.enqueue_alert_event(
+            await enqueue_alert_event(
                 conn, settings, event_key="e", event="firing", alert=alert, at=datetime.now(UTC)
             )
             while not receiver.accepted():
@@ -702,9 +710,9 @@ def test_alertmanager_receives_firing_severity_change_and_resolve(
         try:
             async with Notifier(settings) as notifier:
                 alert = await insert_alert(conn, subject=subject, severity="critical")
-                assert notify.alert_targets(settings, alert) == [("alertmanager", alertmanager.url)]
+                assert alert_targets(settings, alert) == [("alertmanager", alertmanager.url)]
                 now = datetime.now(UTC)
-                await notify.enqueue_alert_event(
+                await enqueue_alert_event(
                     conn, settings, event_key="fire", event="firing", alert=alert, at=now
                 )
                 assert await notifier.deliver_due() == 1
@@ -725,7 +733,7 @@ def test_alertmanager_receives_firing_severity_change_and_resolve(
                 alert = await conn.fetchrow(
                     "UPDATE alerts SET severity = 'warning' WHERE id = $1 RETURNING *", alert["id"]
                 )
-                await notify.enqueue_alert_event(
+                await enqueue_alert_event(
                     conn, settings, event_key="upd", event="updated", alert=alert, at=now
                 )
                 assert await notifier.deliver_due() == 1
@@ -733,7 +741,7 @@ def test_alertmanager_receives_firing_severity_change_and_resolve(
                 assert active["labels"]["severity"] == "warning"
 
                 resolved = await resolve_alert(conn, alert["id"])
-                await notify.enqueue_alert_event(
+                await enqueue_alert_event(
                     conn, settings, event_key="resolve", event="resolved", alert=resolved, at=now
                 )
                 assert await notifier.deliver_due() == 1
@@ -746,9 +754,7 @@ def test_alertmanager_receives_firing_severity_change_and_resolve(
                 stale = await insert_alert(
                     conn, rule="meter_stale", subject=f"m-{subject}", kind="meter"
                 )
-                count = await notify.resend_firing_to_alertmanager(
-                    conn, settings, client=notifier.http
-                )
+                count = await resend_firing_to_alertmanager(conn, settings, client=notifier.http)
                 assert count == 1
                 (refreshed,) = _ours(alertmanager.alerts(), stale["fingerprint"])
                 assert refreshed["labels"]["meter"] == f"m-{subject}"
@@ -766,15 +772,15 @@ def test_alertmanager_down_is_retried(database_url: str) -> None:
         conn = await db(database_url)
         try:
             alert = await insert_alert(conn)
-            await notify.enqueue_alert_event(
+            await enqueue_alert_event(
                 conn, settings, event_key="e", event="firing", alert=alert, at=datetime.now(UTC)
             )
             async with Notifier(settings) as notifier:
                 assert await notifier.deliver_due() == 1
             (row,) = await outbox(conn)
             assert (row["status"], row["attempts"]) == ("pending", 1)
-            with pytest.raises(notify.DeliveryError):
-                await notify.resend_firing_to_alertmanager(conn, settings)
+            with pytest.raises(DeliveryError):
+                await resend_firing_to_alertmanager(conn, settings)
         finally:
             await conn.close()
 
@@ -821,11 +827,11 @@ def test_mqtt_alert_state_is_retained(database_url: str, mosquitto: Mosquitto) -
         try:
             alert = await insert_alert(conn, subject=subject)
             now = datetime.now(UTC)
-            await notify.enqueue_alert_event(
+            await enqueue_alert_event(
                 conn, settings, event_key="f", event="firing", alert=alert, at=now
             )
             resolved = await resolve_alert(conn, alert["id"])
-            await notify.enqueue_alert_event(
+            await enqueue_alert_event(
                 conn, settings, event_key="r", event="resolved", alert=resolved, at=now
             )
             assert [r["target"] for r in await outbox(conn)] == [topic, topic]
@@ -851,7 +857,7 @@ def test_mqtt_broker_unreachable_is_retried_and_bad_topic_fails(database_url: st
     async def go() -> None:
         conn = await db(database_url)
         try:
-            await notify.enqueue(
+            await enqueue(
                 conn,
                 event_key="e",
                 payload={"x": 1},

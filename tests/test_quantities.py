@@ -12,8 +12,9 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
+from cli.faults import Fault, FaultKind
+from cli.simulate import MeterChunk, simulate, true_flows
 from core.network import Network, ReadingType, load_network, parse_network
-from core.simulate import Fault, FaultKind, MeterChunk, simulate, true_flows
 from core.units import conversion
 from core.windows import local_midnight, windows_between
 from rules.quantities import (

@@ -14,29 +14,29 @@ import os
 import re
 import secrets
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
+from ingest_helpers import symbiont_command
 from services import create_database, drop_database
 
+from cli.backfill import write_simulation
+from cli.faults import Fault, parse_fault
 from core.apply import apply_network
 from core.db import asyncpg_dsn
 from core.network import Network, NetworkError, parse_network
 from core.settings import Settings
-from core.simulate import Fault, parse_fault
 from core.windows import local_midnight
 from ingest.parse import NetworkIndex, Parser
 from ingest.writer import BatchWriter, Message
 from rules import lifecycle
-from rules.backfill import write_simulation
-from rules.engine import Engine, Stats
+from rules.engine import Engine
+from rules.passes import Stats
 from rules.reconcile import serial_elimination
 from rules.store import claim_meter_windows, finish_meter_windows
 
@@ -779,9 +779,12 @@ def test_symbiont_rules_once_through_the_cli(database_url: str, network: Network
     asyncio.run(fill())
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYMBIONT_")}
     env["SYMBIONT_DATABASE_URL"] = database_url
-    exe = Path(sys.executable).with_name("symbiont")
     done = subprocess.run(
-        [str(exe), "rules", "--once"], env=env, capture_output=True, text=True, timeout=60
+        [*symbiont_command(), "rules", "--once"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     match = re.search(

@@ -32,9 +32,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ingest_helpers import ServiceProcess, scrape_metrics, wait_until
+from ingest_helpers import ServiceProcess, scrape_metrics, symbiont_command, wait_until
 from services import free_port
 
+from cli.backfill import write_simulation
 from core.apply import apply_network
 from core.db import asyncpg_dsn
 from core.network import Network, ReadingType, load_network
@@ -46,8 +47,8 @@ from rules.alerts import (
     drift_series,
     imbalance_series,
 )
-from rules.backfill import write_simulation
-from rules.engine import Engine, Stats
+from rules.engine import Engine
+from rules.passes import Stats
 from rules.quantities import MAX_ABS_VALUE, window_quantities
 from rules.reconcile import (
     MeterQuantity,
@@ -468,7 +469,7 @@ def test_a_statement_counts_an_error_window_as_no_data() -> None:
     the statement's coverage shows the gap (hourly and trucked exchanges alike), so the month
     is not taken as complete."""
     from core.windows import local_midnight, windows_between
-    from rules.statements import WindowRow, build_statement
+    from statements.compute import WindowRow, build_statement
 
     net = load_network(REPO / "examples" / "small.yaml")
     start = local_midnight(datetime(2026, 10, 1).date(), net.tz)
@@ -508,9 +509,12 @@ def _env(url: str) -> dict[str, str]:
 
 
 def _once(url: str) -> subprocess.CompletedProcess[str]:
-    exe = Path(sys.executable).with_name("symbiont")
     return subprocess.run(
-        [str(exe), "rules", "--once"], env=_env(url), capture_output=True, text=True, timeout=300
+        [*symbiont_command(), "rules", "--once"],
+        env=_env(url),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

@@ -14,20 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cli.faults import Fault, FaultKind, parse_fault, parse_time
+from cli.publish import format_ts, parse_mqtt_url, payloads, publish
+from cli.simulate import MeterChunk, simulate, true_flows
 from core.network import Network, ReadingType, load_network, parse_network
-from core.simulate import (
-    Fault,
-    FaultKind,
-    MeterChunk,
-    format_ts,
-    parse_fault,
-    parse_mqtt_url,
-    parse_time,
-    payloads,
-    publish,
-    simulate,
-    true_flows,
-)
 from core.units import conversion
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -38,17 +38,19 @@ from pypdf import PdfReader
 from services import Mosquitto, free_port
 from standardwebhooks import Webhook
 
+from cli.backfill import write_simulation
+from cli.faults import parse_fault
 from core.apply import apply_network
 from core.db import asyncpg_dsn, connect
 from core.network import Network, parse_network
 from core.settings import Settings
-from core.simulate import parse_fault
-from rules import webhook
-from rules.backfill import write_simulation
+from notify import webhook
+from notify.mail import mail_address, parse_smtp_url, send_mail
+from notify.worker import Notifier
 from rules.engine import Engine
-from rules.issue import issue_month, mail_recipients, revise_statement
-from rules.notify import Notifier, mail_address, parse_smtp_url, send_mail
-from rules.render import verify_hash
+from statements.document import verify_hash
+from statements.issue import issue_month, mail_recipients
+from statements.revise import revise_statement
 
 SEPT = datetime(2026, 8, 31, 22, tzinfo=UTC)  # 1 September, Copenhagen
 OCT = datetime(2026, 9, 30, 22, tzinfo=UTC)

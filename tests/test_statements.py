@@ -1,6 +1,6 @@
-"""Monthly statements (SPEC §7): rules.statements and rules.render, pure and fast.
+"""Monthly statements (SPEC §7): statements.compute and its renderings, pure and fast.
 
-The windows fed to the statements are the simulator's true flows (``core.simulate.
+The windows fed to the statements are the simulator's true flows (``cli.simulate.
 true_flows``), so the input is known exactly; every expected quantity and amount is computed
 here by hand-written Decimal arithmetic from those flows and the terms of the network file,
 never by calling the code under test.
@@ -30,28 +30,20 @@ import pytest
 import yaml
 from pypdf import PdfReader
 
+from cli.simulate import ExchangeTruth, true_flows
 from core.network import Exchange, Network, Terms, load_network, parse_network
-from core.simulate import ExchangeTruth, true_flows
 from core.windows import month_bounds
-from rules import render
-from rules.render import (
-    canonical_json,
-    render_csv,
-    render_json,
-    render_pdf,
-    statement_document,
-    verify_hash,
-)
-from rules.statements import (
-    Statement,
-    WindowRow,
+from statements import pdf_charts
+from statements.adjustments import (
     adjustments_from_document,
     billed_lines,
-    build_statement,
     compute_adjustments,
-    daily_series,
     with_adjustments,
 )
+from statements.compute import Statement, WindowRow, build_statement, daily_series
+from statements.csv_export import render_csv
+from statements.document import canonical_json, render_json, statement_document, verify_hash
+from statements.pdf import render_pdf
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CPH = ZoneInfo("Europe/Copenhagen")
@@ -714,7 +706,7 @@ def test_pdf_bytes_do_not_depend_on_what_was_rendered_before() -> None:
     ]
 
     def fresh(d: dict[str, Any], series: list[Any]) -> bytes:
-        render._CHARTS.clear()  # a process that has drawn no chart yet
+        pdf_charts._CHARTS.clear()  # a process that has drawn no chart yet
         return render_pdf(d, series)
 
     expected = {k: fresh(*case) for k, case in enumerate(((doc, daily), (other, other_daily),
@@ -766,7 +758,7 @@ def _decimal_sum(values: Sequence[Any]) -> Decimal:
 def test_fast_exact_sums_equal_the_decimal_sums(seed: int) -> None:
     """Quantities and coverage are summed over integers; the sums are the Decimal sums, also
     where those round (more than 100 digits) and with gaps, infinities, ints and Decimals."""
-    from rules.statements import _exact_total
+    from statements.compute import _exact_total
 
     rng = random.Random(seed)
     scales = [1e-300, 1e-12, 1e-3, 1.0, 10.0, 7450.0, 1e9, 1e200]

@@ -65,11 +65,13 @@ from ingest_helpers import (
 from services import Mosquitto, create_database, drop_database, free_port
 
 from api.tokens import create_token
-from core.brokerconfig import CONF_FILE, CREDENTIALS_FILE, INGEST_USER, RULES_USER, read_credentials
+from cli.brokerconfig import CONF_FILE, CREDENTIALS_FILE, INGEST_USER, RULES_USER, read_credentials
+from cli.faults import parse_fault
+from cli.publish import encode, format_ts
+from cli.simulate import simulate
 from core.db import asyncpg_dsn
 from core.network import Network, parse_network
 from core.settings import Settings
-from core.simulate import encode, format_ts, parse_fault, simulate
 from core.units import conversion
 from core.windows import window_start
 from ingest.parse import NetworkIndex, Parsed

@@ -11,7 +11,8 @@ from api.deps import ALL_ROLES, Caller, State, allow, not_found
 from api.params import Cursor, Limit, int_cursor, invalid, since
 from api.schemas import AlertOut, AlertPage, Problem
 from api.tokens import Role
-from rules import lifecycle, notify
+from notify import outbox
+from rules import lifecycle
 
 router = APIRouter(
     prefix="/api/v1",
@@ -90,7 +91,7 @@ async def acknowledge(
     settings = state.settings
 
     def targets(alert: dict[str, Any]) -> list[tuple[str, str]]:
-        return list(notify.alert_targets(settings, alert))
+        return list(outbox.alert_targets(settings, alert))
 
     async with state.pool.acquire() as conn:
         row = await lifecycle.acknowledge(

@@ -22,17 +22,17 @@ from api.schemas import (
 )
 from api.tokens import Role
 from core.windows import month_bounds
-from rules import render
-from rules.issue import (
+from statements import csv_export, document
+from statements.compute import month_label
+from statements.issue import (
     IncompleteMonth,
     Issued,
     document_for,
     due_months,
     issue_month,
     render_pdf_for,
-    revisions,
 )
-from rules.statements import month_label
+from statements.revise import revisions
 
 router = APIRouter(
     prefix="/api/v1",
@@ -171,12 +171,12 @@ async def statement(
     name = f"statement-{partner_id}-{label}{rev}.{fmt}"
     headers = {"Content-Disposition": f'inline; filename="{name}"'}
     if fmt == "csv":
-        body = csv if csv is not None else render.render_csv(doc).encode()
+        body = csv if csv is not None else csv_export.render_csv(doc).encode()
         return Response(body, media_type="text/csv; charset=utf-8", headers=headers)
     if fmt == "pdf":
         assert pdf is not None
         return Response(pdf, media_type="application/pdf", headers=headers)
-    return Response(render.render_json(doc), media_type=_TYPES["json"], headers=headers)
+    return Response(document.render_json(doc), media_type=_TYPES["json"], headers=headers)
 
 
 @router.get(

@@ -56,7 +56,7 @@ def make_workdir(tag: str) -> Path:
 
 
 class Service:
-    """A ``symbiont`` subcommand (``python -m core.cli ARGS``) as a subprocess, logging to a
+    """A ``symbiont`` subcommand (``python -m cli.main ARGS``) as a subprocess, logging to a
     file; it may be started again once stopped. ``ready`` is what it logs once it is up."""
 
     def __init__(
@@ -82,7 +82,7 @@ class Service:
             self._log_offset = out.tell()
             self.started_at = time.time()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "core.cli", *self.args],
+                [sys.executable, "-m", "cli.main", *self.args],
                 cwd=ROOT,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -159,7 +159,7 @@ def rules_once(env: Mapping[str, str], timeout: float) -> float:
     """``symbiont rules --once`` to the end; the seconds it took."""
     began = time.perf_counter()
     once = subprocess.run(
-        [sys.executable, "-m", "core.cli", "rules", "--once"],
+        [sys.executable, "-m", "cli.main", "rules", "--once"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -10,7 +10,7 @@ month, naming the lines short of data, and resolves it when the month is issued.
 printed on it.
 
 An issued statement never changes. It can be superseded by a *revision*
-(:func:`revise_statement`): revision n+1, issued, immutable and delivered like the first,
+(:mod:`statements.revise`): revision n+1, issued, immutable and delivered like the first,
 carries its reason and the content hash of the revision it replaces; the latest revision is
 the statement, and the next month's adjustments compare against it.
 
@@ -25,18 +25,11 @@ of the replaced revision), ``previous_hash``, ``revision_reason``, ``incomplete_
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import email.utils
 import json
 import logging
-import multiprocessing
-import multiprocessing.forkserver
-import os
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -47,7 +40,7 @@ import asyncpg
 from core.network import Network, parse_duration
 from core.settings import Settings
 from core.windows import month_bounds
-from rules import lifecycle, render
+from rules import lifecycle
 from rules.alerts import (
     STATEMENT_HELD,
     Decision,
@@ -55,22 +48,27 @@ from rules.alerts import (
     Verdict,
     evaluate_statement_held,
 )
-from rules.statement_alerts import month_alert_counts
-from rules.statements import (
-    Adjustment,
-    DailySeries,
-    Statement,
-    WindowRow,
+from rules.engine import Engine
+from statements import csv_export, document
+from statements.adjustments import (
     adjustments_from_document,
     billed_lines,
-    build_statement,
     compute_adjustments,
+    with_adjustments,
+)
+from statements.alert_counts import month_alert_counts
+from statements.compute import (
+    Adjustment,
+    Statement,
+    WindowRow,
+    build_statement,
     daily_series,
     month_label,
     parse_month,
     partner_exchanges,
-    with_adjustments,
 )
+from statements.pdf import render_pdf
+from statements.pdf_pool import IssueTimings, _PdfJob, _PdfRenderer, pdf_workers
 
 log = logging.getLogger("symbiont.statements")
 
@@ -381,7 +379,7 @@ async def document_for(
     if revision is not None:
         raise LookupError(f"no revision {revision} of the statement of {partner} for {label}")
     year, month = parse_month(label)
-    doc = render.statement_document(await draft(conn, net, partner, year, month, now))
+    doc = document.statement_document(await draft(conn, net, partner, year, month, now))
     if grace is not None and label in (await due_months(conn, net, [partner], now, grace))[partner]:
         doc = _amended(doc, status="held")
     return doc, None, None
@@ -390,7 +388,7 @@ async def document_for(
 def _amended(doc: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
     """``doc`` with ``fields`` set and its content hash computed again."""
     out = {**doc, **fields}
-    out["content_hash"] = render.content_hash(out)
+    out["content_hash"] = document.content_hash(out)
     return out
 
 
@@ -400,100 +398,10 @@ async def render_pdf_for(conn: asyncpg.Connection, net: Network, doc: dict[str, 
     year, month = parse_month(doc["month"])
     windows = await month_windows(conn, net, doc["partner"], year, month)
     daily = daily_series(net, doc["partner"], year, month, windows)
-    return await asyncio.to_thread(render.render_pdf, doc, daily)
+    return await asyncio.to_thread(render_pdf, doc, daily)
 
 
 # ------------------------------------------------------------------------------- issuing
-
-
-@dataclass
-class IssueTimings:
-    """Where :func:`issue_month`'s time went, in seconds (pass one in to have it filled).
-
-    The phases overlap (PDFs render in worker processes while the issuing process computes
-    and stores), so they do not add up to the wall time."""
-
-    compute: float = 0.0  # reading windows, alerts and issued statements; building documents
-    json_csv: float = 0.0  # rendering JSON and CSV
-    pdf: float = 0.0  # rendering PDFs, summed over the statements, wherever they rendered
-    pdf_cpu: float = 0.0  # CPU seconds of that rendering
-    pdf_wait: float = 0.0  # the issuing process waiting for PDFs (worker start-up included)
-    store: float = 0.0  # inserting statements and outbox rows, committing
-    pdfs: int = 0
-    workers: int = 0  # processes rendering PDFs (0: a thread of the issuing process)
-
-
-def pdf_workers(statements: int) -> int:
-    """Worker processes for rendering ``statements`` PDFs: one per CPU this process may run
-    on, no more than there are PDFs; 0 (render in a thread) when that is one."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    n = min(cpus, statements)
-    return n if n > 1 else 0
-
-
-class _PdfRenderer:
-    """Renders statement PDFs in worker processes, or in a thread of this process when there
-    is one worker or no processes can be started.
-
-    The workers are forked from a fork server that has imported the renderer (and the main
-    module) once, so a worker starts in milliseconds and the parent's threads and event loop
-    are never forked. A PDF is a pure function of its inputs, so it is the same bytes
-    wherever it is rendered."""
-
-    def __init__(self, workers: int, timings: IssueTimings) -> None:
-        self.timings = timings
-        self.pool: ProcessPoolExecutor | None = None
-        if workers > 1:
-            try:
-                ctx = multiprocessing.get_context("forkserver")
-                ctx.set_forkserver_preload(["__main__", "rules.render"])
-                # the server imports the renderer while this process reads the database
-                multiprocessing.forkserver.ensure_running()
-                self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-            except (OSError, ValueError) as exc:  # no fork server here: render in a thread
-                log.warning("rendering PDFs in this process (%s)", exc)
-        timings.workers = workers if self.pool is not None else 0
-
-    def submit(self, doc: dict[str, Any], daily: list[DailySeries]) -> _PdfJob:
-        future: concurrent.futures.Future[tuple[bytes, float, float]] | None = None
-        if self.pool is not None:
-            with contextlib.suppress(BrokenProcessPool, RuntimeError):
-                future = self.pool.submit(render.render_pdf_timed, doc, daily)
-        return _PdfJob(self, doc, daily, future)
-
-    async def close(self) -> None:
-        if self.pool is not None:
-            pool, self.pool = self.pool, None
-            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
-
-
-@dataclass
-class _PdfJob:
-    renderer: _PdfRenderer
-    doc: dict[str, Any]
-    daily: list[DailySeries]
-    future: concurrent.futures.Future[tuple[bytes, float, float]] | None
-
-    async def result(self) -> bytes:
-        t = self.renderer.timings
-        began = time.perf_counter()
-        if self.future is not None:
-            try:
-                pdf, wall, cpu = await asyncio.wrap_future(self.future)
-            except BrokenProcessPool as exc:  # a worker died: render this one here
-                log.warning("PDF worker failed (%s); rendering in this process", exc)
-                self.future = None
-        if self.future is None:
-            # one at a time, off the event loop (a PDF takes a third of a second or more)
-            pdf, wall, cpu = await asyncio.to_thread(render.render_pdf_timed, self.doc, self.daily)
-        t.pdf_wait += time.perf_counter() - began
-        t.pdf += wall
-        t.pdf_cpu += cpu
-        t.pdfs += 1
-        return pdf
 
 
 @dataclass
@@ -735,11 +643,11 @@ def issued_document(
     revision_reason: str | None = None,
     incomplete_reason: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON document of an issued statement: :func:`rules.render.statement_document`
+    """The JSON document of an issued statement: :func:`statements.document.statement_document`
     with the document number, the revision fields and the reason for issuing incomplete
     data, and the content hash over all of it."""
     return _amended(
-        render.statement_document(statement),
+        document.statement_document(statement),
         document_number=document_number,
         revision=revision,
         supersedes=dict(supersedes) if supersedes is not None else None,
@@ -782,8 +690,8 @@ async def _store_month(
                 )
                 daily = daily_series(net, r.partner, year, month, r.rows)
                 rendered = time.perf_counter()
-                text = render.render_json(doc).decode()
-                csv = render.render_csv(doc).encode()
+                text = document.render_json(doc).decode()
+                csv = csv_export.render_csv(doc).encode()
                 t.compute += rendered - began
                 t.json_csv += time.perf_counter() - rendered
                 prepared.append(_Prepared(r.partner, doc, text, csv, renderer.submit(doc, daily)))
@@ -866,166 +774,12 @@ def held_subject(partner: str, label: str) -> lifecycle.Subject:
 def _alert_targets(settings: Settings | None) -> lifecycle.Targets | None:
     if settings is None:
         return None
-    from rules import notify
+    from notify import outbox
 
     def targets(alert: dict[str, Any]) -> list[tuple[str, str]]:
-        return list(notify.alert_targets(settings, alert))
+        return list(outbox.alert_targets(settings, alert))
 
     return targets
-
-
-# ------------------------------------------------------------------------------ revisions
-
-
-async def revise_statement(
-    conn: asyncpg.Connection,
-    net: Network,
-    partner: str,
-    year: int,
-    month: int,
-    now: datetime,
-    reason: str,
-    *,
-    accept_incomplete: bool = False,
-    settings: Settings | None = None,
-) -> Issued:
-    """Issue revision n+1 of the partner's issued statement for the month, recomputed from
-    today's windows: issued, immutable and delivered like the first, carrying ``reason`` and
-    the content hash of the revision it replaces. Its adjustments (for earlier months) are
-    those of the revision it replaces: they were billed with it.
-
-    Refused (ValueError) when the month is not issued, when nothing in the statement would
-    change, when another month's statement carries adjustments for it (a revision would bill
-    them twice: later changes go on the next statement), and, unless ``accept_incomplete``
-    (then ``reason`` is printed as the reason for issuing incomplete data too), when its
-    data is incomplete (:class:`IncompleteMonth`)."""
-    label = month_label(year, month)
-    reason = reason.strip()
-    if not reason:
-        raise ValueError("a revision needs a reason (--reason TEXT)")
-    if partner not in {p.id for p in net.partners}:
-        raise ValueError(f"unknown partner '{partner}'")
-    async with conn.transaction():
-        await _lock(conn, partner, label)
-        current = await stored(conn, partner, label)
-        if current is None:
-            raise ValueError(
-                f"the statement of {partner} for {label} is not issued: there is nothing to"
-                f" revise (issue it: symbiont statements issue {label})"
-            )
-        later = await conn.fetch(
-            "SELECT DISTINCT ON (month) month, revision, document FROM statements"
-            " WHERE partner_id = $1 AND month > $2 ORDER BY month, revision DESC",
-            partner,
-            label,
-        )
-        for r in later:
-            if any(a.month == label for a in adjustments_from_document(json.loads(r["document"]))):
-                raise ValueError(
-                    f"the statement of {partner} for {r['month']} already carries adjustments"
-                    f" for {label}: a revision would bill them twice (later changes to {label}"
-                    " appear as adjustments on the next statement)"
-                )
-        previous = json.loads(current["document"])
-        rows = await month_windows(conn, net, partner, year, month)
-        statement = build_statement(
-            net,
-            partner,
-            year,
-            month,
-            rows,
-            status="issued",
-            issued_at=now,
-            alerts=await _alert_counts(conn, net, year, month),
-            adjustments=adjustments_from_document(previous),
-        )
-        short = shortfalls(statement, net.statements.min_coverage)
-        pending = await pending_windows(conn, net, year, month)
-        incomplete = bool(short or pending)
-        if incomplete and not accept_incomplete:
-            held = Held(partner, label, tuple(short), pending)
-            raise IncompleteMonth(label, [held], [], net.statements.min_coverage)
-        if _same_content(render.statement_document(statement), previous):
-            raise ValueError(
-                f"nothing to revise: revision {current['revision']} of the statement of"
-                f" {partner} for {label} already holds what the data gives today"
-            )
-        (number,) = await document_numbers(conn, net, now, 1)
-        doc = issued_document(
-            statement,
-            document_number=number,
-            revision=current["revision"] + 1,
-            supersedes={
-                "revision": current["revision"],
-                "document_number": current["document_number"],
-            },
-            previous_hash=current["content_hash"],
-            revision_reason=reason,
-            incomplete_reason=reason if incomplete else None,
-        )
-        text = render.render_json(doc).decode()
-        csv = render.render_csv(doc).encode()
-        daily = daily_series(net, partner, year, month, rows)
-        pdf = await asyncio.to_thread(render.render_pdf, doc, daily)
-        statement_id = await _insert(conn, label, now, doc, text, csv, pdf)
-        await _enqueue_delivery(conn, net, partner, label, statement_id, doc, settings=settings)
-    log.info(
-        "revised statement %s %s: revision %d, document %s (%s): %s",
-        partner,
-        label,
-        doc["revision"],
-        number,
-        doc["content_hash"][:12],
-        reason,
-    )
-    return Issued(
-        partner,
-        label,
-        doc["content_hash"],
-        True,
-        revision=doc["revision"],
-        document_number=number,
-        incomplete_reason=doc["incomplete_reason"],
-    )
-
-
-# what a revision may leave as it was without being a different statement
-_ISSUE_FIELDS = frozenset(
-    {
-        "status",
-        "issued_at",
-        "as_of",
-        "content_hash",
-        "document_number",
-        "revision",
-        "supersedes",
-        "previous_hash",
-        "revision_reason",
-        "incomplete_reason",
-    }
-)
-
-
-def _same_content(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
-    """Whether two statement documents say the same apart from when and how they were
-    issued."""
-
-    def body(doc: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in doc.items() if k not in _ISSUE_FIELDS}
-
-    return body(new) == body(old)
-
-
-async def revisions(conn: asyncpg.Connection, partner: str, label: str) -> list[dict[str, Any]]:
-    """Every issued revision of a partner's statement for a month, oldest first."""
-    rows = await conn.fetch(
-        """SELECT revision, issued_at, reason, content_hash, previous_hash, document_number,
-                  incomplete_reason
-           FROM statements WHERE partner_id = $1 AND month = $2 ORDER BY revision""",
-        partner,
-        label,
-    )
-    return [dict(r) for r in rows]
 
 
 async def _enqueue_delivery(
@@ -1042,13 +796,13 @@ async def _enqueue_delivery(
     delivered once): the MQTT notice and webhook carry the document; a mail row (one per
     recipient address, only when SMTP is configured) carries just the statement's id, the
     sender reads the PDF and CSV when it sends."""
-    from rules import notify
+    from notify import outbox
 
     who = net.partner(partner)
     max_age = (
         timedelta(hours=settings.notify_max_age_h)
         if settings is not None
-        else notify.DEFAULT_MAX_AGE
+        else outbox.DEFAULT_MAX_AGE
     )
     revision = int(doc.get("revision") or 1)
     notice = {
@@ -1069,7 +823,7 @@ async def _enqueue_delivery(
     if who.webhook:
         deliveries.append(("webhook", who.webhook))
     event_key = f"statement-{statement_id}"
-    await notify.enqueue(
+    await outbox.enqueue(
         conn,
         event_key=event_key,
         payload={**notice, "document": doc},
@@ -1080,14 +834,14 @@ async def _enqueue_delivery(
         recipients = mail_recipients(who.email)
         if not recipients:
             log.warning("partner %s: no usable mail address in %r", partner, who.email)
-        await notify.enqueue(
+        await outbox.enqueue(
             conn,
             event_key=event_key,
             payload={
                 k: notice[k]
                 for k in ("event", "partner", "month", "statement_id", "revision", "content_hash")
             },
-            deliveries=[(notify.Channel.mail, address) for address in recipients],
+            deliveries=[(outbox.Channel.mail, address) for address in recipients],
             max_age=max_age,
         )
 
@@ -1146,6 +900,18 @@ async def issue_due(
                 "; ".join(f"{h.partner}: {h.describe()}" for h in held),
             )
     return out
+
+
+async def issue_statements(engine: Engine, conn: asyncpg.Connection, now: datetime) -> int:
+    """Last month's statements for the engine's network, once its grace period
+    (SYMBIONT_STATEMENT_GRACE) is over: what the rules service issues after its passes."""
+    topo = await engine.topology_for(conn)
+    if topo is None:
+        return 0
+    issued = await issue_due(
+        conn, topo.net, now, engine.settings.statement_grace, settings=engine.settings
+    )
+    return len(issued)
 
 
 def utcnow() -> datetime:

@@ -34,8 +34,8 @@ from typing import IO
 import asyncpg
 from rich.console import Console
 
+from cli.broker import LocalMosquitto
 from core.apply import apply_network
-from core.broker import LocalMosquitto
 from core.db import asyncpg_dsn, upgrade
 from core.network import Network, load_network
 from core.settings import Settings
@@ -106,7 +106,7 @@ class Services:
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", *args],
+            [sys.executable, "-m", "cli.main", *args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -322,8 +322,8 @@ def _percent(value: Decimal | None) -> str:
 async def _last_month(dsn: str, net: Network, settings: Settings, *, issue: bool) -> LastMonth:
     """Last month's statements: issued now if ``issue`` and their data is complete (never
     on incomplete data), and what they hold."""
-    from rules.issue import IncompleteMonth, issue_month, month_gate, previous_month
-    from rules.statements import month_label
+    from statements.compute import month_label
+    from statements.issue import IncompleteMonth, issue_month, month_gate, previous_month
 
     conn = await asyncpg.connect(dsn)
     try:

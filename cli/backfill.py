@@ -9,8 +9,9 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+from cli.faults import Fault
+from cli.simulate import simulate
 from core.network import Network
-from core.simulate import Fault, simulate
 from core.units import conversion
 from ingest.parse import NetworkIndex, Parsed
 from ingest.writer import BatchWriter, Message

@@ -8,7 +8,7 @@ are written to DIR (created if missing), each replaced atomically:
     A complete Mosquitto 2 configuration: ``listener 1883``, ``allow_anonymous false``,
     ``password_file`` and ``acl_file`` (``--broker-dir``, default ``/mosquitto/config``: where
     the broker sees DIR), persistence in ``--data-dir`` (default ``/mosquitto/data``) and the
-    queue limits of :func:`core.broker.broker_settings` (``max_queued_messages 0`` …: no QoS 1
+    queue limits of :func:`cli.broker.broker_settings` (``max_queued_messages 0`` …: no QoS 1
     message is dropped for a slow or offline ingest session), ``log_dest stdout``.
 
 ``passwd`` (0644)
@@ -63,7 +63,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.broker import broker_settings
+from cli.broker import broker_settings
 from core.network import Network, NetworkError, load_network
 
 INGEST_USER = "symbiont-ingest"

@@ -4,7 +4,7 @@ A statement line shows how many alerts concerned its exchange during the month: 
 exchange itself and those on its meters, sent and received (a counter reset or a silent meter
 changes what is billed as much as an imbalance does), counting every alert that was firing at
 some time in the month, whenever it started or ended. The counting itself is
-:func:`rules.statements.exchange_alert_counts`; this module only reads the alerts.
+:func:`statements.compute.exchange_alert_counts`; this module only reads the alerts.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import asyncpg
 
 from core.network import Network
 from core.windows import month_bounds
-from rules.statements import AlertSpan, exchange_alert_counts
+from statements.compute import AlertSpan, exchange_alert_counts
 
 
 async def month_alert_counts(

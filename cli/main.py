@@ -124,9 +124,10 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _rules(args: argparse.Namespace, settings: Settings) -> int:
-    from rules.engine import run
+    from rules.service import run
+    from statements.issue import issue_statements
 
-    return run(settings, once=args.once, worker_id=args.worker_id)
+    return run(settings, once=args.once, worker_id=args.worker_id, issue=issue_statements)
 
 
 def _statements_issue(args: argparse.Namespace, settings: Settings) -> int:
@@ -134,8 +135,8 @@ def _statements_issue(args: argparse.Namespace, settings: Settings) -> int:
 
     from core.apply import load_applied
     from core.db import connect
-    from rules.issue import IncompleteMonth, Issued, issue_month
-    from rules.statements import parse_month
+    from statements.compute import parse_month
+    from statements.issue import IncompleteMonth, Issued, issue_month
 
     year, month = parse_month(args.month)
     reason = _incomplete_reason(args)
@@ -201,8 +202,9 @@ def _statements_revise(args: argparse.Namespace, settings: Settings) -> int:
 
     from core.apply import load_applied
     from core.db import connect
-    from rules.issue import IncompleteMonth, Issued, revise_statement
-    from rules.statements import parse_month
+    from statements.compute import parse_month
+    from statements.issue import IncompleteMonth, Issued
+    from statements.revise import revise_statement
 
     year, month = parse_month(args.month)
     if not args.reason.strip():
@@ -249,9 +251,9 @@ def _statements_show(args: argparse.Namespace, settings: Settings) -> int:
 
     from core.apply import load_applied
     from core.db import connect
-    from rules import render
-    from rules.issue import document_for, render_pdf_for
-    from rules.statements import parse_month
+    from statements import csv_export, document
+    from statements.compute import parse_month
+    from statements.issue import document_for, render_pdf_for
 
     parse_month(args.month)  # a clear error for a bad month before anything else
 
@@ -276,10 +278,10 @@ def _statements_show(args: argparse.Namespace, settings: Settings) -> int:
             except LookupError as exc:
                 raise ValueError(str(exc)) from None
             if args.format == "csv":
-                return csv or render.render_csv(doc).encode()
+                return csv or csv_export.render_csv(doc).encode()
             if args.format == "pdf":
                 return pdf or await render_pdf_for(conn, net, doc)
-            return render.render_json(doc)
+            return document.render_json(doc)
         finally:
             await conn.close()
 
@@ -297,9 +299,9 @@ def _statements_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from core import simulate
+    from cli import publish
 
-    return simulate.run(args, settings)
+    return publish.run(args, settings)
 
 
 def _import(args: argparse.Namespace, settings: Settings) -> int:
@@ -309,13 +311,13 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from core import demo
+    from cli import demo
 
     return demo.run(args, settings)
 
 
 def _broker_config(args: argparse.Namespace, settings: Settings) -> int:
-    from core import brokerconfig
+    from cli import brokerconfig
 
     return brokerconfig.run(args)
 
@@ -471,9 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     rules.set_defaults(handler=_rules)
 
     simulate = sub.add_parser("simulate", help="publish realistic readings for a network")
-    from core import simulate as simulate_module
+    from cli import publish
 
-    simulate_module.add_arguments(simulate)
+    publish.add_arguments(simulate)
     simulate.set_defaults(handler=_simulate)
 
     statements = sub.add_parser("statements", help="monthly statements").add_subparsers(
@@ -537,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     broker = sub.add_parser(
         "broker-config", help="Mosquitto users, passwords and ACL for a network file"
     )
-    from core import brokerconfig
+    from cli import brokerconfig
 
     brokerconfig.add_arguments(broker)
     broker.set_defaults(handler=_broker_config)
