@@ -585,3 +585,44 @@ def test_dense_readings_walk_no_silence(offset: float) -> None:
     assert _silences(quiet, near, np.array([9 * hour, 13 * hour]), 400 * 86400.0) == [(last, first)]
     # no longer than max_gap: nothing
     assert _silences(quiet, near, np.array([9 * hour, 13 * hour]), first - last - 1) == []
+
+
+def test_silences_left_out_by_earlier_versions_are_filled_by_the_migration(
+    database_url: str,
+) -> None:
+    """A database from a version that computed only the windows next to a reading: the
+    middle of each silence has no meter window. Migration 0009 marks the silences, and the
+    engine fills them: the month adds up to the register difference again."""
+    from core.db import downgrade, upgrade
+
+    url, net = database_url, parse_network(NETWORK)
+    readings = _month_readings()["wr"]
+
+    async def fill() -> None:
+        conn = await _connect(url)
+        try:
+            await apply_network(conn, net)
+        finally:
+            await conn.close()
+        assert await _send(url, net, "wr", readings) == len(readings)
+        await _process(url)
+
+    asyncio.run(fill())
+    k0, n = 400, REGISTER_GAPS[400]
+    middle = [FEB + k * HOUR for k in range(k0 + 1, k0 + n - 1)]
+    asyncio.run(  # as the earlier versions left it
+        _fetch(
+            url,
+            "DELETE FROM meter_windows WHERE meter_id = 'wr' AND window_start = ANY($1)"
+            " RETURNING 1",
+            middle,
+        )
+    )
+    assert len(_meter_windows(url, "wr", FEB, MAR)) == HOURS - len(middle)
+    downgrade(url, "0008")
+    upgrade(url)
+    asyncio.run(_process(url))
+    rows = _meter_windows(url, "wr", FEB, MAR)
+    assert [r["window_start"] for r in rows] == [FEB + k * HOUR for k in range(HOURS)]
+    first, last = readings[0], readings[-1]
+    assert math.fsum(r["quantity"] for r in rows) == pytest.approx(last[1] - first[1], rel=1e-12)
