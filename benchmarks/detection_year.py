@@ -48,14 +48,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness.reports import write_section  # noqa: E402
+from cli.backfill import simulated_message  # noqa: E402
 from cli.faults import Fault, parse_fault  # noqa: E402
 from cli.simulate import simulate  # noqa: E402
 from core.apply import apply_network  # noqa: E402
 from core.db import asyncpg_dsn, upgrade  # noqa: E402
 from core.network import Network, parse_network  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from core.units import conversion  # noqa: E402
-from ingest.parse import NetworkIndex, Parsed  # noqa: E402
+from ingest.parse import NetworkIndex  # noqa: E402
 from ingest.writer import BatchWriter, Message  # noqa: E402
 from rules.engine import Engine  # noqa: E402
 from rules.passes import Stats  # noqa: E402
@@ -210,15 +210,8 @@ async def _run(
                 await flush()
                 await rules(cut)
                 cut += part
-            meter = meters[piece.meter_id]
-            factor = conversion(piece.unit, meter.kind, meter.reading)
-            rows = [
-                (piece.meter_id, datetime.fromtimestamp(float(t), UTC), float(v) * factor)
-                for t, v in zip(piece.ts, piece.value, strict=True)
-            ]
-            topic = f"symbiont/readings/{piece.partner_id}/{piece.meter_id}"
-            pending.append(Message(Parsed(topic, piece.partner_id, rows), time.time()))
-            size += len(rows)
+            pending.append(simulated_message(piece, meters[piece.meter_id]))
+            size += piece.ts.size
             if size >= 50_000:
                 await flush()
                 size = 0

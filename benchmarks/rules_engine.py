@@ -92,6 +92,7 @@ from core.network import Network, ReadingType, parse_network  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.units import conversion  # noqa: E402
 from core.windows import WindowCutter, window_bounds  # noqa: E402
+from ingest.writer import MARK_DIRTY  # noqa: E402
 from tests.services import Mosquitto  # noqa: E402
 
 SECTION = "## Rules engine (issue: rules engine)"
@@ -255,14 +256,6 @@ def bench_network(exchanges: int, partners: int) -> dict[str, Any]:
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header extension
 _COPY_TRAILER = b"\xff\xff"
 
-_DIRTY = """
-INSERT INTO dirty_windows (meter_id, window_start)
-SELECT * FROM unnest($1::text[], $2::timestamptz[])
-ORDER BY 1, 2
-ON CONFLICT (meter_id, window_start)
-DO UPDATE SET version = dirty_windows.version + 1, marked_at = now()
-"""
-
 
 def copy_rows(meter_id: str, ts: FloatArray, value: FloatArray) -> bytes:
     """Binary COPY tuples (meter_id text, ts timestamptz, value float8) for one meter."""
@@ -346,7 +339,7 @@ async def load_copy(
         if parts:
             written += await _copy(conn, parts)
         ids, starts = zip(*sorted(dirty), strict=True)
-        await conn.execute(_DIRTY, list(ids), [datetime.fromtimestamp(s, UTC) for s in starts])
+        await conn.execute(MARK_DIRTY, list(ids), [datetime.fromtimestamp(s, UTC) for s in starts])
     finally:
         await conn.close()
     return written

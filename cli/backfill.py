@@ -10,11 +10,23 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from cli.faults import Fault
-from cli.simulate import simulate
-from core.network import Network
+from cli.simulate import MeterChunk, simulate
+from core.network import Meter, Network
 from core.units import conversion
 from ingest.parse import NetworkIndex, Parsed
 from ingest.writer import BatchWriter, Message
+
+
+def simulated_message(piece: MeterChunk, meter: Meter) -> Message:
+    """A simulated chunk of ``meter`` as the message the writer takes: its readings in the
+    canonical unit, as if they had just come in on the meter's topic."""
+    factor = conversion(piece.unit, meter.kind, meter.reading)
+    readings = [
+        (piece.meter_id, datetime.fromtimestamp(float(t), UTC), float(v) * factor)
+        for t, v in zip(piece.ts, piece.value, strict=True)
+    ]
+    topic = f"symbiont/readings/{piece.partner_id}/{piece.meter_id}"
+    return Message(Parsed(topic, piece.partner_id, readings), time.time())
 
 
 async def write_simulation(
@@ -36,15 +48,8 @@ async def write_simulation(
     size = written = 0
     try:
         for piece in simulate(net, start, end, faults=faults, seed=seed, chunk=chunk):
-            meter = meters[piece.meter_id]
-            factor = conversion(piece.unit, meter.kind, meter.reading)
-            readings = [
-                (piece.meter_id, datetime.fromtimestamp(float(t), UTC), float(v) * factor)
-                for t, v in zip(piece.ts, piece.value, strict=True)
-            ]
-            topic = f"symbiont/readings/{piece.partner_id}/{piece.meter_id}"
-            pending.append(Message(Parsed(topic, piece.partner_id, readings), time.time()))
-            size += len(readings)
+            pending.append(simulated_message(piece, meters[piece.meter_id]))
+            size += piece.ts.size
             if size >= batch:
                 written += (await writer.write(pending, index)).inserted
                 pending, size = [], 0

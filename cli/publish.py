@@ -626,43 +626,27 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: {exc}", file=err)
         return 2
     try:
-        if start is not None and end is not None:
-            chunks = simulate(network, start, end, faults=faults, seed=args.seed)
-            result = publish(
-                network,
-                chunks,
-                url,
-                form=args.form,
-                batch_size=args.batch_size,
-                qos=args.qos,
-                client_id=args.client_id,
-                progress=err.isatty(),
-                expected=expected_readings(network, start, end),
-            )
-            print(
-                f"published {result.readings:,} readings in {result.messages:,} messages"
-                f" in {result.seconds:.1f}s ({result.rate:,.0f} readings/s);"
-                f" {result.acked:,} acknowledged, {result.failed:,} failed",
-                file=err,
-            )
-            return 0 if result.failed == 0 else 1
         now = datetime.now(UTC).replace(microsecond=0)
+        live = end is None  # --to is given only with --from: a backfill
         sim_start = start or now
-        catch_up = ""
-        if sim_start < now:
-            catch_up = f", catching up from {sim_start.isoformat().replace('+00:00', 'Z')} first"
-        print(
-            f"simulating {len(network.meters)} meters of {network.network} live at"
-            f" {args.speed:g}x{catch_up}, to {url.split('@')[-1]}; Ctrl-C to stop",
-            file=err,
-        )
-        if args.speed > 1:
+        if live:
+            catch_up = ""
+            if sim_start < now:
+                catch_up = (
+                    f", catching up from {sim_start.isoformat().replace('+00:00', 'Z')} first"
+                )
             print(
-                "note: above 1x the simulated clock runs ahead of the wall clock; ingest"
-                " rejects readings more than 5 minutes in the future",
+                f"simulating {len(network.meters)} meters of {network.network} live at"
+                f" {args.speed:g}x{catch_up}, to {url.split('@')[-1]}; Ctrl-C to stop",
                 file=err,
             )
-        chunks = simulate(network, sim_start, None, faults=faults, seed=args.seed)
+            if args.speed > 1:
+                print(
+                    "note: above 1x the simulated clock runs ahead of the wall clock; ingest"
+                    " rejects readings more than 5 minutes in the future",
+                    file=err,
+                )
+        chunks = simulate(network, sim_start, end, faults=faults, seed=args.seed)
         result = publish(
             network,
             chunks,
@@ -671,15 +655,25 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             batch_size=args.batch_size,
             qos=args.qos,
             client_id=args.client_id,
-            live=True,
+            live=live,
             speed=args.speed,
-            clock_start=now,
+            clock_start=now if live else None,
+            progress=not live and err.isatty(),
+            expected=None if end is None else expected_readings(network, sim_start, end),
         )
+        if live:
+            print(
+                f"stopped: published {result.readings:,} readings in {result.messages:,} messages",
+                file=err,
+            )
+            return 0
         print(
-            f"stopped: published {result.readings:,} readings in {result.messages:,} messages",
+            f"published {result.readings:,} readings in {result.messages:,} messages"
+            f" in {result.seconds:.1f}s ({result.rate:,.0f} readings/s);"
+            f" {result.acked:,} acknowledged, {result.failed:,} failed",
             file=err,
         )
-        return 0
+        return 0 if result.failed == 0 else 1
     except (ConnectionError, TimeoutError) as exc:
         print(f"error: {exc}", file=err)
         return 1

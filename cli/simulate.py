@@ -673,6 +673,16 @@ class _Engine:
             keep &= (ts < lo) | (ts >= hi)
         return keep
 
+    def _drop_gaps_add_spikes(
+        self, model: _MeterModel, ts: FloatArray, values: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """The last step of a register, rate or ticket meter's readings: those in its gaps
+        dropped, its spikes put in."""
+        keep = self._gap_mask(model, ts)
+        ts, values = ts[keep], values[keep]
+        self._spikes(model, ts, values)
+        return ts, values
+
     def _spikes(self, model: _MeterModel, ts: FloatArray, values: FloatArray) -> None:
         for fid, lo, factor in model.spikes:
             if fid in self.spiked:
@@ -700,10 +710,7 @@ class _Engine:
                 after = ts >= when
                 values[after] = self.register_offset[mi] + counted[after] / model.conv
         values = np.round(values, RESOLUTION)
-        keep = self._gap_mask(model, ts)
-        ts, values = ts[keep], values[keep]
-        self._spikes(model, ts, values)
-        return ts, values
+        return self._drop_gaps_add_spikes(model, ts, values)
 
     def _deltas(
         self,
@@ -736,10 +743,7 @@ class _Engine:
                 last = math.floor(lo / model.interval) * model.interval
                 values[frozen] = self.rate_value(mi, last)
         values = np.round(values, RESOLUTION)
-        keep = self._gap_mask(model, ts)
-        ts, values = ts[keep], values[keep]
-        self._spikes(model, ts, values)
-        return ts, values
+        return self._drop_gaps_add_spikes(model, ts, values)
 
     def _tickets(
         self, mi: int, model: _MeterModel, a: float, b: float
@@ -772,10 +776,7 @@ class _Engine:
             if frozen.size:
                 value = self.stuck_values.setdefault(fid, float(values[frozen[0]]))
                 values[frozen] = value
-        keep = self._gap_mask(model, ts)
-        ts, values = ts[keep], values[keep]
-        self._spikes(model, ts, values)
-        return ts, values
+        return self._drop_gaps_add_spikes(model, ts, values)
 
 
 def _space(times: FloatArray, who: IntArray) -> FloatArray:

@@ -8,16 +8,17 @@ from datetime import date, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationError,
-    field_serializer,
     field_validator,
 )
 
@@ -80,6 +81,12 @@ def _window(value: Any) -> timedelta:
     if seconds > 86400 and seconds != 86400:
         raise ValueError(f"window {value!r} is longer than a day (at most 1d)")
     return window
+
+
+# An exchange's or balance's window: a duration that divides a day, written back as one.
+Window = Annotated[
+    timedelta, BeforeValidator(_window), PlainSerializer(format_duration, return_type=str)
+]
 
 
 class Model(BaseModel):
@@ -167,22 +174,13 @@ class Exchange(Model):
     sent: list[str] = Field(min_length=1)
     received: list[str] = Field(min_length=1)
     loss: float = Field(default=0.0, ge=0, lt=1)
-    window: timedelta = timedelta(hours=1)
+    window: Window = timedelta(hours=1)
     billing: Billing = Billing.received
     # Typical mean flow in the kind's canonical unit per hour (MWh/h = MW, m3/h, t/h).
     # Not part of reconciliation: it sizes the simulator and the dashboard's diagram.
     nominal: float | None = Field(default=None, gt=0)
     terms: list[Terms] = Field(default_factory=list)
     rules: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("window", mode="before")
-    @classmethod
-    def _check_window(cls, value: Any) -> timedelta:
-        return _window(value)
-
-    @field_serializer("window")
-    def _dump_window(self, value: timedelta) -> str:
-        return format_duration(value)
 
 
 class Balance(Model):
@@ -191,16 +189,7 @@ class Balance(Model):
     in_: list[str] = Field(alias="in", min_length=1)
     out: list[str] = Field(min_length=1)
     loss: float = Field(default=0.0, ge=0, lt=1)
-    window: timedelta = timedelta(hours=1)
-
-    @field_validator("window", mode="before")
-    @classmethod
-    def _check_window(cls, value: Any) -> timedelta:
-        return _window(value)
-
-    @field_serializer("window")
-    def _dump_window(self, value: timedelta) -> str:
-        return format_duration(value)
+    window: Window = timedelta(hours=1)
 
 
 class StatementSettings(Model):
@@ -257,13 +246,11 @@ class Network(Model):
         """
         finest: dict[str, timedelta] = {m.id: timedelta(hours=1) for m in self.meters}
         seen: set[str] = set()
-        for ex in self.exchanges:
-            for mid in (*ex.sent, *ex.received):
-                finest[mid] = ex.window if mid not in seen else min(finest[mid], ex.window)
-                seen.add(mid)
-        for bal in self.balances:
-            for mid in (*bal.in_, *bal.out):
-                finest[mid] = bal.window if mid not in seen else min(finest[mid], bal.window)
+        subjects = [(ex.window, (*ex.sent, *ex.received)) for ex in self.exchanges]
+        subjects += [(bal.window, (*bal.in_, *bal.out)) for bal in self.balances]
+        for window, mids in subjects:
+            for mid in mids:
+                finest[mid] = window if mid not in seen else min(finest[mid], window)
                 seen.add(mid)
         return finest
 
@@ -296,6 +283,22 @@ def _cross_check(net: Network) -> list[str]:
     partners = {p.id for p in net.partners}
     meters = {m.id: m for m in net.meters}
 
+    def side_meter(path: str, ids: list[str], j: int, kind: Kind, subject: str) -> Meter | None:
+        """The ``j``-th meter of one side of an exchange or balance, its problems noted
+        (listed twice, unknown, of another kind); ``None`` when it is unknown."""
+        mid = ids[j]
+        if mid in ids[:j]:
+            problems.append(f"{path}: meter '{mid}' listed twice")
+        meter = meters.get(mid)
+        if meter is None:
+            problems.append(f"{path}: unknown meter '{mid}'")
+            return None
+        if meter.kind != kind:
+            problems.append(
+                f"{path}: meter '{mid}' measures {meter.kind.value}, the {subject} is {kind.value}"
+            )
+        return meter
+
     for i, m in enumerate(net.meters):
         if m.partner not in partners:
             problems.append(f"meters[{i}].partner: unknown partner '{m.partner}'")
@@ -320,17 +323,9 @@ def _cross_check(net: Network) -> list[str]:
         for side, owner in (("sent", ex.provider), ("received", ex.receiver)):
             for j, mid in enumerate(getattr(ex, side)):
                 path = f"exchanges[{i}].{side}[{j}]"
-                if mid in getattr(ex, side)[:j]:
-                    problems.append(f"{path}: meter '{mid}' listed twice")
-                meter = meters.get(mid)
+                meter = side_meter(path, getattr(ex, side), j, ex.kind, "exchange")
                 if meter is None:
-                    problems.append(f"{path}: unknown meter '{mid}'")
                     continue
-                if meter.kind != ex.kind:
-                    problems.append(
-                        f"{path}: meter '{mid}' measures {meter.kind.value}, "
-                        f"the exchange is {ex.kind.value}"
-                    )
                 if meter.partner != owner:
                     problems.append(
                         f"{path}: meter '{mid}' belongs to '{meter.partner}', not to '{owner}'"
@@ -345,18 +340,9 @@ def _cross_check(net: Network) -> list[str]:
 
     for i, bal in enumerate(net.balances):
         for side in ("in_", "out"):
-            for j, mid in enumerate(getattr(bal, side)):
+            for j in range(len(getattr(bal, side))):
                 path = f"balances[{i}].{_loc([side])}[{j}]"
-                if mid in getattr(bal, side)[:j]:
-                    problems.append(f"{path}: meter '{mid}' listed twice")
-                meter = meters.get(mid)
-                if meter is None:
-                    problems.append(f"{path}: unknown meter '{mid}'")
-                elif meter.kind != bal.kind:
-                    problems.append(
-                        f"{path}: meter '{mid}' measures {meter.kind.value}, "
-                        f"the balance is {bal.kind.value}"
-                    )
+                side_meter(path, getattr(bal, side), j, bal.kind, "balance")
         if set(bal.in_) & set(bal.out):
             problems.append(f"balances[{i}]: a meter is both in and out")
 

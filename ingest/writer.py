@@ -67,7 +67,9 @@ JOIN readings r ON r.meter_id = b.meter_id AND r.ts = b.ts
 WHERE r.received_at <> now()
 """
 
-_DIRTY = """
+# Marks (meter, window start) pairs dirty for the rules engine; also for loaders that store
+# readings around the writer (the rules benchmark's COPY).
+MARK_DIRTY = """
 INSERT INTO dirty_windows (meter_id, window_start)
 SELECT * FROM unnest($1::text[], $2::timestamptz[])
 ORDER BY 1, 2
@@ -489,7 +491,9 @@ class BatchWriter:
                 touched.add((meter_id, cut(ts.timestamp(), meters[meter_id].window_s)))
         if touched:
             ids, starts = zip(*sorted(touched), strict=True)
-            await conn.execute(_DIRTY, list(ids), [datetime.fromtimestamp(s, UTC) for s in starts])
+            await conn.execute(
+                MARK_DIRTY, list(ids), [datetime.fromtimestamp(s, UTC) for s in starts]
+            )
 
     async def _record_rejections(
         self, conn: asyncpg.Connection, rejections: list[tuple[Message, Rejection]]

@@ -607,6 +607,9 @@ def _drift_fire(exchange_id: str, st: DriftState, cfg: DriftConfig) -> Verdict:
     )
 
 
+_RESOLVE = Verdict(Decision.resolve)
+
+
 def flag_series(
     flags: Sequence[bool],
     fire_after: int,
@@ -620,6 +623,8 @@ def flag_series(
     condition begins at the start of the first true window of the run that fires (unless
     ``fire`` says better) and ends at the start of the first false window of the run that
     resolves it."""
+    if not any(flags):  # the usual case: every verdict a plain resolve (one frozen instance)
+        return [_RESOLVE] * len(flags)
     out: list[Verdict] = []
     firing = False
     run = clean = 0

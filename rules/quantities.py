@@ -401,6 +401,69 @@ def _inside_breaks(
     return out
 
 
+@dataclass(frozen=True, eq=False)
+class _Laid:
+    """One meter's valid readings laid over the windows: what every reading type starts from."""
+
+    starts: FloatArray
+    ends: FloatArray
+    t: FloatArray
+    v: FloatArray
+    invalid: IntArray
+    s: _Slices
+    first: FloatArray
+    last: FloatArray
+
+    def quantities(
+        self,
+        quantity: FloatArray,
+        cov: FloatArray,
+        v: FloatArray,
+        negatives: IntArray,
+        resets: IntArray,
+        outliers: IntArray,
+        events: Resets,
+    ) -> WindowQuantities:
+        """The windows' quantities, with ``stuck`` judged on the values ``v`` computed with."""
+        return WindowQuantities(
+            self.starts,
+            self.ends,
+            quantity,
+            cov,
+            self.s.count,
+            self.first,
+            self.last,
+            _stuck(v, self.s),
+            negatives,
+            resets,
+            outliers,
+            events,
+            self.invalid,
+        )
+
+
+def _lay(ts: npt.ArrayLike, value: npt.ArrayLike, windows: Windows, max_abs: float) -> _Laid:
+    starts, ends = window_edges(windows)
+    t, v, left_out = _readings(ts, value, max_abs)
+    s = _slices(t, starts, ends)
+    first, last = _first_last(t, s)
+    return _Laid(starts, ends, t, v, _invalid(left_out, starts, ends), s, first, last)
+
+
+def _blank_no_data(
+    w: _Laid, quantity: FloatArray, brk: BoolArray | None, interval: float, gap_factor: float
+) -> FloatArray:
+    """Sets ``quantity`` to ``nan`` in the windows without data (outside the readings, or wholly
+    inside a break) and returns the coverage, 0 in those windows."""
+    none = _no_data(w.t, w.starts, w.ends)
+    if brk is not None:
+        none |= _inside_breaks(w.t, brk, w.starts, w.ends)
+    quantity[none] = np.nan
+    cov = coverage(w.t, w.starts, w.ends, interval, gap_factor=gap_factor)
+    cov[none] = 0.0
+    return cov
+
+
 # ----------------------------------------------------------------------------- total
 
 
@@ -468,63 +531,43 @@ def total_quantities(
     max_abs: float = MAX_ABS_VALUE,
 ) -> WindowQuantities:
     """Window quantities of a cumulative register (see the module's docstring)."""
-    starts, ends = window_edges(windows)
-    t, v, left_out = _readings(ts, value, max_abs)
-    invalid = _invalid(left_out, starts, ends)
+    w = _lay(ts, value, windows, max_abs)
     interval = _check_interval(interval, gap_factor)
-    s = _slices(t, starts, ends)
-    first, last = _first_last(t, s)
-    n_win = starts.size
+    t = w.t
+    n_win = w.starts.size
     if t.size < 2:
         zeros = np.zeros(n_win, dtype=np.int64)
-        return WindowQuantities(
-            starts,
-            ends,
+        return w.quantities(
             np.full(n_win, np.nan),
             np.zeros(n_win),
-            s.count,
-            first,
-            last,
-            np.zeros(n_win, dtype=bool),
+            w.v,
             zeros,
             zeros.copy(),
             zeros.copy(),
             Resets.none(),
-            invalid,
         )
     inc, fixed, reset, jitter, outlier = _register_increments(
-        t, v, interval, gap_factor, reset_tolerance
+        t, w.v, interval, gap_factor, reset_tolerance
     )
     brk = _breaks(t, max_gap)
     if brk is not None:
         inc = np.where(brk, 0.0, inc)
     cum = np.concatenate(([0.0], np.cumsum(inc)))
-    quantity = np.interp(ends, t, cum) - np.interp(starts, t, cum)
-    none = _no_data(t, starts, ends)
-    if brk is not None:
-        none |= _inside_breaks(t, brk, starts, ends)
-    quantity[none] = np.nan
-    cov = coverage(t, starts, ends, interval, gap_factor=gap_factor)
-    cov[none] = 0.0
+    quantity = np.interp(w.ends, t, cum) - np.interp(w.starts, t, cum)
+    cov = _blank_no_data(w, quantity, brk, interval, gap_factor)
     # Per reading: did the interval ending at this reading drop (reset / jitter)?
     reset_at = np.concatenate(([False], reset))
     jitter_at = np.concatenate(([False], jitter))
     k = np.flatnonzero(reset_at)
     events = Resets(k.astype(np.int64), t[k], fixed[k - 1], fixed[k])
-    return WindowQuantities(
-        starts,
-        ends,
+    return w.quantities(
         quantity,
         cov,
-        s.count,
-        first,
-        last,
-        _stuck(v, s),
-        s.counts(jitter_at),
-        s.counts(reset_at),
-        s.counts(outlier),
+        w.v,
+        w.s.counts(jitter_at),
+        w.s.counts(reset_at),
+        w.s.counts(outlier),
         events,
-        invalid,
     )
 
 
@@ -586,42 +629,24 @@ def rate_quantities(
     max_abs: float = MAX_ABS_VALUE,
 ) -> WindowQuantities:
     """Window quantities of an instantaneous rate per hour (see the module's docstring)."""
-    starts, ends = window_edges(windows)
-    t, v, left_out = _readings(ts, value, max_abs)
+    w = _lay(ts, value, windows, max_abs)
     interval = _check_interval(interval, gap_factor)
-    s = _slices(t, starts, ends)
-    first, last = _first_last(t, s)
-    none = _no_data(t, starts, ends)
+    t, v = w.t, w.v
     spikes = _rate_spikes(v)
     if spikes.any():  # integrate across a spike as if it were the mean of its neighbours
         v = v.copy()
         idx = np.flatnonzero(spikes)
         v[idx] = 0.5 * (v[idx - 1] + v[idx + 1])
     if t.size < 2:
-        quantity = np.full(starts.size, np.nan)
+        brk = None
+        quantity = np.full(w.starts.size, np.nan)
     else:
         brk = _breaks(t, max_gap)
-        quantity = _rate_integral(t, v, ends, brk) - _rate_integral(t, v, starts, brk)
-        if brk is not None:
-            none |= _inside_breaks(t, brk, starts, ends)
-        quantity[none] = np.nan
-    cov = coverage(t, starts, ends, interval, gap_factor=gap_factor)
-    cov[none] = 0.0
-    zeros = np.zeros(starts.size, dtype=np.int64)
-    return WindowQuantities(
-        starts,
-        ends,
-        quantity,
-        cov,
-        s.count,
-        first,
-        last,
-        _stuck(v, s),
-        s.counts(v < 0),
-        zeros,
-        s.counts(spikes),
-        Resets.none(),
-        _invalid(left_out, starts, ends),
+        quantity = _rate_integral(t, v, w.ends, brk) - _rate_integral(t, v, w.starts, brk)
+    cov = _blank_no_data(w, quantity, brk, interval, gap_factor)
+    zeros = np.zeros(w.starts.size, dtype=np.int64)
+    return w.quantities(
+        quantity, cov, v, w.s.counts(v < 0), zeros, w.s.counts(spikes), Resets.none()
     )
 
 
@@ -638,32 +663,15 @@ def delta_quantities(
 ) -> WindowQuantities:
     """Window quantities of a meter that sends quantities (tickets): the sum over
     ``start ≤ ts < end``; coverage by elapsed time against ``now`` (``None``: all ended)."""
-    starts, ends = window_edges(windows)
-    t, v, left_out = _readings(ts, value, max_abs)
-    s = _slices(t, starts, ends)
-    first, last = _first_last(t, s)
-    quantity = s.total(v)
+    w = _lay(ts, value, windows, max_abs)
+    quantity = w.s.total(w.v)
     if now is None:
-        cov = np.ones(starts.size)
+        cov = np.ones(w.starts.size)
     else:
-        cov = np.clip((_epoch(now) - starts) / (ends - starts), 0.0, 1.0)
-        quantity[(cov <= 0.0) & (s.count == 0)] = np.nan
-    zeros = np.zeros(starts.size, dtype=np.int64)
-    return WindowQuantities(
-        starts,
-        ends,
-        quantity,
-        cov,
-        s.count,
-        first,
-        last,
-        _stuck(v, s),
-        s.counts(v < 0),
-        zeros,
-        zeros.copy(),
-        Resets.none(),
-        _invalid(left_out, starts, ends),
-    )
+        cov = np.clip((_epoch(now) - w.starts) / (w.ends - w.starts), 0.0, 1.0)
+        quantity[(cov <= 0.0) & (w.s.count == 0)] = np.nan
+    zeros = np.zeros(w.starts.size, dtype=np.int64)
+    return w.quantities(quantity, cov, w.v, w.s.counts(w.v < 0), zeros, zeros.copy(), Resets.none())
 
 
 # --------------------------------------------------------------------------- dispatch

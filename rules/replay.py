@@ -32,11 +32,11 @@ from rules.alerts import (
     evaluate_rejections,
     evaluate_rules_error,
     evaluate_stale,
+    flag_series,
     imbalance_episodes,
     imbalance_series,
     stale_limit,
 )
-from rules.alerts import flag_series as _flag_series
 from rules.passes import Stats, _dt, _incident_keys, window_bounds
 from rules.quantities import (
     outlier_times,
@@ -733,23 +733,6 @@ class AlertReplay:
                     stats.alerts[done] += 1
             await incidents.regroup(conn, _incident_keys(topo), stats.touched)
         return stats
-
-
-_RESOLVE = Verdict(Decision.resolve)
-
-
-def flag_series(
-    flags: Sequence[bool],
-    fire_after: int,
-    clear_after: int,
-    fire: Callable[[int, int], Verdict],
-    starts: Sequence[datetime] | None = None,
-) -> list[Verdict]:
-    """``rules.alerts.flag_series`` with a fast path for the usual case, no flag set: then
-    every verdict is a plain resolve (``Verdict`` is frozen, so one instance serves all)."""
-    if not any(flags):
-        return [_RESOLVE] * len(flags)
-    return _flag_series(flags, fire_after, clear_after, fire, starts)
 
 
 HISTORY_WINDOWS = 336  # how far back the alert replay looks for context (two weeks hourly)

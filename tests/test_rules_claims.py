@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from core.db import asyncpg_dsn
-from ingest.writer import _DIRTY as MARK_DIRTY
+from ingest.writer import MARK_DIRTY
 from rules.store import claim_meter_windows, finish_meter_windows
 
 T0 = datetime(2026, 5, 4, tzinfo=UTC)
