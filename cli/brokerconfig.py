@@ -24,7 +24,7 @@ are written to DIR (created if missing), each replaced atomically:
 
     - partner P: ``write symbiont/readings/P/#``; ``read symbiont/statements/P``; ``read
       symbiont/alerts/S`` for S = P itself, each of P's meters and each exchange P provides or
-      receives (alert subjects are exchanges, meters and partners; SPEC §6).
+      receives (alert subjects are exchanges, meters and partners).
     - ``symbiont-ingest``: ``read symbiont/readings/#``.  Mosquitto 2.0 grants any
       subscription filter (its shared subscription ``$share/symbiont/symbiont/readings/#``
       too) and checks every message it would deliver, retained or not, against the user's

@@ -1,4 +1,4 @@
-"""The ``symbiont`` command line (SPEC §9)."""
+"""The ``symbiont`` command line."""
 
 from __future__ import annotations
 

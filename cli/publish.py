@@ -61,7 +61,7 @@ def encode(
     values: Sequence[float],
     form: Form,
 ) -> bytes:
-    """One message of readings of one meter in ``form`` (SPEC §3).
+    """One message of readings of one meter in ``form``.
 
     ``batch``: a JSON array of ``{"ts", "value", "unit"}`` (a single reading is sent as the bare
     object); ``single``: one object (exactly one reading); ``senml``: an RFC 8428 pack whose
@@ -335,7 +335,7 @@ def publish(
     expected: int | None = None,
     drain_timeout: float = 60.0,
 ) -> PublishResult:
-    """Publish simulated readings to ``symbiont/readings/{partner}/{meter}`` (SPEC §3).
+    """Publish simulated readings to ``symbiont/readings/{partner}/{meter}``.
 
     Backfill (``live=False``): as fast as the broker takes them, ``batch_size`` readings per
     message (``form="single"``: one), at most ``inflight`` unacknowledged in flight; returns

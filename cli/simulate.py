@@ -1,4 +1,4 @@
-"""Simulated meters (SPEC §9): realistic readings for a network, with injected faults.
+"""Simulated meters: realistic readings for a network, with injected faults.
 
 The simulator feeds the demo, the tests and the benchmarks, so it is a pure, deterministic,
 vectorised function of (network, time range, faults, seed); only ``publish`` talks to a broker.
@@ -33,7 +33,7 @@ The model
   A continuous meter on a trucked exchange sees each truck as a 15-minute load.
 * Meter error: for every window of the meter (its finest exchange/balance window, else 1 h)
   ``ε ~ N(0, uncertainty)`` holds for the whole window, so a window quantity is
-  ``true · (1 + ε)`` and has relative 1σ = ``uncertainty`` (SPEC §5). ``uncertainty_abs`` adds
+  ``true · (1 + ε)`` and has relative 1σ = ``uncertainty``. ``uncertainty_abs`` adds
   ``N(0, uncertainty_abs)`` per window (continuous meters). Rate readings carry 0.3 % white
   noise on top.
 * Readings: ``total`` meters send a register (meter unit, 3 decimals) every ``interval`` s at

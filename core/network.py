@@ -1,4 +1,4 @@
-"""The network file (SPEC §2): a typed model, loading with errors that name the YAML path."""
+"""The network file: a typed model, loading with errors that name the YAML path."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     ingest_queue_messages: int = Field(default=10000, ge=100, le=65535)
     metrics_port: int | None = None  # ingest and rules serve Prometheus metrics here
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can scrape it
-    # The API (SPEC §8, api/): where `symbiont api` listens and how live streams behave.
+    # The API (api/): where `symbiont api` listens and how live streams behave.
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
     api_pool_size: int = Field(default=10, ge=1)
@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     webhook_secret: str | None = None
-    # Statement mail (SPEC §7, notify/outbox.py): sent only when smtp_url is set.
+    # Statement mail (notify/): sent only when smtp_url is set.
     #   smtp://[user[:password]@]host[:port]           port 25, STARTTLS if the server offers it
     #   smtp+starttls://[user[:password]@]host[:port]  port 587, STARTTLS required
     #   smtps://[user[:password]@]host[:port]          port 465, implicit TLS
@@ -69,7 +69,7 @@ class Settings(BaseSettings):
         " default: the SMTP user if it is an address, else symbiont@<this host's FQDN>",
     )
 
-    # Integrations (SPEC §6): where alert events go and how the outbox delivers them (see
+    # Integrations: where alert events go and how the outbox delivers them (see
     # notify/outbox.py).  webhook_secret above: whsec_<base64 key>, or any other text whose
     # UTF-8 bytes are the key; without one, webhooks go out unsigned.
     alert_webhooks: Annotated[list[str], NoDecode] = Field(

@@ -1,4 +1,4 @@
-"""Alert rules (SPEC §6) as pure functions: window history in, desired alert state out.
+"""Alert rules as pure functions: window history in, desired alert state out.
 
 Every function takes what it needs, including ``now``; none reads the clock or the database.
 The engine asks each rule for a :class:`Verdict` per subject and the lifecycle

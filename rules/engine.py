@@ -4,7 +4,7 @@ Stage 1 claims the (meter, window) pairs ingest marked dirty, recomputes those m
 windows from readings (and their neighbours, whose edges a total register shares), stores
 them and marks the exchange windows, reconciliation components and meters they feed.
 Stage 2 claims those subjects ``FOR UPDATE SKIP LOCKED``, computes exchange windows
-(SPEC §5) and network reconciliations from the committed meter windows, then replays the
+ and network reconciliations from the committed meter windows, then replays the
 alert rules over the windows that changed (:mod:`rules.replay`). The process around the
 engine is :mod:`rules.service`.
 

@@ -1,4 +1,4 @@
-"""From readings to window quantities (SPEC §4): pure, vectorised, no I/O, no clock.
+"""From readings to window quantities: pure, vectorised, no I/O, no clock.
 
 One call turns one meter's readings (canonical units, sorted by time) into a quantity per
 window, with what the rules need beside it: coverage, reading counts, first and last reading,
@@ -83,7 +83,7 @@ Breaks (``max_gap``, ``total`` and ``rate``)
     part on its readings' side.
 
 Coverage (``delta``)
-    SPEC §4: a delta meter's window is complete once it has ended: coverage 1.0 when ``now ≥
+    A delta meter's window is complete once it has ended: coverage 1.0 when ``now ≥
     end``, the elapsed fraction while it runs, 0 before it starts.  ``now`` is passed in (never
     read from the clock); ``None`` means every window has ended (history, backfills).
 

@@ -1,4 +1,4 @@
-"""Reconciliation: one exchange window (SPEC §5) and networks by weighted least squares.
+"""Reconciliation: one exchange window and networks by weighted least squares.
 
 Pure functions over numbers (numpy/scipy): no I/O, no clock, no database.
 
@@ -63,11 +63,11 @@ from scipy import linalg, stats  # type: ignore[import-untyped, unused-ignore]
 FloatArray = npt.NDArray[np.float64]
 ExchangeStatus = Literal["ok", "imbalance", "incomplete", "no_data", "error"]
 
-#: A window is ``imbalance`` when ``|z|`` exceeds this (SPEC §5).
+#: A window is ``imbalance`` when ``|z|`` exceeds this.
 Z_THRESHOLD = 3.0
-#: A window whose meters are covered less than this is ``incomplete`` (SPEC §4).
+#: A window whose meters are covered less than this is ``incomplete``.
 MIN_COVERAGE = 0.9
-#: Significance level of the global and measurement tests (SPEC §5).
+#: Significance level of the global and measurement tests.
 ALPHA = 0.05
 
 # Relative tolerances: rank of a matrix (singular values below RANK_TOL·s_max are zero), a
@@ -109,7 +109,7 @@ def _unscale(x: float, e: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# One exchange and window (SPEC §5)
+# One exchange and window
 # ----------------------------------------------------------------------------------------------
 
 
@@ -119,7 +119,7 @@ class MeterQuantity:
 
     ``quantity`` is ``None`` when the meter has no data for the window. ``uncertainty`` is the
     relative standard uncertainty (1 σ) and ``uncertainty_abs`` the absolute one, canonical
-    unit; ``coverage`` the fraction of the window the readings span (SPEC §4).
+    unit; ``coverage`` the fraction of the window the readings span.
     """
 
     meter_id: str
@@ -165,7 +165,7 @@ def ratio_z(d: float, sigma: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class ExchangeWindow:
-    """SPEC §5 for one exchange and window.
+    """The reconciliation of one exchange and window.
 
     ``sent``/``received`` are ``S``/``R`` over the meters that have a quantity (``None`` when a
     side has none); ``imbalance`` is ``d``, ``sigma`` is ``σ_d``, ``z`` is ``d/σ_d``
@@ -229,7 +229,7 @@ def reconcile_exchange(
     z_threshold: float = Z_THRESHOLD,
     min_coverage: float = MIN_COVERAGE,
 ) -> ExchangeWindow:
-    """Reconcile one exchange in one window (SPEC §5).
+    """Reconcile one exchange in one window.
 
     Status, first match wins:
 
@@ -370,7 +370,7 @@ def _accumulate(terms: Sequence[tuple[str, float]]) -> dict[str, float]:
 def balance_constraint(
     id: str, inflows: Sequence[str], outflows: Sequence[str], loss: float = 0.0
 ) -> Constraint:
-    """A balance point: ``Σ out − (1 − loss)·Σ in = 0`` (SPEC §1)."""
+    """A balance point: ``Σ out − (1 − loss)·Σ in = 0``."""
     k = 1.0 - loss
     terms = [(m, 1.0) for m in outflows] + [(m, -k) for m in inflows]
     return Constraint(id, _accumulate(terms))
@@ -379,7 +379,7 @@ def balance_constraint(
 def exchange_constraint(
     id: str, sent: Sequence[str], received: Sequence[str], loss: float = 0.0
 ) -> Constraint:
-    """An exchange: ``(1 − loss)·Σ sent − Σ received = 0`` (SPEC §5)."""
+    """An exchange: ``(1 − loss)·Σ sent − Σ received = 0``."""
     k = 1.0 - loss
     terms = [(m, k) for m in sent] + [(m, -1.0) for m in received]
     return Constraint(id, _accumulate(terms))

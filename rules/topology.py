@@ -68,7 +68,7 @@ def build_topology(net: Network, version: str = "") -> Topology:
             topo.counterpart.setdefault(mid, (ex.id, "sent"))
 
     # Components: union-find over meters linked by balances and exchanges; only the parts
-    # with a balance need a network reconciliation (a lone exchange is SPEC §5's formula).
+    # with a balance need a network reconciliation (a lone exchange takes the exchange formula).
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:

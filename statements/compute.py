@@ -1,4 +1,4 @@
-"""Monthly exchange statements (SPEC §7): pure computation, no I/O, no clock.
+"""Monthly exchange statements: pure computation, no I/O, no clock.
 
 A statement is one partner's account of one calendar month, cut in the network's time zone
 (``core.windows.month_bounds``: October 2026 in Europe/Copenhagen runs from
@@ -38,7 +38,7 @@ trucked exchange: see ``coverage``).
   So an incomplete month has ``coverage < 1`` and is billed from what exists.
   A *trucked* exchange, whose meters are all ticket meters (``delta`` without an
   ``interval``: weighbridges), has a window only on days with a ticket. Its coverage is
-  therefore taken from time alone, as SPEC §4 defines it for delta meters: a window that has
+  therefore taken from time alone, as coverage is defined for delta meters: a window that has
   ended by the cut is complete (with or without tickets: a day without a truck delivered
   nothing), the window running at the cut counts its elapsed fraction.
 * ``windows``: how many windows were summed.
@@ -517,7 +517,7 @@ def _trucked(meters: Mapping[str, Meter], ex: Exchange) -> bool:
 def _ticket_coverage(
     ex: Exchange, period: Period, cut: datetime, tz: ZoneInfo, failed: Set[datetime] = frozenset()
 ) -> Decimal:
-    """Coverage of a trucked exchange over ``period`` up to ``cut`` (SPEC §4, delta meters): the
+    """Coverage of a trucked exchange over ``period`` up to ``cut`` (delta meters): the
     windows that have ended by ``cut`` are complete, the one running then counts the elapsed
     fraction of its length, whether or not any window has data; a window whose computation
     failed (its start in ``failed``) counts as no data."""

@@ -175,7 +175,7 @@ def verify_hash(doc: Mapping[str, Any]) -> bool:
 
 
 def statement_document(st: Statement) -> dict[str, Any]:
-    """The statement as its JSON document (SPEC §7), ``content_hash`` included."""
+    """The statement as its JSON document, ``content_hash`` included."""
     tz = st.tz
     partner = st.partner_party or Party(st.partner, st.partner_name)
     doc: dict[str, Any] = {

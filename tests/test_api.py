@@ -184,7 +184,7 @@ def test_http_ingestion_stores_rejects_and_dedupes(api_system: ApiSystem) -> Non
         r["reason"] for r in get(api_system, "/api/v1/rejections", f"partner:{OWN}")["items"]
     }
     assert {"conflict"} <= reasons and len(reasons) >= 2
-    # another partner's meter under its own partner is refused as the SPEC says
+    # another partner's meter under its own partner is refused: it is not its meter
     other = httpx.post(
         f"{api_system.base_url}/api/v1/readings/{OWN}/gyproc-gas-in",
         headers=headers,

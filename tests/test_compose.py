@@ -1,4 +1,4 @@
-"""docker-compose.yml and the Dockerfile, checked without Docker (SPEC §10, issue 6).
+"""docker-compose.yml and the Dockerfile, checked without Docker.
 
 Docker does not run here, so the file is loaded with PyYAML and held against the code it
 deploys: every command parses with the real CLI parser, every ``SYMBIONT_*`` variable is a

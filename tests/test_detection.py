@@ -37,7 +37,7 @@ from rules.engine import Engine
 REPO = Path(__file__).resolve().parent.parent
 START = datetime(2026, 10, 1, tzinfo=UTC)  # October: includes the 25-hour DST day
 END = datetime(2026, 11, 1, tzinfo=UTC)
-# The month is random but fixed. With SPEC §6's defaults a clean hourly exchange raises a
+# The month is random but fixed. With the alert rules' defaults a clean hourly exchange raises a
 # false imbalance alert with probability ≈ 745 × 0.0027² ≈ 0.5 % a month (two windows in a row
 # beyond 3 σ), so about 6 % of months show one somewhere among the example's 12 hourly
 # exchanges; this seed's month has none.

@@ -1,4 +1,4 @@
-"""One bad message never stops the others (SPEC §3), with real ingest, Mosquitto, PostgreSQL.
+"""One bad message never stops the others, with real ingest, Mosquitto, PostgreSQL.
 
 - A SenML name with a NUL in it costs one rejection; the readings after it are stored.
 - The writer splits a batch the database refuses until the message at fault is alone, rejects

@@ -1,4 +1,4 @@
-"""``symbiont ingest`` as a process, against a real broker and a real PostgreSQL (SPEC §3).
+"""``symbiont ingest`` as a process, against a real broker and a real PostgreSQL.
 
 - Nothing acknowledged is lost and nothing is stored twice, through SIGKILLs of ingest, a
   broker restart, a database shutdown and a database crash.

@@ -205,3 +205,19 @@ def test_package_docstrings_say_what_each_package_does() -> None:
         assert doc, f"{package}/__init__.py has no docstring"
         assert "being built" not in doc, package
         assert len(doc.splitlines()) <= 3, package
+
+
+def test_docs_and_code_explain_themselves_without_section_numbers() -> None:
+    """The project's texts say what a rule is in their own words: none points a reader at a
+    numbered section of a document outside the repository."""
+    pattern = re.compile(r"SPEC\s*§|§\s*\d")
+    found = []
+    for path in sorted(REPO.rglob("*")):
+        if path.suffix not in {".py", ".md", ".js", ".html", ".yml", ".yaml", ".toml"}:
+            continue
+        if {".venv", ".git", "node_modules", "vendor", ".demo"} & set(path.parts):
+            continue
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if pattern.search(line):
+                found.append(f"{path.relative_to(REPO)}:{n}: {line.strip()[:80]}")
+    assert found == []

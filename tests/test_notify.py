@@ -1,4 +1,4 @@
-"""Outbox delivery (SPEC §6) against real receivers: an HTTP server of the test's own for
+"""Outbox delivery against real receivers: an HTTP server of the test's own for
 webhooks, the real Prometheus Alertmanager, the session's Mosquitto, a migrated PostgreSQL.
 
 Signatures are checked with the ``standardwebhooks`` reference library, not with our code.

@@ -1,4 +1,4 @@
-"""Window quantities from readings (SPEC §4): hand-computed cases, DST days, the simulator."""
+"""Window quantities from readings: hand-computed cases, DST days, the simulator."""
 
 from __future__ import annotations
 

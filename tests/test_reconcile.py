@@ -10,7 +10,7 @@ Published examples reproduced here:
   ``08_DataReconciliation_MerleghibaKiegyenlites.ipynb``, commit
   7e8bbbe439c6cf5880d1ab5489b6cf7c854c05bf.
 * **Šidák critical value** for n = 28, α = 0.05: 3.12 (Serth & Heenan steam-metering network,
-  28 streams; /work/shared/DOMAIN.md §3.2).
+  28 streams).
 
 Data sets used with independently derived numbers (no printed results were found):
 
@@ -26,7 +26,7 @@ Data sets used with independently derived numbers (no printed results were found
 * **Serth & Heenan (1986)**, AIChE J. 32:733, steam-metering network (28 streams, 11 nodes)
   from ``EDSONCV/dr-ged-benchmarks`` ``data_reconciliation/linear/scilab/P15/P15.sce``
   (commit ca7121e57638acdbd219b4cd4772b6342aa04abe): the small flows 1, 2, 7 and 9 have near
-  zero adjustability (DOMAIN.md §3.2).
+  zero adjustability.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def test_cooling_water_unobservable_flows() -> None:
 
 
 def test_sidak_critical_value_for_28_measurements() -> None:
-    # DOMAIN.md §3.2: n = 28, α = 0.05 gives 3.12.
+    # Serth & Heenan's network: n = 28, α = 0.05 gives 3.12.
     assert round(sidak_z_critical(28, 0.05), 2) == 3.12
     assert sidak_z_critical(1, 0.05) == pytest.approx(1.959964, abs=1e-6)
 
@@ -303,7 +303,7 @@ def test_serth_heenan_small_flows_are_barely_adjustable() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# One exchange and window (SPEC §5)
+# One exchange and window
 # --------------------------------------------------------------------------------------------
 
 

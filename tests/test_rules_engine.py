@@ -1,5 +1,5 @@
 """The rules engine against a real migrated PostgreSQL, never mocks: readings written through
-ingest become meter windows, exchange windows (SPEC §4–5) and alerts (SPEC §6).
+ingest become meter windows, exchange windows and alerts.
 
 Expected quantities are hand numbers from the readings each test writes, not the output of
 the code under test. Networks are small dicts; every test runs in a few seconds.

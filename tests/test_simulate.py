@@ -253,7 +253,7 @@ def window_quantities(
     meter_id: str,
     edges: np.ndarray,
 ) -> np.ndarray:
-    """Canonical quantity per window the way SPEC §4 computes it."""
+    """Canonical quantity per window the way the quantity rules compute it."""
     ts, v = data[meter_id]
     m = net.meter(meter_id)
     k = factor(net, meter_id)

@@ -1,4 +1,4 @@
-"""Delivery of issued statements (SPEC §7) against real services: an SMTP server of the test's
+"""Delivery of issued statements against real services: an SMTP server of the test's
 own (aiosmtpd), an HTTP receiver for the partner's webhook, the session's Mosquitto and a
 migrated PostgreSQL.  Mail attachments are opened with pypdf and pandas, webhook signatures
 checked with the ``standardwebhooks`` reference library.  Time moves by passing ``now`` to

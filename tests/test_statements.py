@@ -1,4 +1,4 @@
-"""Monthly statements (SPEC §7): statements.compute and its renderings, pure and fast.
+"""Monthly statements: statements.compute and its renderings, pure and fast.
 
 The windows fed to the statements are the simulator's true flows (``cli.simulate.
 true_flows``), so the input is known exactly; every expected quantity and amount is computed
@@ -77,7 +77,7 @@ def terms_at(ex: Exchange, day: date) -> Terms:
 
 
 def expected_money(billed: Decimal, t: Terms, role: str) -> dict[str, Decimal]:
-    """SPEC §7 by hand: amount, avoided cost, CO2, savings from a printed quantity."""
+    """The money rules by hand: amount, avoided cost, CO2, savings from a printed quantity."""
     amount = cents(billed * t.price)
     if role == "receiver":
         avoided = cents(billed * t.receiver_avoided_cost)
@@ -430,7 +430,7 @@ def test_a_partner_without_windows_has_zero_lines() -> None:
     assert [ln.exchange for ln in st.lines] == ["sulphur-equinor-kemira"]
     line = st.lines[0]
     # sulphur is trucked (weighbridge tickets): a month without a ticket delivered nothing,
-    # and its days are complete once they have ended (SPEC §4)
+    # and its days are complete once they have ended
     assert (line.billed, line.amount, line.coverage, line.windows) == (
         Decimal("0.000"),
         Decimal("0.00"),
@@ -452,7 +452,7 @@ TRUCKED = ("gypsum-asnaes-gyproc", "flyash-asnaes-aalborg-portland", "sulphur-eq
 def test_trucked_exchanges_are_complete_on_days_without_tickets() -> None:
     """The engine has windows of a weighbridge exchange only for days with tickets (no
     trucks on Sundays, a sulphur tanker every few days); a delta meter's window is complete
-    once it has ended (SPEC §4), so those months are fully covered and billed as delivered."""
+    once it has ended, so those months are fully covered and billed as delivered."""
     net = kalundborg()
     truth = truth_for(net, 2026, 10)
 

@@ -82,7 +82,7 @@ ORDER BY window_start
 async def windows(
     exchange_id: str, state: State, caller: Reader, period: Annotated[Span, Depends(span)]
 ) -> Response:
-    """Reconciled windows (SPEC §5) starting in [from, to)."""
+    """Reconciled windows starting in [from, to)."""
     if exchange_id not in caller.scope.exchanges:
         raise not_found("exchange", exchange_id)
     ex = next(e for e in caller.network.exchanges if e.id == exchange_id)

@@ -146,7 +146,7 @@ async def post_readings(
     state: State,
     caller: Annotated[Caller, Depends(allow(Role.admin, Role.partner))],
 ) -> Any:
-    """Store readings as if published on `symbiont/readings/{partner}/{meter}` (SPEC §3).
+    """Store readings as if published on `symbiont/readings/{partner}/{meter}`.
     A partner token may post only for its own partner, and sees another partner's meter as
     an unknown one."""
     if partner_id not in caller.scope.partners:

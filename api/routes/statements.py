@@ -120,7 +120,7 @@ def _format(request: Request, fmt: str | None) -> str:
     response_class=Response,
     responses={
         200: {
-            "description": "the statement (SPEC §7): JSON, or CSV / PDF by `format` or `Accept`",
+            "description": "the statement: JSON, or CSV / PDF by `format` or `Accept`",
             "content": {
                 "application/json": {"schema": {"type": "object"}},
                 "text/csv": {"schema": {"type": "string"}},

@@ -46,7 +46,7 @@ CREATE TABLE meter_windows (
     PRIMARY KEY (meter_id, window_start)
 );
 
--- SPEC §5 per exchange and window.
+-- The reconciliation of each exchange and window.
 CREATE TABLE exchange_windows (
     exchange_id   text NOT NULL,
     window_start  timestamptz NOT NULL,
