@@ -290,3 +290,58 @@ def test_integration_token_sees_flows_and_alerts(system: ApiSystem, new_page: An
     expect(page.locator("#alerts button.ack")).to_have_count(0)
     expect(page.locator("#statements-card")).to_be_hidden()
     expect(page.locator("#error")).to_be_hidden()
+
+
+def test_partner_sees_every_revision_of_a_statement(system: ApiSystem, new_page: Any) -> None:
+    """A month issued twice: the list shows its latest revision, and opening "all revisions"
+    lists both with when, why and each one's own PDF."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import asyncpg
+
+    from core.db import asyncpg_dsn
+
+    month, first_pdf = "2025-01", b"%PDF-1.4 revision one\n"
+    reason = "Meter novo-steam-in recalibrated: January corrected"
+
+    async def store() -> None:
+        conn = await asyncpg.connect(asyncpg_dsn(system.database_url))
+        try:
+            for revision, previous, why, pdf in (
+                (1, None, None, first_pdf),
+                (2, "hash-1", reason, b"%PDF-1.4 revision two\n"),
+            ):
+                await conn.execute(
+                    """INSERT INTO statements (partner_id, month, revision, issued_at, document,
+                           content_hash, csv, pdf, reason, previous_hash, document_number)
+                       VALUES ($1, $2, $3, now(), $4, $5, $6, $7, $8, $9, $10)""",
+                    OWN,
+                    month,
+                    revision,
+                    json.dumps({"partner": OWN, "month": month, "revision": revision}),
+                    f"hash-{revision}",
+                    b"record\n",
+                    pdf,
+                    why,
+                    previous,
+                    f"test-2025-{revision:05d}",
+                )
+        finally:
+            await conn.close()
+
+    # Playwright's sync API runs an event loop in this thread: store from another one
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, store()).result()
+    page = new_page(width=1100)
+    _sign_in(page, system, "partner:" + OWN)
+    row = page.locator(f'#statement-rows tr[data-month="{month}"]')
+    expect(row).to_contain_text("rev. 2")
+    row.locator("details.revisions summary").click()
+    items = row.locator(".revision-list li[data-revision]")
+    expect(items).to_have_count(2)
+    expect(items.nth(1)).to_contain_text(reason)
+    expect(items.nth(1)).to_contain_text("test-2025-00002")
+    with page.expect_download() as info:
+        items.nth(0).locator('a[data-format="pdf"]').click()
+    assert Path(info.value.path()).read_bytes() == first_pdf

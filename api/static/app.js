@@ -941,6 +941,7 @@ async function loadStatements(partner) {
           { class: "nowrap" },
           el("span", { class: `badge stmt-${s.status}` }, s.status),
           s.revision ? el("span", { class: "revision" }, ` rev. ${s.revision}`) : null,
+          s.revision > 1 ? revisionList(partner, s.month) : null,
         ),
         el("td", { class: "nowrap", title: fmtTime(s.issued_at) }, fmtDate(s.issued_at)),
         el(
@@ -972,11 +973,62 @@ async function loadStatements(partner) {
   $("statements-empty").hidden = items.length > 0;
 }
 
-async function download(partner, month, fmt, link) {
+// Every issued revision of a month, fetched when the list is opened: when each was issued,
+// why it replaced the one before, and its own documents.
+function revisionList(partner, month) {
+  const list = el("ol", { class: "revision-list" });
+  const box = el(
+    "details",
+    {
+      class: "revisions",
+      dataset: { month },
+      ontoggle: () => {
+        if (!box.open || list.childElementCount) return;
+        loadRevisions(partner, month, list).catch((e) => reportError("Revisions", e));
+      },
+    },
+    el("summary", {}, "all revisions"),
+    list,
+  );
+  return box;
+}
+
+async function loadRevisions(partner, month, list) {
+  const data = await api(
+    `/partners/${encodeURIComponent(partner)}/statements/${encodeURIComponent(month)}/revisions`,
+  );
+  list.replaceChildren(
+    ...(data.items || []).map((r) =>
+      el(
+        "li",
+        { dataset: { revision: r.revision } },
+        el("span", { class: "nowrap" }, `rev. ${r.revision} · ${fmtTime(r.issued_at)}`),
+        r.document_number ? el("span", { class: "revision" }, ` · ${r.document_number}`) : null,
+        r.reason ? el("div", { class: "revision-reason" }, r.reason) : null,
+        el(
+          "a",
+          {
+            href: `${API}/partners/${encodeURIComponent(partner)}/statements/${encodeURIComponent(month)}?format=pdf&revision=${r.revision}`,
+            class: "download",
+            dataset: { format: "pdf" },
+            onclick: (e) => {
+              e.preventDefault();
+              download(partner, month, "pdf", e.currentTarget, r.revision);
+            },
+          },
+          "PDF",
+        ),
+      ),
+    ),
+  );
+}
+
+async function download(partner, month, fmt, link, revision) {
   link.classList.add("busy");
   try {
+    const which = revision ? `&revision=${revision}` : "";
     const resp = await api(
-      `/partners/${encodeURIComponent(partner)}/statements/${encodeURIComponent(month)}?format=${fmt}`,
+      `/partners/${encodeURIComponent(partner)}/statements/${encodeURIComponent(month)}?format=${fmt}${which}`,
       { raw: true },
     );
     const blob = await resp.blob();
