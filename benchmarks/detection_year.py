@@ -340,8 +340,9 @@ def report(days: int, seed: int, keep: bool, part: int, fire_after: int | None) 
     false = [a for a in alerts if a["subject"] in clean_subjects]
     other = [a for a in alerts if a["id"] not in explained and a["subject"] not in clean_subjects]
     clean_windows = sum(n_windows.get(ex.id, 0) for ex in clean)
-    # the imbalance rule's own rate: N windows in a row beyond |z| > 3 by chance
-    chance = clean_windows * math.erfc(3 / math.sqrt(2)) ** (fire_after or 2)
+    # the imbalance rule's own rate: N windows in a row beyond |z| > 3 on one side by chance
+    one_side = math.erfc(3 / math.sqrt(2)) / 2
+    chance = clean_windows * 2 * one_side ** (fire_after or 2)
     lines += [
         "",
         f"Clean exchanges ({len(clean)}: {', '.join(ex.id for ex in clean)}; "

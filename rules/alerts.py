@@ -108,8 +108,13 @@ def evaluate_imbalance(
     firing: bool,
     cfg: ImbalanceConfig,
 ) -> Verdict:
-    """Fire after ``fire_after`` consecutive imbalanced windows; resolve after ``clear_after``
-    consecutive ok windows. Incomplete and empty windows are evidence of nothing."""
+    """Fire after ``fire_after`` consecutive imbalanced windows on the same side (all lost,
+    or all gained); resolve after ``clear_after`` consecutive ok windows. Incomplete and
+    empty windows are evidence of nothing.
+
+    Same side: a loss or a bias is one-sided, while a quantity counted in the wrong one of
+    two adjacent windows (or chance) swings d from one sign to the other; two such windows
+    sum to nothing and are no episode. Once firing, any imbalanced window keeps it firing."""
     if not cfg.enabled:
         return Verdict(Decision.resolve)
     decided = [w for w in windows if w.status in ("ok", "imbalance")]
@@ -121,12 +126,13 @@ def evaluate_imbalance(
         if w.status != "imbalance":
             break
         run_bad += 1
+    run_side = _same_side_run(decided)
     run_ok = 0
     for w in reversed(decided):
         if w.status != "ok":
             break
         run_ok += 1
-    if run_bad >= cfg.fire_after or (firing and run_bad > 0):
+    if run_side >= cfg.fire_after or (firing and run_bad > 0):
         bad = decided[-run_bad:]
         worst = max(bad, key=lambda w: abs(w.z or 0.0))
         share = (
@@ -326,6 +332,23 @@ def evaluate_rules_error(
 # -- series: one verdict per window, in one pass (the engine replays history with these) -----
 
 
+def _side(w: WindowResult) -> bool:
+    return (w.imbalance if w.imbalance is not None else (w.z or 0.0)) >= 0.0
+
+
+def _same_side_run(decided: Sequence[WindowResult]) -> int:
+    """How many of the last windows are imbalanced on the same side as the last one."""
+    if not decided or decided[-1].status != "imbalance":
+        return 0
+    side = _side(decided[-1])
+    run = 0
+    for w in reversed(decided):
+        if w.status != "imbalance" or _side(w) != side:
+            break
+        run += 1
+    return run
+
+
 def imbalance_series(
     exchange_id: str,
     unit: str,
@@ -341,7 +364,8 @@ def imbalance_series(
     out: list[Verdict] = []
     tail: list[WindowResult] = []
     keep = max(cfg.fire_after, cfg.clear_after) + 1
-    run_start: datetime | None = None  # first window of the current run of imbalanced ones
+    run_start: datetime | None = None  # first window of the current one-sided imbalanced run
+    run_side = True
     ok_start: datetime | None = None  # first window of the current run of ok ones
     episode: datetime | None = None
     for w in windows:
@@ -350,7 +374,9 @@ def imbalance_series(
             if len(tail) > 4 * keep:
                 del tail[: len(tail) - keep]
             if w.status == "imbalance":
-                run_start = run_start or w.start
+                if run_start is None or _side(w) != run_side:
+                    run_start = w.start  # a run on one side starts here
+                run_side = _side(w)
                 ok_start = None
             else:
                 ok_start = ok_start or w.start

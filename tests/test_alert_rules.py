@@ -208,3 +208,21 @@ def test_incidents_bridge_a_short_gap_and_keep_the_oldest_id() -> None:
         (7, [1, 2]),
         (9, [3]),
     ]
+
+
+def test_imbalance_needs_its_windows_on_one_side() -> None:
+    """Two imbalanced windows whose d swings from one sign to the other (a quantity counted
+    in the neighbouring window, or chance) are no episode; two on one side are; once firing,
+    an imbalanced window on the other side keeps it firing."""
+    swing = _windows([0.2, -3.3, 3.3, 0.4, 0.1, 0.3])
+    verdicts = imbalance_series("x", "MWh", swing, False, ImbalanceConfig())
+    assert _fired(verdicts) == []
+    one_side = _windows([0.2, 3.3, 0.1, -3.4, -3.8, 0.4])
+    verdicts = imbalance_series("x", "MWh", one_side, False, ImbalanceConfig())
+    assert _fired(verdicts) == [4]
+    fire = next(v for v in verdicts if v.decision == Decision.fire)
+    assert fire.at == one_side[3].start  # the one-sided run, not the window before it
+    leak = _windows([4.0, 4.5, -3.5, 4.2, 0.1, 0.2, 0.1])
+    verdicts = imbalance_series("x", "MWh", leak, False, ImbalanceConfig())
+    assert _fired(verdicts) == [1]
+    assert [v.decision for v in verdicts[1:4]] == [Decision.fire] * 3
