@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -735,3 +735,50 @@ class MqttProxy:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def committed_unacknowledged(
+    broker_host: str,
+    broker_port: int,
+    database_url: str,
+    messages: list[tuple[str, bytes]],
+    *,
+    client_id: str,
+    log_path: Path,
+) -> Iterator[tuple[MqttProxy, IngestProcess]]:
+    """``messages`` queued for an offline ingest session, then committed by ingest whose
+    PUBACKs a proxy swallows: the broker still holds every one of them as unacknowledged.
+    Yields the proxy and the (running) ingest; :func:`crash_and_redeliver` goes on from there.
+    """
+    n = len(messages)
+    with (
+        MqttProxy(broker_host, broker_port) as proxy,
+        IngestProcess(
+            database_url=database_url, mqtt_url=proxy.url, client_id=client_id, log_path=log_path
+        ) as ingest,
+    ):
+        ingest.start_subscribed()  # the persistent session and its subscription now exist
+        ingest.kill()
+        publish_all(f"mqtt://{broker_host}:{broker_port}", messages)  # queued for the session
+
+        # Ingest commits everything and acknowledges, but the PUBACKs never reach the broker.
+        proxy.drop_pubacks = True
+        ingest.start_subscribed()
+        wait_until(lambda: counts(database_url).messages >= n, 30, f"ingest to commit {n}")
+        wait_until(lambda: proxy.dropped >= n, 30, f"ingest to acknowledge {n} messages")
+        yield proxy, ingest
+
+
+def crash_and_redeliver(proxy: MqttProxy, ingest: IngestProcess, database_url: str, n: int) -> None:
+    """SIGKILL ingest after its commit, before the broker heard of it, and restart it: the
+    broker redelivers all ``n`` messages (DUP set) and ingest commits them again."""
+    ingest.kill()
+    proxy.sever()
+    proxy.drop_pubacks = False
+    ingest.start_subscribed()
+    wait_until(
+        lambda: counts(database_url).messages >= 2 * n,
+        30,
+        f"the broker to redeliver the {n} unacknowledged messages",
+    )

@@ -22,10 +22,11 @@ import orjson
 import pytest
 from ingest_helpers import (
     IngestProcess,
-    MqttProxy,
     Publisher,
     apply_network,
+    committed_unacknowledged,
     counts,
+    crash_and_redeliver,
     fetch,
     fetch_readings,
     fetch_rejections,
@@ -258,28 +259,16 @@ def test_a_poison_queued_for_the_session_is_rejected_once_through_crashes(
     messages += [(WATER_TOPIC, _reading(ts, v)) for (_, ts), v in after.items()]
     n = len(messages)
 
-    with (
-        MqttProxy(fresh_mosquitto.host, fresh_mosquitto.port) as proxy,
-        IngestProcess(
-            database_url=db, mqtt_url=proxy.url, client_id="ingest-poison", log_path=ingest_log
-        ) as ingest,
-    ):
-        ingest.start_subscribed()  # the persistent session and its subscription now exist
-        ingest.kill()
-        publish_all(fresh_mosquitto.url, messages)  # queued for the offline session
-
-        # Ingest commits everything, poison included, but its PUBACKs never reach the broker.
-        proxy.drop_pubacks = True
-        ingest.start_subscribed()
-        wait_until(lambda: counts(db).messages >= n, 30, f"ingest to commit {n} messages")
-        wait_until(lambda: proxy.dropped >= n, 30, f"ingest to acknowledge {n} messages")
-        ingest.kill()  # a crash before the broker heard of it
-        proxy.sever()
-
+    with committed_unacknowledged(
+        fresh_mosquitto.host,
+        fresh_mosquitto.port,
+        db,
+        messages,
+        client_id="ingest-poison",
+        log_path=ingest_log,
+    ) as (proxy, ingest):
         # The broker brings every message back, the poison first among them.
-        proxy.drop_pubacks = False
-        ingest.start_subscribed()
-        wait_until(lambda: counts(db).messages >= 2 * n, 30, "the redelivered messages")
+        crash_and_redeliver(proxy, ingest, db, n)
         sentinel = base + timedelta(seconds=1000)
         publish_all(fresh_mosquitto.url, [(WATER_TOPIC, _reading(sentinel, 0.5))])
         wait_until(lambda: (WATER, sentinel) in fetch_readings(db), 30, "the sentinel")

@@ -25,10 +25,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ingest_helpers import (
     IngestProcess,
-    MqttProxy,
     Publisher,
     apply_network,
+    committed_unacknowledged,
     counts,
+    crash_and_redeliver,
     fetch,
     fetch_readings,
     fetch_rejections,
@@ -744,34 +745,17 @@ def test_redelivered_messages_are_not_recorded_twice(
         expected_readings[(heat.id, ts)] = heat.canonical(10.0 + i)
     n = len(messages)
 
-    with (
-        MqttProxy(fresh_mosquitto.host, fresh_mosquitto.port) as proxy,
-        IngestProcess(
-            database_url=db, mqtt_url=proxy.url, client_id="ingest-redelivery", log_path=ingest_log
-        ) as ingest,
-    ):
-        ingest.start_subscribed()  # the persistent session and its subscription now exist
-        ingest.kill()
-        publish_all(fresh_mosquitto.url, messages)  # queued for the offline session
-
-        # Ingest commits everything and acknowledges, but the PUBACKs never reach the broker.
-        proxy.drop_pubacks = True
-        ingest.start_subscribed()
-        wait_until(lambda: counts(db).messages >= n, 30, f"ingest to commit {n} messages")
-        wait_until(lambda: proxy.dropped >= n, 30, f"ingest to acknowledge {n} messages")
+    with committed_unacknowledged(
+        fresh_mosquitto.host,
+        fresh_mosquitto.port,
+        db,
+        messages,
+        client_id="ingest-redelivery",
+        log_path=ingest_log,
+    ) as (proxy, ingest):
         first = counts(db)
         assert (first.readings, first.rejections) == (len(expected_readings), 40)
-        ingest.kill()  # a crash after the commit, before the broker heard of it
-        proxy.sever()
-
-        # The broker redelivers all of them (DUP set) to the returning session.
-        proxy.drop_pubacks = False
-        ingest.start_subscribed()
-        wait_until(
-            lambda: counts(db).messages >= 2 * n,
-            30,
-            f"the broker to redeliver the {n} unacknowledged messages",
-        )
+        crash_and_redeliver(proxy, ingest, db, n)
         sentinel = base + timedelta(seconds=1000)
         publish_all(fresh_mosquitto.url, [(heat.topic, reading(sentinel, 0.5))])
         expected_readings[(heat.id, sentinel)] = heat.canonical(0.5)
