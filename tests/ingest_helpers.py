@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -782,3 +782,34 @@ def crash_and_redeliver(proxy: MqttProxy, ingest: IngestProcess, database_url: s
         30,
         f"the broker to redeliver the {n} unacknowledged messages",
     )
+
+
+def meters_network(
+    network: str, partners: Mapping[str, str], meters: Sequence[Any]
+) -> dict[str, Any]:
+    """A network file (as a dict) of ``partners`` ({id: name}) and ``meters`` (objects with
+    ``id``, ``partner``, ``kind``, ``reading`` and ``unit``): 2 % meters, a reading a minute
+    but for delta meters, no exchanges."""
+    return {
+        "network": network,
+        "name": f"{network.capitalize()} test park",
+        "timezone": "Europe/Copenhagen",
+        "partners": [{"id": pid, "name": name} for pid, name in partners.items()],
+        "meters": [
+            {
+                "id": m.id,
+                "partner": m.partner,
+                "kind": m.kind,
+                "reading": m.reading,
+                "unit": m.unit,
+                "uncertainty": 0.02,
+                **({"interval": 60} if m.reading != "delta" else {}),
+            }
+            for m in meters
+        ],
+    }
+
+
+def rfc3339(ts: datetime) -> str:
+    """``ts`` in UTC as RFC 3339 with ``Z``."""
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")

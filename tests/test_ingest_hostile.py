@@ -32,6 +32,8 @@ from ingest_helpers import (
     apply_network,
     fetch,
     fetch_rejections,
+    meters_network,
+    rfc3339,
     wait_until,
 )
 from services import Mosquitto
@@ -68,28 +70,10 @@ ALPHA, ALPHA_RATE, CHARLIE = METERS
 
 
 def network_document() -> dict[str, Any]:
-    return {
-        "network": "hostile",
-        "name": "Hostile input park",
-        "timezone": "Europe/Copenhagen",
-        "partners": [{"id": "alpha", "name": "Alpha"}, {"id": "charlie", "name": "Charlie"}],
-        "meters": [
-            {
-                "id": m.id,
-                "partner": m.partner,
-                "kind": m.kind,
-                "reading": m.reading,
-                "unit": m.unit,
-                "uncertainty": 0.02,
-                **({"interval": 60} if m.reading != "delta" else {}),
-            }
-            for m in METERS
-        ],
-    }
+    return meters_network("hostile", {"alpha": "Alpha", "charlie": "Charlie"}, METERS)
 
 
-def iso(ts: datetime) -> str:
-    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+iso = rfc3339
 
 
 class Clock:

@@ -33,8 +33,10 @@ from ingest_helpers import (
     fetch,
     fetch_readings,
     fetch_rejections,
+    meters_network,
     poll,
     publish_all,
+    rfc3339,
     scrape_metrics,
     wait_until,
 )
@@ -84,28 +86,7 @@ METER = {m.id: m for m in METERS}
 
 
 def network_document() -> dict[str, Any]:
-    return {
-        "network": "resilience",
-        "name": "Resilience test park",
-        "timezone": "Europe/Copenhagen",
-        "partners": [{"id": "north", "name": "North Works"}, {"id": "south", "name": "South"}],
-        "meters": [
-            {
-                "id": m.id,
-                "partner": m.partner,
-                "kind": m.kind,
-                "reading": m.reading,
-                "unit": m.unit,
-                "uncertainty": 0.02,
-                **({"interval": 60} if m.reading != "delta" else {}),
-            }
-            for m in METERS
-        ],
-    }
-
-
-def rfc3339(ts: datetime) -> str:
-    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return meters_network("resilience", {"north": "North Works", "south": "South"}, METERS)
 
 
 def reading(ts: datetime, value: float, unit: str | None = None) -> bytes:
