@@ -461,9 +461,11 @@ def test_grafana_runs_the_repository_provisioning(services: dict[str, dict[str, 
     script = repo_path(setup, script_in_container)
     assert script == GRAFANA_DIR / "setup.sh" and script.is_file()
     text = script.read_text()
-    assert f"-v reader={pg['user']}" in text
-    sql = re.search(r"-f (\S+)", text)
-    assert sql and repo_path(setup, sql.group(1)) == REPO / "deploy/postgres/grafana-reader.sql"
+    defaults = dict(re.findall(r"^\w+=\$\{(\w+):-([^}]+)\}$", text, re.M))
+    assert not set(defaults) & set(environment(setup)), "setup.sh runs on its defaults"
+    assert defaults["GRAFANA_DB_ROLE"] == pg["user"]
+    sql = repo_path(setup, defaults["GRAFANA_READER_SQL"])
+    assert sql == REPO / "deploy" / "postgres" / "grafana-reader.sql"
     setup_env = environment(setup)
     assert setup_env["PGHOST"] == "postgres"
     assert setup_env["PGDATABASE"] == pg["jsonData"]["database"]
@@ -477,6 +479,7 @@ def test_grafana_runs_the_repository_provisioning(services: dict[str, dict[str, 
         volume = named_volume_at(grafana, path)
         assert volume == "grafana-secrets", path
         assert named_volume_at(setup, path) == volume
+        assert str(Path(path).parent) == defaults["GRAFANA_SECRETS_DIR"], path
         assert Path(path).name in text, f"setup.sh does not write {path}"
     assert dict((t, o) for s, t, o in bind_mounts(grafana) if s == "grafana-secrets") == {
         "/run/symbiont": "ro"

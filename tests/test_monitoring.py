@@ -9,9 +9,11 @@ the real parts:
   (``symbiont ingest``, ``rules`` and ``api`` started and scraped here) or, for the broker,
   one the exporter makes from the ``$SYS`` topics a Mosquitto running the generated
   configuration publishes to the monitor user; every PromQL expression parses (promtool).
-- Every SQL query of the dashboards runs, as the read-only role ``grafana-reader.sql`` makes,
-  on a migrated database holding the example network and a few windows and alerts, with
-  Grafana's macros expanded as Grafana does; the role can read nothing else and write nothing.
+- Every SQL query of the dashboards runs, as the read-only role Grafana's setup script makes
+  (deploy/grafana/setup.sh with grafana-reader.sql, run as Compose runs it), on a migrated
+  database holding the example network and a few windows and alerts, with Grafana's macros
+  expanded as Grafana does; the role can read nothing else and write nothing, and the script
+  keeps the passwords it generated when it runs again.
 
 promtool comes with Debian's ``prometheus`` package (scripts/test-deps.sh installs it).  The
 tests that need it skip without it on a developer's machine and fail without it in CI.
@@ -58,6 +60,7 @@ PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 DASHBOARDS_DIR = REPO / "deploy" / "grafana" / "dashboards"
 DATASOURCES = REPO / "deploy" / "grafana" / "provisioning" / "datasources" / "symbiont.yml"
 READER_SQL = REPO / "deploy" / "postgres" / "grafana-reader.sql"
+GRAFANA_SETUP = REPO / "deploy" / "grafana" / "setup.sh"
 KALUNDBORG = REPO / "examples" / "kalundborg.yaml"
 
 # Series Prometheus makes itself rather than scraping them.
@@ -569,6 +572,7 @@ def expand(sql: str, variables: dict[str, list[str]]) -> str:
 
 
 def _psql(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """psql on ``url``, stopping at the first error."""
     psql = shutil.which("psql")
     assert psql, "psql (PostgreSQL's client) is needed"
     return subprocess.run(
@@ -645,16 +649,39 @@ async def _fetch_as(url: str, sql: str) -> list[dict[str, Any]]:
         await conn.close()
 
 
-def test_dashboard_sql_runs_as_the_read_only_role(database_url: str) -> None:
+def _grafana_setup(database_url: str, secrets_dir: Path, role: str) -> str:
+    """deploy/grafana/setup.sh as grafana-setup runs it, on the test's database."""
+    url = make_url(database_url)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PG")},
+        "PGHOST": url.host or "127.0.0.1",
+        "PGPORT": str(url.port or 5432),
+        "PGUSER": url.username or "postgres",
+        "PGDATABASE": url.database or "",
+        "GRAFANA_SECRETS_DIR": str(secrets_dir),
+        "GRAFANA_DB_ROLE": role,
+        "GRAFANA_READER_SQL": str(READER_SQL),
+    }
+    if url.password:
+        env["PGPASSWORD"] = url.password
+    done = subprocess.run(
+        ["sh", str(GRAFANA_SETUP)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_dashboard_sql_runs_as_the_read_only_role(database_url: str, tmp_path: Path) -> None:
     role = f"grafana_test_{secrets.token_hex(4)}"
-    made = _psql(
-        database_url, "-v", f"reader={role}", "-v", "reader_password=x", "-f", str(READER_SQL)
-    )
-    assert made.returncode == 0, made.stderr
-    again = _psql(  # setup runs it on every start
-        database_url, "-v", f"reader={role}", "-v", "reader_password=y", "-f", str(READER_SQL)
-    )
-    assert again.returncode == 0, again.stderr
+    assert f"role {role} ready" in _grafana_setup(database_url, tmp_path, role)
+    made = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    assert set(made) == {"grafana-db-password", "grafana-admin-password"}
+    for name, password in made.items():
+        assert re.fullmatch(r"[A-Za-z0-9_-]{32}", password), name
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o444, name
+    assert made["grafana-db-password"] != made["grafana-admin-password"]
+    _grafana_setup(database_url, tmp_path, role)  # every `up` runs it: it keeps the passwords
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == made
     reader_url = make_url(database_url).set(username=role, password=None)
     reader = reader_url.render_as_string(hide_password=False)
     try:

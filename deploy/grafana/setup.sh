@@ -11,7 +11,10 @@
 # database; docs/monitoring.md says how to change it later.
 set -eu
 
-dir=/run/symbiont
+# (the variables are for trying it elsewhere; Compose sets none of them)
+dir=${GRAFANA_SECRETS_DIR:-/run/symbiont}
+role=${GRAFANA_DB_ROLE:-symbiont_grafana}
+sql=${GRAFANA_READER_SQL:-/setup/grafana-reader.sql}
 random() { head -c 24 /dev/urandom | base64 | tr -d '\n=' | tr '+/' '-_'; }
 
 for name in grafana-db-password grafana-admin-password; do
@@ -23,7 +26,7 @@ for name in grafana-db-password grafana-admin-password; do
 done
 
 psql -v ON_ERROR_STOP=1 -q \
-  -v reader=symbiont_grafana \
+  -v reader="$role" \
   -v reader_password="$(cat "$dir/grafana-db-password")" \
-  -f /setup/grafana-reader.sql
-echo "grafana-setup: role symbiont_grafana ready"
+  -f "$sql"
+echo "grafana-setup: role $role ready"
