@@ -30,8 +30,9 @@ Issue = Callable[[Engine, asyncpg.Connection, datetime], Awaitable[int]]
 
 class Service:
     """One rules worker as a process: the engine's passes whenever ingest marks data dirty (and
-    every few seconds), its time-driven checks, retention, the outbox's notifier, and the
-    statements' issue when ``issue`` is given."""
+    every few seconds), its time-driven checks, retention, the outbox's notifier, the
+    statements' issue when ``issue`` is given, and with ``observe_backlog`` (when it serves
+    metrics) the engine's and the outbox's backlog measured every 15 s."""
 
     def __init__(
         self, engine: Engine, issue: Issue | None = None, *, observe_backlog: bool = False

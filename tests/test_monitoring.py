@@ -238,6 +238,38 @@ def _get_metrics(port: int) -> str | None:
     return response.text if response.status_code == 200 else None
 
 
+def _scrape_when_measured(ports: dict[str, int]) -> Exported:
+    """Each service's /metrics, once the rules worker has tried the notification and measured
+    the outbox and ingest is connected to its broker."""
+    texts: dict[str, str] = {}
+
+    def served(service: str) -> bool:
+        text = _get_metrics(ports[service])
+        if text is not None:
+            texts[service] = text
+        return text is not None
+
+    for service in ports:
+        wait_until(lambda s=service: served(s), 60, f"{service}'s /metrics")
+
+    def rules_measured() -> bool:
+        samples = scrape_metrics(ports["rules"])
+        retried = samples.get("symbiont_notify_deliveries_total{channel=webhook,result=retry}")
+        return (retried or 0) >= 1 and samples.get(
+            "symbiont_notify_outbox_pending{channel=webhook}"
+        ) == 1
+
+    wait_until(rules_measured, 60, "the rules worker's outbox metrics")
+    wait_until(
+        lambda: "symbiont_ingest_connected 1.0" in (_get_metrics(ports["ingest"]) or ""),
+        30,
+        "ingest's broker connection",
+    )
+    for service in ports:
+        assert served(service)
+    return Exported(texts=texts, rules_samples=scrape_metrics(ports["rules"]))
+
+
 @pytest.fixture(scope="module")
 def exported(
     postgres_admin_url: str, database_template: str, tmp_path_factory: pytest.TempPathFactory
@@ -248,7 +280,6 @@ def exported(
     name = f"symbiont_monitoring_{secrets.token_hex(6)}"
     url = create_database(postgres_admin_url, name, template=database_template)
     logs = tmp_path_factory.mktemp("monitoring")
-    processes: list[ServiceProcess] = []
     try:
         apply_network(url, yaml.safe_load(KALUNDBORG.read_text()))
 
@@ -292,39 +323,14 @@ def exported(
                     name="api",
                 ),
             ]
-            for process in processes:
-                process.start()
-            texts: dict[str, str] = {}
-
-            def served(service: str) -> bool:
-                text = _get_metrics(ports[service])
-                if text is not None:
-                    texts[service] = text
-                return text is not None
-
-            for process in processes:
-                wait_until(lambda s=process.name: served(s), 60, f"{process.name}'s /metrics")
-
-            def rules_measured() -> bool:
-                samples = scrape_metrics(ports["rules"])
-                return (
-                    samples.get("symbiont_notify_deliveries_total{channel=webhook,result=retry}", 0)
-                    >= 1
-                    and samples.get("symbiont_notify_outbox_pending{channel=webhook}") == 1
-                )
-
-            wait_until(rules_measured, 60, "the rules worker's outbox metrics")
-            wait_until(
-                lambda: "symbiont_ingest_connected 1.0" in (_get_metrics(ports["ingest"]) or ""),
-                30,
-                "ingest's broker connection",
-            )
-            for service in ports:
-                assert served(service)
-            yield Exported(texts=texts, rules_samples=scrape_metrics(ports["rules"]))
+            try:
+                for process in processes:
+                    process.start()
+                yield _scrape_when_measured(ports)
+            finally:
+                for process in processes:
+                    process.terminate()
     finally:
-        for process in processes:
-            process.terminate()
         drop_database(postgres_admin_url, name)
 
 
