@@ -260,11 +260,13 @@ async def mark_subjects(
     if not items:
         return
     kinds, names, starts = zip(*items, strict=True)
+    # A subject marked again keeps its marked_at (the first mark since it was last computed),
+    # as ingest does for dirty_windows: its age is how long the change has waited.
     await conn.execute(
         """INSERT INTO dirty_subjects (kind, subject, window_start)
            SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
            ON CONFLICT (kind, subject, window_start)
-           DO UPDATE SET version = dirty_subjects.version + 1, marked_at = now()""",
+           DO UPDATE SET version = dirty_subjects.version + 1""",
         list(kinds),
         list(names),
         list(starts),
