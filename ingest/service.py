@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -126,7 +127,22 @@ def mqtt_client(
         client.username_pw_set(target.username, target.password)
     if target.tls:
         client.tls_set_context(target.tls_files.context())
+    client.on_connect_fail = _connect_failed(target)
     return client
+
+
+def _connect_failed(target: MqttTarget) -> Any:
+    """An ``on_connect_fail`` callback that logs why: paho retries on its own without saying
+    (it calls back inside its ``except OSError``, where the exception is still at hand)."""
+    where = f"{'mqtts' if target.tls else 'mqtt'}://{target.host}:{target.port}"
+
+    def on_connect_fail(client: mqtt.Client, userdata: Any) -> None:
+        reason = sys.exception() or "connection failed"
+        logging.getLogger("symbiont.mqtt").warning(
+            "cannot connect to the broker at %s: %s", where, reason
+        )
+
+    return on_connect_fail
 
 
 async def load_index(conn: asyncpg.Connection) -> NetworkIndex | None:
@@ -184,7 +200,8 @@ class IngestService:
         self.connected.set()
         metrics.CONNECTED.set(1)
         log.info(
-            "connected to mqtt://%s:%d as %s (session present: %s), subscribed to %s",
+            "connected to %s://%s:%d as %s (session present: %s), subscribed to %s",
+            "mqtts" if self.target.tls else "mqtt",
             self.target.host,
             self.target.port,
             self.client_id,
