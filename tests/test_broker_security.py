@@ -1011,3 +1011,47 @@ def test_ingest_and_simulator_over_tls(
             publisher.close()
         wait_until(lambda: bool(fetch_readings(database_url)), 30, "the reading over TLS")
         assert [meter for meter, _ in fetch_readings(database_url)] == ["plant-heat-out"]
+
+
+def test_mqtt_tls_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SYMBIONT_MQTT_CA_FILE/CERT_FILE/KEY_FILE: read from the environment, refused with a
+    plain mqtt:// URL (the connection would not be encrypted) and a key without its
+    certificate; a file that cannot be used is named when the connection is set up."""
+    from pydantic import ValidationError
+
+    from core.settings import MqttTls, Settings
+    from ingest.service import mqtt_target
+
+    for name in list(os.environ):
+        if name.startswith("SYMBIONT_"):
+            monkeypatch.delenv(name)
+    out = tmp_path / "out"
+    broker_config_tls(out, "--tls")
+    ca = out / "tls" / "server-ca.crt"
+    cert = out / "clients" / f"{INGEST_USER}.crt"
+    key = out / "clients" / f"{INGEST_USER}.key"
+    monkeypatch.setenv("SYMBIONT_MQTT_URL", "mqtts://u:p@broker.example:8883")
+    monkeypatch.setenv("SYMBIONT_MQTT_CA_FILE", str(ca))
+    monkeypatch.setenv("SYMBIONT_MQTT_CERT_FILE", str(cert))
+    monkeypatch.setenv("SYMBIONT_MQTT_KEY_FILE", str(key))
+    target = mqtt_target(Settings())
+    assert (target.host, target.port, target.tls) == ("broker.example", 8883, True)
+    assert target.tls_files == MqttTls(ca, cert, key)
+    context = target.tls_files.context()
+    assert context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED
+    assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert len(context.get_ca_certs()) == 1  # the park CA, not the system's
+
+    monkeypatch.setenv("SYMBIONT_MQTT_CERT_FILE", "")  # empty: none
+    with pytest.raises(ValidationError, match="SYMBIONT_MQTT_KEY_FILE needs"):
+        Settings()
+    monkeypatch.delenv("SYMBIONT_MQTT_KEY_FILE")
+    assert Settings().mqtt_tls() == MqttTls(ca_file=ca)
+    monkeypatch.setenv("SYMBIONT_MQTT_URL", "mqtt://u:p@broker.example:1883")
+    with pytest.raises(ValidationError, match="SYMBIONT_MQTT_CA_FILE is set but"):
+        Settings()
+
+    with pytest.raises(ValueError, match=r"SYMBIONT_MQTT_CA_FILE=.*missing\.crt"):
+        MqttTls(ca_file=tmp_path / "missing.crt").context()
+    with pytest.raises(ValueError, match=r"SYMBIONT_MQTT_CERT_FILE=.*not usable"):
+        MqttTls(ca_file=ca, cert_file=cert, key_file=out / "tls" / "server.key").context()
