@@ -520,6 +520,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="issue the broker's and the client certificates anew (the old ones are revoked)",
     )
     tls.add_argument(
+        "--reissue",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="issue USER's client certificate anew and revoke the old one (a lost or leaked"
+        " key); repeat for several",
+    )
+    tls.add_argument(
         "--new-ca",
         action="store_true",
         help="make a new park CA and issue every certificate anew: every client needs its"
@@ -534,7 +542,7 @@ def tls_options(args: argparse.Namespace) -> TlsOptions | None:
     implied = bool(
         args.tls_port or args.server_name or args.cert or args.key or args.ca or args.client_auth
     )
-    implied = implied or bool(args.plain_listener or args.renew or args.new_ca)
+    implied = implied or bool(args.plain_listener or args.renew or args.reissue or args.new_ca)
     if args.tls is False:
         if implied:
             raise TlsError("--no-tls with TLS options: choose one")
@@ -550,6 +558,7 @@ def tls_options(args: argparse.Namespace) -> TlsOptions | None:
         key=args.key,
         ca=args.ca,
         renew=args.renew,
+        reissue=tuple(args.reissue),
         new_ca=args.new_ca,
     )
 

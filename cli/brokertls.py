@@ -86,6 +86,7 @@ class TlsOptions:
     key: Path | None = None
     ca: Path | None = None
     renew: bool = False  # issue the broker's and every client certificate anew
+    reissue: tuple[str, ...] = ()  # users whose client certificate is issued anew (and revoked)
     new_ca: bool = False  # a new park CA (and so new certificates for everyone)
 
 
@@ -430,6 +431,9 @@ def write_tls(
     tls = _private_dir(out / TLS_DIR)
     if (options.cert is None) != (options.key is None):
         raise TlsError("--cert and --key go together")
+    unknown = sorted(set(options.reissue) - set(users))
+    if unknown:
+        raise TlsError(f"--reissue: no broker user {', '.join(map(repr, unknown))}")
 
     ca = _load_cert(tls / CA_CERT)
     ca_key = _load_key(tls / CA_KEY)
@@ -502,6 +506,7 @@ def write_tls(
             cert is not None
             and key is not None
             and not options.renew
+            and user not in options.reissue
             and _same_key(cert, key)
             and common_name(cert) == user
             and _fresh(cert, ca)

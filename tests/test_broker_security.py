@@ -942,23 +942,31 @@ def test_tls_certificate_identity(
 
 
 def test_tls_revoked_certificate_is_refused(tmp_path: Path, probes: list[Probe]) -> None:
-    """After ``--renew`` (and a broker restart) a partner's previous certificate is refused,
-    its new one accepted."""
+    """After ``--reissue plant`` (and a broker restart) plant's previous certificate is
+    refused, its new one accepted; town's is untouched."""
     directory = tmp_path / "broker"
     broker_config_tls(directory, "--client-auth", "certificate")
     old = tmp_path / "old"
     old.mkdir()
     for suffix in ("crt", "key"):
         shutil.copy(directory / "clients" / f"plant.{suffix}", old / f"plant.{suffix}")
+    town = (directory / "clients" / "town.crt").read_bytes()
     with Mosquitto.from_config(directory / "mosquitto.conf") as mosquitto:
         broker = TlsBroker(directory, mosquitto)
         broker.probe(probes, None, cert="plant").connected()
-        broker_config_tls(directory, "--renew")
+        done = broker_config_tls(directory, "--reissue", "plant")
+        assert "TLS: 1 certificates issued, revoked: plant" in done.stdout
+        assert (directory / "clients" / "town.crt").read_bytes() == town
         mosquitto.restart()
         stale = broker.context()
         stale.load_cert_chain(old / "plant.crt", old / "plant.key")
         assert_no_session(refused(broker.probe(probes, None, context=stale)))
         assert not broker.probe(probes, None, cert="plant").connect().is_failure
+        assert not broker.probe(probes, None, cert="town").connect().is_failure
+    done = run_cli(
+        "broker-config", str(NETWORK_FILE), "--out", str(directory), "--reissue", "nobody"
+    )
+    assert done.returncode == 1 and "--reissue: no broker user 'nobody'" in done.stderr
 
 
 def test_ingest_and_simulator_over_tls(
