@@ -68,7 +68,7 @@ import re
 import secrets
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cli.broker import broker_settings
@@ -549,10 +549,12 @@ def tls_options(args: argparse.Namespace) -> TlsOptions | None:
         return None
     if not (args.tls or implied or previous):
         return None
-    return TlsOptions(
-        port=args.tls_port or int(str(previous.get("port", DEFAULT_TLS_PORT))),
-        client_auth=args.client_auth or previous.get("client_auth") or "password",  # type: ignore[arg-type]
-        plain=args.plain_listener or previous.get("plain") or "localhost",  # type: ignore[arg-type]
+    base = previous or TlsOptions()
+    return replace(
+        base,
+        port=args.tls_port or base.port,
+        client_auth=args.client_auth or base.client_auth,
+        plain=args.plain_listener or base.plain,
         server_names=tuple(args.server_name),
         cert=args.cert,
         key=args.key,

@@ -260,8 +260,9 @@ def make_ca(network: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
     key = _new_key()
     name = x509.Name(
         [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"symbiont {network}"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"symbiont park CA {network}"),
+            # X.509 allows at most 64 characters in each
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"symbiont {network}"[:64]),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"symbiont park CA {network}"[:64]),
         ]
     )
     cert = (
@@ -333,7 +334,10 @@ def _leaf(
 def make_server_cert(
     ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, names: Sequence[str]
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    return _leaf(ca, ca_key, names[0], ExtendedKeyUsageOID.SERVER_AUTH, names)
+    # Clients check the names against the subject alternative names; the common name only
+    # labels the certificate (and may hold no more than 64 characters).
+    label = names[0] if len(names[0]) <= 64 else "symbiont broker"
+    return _leaf(ca, ca_key, label, ExtendedKeyUsageOID.SERVER_AUTH, names)
 
 
 def make_client_cert(
@@ -396,8 +400,10 @@ def _operator_certificate(options: TlsOptions, tls: Path, result: TlsResult) -> 
         context.load_cert_chain(options.cert, options.key)
     except ssl.SSLError as exc:
         raise TlsError(f"--key does not belong to --cert ({exc.reason})") from None
-    verify = ssl.create_default_context(cadata=ca.decode("ascii", "replace"))
-    del verify  # loading it checks that --ca holds certificates OpenSSL accepts
+    try:  # what clients will load: certificates OpenSSL accepts
+        ssl.create_default_context(cadata=ca.decode("ascii", "replace"))
+    except ssl.SSLError as exc:
+        raise TlsError(f"--ca: not usable as trusted certificates ({exc.reason})") from None
     if leaf.not_valid_after_utc < _now() + dt.timedelta(days=RENEW_DAYS):
         result.warnings.append(
             f"the broker's certificate ends {leaf.not_valid_after_utc:%Y-%m-%d}: renew it"
@@ -582,24 +588,25 @@ def listener_lines(options: TlsOptions, broker_dir: str, plain_port: int) -> lis
     return lines
 
 
-def previous_options(conf: Path) -> dict[str, object]:
-    """What an earlier ``--tls`` run wrote into ``conf``: ``port``, ``client_auth`` and
-    ``plain`` (``{}`` if there is no such file or it has no TLS listener)."""
+def previous_options(conf: Path) -> TlsOptions | None:
+    """The listener choices an earlier ``--tls`` run wrote into ``conf`` (port, client
+    authentication, plain listener; the rest default), or ``None`` if it has no TLS
+    listener or there is no such file."""
     try:
         text = conf.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return {}
+        return None
     settings = [line.split() for line in text.splitlines() if line.strip()[:1] not in ("", "#")]
     listeners = [words[1:] for words in settings if words[0] == "listener"]
     if not listeners or not any(words[0] == "certfile" for words in settings):
-        return {}
+        return None
     *plain, secured = listeners
-    found: dict[str, object] = {
-        "client_auth": "certificate"
-        if ["use_identity_as_username", "true"] in settings
-        else "password",
-        "plain": "off" if not plain else ("localhost" if plain[0][1:] else "all"),
-    }
-    with contextlib.suppress(ValueError, IndexError):
-        found["port"] = int(secured[0])
-    return found
+    client_auth: ClientAuth = (
+        "certificate" if ["use_identity_as_username", "true"] in settings else "password"
+    )
+    plain_listener: PlainListener = "off" if not plain else ("localhost" if plain[0][1:] else "all")
+    try:
+        port = int(secured[0])
+    except (ValueError, IndexError):
+        port = DEFAULT_TLS_PORT
+    return TlsOptions(port=port, client_auth=client_auth, plain=plain_listener)
