@@ -14,6 +14,14 @@ real Mosquitto started with them.
   partner's readings, and rejects (``wrong_partner``, recorded in the database) a reading the
   partner publishes under its own prefix for a meter it does not own.
 
+With ``--tls`` (the TLS section below), the same against the TLS listener: the files and
+their re-runs (the CA and good certificates kept, a departed partner's certificate revoked,
+``--renew``, ``--reissue``, ``--no-tls``), the operator's own certificate, who may connect
+with passwords over TLS and with client certificates (``use_identity_as_username``: the
+certificate, not the user name sent, decides whose ACL applies), clients that do not trust the
+park CA or present another CA's or a revoked certificate, and ``symbiont ingest`` and the
+simulator's publisher over ``mqtts://`` with the ``SYMBIONT_MQTT_*_FILE`` settings.
+
 Mosquitto 2.0 closes the connection of a client after refusing one of its publishes (after
 the PUBACK), so each refused publish here uses a client of its own.
 """
