@@ -44,6 +44,14 @@ are written to DIR (created if missing), each replaced atomically:
     user is kept (edit the file and re-run to set one); a user no longer in the network loses
     its line and its broker account.
 
+With ``--tls`` (or any TLS option; a re-run keeps what the previous one chose) the broker gets
+a TLS listener (``--tls-port``, default 8883) with the park CA's certificate or the operator's
+own (``--cert``/``--key``/``--ca``), and the plain listener is bound to 127.0.0.1 only
+(``--plain-listener``).  Clients sign in with their password over TLS (``--client-auth
+password``), or present a client certificate of the park CA whose common name is their user
+(``--client-auth certificate``: ``use_identity_as_username``).  The certificates and keys are
+written to ``tls/`` and ``clients/`` by :mod:`cli.brokertls`, which says which file is what.
+
 A partner id equal to a service user's name is an error, reported like every other problem of
 the network file (:class:`core.network.NetworkError`).
 """
@@ -60,10 +68,21 @@ import re
 import secrets
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cli.broker import broker_settings
+from cli.brokertls import (
+    CLIENT_AUTH,
+    DEFAULT_TLS_PORT,
+    PLAIN_LISTENER,
+    TlsError,
+    TlsOptions,
+    TlsResult,
+    listener_lines,
+    previous_options,
+    write_tls,
+)
 from core.network import Network, NetworkError, load_network
 
 INGEST_USER = "symbiont-ingest"
@@ -108,6 +127,7 @@ class Result:
     created: list[str] = field(default_factory=list)  # users given a new password
     removed: list[str] = field(default_factory=list)  # users in the old credentials, gone now
     warnings: list[str] = field(default_factory=list)
+    tls: TlsResult | None = None
 
     def summary(self) -> str:
         parts = [
@@ -117,6 +137,8 @@ class Result:
         ]
         if self.removed:
             parts.append("removed: " + ", ".join(self.removed))
+        if self.tls is not None:
+            parts.append(self.tls.summary())
         return ", ".join(parts)
 
 
@@ -343,9 +365,11 @@ def render_conf(
     broker_dir: str = DEFAULT_BROKER_DIR,
     data_dir: str = DEFAULT_DATA_DIR,
     port: int = DEFAULT_PORT,
+    tls: TlsOptions | None = None,
 ) -> str:
     broker = broker_dir.rstrip("/") or "/"
     data = data_dir.rstrip("/") + "/"  # Mosquitto concatenates location and file name
+    listeners = [f"listener {port}"] if tls is None else []
     return "\n".join(
         [
             f"# Mosquitto for symbiont network '{net.network}', written by"
@@ -356,13 +380,14 @@ def render_conf(
             "# messages beyond 1000 per client while the publisher is still acknowledged: a",
             "# backlog waits in the broker (about 200 bytes a reading) instead.  Size the data",
             "# volume for the backlog you must survive (README, Deployment).",
-            f"listener {port}",
+            *listeners,
             "allow_anonymous false",
             f"password_file {os.path.join(broker, PASSWD_FILE)}",
             f"acl_file {os.path.join(broker, ACL_FILE)}",
             f"persistence_location {data}",
             *broker_settings(),
             "log_dest stdout",
+            *(listener_lines(tls, broker, port) if tls is not None else []),
             "",
         ]
     )
@@ -392,8 +417,11 @@ def write_broker_config(
     broker_dir: str = DEFAULT_BROKER_DIR,
     data_dir: str = DEFAULT_DATA_DIR,
     port: int = DEFAULT_PORT,
+    tls: TlsOptions | None = None,
 ) -> Result:
-    """Write mosquitto.conf, passwd, acl and credentials.env for ``net`` into ``out``."""
+    """Write mosquitto.conf, passwd, acl and credentials.env for ``net`` into ``out``; with
+    ``tls``, the certificates of :mod:`cli.brokertls` too (before the configuration that
+    names them)."""
     users = users_for(net)
     out.mkdir(parents=True, exist_ok=True)
     existing = read_credentials(out / CREDENTIALS_FILE)
@@ -412,7 +440,9 @@ def write_broker_config(
     _write(out / CREDENTIALS_FILE, render_credentials(net, passwords), 0o600)
     _write(out / PASSWD_FILE, render_passwd(passwords, previous), 0o644)
     _write(out / ACL_FILE, render_acl(net, users), 0o644)
-    conf = render_conf(net, broker_dir=broker_dir, data_dir=data_dir, port=port)
+    if tls is not None:
+        result.tls = write_tls(out, net.network, names, tls, service_users=SERVICE_USERS)
+    conf = render_conf(net, broker_dir=broker_dir, data_dir=data_dir, port=port, tls=tls)
     _write(out / CONF_FILE, conf, 0o644)
     return result
 
@@ -437,7 +467,101 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"the broker's persistence directory (default {DEFAULT_DATA_DIR})",
     )
     parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help="MQTT listener port (default 1883)"
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="plain MQTT listener port (default 1883)",
+    )
+    tls = parser.add_argument_group(
+        "TLS",
+        "A TLS listener with the park CA's certificate or your own, and client certificates"
+        " (docs/tls.md).  Once written, a re-run keeps TLS and these choices unless told"
+        " otherwise.",
+    )
+    tls.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add a TLS listener (--no-tls: remove it); implied by the options below",
+    )
+    tls.add_argument(
+        "--tls-port", type=int, default=None, help=f"TLS listener port (default {DEFAULT_TLS_PORT})"
+    )
+    tls.add_argument(
+        "--server-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a DNS name or IP address partners reach the broker by, for the certificate the"
+        " park CA issues (repeat for several; mosquitto, localhost and 127.0.0.1 are always in)",
+    )
+    tls.add_argument("--cert", type=Path, help="your own broker certificate (PEM, with its chain)")
+    tls.add_argument("--key", type=Path, help="the private key of --cert (PEM, unencrypted)")
+    tls.add_argument(
+        "--ca", type=Path, help="the CA certificate(s) that issued --cert: what clients trust"
+    )
+    tls.add_argument(
+        "--client-auth",
+        choices=CLIENT_AUTH,
+        default=None,
+        help="password: user name and password over TLS (default); certificate: every client"
+        " presents a certificate of the park CA, whose common name is its user",
+    )
+    tls.add_argument(
+        "--plain-listener",
+        choices=PLAIN_LISTENER,
+        default=None,
+        help="the plain listener (--port) beside TLS: localhost (default: health checks and"
+        " local tools), off, or all (every interface, while meters move over to TLS)",
+    )
+    tls.add_argument(
+        "--renew",
+        action="store_true",
+        help="issue the broker's and the client certificates anew (the old ones are revoked)",
+    )
+    tls.add_argument(
+        "--reissue",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="issue USER's client certificate anew and revoke the old one (a lost or leaked"
+        " key); repeat for several",
+    )
+    tls.add_argument(
+        "--new-ca",
+        action="store_true",
+        help="make a new park CA and issue every certificate anew: every client needs its"
+        " new files",
+    )
+
+
+def tls_options(args: argparse.Namespace) -> TlsOptions | None:
+    """The TLS options of the command line, completed from the previous run's mosquitto.conf
+    (``None``: no TLS listener)."""
+    previous = previous_options(args.out / CONF_FILE)
+    implied = bool(
+        args.tls_port or args.server_name or args.cert or args.key or args.ca or args.client_auth
+    )
+    implied = implied or bool(args.plain_listener or args.renew or args.reissue or args.new_ca)
+    if args.tls is False:
+        if implied:
+            raise TlsError("--no-tls with TLS options: choose one")
+        return None
+    if not (args.tls or implied or previous):
+        return None
+    base = previous or TlsOptions()
+    return replace(
+        base,
+        port=args.tls_port or base.port,
+        client_auth=args.client_auth or base.client_auth,
+        plain=args.plain_listener or base.plain,
+        server_names=tuple(args.server_name),
+        cert=args.cert,
+        key=args.key,
+        ca=args.ca,
+        renew=args.renew,
+        reissue=tuple(args.reissue),
+        new_ca=args.new_ca,
     )
 
 
@@ -445,11 +569,28 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     net = load_network(args.file)
-    result = write_broker_config(
-        net, args.out, broker_dir=args.broker_dir, data_dir=args.data_dir, port=args.port
-    )
-    for warning in result.warnings:
+    try:
+        tls = tls_options(args)
+        if tls is not None and tls.port == args.port:
+            raise TlsError(f"--tls-port and --port are both {args.port}")
+        result = write_broker_config(
+            net,
+            args.out,
+            broker_dir=args.broker_dir,
+            data_dir=args.data_dir,
+            port=args.port,
+            tls=tls,
+        )
+    except TlsError as exc:
+        print(f"symbiont: error: {exc}", file=sys.stderr)
+        return 1
+    for warning in [*result.warnings, *(result.tls.warnings if result.tls else [])]:
         print(f"symbiont: warning: {warning}", file=sys.stderr)
     files = ", ".join((CONF_FILE, PASSWD_FILE, ACL_FILE, CREDENTIALS_FILE))
+    if tls is not None:
+        files += ", tls/, clients/"
     print(f"wrote {files} to {args.out}: {result.summary()}")
+    if tls is not None and result.tls is not None:
+        names = ", ".join(result.tls.server_names) or "(see the certificate)"
+        print(f"TLS on port {tls.port}, clients authenticate by {tls.client_auth}; names: {names}")
     return 0

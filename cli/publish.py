@@ -27,6 +27,7 @@ from core.network import (
     NetworkError,
     load_network,
 )
+from core.settings import MqttTls
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -167,6 +168,7 @@ class MqttPublisher:
         inflight: int = 1000,
         window: int = 5000,
         connect_timeout: float = 10.0,
+        tls_files: MqttTls | None = None,
     ) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
@@ -199,7 +201,7 @@ class MqttPublisher:
         if user is not None:
             self.client.username_pw_set(user, password)
         if tls:
-            self.client.tls_set()
+            self.client.tls_set_context((tls_files or MqttTls()).context())
         self.client.max_inflight_messages_set(inflight)
         self.client.max_queued_messages_set(0)
         self.client.on_connect = self._on_connect
@@ -334,6 +336,7 @@ def publish(
     progress: bool | ProgressCallback = False,
     expected: int | None = None,
     drain_timeout: float = 60.0,
+    tls_files: MqttTls | None = None,
 ) -> PublishResult:
     """Publish simulated readings to ``symbiont/readings/{partner}/{meter}``.
 
@@ -349,6 +352,9 @@ def publish(
     ends a live run gracefully (``interrupted`` is set). Note that with ``speed`` > 1 the
     readings run ahead of the wall clock, and ingest rejects readings more than 5 minutes in
     the future.
+
+    ``tls_files``: the CA and client certificate of an ``mqtts://`` broker (default: the
+    system's trusted CAs, no client certificate).
 
     ``progress``: True shows a rich progress bar on stderr (``expected`` readings as its
     total), or a callable receives the running ``PublishResult`` about 5 times a second.
@@ -373,7 +379,12 @@ def publish(
     result = PublishResult()
     began = time.monotonic()
     publisher = MqttPublisher(
-        mqtt_url, client_id=client_id, qos=qos, inflight=inflight, window=max(4 * inflight, 1000)
+        mqtt_url,
+        client_id=client_id,
+        qos=qos,
+        inflight=inflight,
+        window=max(4 * inflight, 1000),
+        tls_files=tls_files,
     )
     report, finish = _progress(progress, expected, result, began)
 
@@ -660,6 +671,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             clock_start=now if live else None,
             progress=not live and err.isatty(),
             expected=None if end is None else expected_readings(network, sim_start, end),
+            tls_files=settings.mqtt_tls(),
         )
         if live:
             print(

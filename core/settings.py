@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+from dataclasses import dataclass
 from email.utils import parseaddr
 from functools import lru_cache
 from pathlib import Path
@@ -12,6 +14,42 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
+@dataclass(frozen=True)
+class MqttTls:
+    """The files a TLS connection to the broker uses (``None``: the default)."""
+
+    ca_file: Path | None = None  # None: the system's trusted CAs
+    cert_file: Path | None = None  # a client certificate (PEM), its key in it or in key_file
+    key_file: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """A client context: the broker's certificate and host name are verified, TLS 1.2+.
+
+        A file that cannot be read or used raises ``ValueError`` naming the setting.
+        """
+        try:
+            context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"SYMBIONT_MQTT_CA_FILE={self.ca_file}: {_reason(exc)}") from None
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.cert_file is not None:
+            try:
+                context.load_cert_chain(self.cert_file, self.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(
+                    f"SYMBIONT_MQTT_CERT_FILE={self.cert_file}"
+                    + (f", SYMBIONT_MQTT_KEY_FILE={self.key_file}" if self.key_file else "")
+                    + f": {_reason(exc)}"
+                ) from None
+        return context
+
+
+def _reason(exc: OSError | ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return f"not usable ({exc.reason or exc})"
+    return exc.strerror or str(exc)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SYMBIONT_", extra="ignore")
 
@@ -19,7 +57,15 @@ class Settings(BaseSettings):
         default=None,
         description="PostgreSQL URL, e.g. postgresql://user@127.0.0.1:5432/symbiont",
     )
-    mqtt_url: str | None = Field(default=None, description="mqtt://user:pass@host:1883")
+    mqtt_url: str | None = Field(
+        default=None, description="mqtt://user:pass@host:1883, or mqtts://user:pass@host:8883"
+    )
+    # TLS towards the broker (an mqtts:// URL): the CA certificate(s) the broker's certificate
+    # is verified with (default: the system's trusted CAs), and a client certificate and its
+    # key (PEM) for a broker that asks for one.  The broker's host name is always checked.
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
     network_file: Path | None = None
     backfill_days: int = Field(default=400, ge=1)
     # Raw readings older than this are dropped by whole month partitions (rules/retention.py);
@@ -149,6 +195,34 @@ class Settings(BaseSettings):
         if "@" not in address or "\r" in value or "\n" in value:
             raise ValueError(f"not a mail address: {value!r}")
         return value
+
+    @field_validator("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None  # SYMBIONT_MQTT_CA_FILE= (empty) means none, as in a Compose file
+        return value
+
+    @model_validator(mode="after")
+    def _check_mqtt_tls(self) -> Settings:
+        if self.mqtt_key_file is not None and self.mqtt_cert_file is None:
+            raise ValueError("SYMBIONT_MQTT_KEY_FILE needs SYMBIONT_MQTT_CERT_FILE")
+        files = [
+            name
+            for name in ("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
+            if getattr(self, name) is not None
+        ]
+        scheme = urlsplit(self.mqtt_url).scheme if self.mqtt_url else ""
+        if files and self.mqtt_url and scheme not in ("mqtts", "ssl"):
+            raise ValueError(
+                f"SYMBIONT_{files[0].upper()} is set but SYMBIONT_MQTT_URL is not mqtts://:"
+                " the connection would not be encrypted"
+            )
+        return self
+
+    def mqtt_tls(self) -> MqttTls:
+        """The TLS files of the MQTT connection."""
+        return MqttTls(self.mqtt_ca_file, self.mqtt_cert_file, self.mqtt_key_file)
 
     @model_validator(mode="after")
     def _check_retention(self) -> Settings:

@@ -21,11 +21,12 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -39,7 +40,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from core.db import asyncpg_dsn, require_database_url
 from core.network import parse_network
-from core.settings import Settings
+from core.settings import MqttTls, Settings
 from core.text import safe_text
 from ingest import fastpaho, metrics
 from ingest.parse import KEEP_PAYLOAD, NetworkIndex, Parsed, Parser, Reason, Rejection
@@ -83,6 +84,12 @@ class MqttTarget:
     username: str | None
     password: str | None
     tls: bool
+    tls_files: MqttTls = field(default_factory=MqttTls)
+
+
+def mqtt_target(settings: Settings) -> MqttTarget:
+    """The broker of ``settings``: SYMBIONT_MQTT_URL, with the SYMBIONT_MQTT_*_FILE of TLS."""
+    return replace(parse_mqtt_url(settings.mqtt_url), tls_files=settings.mqtt_tls())
 
 
 def parse_mqtt_url(url: str | None) -> MqttTarget:
@@ -119,8 +126,23 @@ def mqtt_client(
     if target.username:
         client.username_pw_set(target.username, target.password)
     if target.tls:
-        client.tls_set()
+        client.tls_set_context(target.tls_files.context())
+    client.on_connect_fail = _connect_failed(target)
     return client
+
+
+def _connect_failed(target: MqttTarget) -> Any:
+    """An ``on_connect_fail`` callback that logs why: paho retries on its own without saying
+    (it calls back inside its ``except OSError``, where the exception is still at hand)."""
+    where = f"{'mqtts' if target.tls else 'mqtt'}://{target.host}:{target.port}"
+
+    def on_connect_fail(client: mqtt.Client, userdata: Any) -> None:
+        reason = sys.exception() or "connection failed"
+        logging.getLogger("symbiont.mqtt").warning(
+            "cannot connect to the broker at %s: %s", where, reason
+        )
+
+    return on_connect_fail
 
 
 async def load_index(conn: asyncpg.Connection) -> NetworkIndex | None:
@@ -136,7 +158,9 @@ class IngestService:
         self.settings = settings
         self.client_id = client_id or settings.ingest_client_id
         self.dsn = asyncpg_dsn(require_database_url(settings.database_url))
-        self.target = parse_mqtt_url(settings.mqtt_url)
+        self.target = mqtt_target(settings)
+        if self.target.tls:
+            self.target.tls_files.context()  # a TLS file that is missing or unusable: now
         self.pending: deque[Message] = deque()
         self.parser: Parser | None = None
         self.generation = 0
@@ -176,7 +200,8 @@ class IngestService:
         self.connected.set()
         metrics.CONNECTED.set(1)
         log.info(
-            "connected to mqtt://%s:%d as %s (session present: %s), subscribed to %s",
+            "connected to %s://%s:%d as %s (session present: %s), subscribed to %s",
+            "mqtts" if self.target.tls else "mqtt",
             self.target.host,
             self.target.port,
             self.client_id,

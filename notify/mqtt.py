@@ -14,8 +14,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
+from ingest.service import MqttTarget, parse_mqtt_url
 from ingest.service import mqtt_client as make_mqtt_client
-from ingest.service import parse_mqtt_url
 from notify.outbox import Outcome
 
 log = logging.getLogger("symbiont.notify")
@@ -33,8 +33,8 @@ class MqttPublisher:
     acknowledgement.  The lock guards only these dicts, never a paho call.
     """
 
-    def __init__(self, url: str, client_id: str) -> None:
-        self.target = parse_mqtt_url(url)
+    def __init__(self, broker: str | MqttTarget, client_id: str) -> None:
+        self.target = parse_mqtt_url(broker) if isinstance(broker, str) else broker
         self.client_id = client_id
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -47,7 +47,8 @@ class MqttPublisher:
 
     @property
     def where(self) -> str:
-        return f"mqtt://{self.target.host}:{self.target.port}"
+        scheme = "mqtts" if self.target.tls else "mqtt"
+        return f"{scheme}://{self.target.host}:{self.target.port}"
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()

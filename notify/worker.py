@@ -40,6 +40,7 @@ import orjson
 
 from core.db import ConfigError, connect, create_pool, require_database_url
 from core.settings import Settings
+from ingest.service import mqtt_target
 from notify import metrics, webhook
 from notify.alertmanager import alertmanager_body, alertmanager_ttl, resend_firing_to_alertmanager
 from notify.mail import (
@@ -146,7 +147,9 @@ class Notifier:
             headers={"user-agent": USER_AGENT},
         )
         if self.settings.mqtt_url:
-            self.mqtt = MqttPublisher(self.settings.mqtt_url, f"{self.name}-{secrets.token_hex(4)}")
+            self.mqtt = MqttPublisher(
+                mqtt_target(self.settings), f"{self.name}-{secrets.token_hex(4)}"
+            )
             self.mqtt.start()
         if self.key is None and self.settings.alert_webhooks:
             log.warning(

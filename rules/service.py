@@ -164,9 +164,7 @@ class Service:
                     continue
                 # Passes are sized by time: what arrives during the rest of the interval
                 # waits for the next pass, which takes it all at once.
-                rest = self.engine.settings.rules_pass_interval_s - (
-                    time.perf_counter() - started
-                )
+                rest = self.engine.settings.rules_pass_interval_s - (time.perf_counter() - started)
                 if rest > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=rest)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # What the test suite needs from the system, installed and started when missing:
 # PostgreSQL (127.0.0.1:5432, trust for postgres), Mosquitto, the real Alertmanager (alert
-# delivery tests), Debian's Chromium (dashboard tests), poppler (statement PDFs) and promtool
-# (Debian's prometheus package: the monitoring tests check the Prometheus config, alert rules
-# and dashboard queries with it; where systemd runs, the package also starts a Prometheus).
+# delivery tests), Debian's Chromium (dashboard tests), poppler (statement PDFs), Caddy (the
+# HTTPS proxy of the Compose deployment) and promtool (Debian's prometheus package: the
+# monitoring tests check the Prometheus config, alert rules and dashboard queries with it;
+# where systemd runs, the package also starts a Prometheus).
 # Called by `make test`; safe to run again (it does nothing when all is there).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -19,6 +20,7 @@ command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alert
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v pdftoppm >/dev/null 2>&1 || missing+=(poppler-utils)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v caddy >/dev/null 2>&1 || missing+=(caddy)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ] && [ -z "$SUDO" ]; then
     echo "the tests need these Debian packages: ${missing[*]}" >&2

@@ -127,9 +127,18 @@ class Mosquitto:
         extra_config: Iterable[str] = (),
         autosave_interval: int = 1,
         binary: str | None = None,
+        listeners: Iterable[tuple[int, Sequence[str]]] = (),
     ) -> None:
         self.binary = binary or find_mosquitto()
         self.host = LOCALHOST
+        # Listeners of a configuration file (``from_config``): each on a free port of
+        # 127.0.0.1 with its own lines (TLS files, client authentication), ``ports`` mapping
+        # the file's port to ours.  Without any, one plain listener on ``port``.
+        self.listeners = [(original, list(lines)) for original, lines in listeners]
+        self.ports = {original: free_port() for original, _ in self.listeners}
+        if self.listeners:
+            port = port or self.ports[self.listeners[0][0]]
+            self.ports[self.listeners[0][0]] = port
         self.port = port or free_port()
         self.allow_anonymous = allow_anonymous
         self.extra_config: list[str] = list(extra_config)
@@ -165,7 +174,7 @@ class Mosquitto:
 
     def config_text(self) -> str:
         lines = [
-            f"listener {self.port} {self.host}",
+            *([] if self.listeners else [f"listener {self.port} {self.host}"]),
             f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
             "persistence true",
             # Mosquitto concatenates location and file name: the trailing slash matters.
@@ -192,6 +201,8 @@ class Mosquitto:
             # As root Mosquitto otherwise switches to the `mosquitto` user, which cannot write
             # the persistence file (or the log) into our root-owned temp dir.
             lines.append("user root")
+        for original, options in self.listeners:
+            lines += [f"listener {self.ports[original]} {self.host}", *options]
         return "\n".join([*lines, *self.extra_config, ""])
 
     def start(self, timeout: float = 10.0) -> None:
@@ -283,12 +294,15 @@ class Mosquitto:
     @classmethod
     def from_config(cls, conf_path: Path, *, port: int | None = None) -> Mosquitto:
         """A broker (not started) that runs ``conf_path`` — e.g. the ``mosquitto.conf`` of
-        ``symbiont broker-config --broker-dir DIR`` — on a free port of 127.0.0.1.
+        ``symbiont broker-config --broker-dir DIR`` — on free ports of 127.0.0.1.
 
-        Every setting of the file is kept (authentication, ACL, queue limits; later lines
-        override the harness's defaults) except where it listens, persists and logs.
+        Every setting of the file is kept (authentication, ACL, queue limits, each listener's
+        TLS options; later lines override the harness's defaults) except where it listens,
+        persists and logs.  Each listener of the file gets a port of its own (``ports`` maps
+        the file's port to it; ``port``, the first listener's, may be chosen).
         """
         extra: list[str] = []
+        listeners: list[tuple[int, list[str]]] = []
         allow_anonymous = True
         for raw in conf_path.read_text().splitlines():
             line = raw.strip()
@@ -297,9 +311,17 @@ class Mosquitto:
             key, _, value = line.partition(" ")
             if key == "allow_anonymous":
                 allow_anonymous = value.strip() == "true"
-            elif key not in cls._HOST_SPECIFIC:
+            elif key == "listener":
+                listeners.append((int(value.split()[0]), []))
+            elif key in cls._HOST_SPECIFIC:
+                continue
+            elif listeners:
+                listeners[-1][1].append(line)
+            else:
                 extra.append(line)
-        return cls(port=port, allow_anonymous=allow_anonymous, extra_config=extra)
+        return cls(
+            port=port, allow_anonymous=allow_anonymous, extra_config=extra, listeners=listeners
+        )
 
 
 # ---------------------------------------------------------------------------- postgresql

@@ -14,6 +14,14 @@ real Mosquitto started with them.
   partner's readings, and rejects (``wrong_partner``, recorded in the database) a reading the
   partner publishes under its own prefix for a meter it does not own.
 
+With ``--tls`` (the TLS section below), the same against the TLS listener: the files and
+their re-runs (the CA and good certificates kept, a departed partner's certificate revoked,
+``--renew``, ``--reissue``, ``--no-tls``), the operator's own certificate, who may connect
+with passwords over TLS and with client certificates (``use_identity_as_username``: the
+certificate, not the user name sent, decides whose ACL applies), clients that do not trust the
+park CA or present another CA's or a revoked certificate, and ``symbiont ingest`` and the
+simulator's publisher over ``mqtts://`` with the ``SYMBIONT_MQTT_*_FILE`` settings.
+
 Mosquitto 2.0 closes the connection of a client after refusing one of its publishes (after
 the PUBACK), so each refused publish here uses a client of its own.
 """
@@ -23,6 +31,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import ssl
 import stat
 import subprocess
 import threading
@@ -98,6 +107,8 @@ class Probe:
         *,
         protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5,
         name: str = "probe",
+        port: int | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -107,7 +118,10 @@ class Probe:
         )
         if user is not None:
             self.client.username_pw_set(user, password)
+        if tls is not None:
+            self.client.tls_set_context(tls)
         self.broker = broker
+        self.port = broker.port if port is None else port
         self.cond = threading.Condition()
         self.connack: ReasonCode | None = None
         self.disconnected = False
@@ -152,7 +166,7 @@ class Probe:
                 raise AssertionError(f"timed out waiting for {what}")
 
     def connect(self) -> ReasonCode:
-        self.client.connect(self.broker.host, self.broker.port, keepalive=30)
+        self.client.connect(self.broker.host, self.port, keepalive=30)
         self.client.loop_start()
         self._wait("CONNACK", lambda: self.connack is not None or self.disconnected)
         assert self.connack is not None, "connection closed without a CONNACK"
@@ -591,3 +605,469 @@ def test_ingest_with_generated_credentials_rejects_a_foreign_meter(
         assert rejection.partner == "plant" and rejection.meter == "town-heat-in"
         assert "belongs to 'town'" in rejection.detail
         assert rejection.payload == foreign
+
+
+# ------------------------------------------------------------------------------------ TLS
+
+TLS_PORT = 8883
+
+
+class TlsBroker:
+    """A Mosquitto running a ``broker-config --tls`` configuration: ``tls_port`` is where its
+    TLS listener is, ``plain_port`` its plain one (bound to 127.0.0.1 by the file)."""
+
+    def __init__(self, directory: Path, broker: Mosquitto) -> None:
+        self.dir = directory
+        self.broker = broker
+        self.passwords = read_credentials(directory / "credentials.env")
+        self.tls_port = broker.ports[TLS_PORT]
+        self.plain_port = broker.ports.get(1883)
+        self.server_ca = directory / "tls" / "server-ca.crt"
+
+    def context(self, user: str | None = None, *, trust: Path | bool = True) -> ssl.SSLContext:
+        """A client context trusting the park CA (``trust=False``: the system's CAs only;
+        a path: that file), presenting ``user``'s client certificate if given."""
+        cafile = self.server_ca if trust is True else (trust or None)
+        context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+        if user is not None:
+            clients = self.dir / "clients"
+            context.load_cert_chain(clients / f"{user}.crt", clients / f"{user}.key")
+        return context
+
+    def url(self, user: str) -> str:
+        return f"mqtts://{user}:{self.passwords[user]}@localhost:{self.tls_port}"
+
+    def probe(
+        self,
+        probes: list[Probe],
+        user: str | None,
+        *,
+        password: str | None = None,
+        cert: str | None = None,
+        context: ssl.SSLContext | None = None,
+    ) -> Probe:
+        made = Probe(
+            self.broker,
+            user,
+            password if password is not None or user is None else self.passwords[user],
+            port=self.tls_port,
+            tls=context or self.context(cert),
+        )
+        probes.append(made)
+        return made
+
+
+def broker_config_tls(directory: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    done = run_cli(
+        "broker-config",
+        str(NETWORK_FILE),
+        "--out",
+        str(directory),
+        "--broker-dir",
+        str(directory),
+        *options,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.fixture(scope="module")
+def tls_password(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBroker]:
+    """``--tls``: the park CA's broker certificate, partners sign in with passwords."""
+    directory = tmp_path_factory.mktemp("broker-tls-password")
+    broker_config_tls(directory, "--tls")
+    with Mosquitto.from_config(directory / "mosquitto.conf") as broker:
+        yield TlsBroker(directory, broker)
+
+
+@pytest.fixture(scope="module")
+def tls_certificate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBroker]:
+    """``--client-auth certificate``: every client presents a certificate of the park CA."""
+    directory = tmp_path_factory.mktemp("broker-tls-certificate")
+    broker_config_tls(directory, "--tls", "--client-auth", "certificate")
+    with Mosquitto.from_config(directory / "mosquitto.conf") as broker:
+        yield TlsBroker(directory, broker)
+
+
+def refused(made: Probe) -> str:
+    """How a connection that should not be accepted ended: the TLS error, "closed" (the
+    broker hung up without a CONNACK) or the CONNACK's failure reason.  A connection that is
+    accepted fails the test."""
+    try:
+        reason = made.connect()
+    except (ssl.SSLError, OSError) as exc:
+        return f"tls: {exc}"
+    except AssertionError:  # closed without a CONNACK
+        return "closed"
+    assert reason.is_failure, "the broker accepted the connection"
+    return f"connack: {reason}"
+
+
+def assert_no_session(how: str) -> None:
+    """The TLS layer ended it (refused at the handshake, or closed by the broker right after
+    it under TLS 1.3): no MQTT session, not even a refused one."""
+    assert how == "closed" or how.startswith("tls:"), how
+
+
+def self_signed_client(tmp_path: Path, user: str) -> tuple[Path, Path]:
+    """A certificate and key named ``user`` from a CA the broker never saw."""
+    from cryptography.hazmat.primitives import serialization
+
+    from cli import brokertls
+
+    ca, ca_key = brokertls.make_ca("elsewhere")
+    cert, key = brokertls.make_client_cert(ca, ca_key, user)
+    cert_path, key_path = tmp_path / "forged.crt", tmp_path / "forged.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_files_and_reruns(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    from cli import brokertls
+
+    out = tmp_path / "out"
+    done = broker_config_tls(
+        out, "--client-auth", "certificate", "--server-name", "mqtt.park.example"
+    )
+    assert "TLS on port 8883, clients authenticate by certificate" in done.stdout
+    tls, clients = out / "tls", out / "clients"
+    assert stat.S_IMODE(tls.stat().st_mode) == 0o700
+    assert stat.S_IMODE(clients.stat().st_mode) == 0o700
+    assert stat.S_IMODE((tls / "ca.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((clients / "plant.key").stat().st_mode) == 0o600  # nothing mounts it
+    for mounted in (tls / "server.key", clients / f"{INGEST_USER}.key"):
+        assert stat.S_IMODE(mounted.stat().st_mode) == 0o644  # read inside a container
+
+    ca = x509.load_pem_x509_certificate((tls / "ca.crt").read_bytes())
+    server = x509.load_pem_x509_certificate((tls / "server.crt").read_bytes())
+    assert (tls / "server-ca.crt").read_bytes() == (tls / "ca.crt").read_bytes()
+    assert brokertls.issued_by(server, ca)
+    assert set(brokertls.certificate_names(server)) == {
+        "mqtt.park.example",
+        "mosquitto",
+        "localhost",
+        "127.0.0.1",
+    }
+    users = ["plant", "town", "boards", INGEST_USER, RULES_USER, MONITOR_USER]
+    assert sorted(p.stem for p in clients.glob("*.crt")) == sorted(users)
+    for user in users:
+        cert = x509.load_pem_x509_certificate((clients / f"{user}.crt").read_bytes())
+        assert brokertls.common_name(cert) == user and brokertls.issued_by(cert, ca)
+
+    conf = (out / "mosquitto.conf").read_text().splitlines()
+    listeners = [line for line in conf if line.startswith("listener ")]
+    assert listeners == ["listener 1883 127.0.0.1", "listener 8883"]  # plain: this host only
+    after_tls = conf[conf.index("listener 8883") :]
+    for line in (
+        f"certfile {tls}/server.crt",
+        f"keyfile {tls}/server.key",
+        f"cafile {tls}/ca.crt",
+        f"crlfile {tls}/ca.crl",
+        "require_certificate true",
+        "use_identity_as_username true",
+    ):
+        assert line in after_tls, line
+
+    # A re-run without TLS options keeps TLS, its choices and every file as they are.
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    before = {p: p.read_bytes() for p in files}
+    done = broker_config_tls(out)
+    assert "TLS: 0 certificates issued" in done.stdout
+    assert {p: p.read_bytes() for p in files} == before
+
+    # A partner leaving loses its certificate, which the CRL now lists; --renew issues every
+    # certificate anew and revokes the old ones; the CA stays.
+    document = network_document()
+    document["partners"] = [p for p in document["partners"] if p["id"] != "boards"]
+    document["meters"] = [m for m in document["meters"] if m["partner"] != "boards"]
+    document["exchanges"] = [e for e in document["exchanges"] if e["receiver"] != "boards"]
+    smaller = tmp_path / "smaller.yaml"
+    smaller.write_text(yaml.safe_dump(document))
+    boards = x509.load_pem_x509_certificate((clients / "boards.crt").read_bytes())
+    plant = x509.load_pem_x509_certificate((clients / "plant.crt").read_bytes())
+    done = run_cli("broker-config", str(smaller), "--out", str(out), "--renew")
+    assert done.returncode == 0, done.stderr
+    assert not (clients / "boards.crt").exists() and not (clients / "boards.key").exists()
+    crl = x509.load_pem_x509_crl((tls / "ca.crl").read_bytes())
+    assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    revoked = {entry.serial_number for entry in crl}
+    assert {boards.serial_number, plant.serial_number} <= revoked
+    renewed = x509.load_pem_x509_certificate((clients / "plant.crt").read_bytes())
+    assert renewed.serial_number not in revoked and brokertls.issued_by(renewed, ca)
+    assert (tls / "ca.crt").read_bytes() == before[tls / "ca.crt"]
+
+    # --no-tls takes the TLS listener out again; TLS options and --no-tls contradict.
+    done = run_cli("broker-config", str(smaller), "--out", str(out), "--no-tls")
+    assert done.returncode == 0, done.stderr
+    conf = (out / "mosquitto.conf").read_text().splitlines()
+    assert [line for line in conf if line.startswith("listener")] == ["listener 1883"]
+    assert not any(line.startswith("certfile") for line in conf)
+    done = run_cli("broker-config", str(smaller), "--out", str(out), "--no-tls", "--renew")
+    assert done.returncode == 1 and "--no-tls with TLS options" in done.stderr
+
+
+def test_operator_certificate(tmp_path: Path) -> None:
+    """--cert/--key/--ca: the operator's certificate is copied and kept on later runs; the
+    park CA still signs the client certificates; a key of another certificate is refused."""
+    from cryptography.hazmat.primitives import serialization
+
+    from cli import brokertls
+
+    ca, ca_key = brokertls.make_ca("operator")
+    cert, key = brokertls.make_server_cert(ca, ca_key, ["mqtt.park.example"])
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "chain.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (own / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (own / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    out = tmp_path / "out"
+    supplied = ["--cert", str(own / "chain.pem"), "--key", str(own / "key.pem")]
+    done = run_cli("broker-config", str(NETWORK_FILE), "--out", str(out), *supplied)
+    assert done.returncode == 1 and "--cert needs --ca" in done.stderr
+    supplied += ["--ca", str(own / "ca.pem")]
+    done = run_cli("broker-config", str(NETWORK_FILE), "--out", str(out), *supplied)
+    assert done.returncode == 0, done.stderr
+    assert "names: mqtt.park.example" in done.stdout
+    tls = out / "tls"
+    assert (tls / "server.crt").read_bytes() == (own / "chain.pem").read_bytes()
+    assert (tls / "server-ca.crt").read_bytes() == (own / "ca.pem").read_bytes()
+    assert (tls / "ca.crt").read_bytes() != (own / "ca.pem").read_bytes()  # the park CA
+
+    done = run_cli("broker-config", str(NETWORK_FILE), "--out", str(out), "--renew")
+    assert done.returncode == 0, done.stderr
+    assert "kept the broker certificate" not in done.stderr
+    assert (tls / "server.crt").read_bytes() == (own / "chain.pem").read_bytes()
+
+    other, other_key = brokertls.make_server_cert(ca, ca_key, ["elsewhere.example"])
+    del other
+    (own / "other.pem").write_bytes(
+        other_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    supplied[3] = str(own / "other.pem")
+    done = run_cli("broker-config", str(NETWORK_FILE), "--out", str(out), *supplied)
+    assert done.returncode == 1 and "--key does not belong to --cert" in done.stderr
+
+
+def test_tls_password_who_may_connect(tls_password: TlsBroker, probes: list[Probe]) -> None:
+    broker = tls_password
+    for user in ["plant", INGEST_USER, MONITOR_USER]:
+        reason = broker.probe(probes, user).connect()
+        assert not reason.is_failure, f"{user}: {reason}"
+    # the right password, but a client that does not trust the park CA
+    untrusting = broker.probe(probes, "plant", context=broker.context(trust=False))
+    assert "CERTIFICATE_VERIFY_FAILED" in refused(untrusting)
+    # trusting the CA, with a wrong password, another's password, none, or anonymous
+    for user, password in [
+        ("plant", broker.passwords["plant"] + "x"),
+        ("plant", broker.passwords["town"]),
+        ("intruder", "whatever"),
+        (None, None),
+    ]:
+        made = broker.probe(probes, user, password=password)
+        assert refused(made) == "connack: Not authorized", (user, password)
+    # plain MQTT spoken to the TLS port gets nowhere
+    plain = Probe(broker.broker, "plant", broker.passwords["plant"], port=broker.tls_port)
+    probes.append(plain)
+    assert_no_session(refused(plain))
+
+
+def test_tls_password_partner_topics(tls_password: TlsBroker, probes: list[Probe]) -> None:
+    """Over TLS a partner publishes under its own readings and is refused under another's;
+    the ingest user's shared subscription gets the one and not the other."""
+    broker = tls_password
+    ingest = broker.probe(probes, INGEST_USER).connected()
+    assert ingest.subscribe(SHARE) == [1]
+    plant = broker.probe(probes, "plant").connected()
+    own, forged = reading(1.0), reading(666.0)
+    assert plant.publish("symbiont/readings/plant/plant-heat-out", own) == 0
+    ingest.wait_message("symbiont/readings/plant/plant-heat-out", own)
+    intruder = broker.probe(probes, "plant").connected()
+    assert intruder.publish("symbiont/readings/town/town-heat-in", forged) == NOT_AUTHORIZED
+    marker = reading(2.0)
+    town = broker.probe(probes, "town").connected()
+    assert town.publish("symbiont/readings/town/town-heat-in", marker) == 0
+    ingest.wait_message("symbiont/readings/town/town-heat-in", marker)
+    assert forged not in [payload for _, payload, _ in ingest.received()]
+
+
+def test_tls_certificate_identity(
+    tls_certificate: TlsBroker, probes: list[Probe], tmp_path: Path
+) -> None:
+    """``use_identity_as_username``: the certificate names the user whose ACL applies; no
+    password is needed, and none helps without a certificate of the park CA."""
+    broker = tls_certificate
+    ingest = broker.probe(probes, None, cert=INGEST_USER).connected()
+    assert ingest.subscribe(SHARE) == [1]
+    plant = broker.probe(probes, None, cert="plant").connected()
+    own, forged = reading(3.0), reading(667.0)
+    assert plant.publish("symbiont/readings/plant/plant-heat-out", own) == 0
+    ingest.wait_message("symbiont/readings/plant/plant-heat-out", own)
+    # plant's certificate with town's password still acts as plant
+    posing = broker.probe(probes, "town", cert="plant").connected()
+    assert posing.publish("symbiont/readings/town/town-heat-in", forged) == NOT_AUTHORIZED
+    marker = reading(4.0)
+    town = broker.probe(probes, None, cert="town").connected()
+    assert town.publish("symbiont/readings/town/town-heat-in", marker) == 0
+    ingest.wait_message("symbiont/readings/town/town-heat-in", marker)
+    assert forged not in [payload for _, payload, _ in ingest.received()]
+
+    # no certificate, even with the right password
+    assert_no_session(refused(broker.probe(probes, "plant")))
+    # a certificate named plant from a CA the broker does not know
+    cert_path, key_path = self_signed_client(tmp_path, "plant")
+    forged_context = broker.context()
+    forged_context.load_cert_chain(cert_path, key_path)
+    assert_no_session(refused(broker.probe(probes, None, context=forged_context)))
+    # plant's own certificate, but not trusting the park CA for the broker's
+    untrusting = broker.probe(probes, None, context=broker.context("plant", trust=False))
+    assert "CERTIFICATE_VERIFY_FAILED" in refused(untrusting)
+    # the plain listener (this host only) still takes passwords, e.g. for health checks
+    assert broker.plain_port is not None
+    monitor = Probe(
+        broker.broker, MONITOR_USER, broker.passwords[MONITOR_USER], port=broker.plain_port
+    )
+    probes.append(monitor)
+    assert not monitor.connect().is_failure
+
+
+def test_tls_revoked_certificate_is_refused(tmp_path: Path, probes: list[Probe]) -> None:
+    """After ``--reissue plant`` (and a broker restart) plant's previous certificate is
+    refused, its new one accepted; town's is untouched."""
+    directory = tmp_path / "broker"
+    broker_config_tls(directory, "--client-auth", "certificate")
+    old = tmp_path / "old"
+    old.mkdir()
+    for suffix in ("crt", "key"):
+        shutil.copy(directory / "clients" / f"plant.{suffix}", old / f"plant.{suffix}")
+    town = (directory / "clients" / "town.crt").read_bytes()
+    with Mosquitto.from_config(directory / "mosquitto.conf") as mosquitto:
+        broker = TlsBroker(directory, mosquitto)
+        broker.probe(probes, None, cert="plant").connected()
+        done = broker_config_tls(directory, "--reissue", "plant")
+        assert "TLS: 1 certificates issued, revoked: plant" in done.stdout
+        assert (directory / "clients" / "town.crt").read_bytes() == town
+        mosquitto.restart()
+        stale = broker.context()
+        stale.load_cert_chain(old / "plant.crt", old / "plant.key")
+        assert_no_session(refused(broker.probe(probes, None, context=stale)))
+        assert not broker.probe(probes, None, cert="plant").connect().is_failure
+        assert not broker.probe(probes, None, cert="town").connect().is_failure
+    done = run_cli(
+        "broker-config", str(NETWORK_FILE), "--out", str(directory), "--reissue", "nobody"
+    )
+    assert done.returncode == 1 and "--reissue: no broker user 'nobody'" in done.stderr
+
+
+def test_ingest_and_simulator_over_tls(
+    tls_password: TlsBroker, database_url: str, tmp_path: Path
+) -> None:
+    """``symbiont ingest`` with an mqtts:// URL and SYMBIONT_MQTT_CA_FILE (and the client
+    certificate Compose gives it) stores what a partner publishes over TLS with the
+    simulator's publisher; without the CA file it cannot connect."""
+    from cli.publish import MqttPublisher
+    from core.settings import MqttTls
+
+    broker = tls_password
+    apply_network(database_url, network_document())
+    clients = broker.dir / "clients"
+    untrusting = IngestProcess(
+        database_url=database_url,
+        mqtt_url=broker.url(INGEST_USER),
+        client_id="symbiont-ingest-untrusting",
+        log_path=tmp_path / "untrusting.log",
+    )
+    with untrusting:
+        untrusting.start()
+        untrusting.wait_for_log("cannot connect to the broker at mqtts://localhost", timeout=30)
+        untrusting.wait_for_log("CERTIFICATE_VERIFY_FAILED", timeout=30)
+
+    ingest = IngestProcess(
+        database_url=database_url,
+        mqtt_url=broker.url(INGEST_USER),
+        client_id="symbiont-ingest-tls",
+        log_path=tmp_path / "ingest.log",
+        env={
+            "SYMBIONT_MQTT_CA_FILE": str(broker.server_ca),
+            "SYMBIONT_MQTT_CERT_FILE": str(clients / f"{INGEST_USER}.crt"),
+            "SYMBIONT_MQTT_KEY_FILE": str(clients / f"{INGEST_USER}.key"),
+        },
+    )
+    with ingest:
+        ingest.start_subscribed()
+        publisher = MqttPublisher(
+            broker.url("plant"), tls_files=MqttTls(ca_file=broker.server_ca), inflight=10
+        )
+        try:
+            publisher.send(
+                "symbiont/readings/plant/plant-heat-out",
+                orjson.dumps({"ts": time.time(), "value": 42.0}),
+            )
+            publisher.drain(10)
+            assert publisher.acked == 1 and publisher.failed == 0
+        finally:
+            publisher.close()
+        wait_until(lambda: bool(fetch_readings(database_url)), 30, "the reading over TLS")
+        assert [meter for meter, _ in fetch_readings(database_url)] == ["plant-heat-out"]
+
+
+def test_mqtt_tls_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SYMBIONT_MQTT_CA_FILE/CERT_FILE/KEY_FILE: read from the environment, refused with a
+    plain mqtt:// URL (the connection would not be encrypted) and a key without its
+    certificate; a file that cannot be used is named when the connection is set up."""
+    from pydantic import ValidationError
+
+    from core.settings import MqttTls, Settings
+    from ingest.service import mqtt_target
+
+    for name in list(os.environ):
+        if name.startswith("SYMBIONT_"):
+            monkeypatch.delenv(name)
+    out = tmp_path / "out"
+    broker_config_tls(out, "--tls")
+    ca = out / "tls" / "server-ca.crt"
+    cert = out / "clients" / f"{INGEST_USER}.crt"
+    key = out / "clients" / f"{INGEST_USER}.key"
+    monkeypatch.setenv("SYMBIONT_MQTT_URL", "mqtts://u:p@broker.example:8883")
+    monkeypatch.setenv("SYMBIONT_MQTT_CA_FILE", str(ca))
+    monkeypatch.setenv("SYMBIONT_MQTT_CERT_FILE", str(cert))
+    monkeypatch.setenv("SYMBIONT_MQTT_KEY_FILE", str(key))
+    target = mqtt_target(Settings())
+    assert (target.host, target.port, target.tls) == ("broker.example", 8883, True)
+    assert target.tls_files == MqttTls(ca, cert, key)
+    context = target.tls_files.context()
+    assert context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED
+    assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert len(context.get_ca_certs()) == 1  # the park CA, not the system's
+
+    monkeypatch.setenv("SYMBIONT_MQTT_CERT_FILE", "")  # empty: none
+    with pytest.raises(ValidationError, match="SYMBIONT_MQTT_KEY_FILE needs"):
+        Settings()
+    monkeypatch.delenv("SYMBIONT_MQTT_KEY_FILE")
+    assert Settings().mqtt_tls() == MqttTls(ca_file=ca)
+    monkeypatch.setenv("SYMBIONT_MQTT_URL", "mqtt://u:p@broker.example:1883")
+    with pytest.raises(ValidationError, match="SYMBIONT_MQTT_CA_FILE is set but"):
+        Settings()
+
+    with pytest.raises(ValueError, match=r"SYMBIONT_MQTT_CA_FILE=.*missing\.crt"):
+        MqttTls(ca_file=tmp_path / "missing.crt").context()
+    with pytest.raises(ValueError, match=r"SYMBIONT_MQTT_CERT_FILE=.*not usable"):
+        MqttTls(ca_file=ca, cert_file=cert, key_file=out / "tls" / "server.key").context()

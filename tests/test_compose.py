@@ -8,7 +8,11 @@ setting, the MQTT URLs name the users ``symbiont broker-config`` creates and the
 volumes are what one host needs.  The monitoring services are held against their own files:
 images pinned by tag, every file a service mounts is in the repository (or written by
 ``symbiont broker-config``), Prometheus scrapes exactly the services that serve metrics, on
-their ports, and Grafana's data sources and secrets name what Compose runs.
+their ports, and Grafana's data sources and secrets name what Compose runs. With TLS: the MQTT
+URLs name the users ``symbiont broker-config --tls`` creates, Mosquitto mounts the files it
+writes (never the park CA's key), only the TLS ports are published (MQTT over TLS, and Caddy in
+front of the API; Prometheus and Grafana on this host only), one service builds the image the
+others run, and the image installs from the runtime lock file.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import pytest
 import yaml
 
 from cli import brokerconfig
+from cli.brokertls import TlsOptions
 from cli.main import build_parser
 from core.network import load_network
 from core.settings import Settings
@@ -32,8 +37,10 @@ REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 
+CADDYFILE = REPO / "deploy" / "caddy" / "Caddyfile"
+
 ONE_OFF = {"migrate", "network"}
-LONG_RUNNING = {"mosquitto", "postgres", "ingest-1", "ingest-2", "rules", "api"}
+LONG_RUNNING = {"mosquitto", "postgres", "ingest-1", "ingest-2", "rules", "api", "caddy"}
 INGEST = ("ingest-1", "ingest-2")
 MONITORING = {"mosquitto-exporter", "prometheus", "grafana"}
 MONITORING_ONE_OFF = {"grafana-setup"}
@@ -41,7 +48,8 @@ PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 GRAFANA_DIR = REPO / "deploy" / "grafana"
 # The exporter's default listen address (its BIND_ADDRESS): the image has no shell to ask.
 EXPORTER_PORT = 9234
-_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?+][^}]*)?\}")
+IMAGE = "symbiont:${SYMBIONT_VERSION:-local}"
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +66,42 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def symbiont_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The services that run the image of this repository's Dockerfile."""
-    return {name: s for name, s in services.items() if s.get("build") == "."}
+    return {name: s for name, s in services.items() if s.get("image") == IMAGE}
 
 
 def interpolate(text: str, values: dict[str, str]) -> str:
-    """Compose's ``${NAME}`` / ``${NAME:?message}`` substitution, from ``values``."""
-    return _VARIABLE.sub(lambda m: values[m.group(1)], text)
+    """Compose's ``${NAME}`` / ``${NAME:?message}`` / ``${NAME:-default}`` substitution,
+    from ``values``."""
+
+    def value(match: re.Match[str]) -> str:
+        name, operator, default = match.groups()
+        if operator in (":-", "-") and name not in values:
+            return str(default)
+        return values[name]
+
+    return _VARIABLE.sub(value, text)
+
+
+def mounts(service: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """``{target: (source, options)}`` of a service's volumes (short syntax)."""
+    found: dict[str, tuple[str, str]] = {}
+    for volume in service.get("volumes") or []:
+        source, target, *options = volume.split(":")
+        found[target] = (source, ",".join(options))
+    return found
+
+
+def tls_conf(tmp_path: Path) -> dict[str, list[str]]:
+    """The ``mosquitto.conf`` that ``broker-config --tls`` writes for the example network
+    (its defaults), as ``{setting: [values]}``, after writing every file into ``tmp_path``."""
+    net = load_network(REPO / "examples" / "kalundborg.yaml")
+    brokerconfig.write_broker_config(net, tmp_path, tls=TlsOptions())
+    conf: dict[str, list[str]] = {}
+    for line in (tmp_path / brokerconfig.CONF_FILE).read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            conf.setdefault(key, []).append(value)
+    return conf
 
 
 def _strings(node: Any) -> Iterator[str]:
@@ -89,6 +127,18 @@ def test_the_services(services: dict[str, dict[str, Any]]) -> None:
     assert set(symbiont_services(services)) == ONE_OFF | {"ingest-1", "ingest-2", "rules", "api"}
     assert services["mosquitto"]["image"].startswith("eclipse-mosquitto:2")
     assert services["postgres"]["image"].startswith("postgres:")
+    assert services["caddy"]["image"].startswith("caddy:2")
+
+
+def test_one_image_built_once(services: dict[str, dict[str, Any]]) -> None:
+    """One service builds the image and names it; the others run that image without a build
+    of their own (Compose builds it once, and pulls nothing for it)."""
+    builders = [name for name, service in services.items() if "build" in service]
+    assert builders == ["migrate"]
+    assert services["migrate"]["build"] == "."
+    assert services["migrate"]["image"] == IMAGE
+    assert interpolate(IMAGE, {}) == "symbiont:local"
+    assert interpolate(IMAGE, {"SYMBIONT_VERSION": "1.2.0"}) == "symbiont:1.2.0"
 
 
 def test_commands_parse_with_the_cli(services: dict[str, dict[str, Any]]) -> None:
@@ -118,6 +168,15 @@ def test_commands_parse_with_the_cli(services: dict[str, dict[str, Any]]) -> Non
 def test_dockerfile_runs_the_cli() -> None:
     text = DOCKERFILE.read_text()
     assert 'ENTRYPOINT ["symbiont"]' in text
+    # the pinned, hashed runtime set first, then symbiont itself without resolving anything
+    runs = re.findall(r"^RUN (.+)$", text, re.M)
+    assert any(
+        "pip install" in run and "--require-hashes" in run and "-r requirements/runtime.lock" in run
+        for run in runs
+    ), runs
+    assert any("pip install" in run and "--no-deps ." in run for run in runs), runs
+    assert re.search(r"^COPY requirements/runtime.lock requirements/", text, re.M)
+    assert "dev.lock" not in text and "[dev" not in text
     packages = ("core", "ingest", "rules", "statements", "notify", "api", "cli")
     for directory in (*packages, "migrations", "examples"):
         assert re.search(rf"^COPY {directory} {directory}$", text, re.M), directory
@@ -146,7 +205,9 @@ def test_dependencies(services: dict[str, dict[str, Any]]) -> None:
                 assert services[dep].get("healthcheck"), dep
 
 
-def test_restart_policies_and_health_checks(services: dict[str, dict[str, Any]]) -> None:
+def test_restart_policies_and_health_checks(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
     for name in LONG_RUNNING:
         service = services[name]
         assert service.get("restart") in ("unless-stopped", "always", "on-failure"), name
@@ -159,18 +220,20 @@ def test_restart_policies_and_health_checks(services: dict[str, dict[str, Any]])
 
     api_port = build_parser().parse_args(services["api"]["command"]).port
     assert f"http://127.0.0.1:{api_port}/readyz" in services["api"]["healthcheck"]["test"][3]
-    assert f"{api_port}:{api_port}" in services["api"]["ports"]
     for name in (*INGEST, "rules"):
         port = environment(services[name])["SYMBIONT_METRICS_PORT"]
         assert f"http://127.0.0.1:{port}/metrics" in services[name]["healthcheck"]["test"][3]
     for name in INGEST:
         assert "symbiont_ingest_connected 1.0" in services[name]["healthcheck"]["test"][3]
 
-    # Mosquitto refuses anonymous clients: its health check signs in as the monitor user.
+    # Mosquitto refuses anonymous clients: its health check signs in as the monitor user,
+    # over the plain listener that the TLS configuration binds to the container's loopback.
     check = services["mosquitto"]["healthcheck"]["test"]
     assert check[0] == "CMD-SHELL"
     words = shlex.split(check[1].replace("$$", "$"))
     assert words[0] == "mosquitto_sub"
+    plain = [v.split() for v in tls_conf(tmp_path)["listener"] if len(v.split()) == 2]
+    assert [words[words.index("-p") + 1], words[words.index("-h") + 1]] in plain
     assert words[words.index("-u") + 1] == brokerconfig.MONITOR_USER
     assert words[words.index("-P") + 1] == "$MONITOR_PASSWORD"
     assert words[words.index("-t") + 1] == "$SYS/broker/uptime"  # the monitor may read $SYS
@@ -203,12 +266,11 @@ def test_environment_names_settings(services: dict[str, dict[str, Any]]) -> None
 
 
 def test_mqtt_users_and_passwords(services: dict[str, dict[str, Any]], tmp_path: Path) -> None:
-    """Each service signs in as its own user, with the password variable broker-config writes
-    into credentials.env; Compose needs no variable that neither file defines."""
-    result = brokerconfig.write_broker_config(
-        load_network(REPO / "examples" / "kalundborg.yaml"), tmp_path
-    )
-    assert not result.removed
+    """Each service signs in as its own user over TLS, with the password variable
+    broker-config writes into credentials.env, trusting the CA it writes and presenting the
+    client certificate it issues that user; Compose needs no variable that neither file
+    defines (or that has no default)."""
+    conf = tls_conf(tmp_path)
     credentials = {
         line.split("=", 1)[0]: line.split("=", 1)[1]
         for line in (tmp_path / brokerconfig.CREDENTIALS_FILE).read_text().splitlines()
@@ -217,24 +279,50 @@ def test_mqtt_users_and_passwords(services: dict[str, dict[str, Any]], tmp_path:
     values = {**credentials, "POSTGRES_PASSWORD": "pg-secret"}
 
     strings = list(_strings(yaml.safe_load(COMPOSE.read_text())))
-    used = {name for text in strings for name in _VARIABLE.findall(text)}
-    assert used <= set(values), f"variables nobody defines: {used - set(values)}"
+    needed = {
+        m.group(1)
+        for text in strings
+        for m in _VARIABLE.finditer(text)
+        if m.group(2) not in (":-", "-")
+    }
+    assert needed <= set(values), f"variables nobody defines: {needed - set(values)}"
     for text in strings:
         assert "$" not in _VARIABLE.sub("", text.replace("$$", "")), f"a bare $ in {text!r}"
 
+    tls_port = int(conf["listener"][-1])  # the TLS listener comes last
     expected_user = {
         "ingest-1": brokerconfig.INGEST_USER,
         "ingest-2": brokerconfig.INGEST_USER,
         "rules": brokerconfig.RULES_USER,
         "api": None,  # only checks that the broker accepts connections
     }
-    for name, user in expected_user.items():
-        url = interpolate(environment(services[name])["SYMBIONT_MQTT_URL"], values)
-        target = parse_mqtt_url(url)
-        assert (target.host, target.port) == ("mosquitto", 1883), name
-        assert target.username == user, name
-        if user is not None:
+    for broker_host in (None, "mqtt.park.example"):  # SYMBIONT_BROKER_HOST: unset, or set
+        given = values if broker_host is None else {**values, "SYMBIONT_BROKER_HOST": broker_host}
+        for name, user in expected_user.items():
+            service = services[name]
+            url = interpolate(environment(service)["SYMBIONT_MQTT_URL"], given)
+            target = parse_mqtt_url(url)
+            assert (target.host, target.port) == (broker_host or "mosquitto", tls_port), name
+            assert target.tls and target.username == user, name
+            if user is None:
+                continue
             assert target.password == credentials[brokerconfig.password_variable(user)], name
+            # the TLS files of its settings are mounted from what broker-config wrote
+            env = environment(service)
+            settings = Settings(**{k.removeprefix("SYMBIONT_").lower(): v for k, v in env.items()})
+            volume = mounts(service)
+            files = {
+                settings.mqtt_ca_file: tmp_path / "tls" / "server-ca.crt",
+                settings.mqtt_cert_file: tmp_path / "clients" / f"{user}.crt",
+                settings.mqtt_key_file: tmp_path / "clients" / f"{user}.key",
+            }
+            for inside, written in files.items():
+                source, options = volume[str(inside)]
+                assert options == "ro" and written.is_file(), (name, inside)
+                assert source == f"./deploy/broker/{written.relative_to(tmp_path)}", (name, inside)
+        # the broker answers to that name on the Compose network
+        aliases = services["mosquitto"]["networks"]["default"]["aliases"]
+        assert [interpolate(a, given) for a in aliases] == [broker_host or "mosquitto"]
     for name in ONE_OFF:
         assert "SYMBIONT_MQTT_URL" not in environment(services[name]), name
     database = interpolate(environment(services["api"])["SYMBIONT_DATABASE_URL"], values)
@@ -242,41 +330,84 @@ def test_mqtt_users_and_passwords(services: dict[str, dict[str, Any]], tmp_path:
 
 
 def test_mosquitto_runs_the_generated_config(
-    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+    compose: dict[str, Any], services: dict[str, dict[str, Any]], tmp_path: Path
 ) -> None:
-    mounts: dict[str, tuple[str, str]] = {}
-    for volume in services["mosquitto"]["volumes"]:
-        source, target, *options = volume.split(":")
-        mounts[target] = (source, ",".join(options))
+    conf = tls_conf(tmp_path)
+    mounted = mounts(services["mosquitto"])
     config = "/mosquitto/config"
     for name in (brokerconfig.CONF_FILE, brokerconfig.PASSWD_FILE, brokerconfig.ACL_FILE):
-        source, options = mounts[f"{config}/{name}"]
+        source, options = mounted[f"{config}/{name}"]
         assert source == f"./deploy/broker/{name}" and options == "ro", name
-    assert not any(brokerconfig.CREDENTIALS_FILE in source for source, _ in mounts.values()), (
-        "the clear-text passwords have no business in the broker's container"
-    )
 
-    # The generated mosquitto.conf (defaults) reads its files and persists where they are
-    # mounted, and keeps every queued QoS 1 message.
-    net = load_network(REPO / "examples" / "kalundborg.yaml")
-    conf = dict(
-        line.split(" ", 1)
-        for line in brokerconfig.render_conf(net).splitlines()
-        if line and not line.startswith("#")
-    )
-    assert conf["password_file"] == f"{config}/{brokerconfig.PASSWD_FILE}"
-    assert conf["acl_file"] == f"{config}/{brokerconfig.ACL_FILE}"
-    assert conf["allow_anonymous"] == "false"
-    assert conf["persistence"] == "true"
-    assert conf["max_queued_messages"] == "0" and conf["max_queued_bytes"] == "0"
-    data_volume, _ = mounts[conf["persistence_location"].rstrip("/")]
+    # Every file the generated mosquitto.conf (defaults, --tls) names is mounted where it
+    # looks, read-only, from where broker-config wrote it.
+    for setting in ("password_file", "acl_file", "certfile", "keyfile"):
+        [inside] = conf[setting]
+        source, options = mounted[inside]
+        written = Path(inside).relative_to(config)
+        assert source == f"./deploy/broker/{written}" and options == "ro", setting
+        assert (tmp_path / written).is_file(), setting
+    # The client-certificate files (--client-auth certificate) are mounted as well, so the
+    # same Compose file serves either choice.
+    for name in ("ca.crt", "ca.crl"):
+        assert mounted[f"{config}/tls/{name}"] == (f"./deploy/broker/tls/{name}", "ro")
+        assert (tmp_path / "tls" / name).is_file()
+    for service in services.values():
+        for source, _ in mounts(service).values():
+            assert not source.endswith("ca.key"), "the park CA's key stays on the host"
+            assert brokerconfig.CREDENTIALS_FILE not in source, (
+                "the clear-text passwords have no business in a container"
+            )
+
+    # Persistence where the data volume is; every queued QoS 1 message kept.
+    assert conf["allow_anonymous"] == ["false"]
+    assert conf["persistence"] == ["true"]
+    assert conf["max_queued_messages"] == ["0"] and conf["max_queued_bytes"] == ["0"]
+    data_volume, _ = mounted[conf["persistence_location"][0].rstrip("/")]
     assert data_volume in compose["volumes"]
-    port = int(conf["listener"])
-    assert f"{port}:{port}" in services["mosquitto"]["ports"]
+
+    # Only the TLS listener is published; the plain one answers on the loopback only.
+    *plain, secured = conf["listener"]
+    assert [p.split()[1] for p in plain] == ["127.0.0.1"]
+    assert services["mosquitto"]["ports"] == [f"{secured}:{secured}"]
+
+
+def test_only_tls_is_published(services: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    """The host publishes MQTT over TLS and Caddy's HTTPS (80 only redirects and answers ACME
+    challenges) to the network; the monitoring UIs only on the host's own loopback. Caddy's
+    default upstream is the API's port on the Compose network."""
+    published = {
+        name: [str(port) for port in service.get("ports", [])]
+        for name, service in services.items()
+        if service.get("ports")
+    }
+    to_network = {
+        name: ports
+        for name, ports in published.items()
+        if not all(p.startswith("127.0.0.1:") for p in ports)
+    }
+    assert to_network == {"mosquitto": ["8883:8883"], "caddy": ["80:80", "443:443"]}
+    assert published.keys() - to_network.keys() == {"prometheus", "grafana"}
+
+    caddy = services["caddy"]
+    mounted = mounts(caddy)
+    assert mounted["/etc/caddy/Caddyfile"] == ("./deploy/caddy/Caddyfile", "ro")
+    assert mounted["/etc/caddy/certs"] == ("./deploy/caddy/certs", "ro")
+    assert {"caddy-data", "caddy-config"} <= {source for source, _ in mounted.values()}
+    assert caddy["depends_on"] == {"api": {"condition": "service_healthy"}}
+    text = CADDYFILE.read_text()
+    api_port = build_parser().parse_args(services["api"]["command"]).port
+    assert f"reverse_proxy {{$SYMBIONT_API:api:{api_port}}}" in text
+    assert "tls {$SYMBIONT_SITE_TLS:internal}" in text
+    for variable in ("SYMBIONT_SITE", "SYMBIONT_SITE_TLS"):
+        assert f"{{${variable}:" in text and variable in environment(caddy)
+    # the health check asks Caddy's admin endpoint, which the Caddyfile leaves on localhost
+    assert "admin {$SYMBIONT_CADDY_ADMIN:localhost:2019}" in text
+    assert "http://localhost:2019/config/" in caddy["healthcheck"]["test"]
 
 
 def test_volumes(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
-    assert {"postgres-data", "mosquitto-data"} <= set(compose["volumes"])
+    assert {"postgres-data", "mosquitto-data", "caddy-data"} <= set(compose["volumes"])
     assert "postgres-data:/var/lib/postgresql/data" in services["postgres"]["volumes"]
     assert "mosquitto-data:/mosquitto/data" in services["mosquitto"]["volumes"]
 
@@ -364,7 +495,7 @@ def test_monitoring_dependencies_and_restarts(services: dict[str, dict[str, Any]
         assert test[0] == "CMD" and test[1] == "wget" and test[-1].startswith("http://127.0.0.1:")
     # Prometheus's UI has no login: published on the host's loopback only
     assert services["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
-    assert services["grafana"]["ports"] == ["3000:3000"]
+    assert services["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
 
 
 def _scrape_targets() -> dict[str, list[str]]:
@@ -391,7 +522,11 @@ def test_prometheus_scrapes_every_service_that_serves_metrics(
     expected[f"api:{api.port}"] = "symbiont-api"  # /metrics on its own port
     exporter = environment(services["mosquitto-exporter"])
     assert "BIND_ADDRESS" not in exporter  # so it listens on its default port
-    expected[f"mosquitto-exporter:{EXPORTER_PORT}"] = "mosquitto"
+    # in the broker's network namespace (the plain listener is on the broker's loopback
+    # only), so it is reached under the broker's name
+    assert services["mosquitto-exporter"]["network_mode"] == "service:mosquitto"
+    assert exporter["BROKER_ENDPOINT"] == "tcp://127.0.0.1:1883"
+    expected[f"mosquitto:{EXPORTER_PORT}"] = "mosquitto"
 
     found = {
         target: job
@@ -427,9 +562,8 @@ def test_the_exporter_signs_in_as_the_monitor_user(
     match = _VARIABLE.fullmatch(env["MQTT_PASS"])
     assert match and match.group(1) == brokerconfig.password_variable(brokerconfig.MONITOR_USER)
     net = load_network(REPO / "examples" / "kalundborg.yaml")
-    conf = brokerconfig.render_conf(net).splitlines()
-    port = dict(line.split(" ", 1) for line in conf if line and not line.startswith("#"))
-    assert env["BROKER_ENDPOINT"] == f"tcp://mosquitto:{port['listener']}"
+    # the plain listener, which the TLS configuration binds to the broker's loopback
+    assert env["BROKER_ENDPOINT"] == f"tcp://127.0.0.1:{brokerconfig.DEFAULT_PORT}"
     # the monitor user may read $SYS, where the broker's statistics are
     brokerconfig.write_broker_config(net, tmp_path)
     acl = (tmp_path / brokerconfig.ACL_FILE).read_text()
