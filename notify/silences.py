@@ -30,6 +30,8 @@ from typing import Any, Literal
 
 import asyncpg
 
+from core.network import Network
+from core.text import quoted
 from notify.outbox import OutboxRow
 
 MATCHER_NAMES = ("rule", "subject", "partner")
@@ -149,6 +151,25 @@ def problems(
         found.append(("comment", f"the comment is longer than {MAX_COMMENT} characters"))
     elif "\x00" in comment:
         found.append(("comment", "the comment holds a NUL character"))
+    return found
+
+
+def value_problems(
+    matchers: Sequence[tuple[str, str]], network: Network, rules: Iterable[str]
+) -> list[str]:
+    """Matcher values that name nothing (a rule not among ``rules``, a subject or partner not
+    in ``network``): a silence on them would mute nothing, so they are refused."""
+    known_rules = frozenset(rules)
+    partners = {p.id for p in network.partners}
+    subjects = partners | {m.id for m in network.meters} | {e.id for e in network.exchanges}
+    found = []
+    for name, value in matchers:
+        if name == "rule" and value not in known_rules:
+            found.append(f"no rule {quoted(value)} (one of {', '.join(sorted(known_rules))})")
+        elif name == "subject" and value not in subjects:
+            found.append(f"no exchange, meter or partner {quoted(value)} in the network")
+        elif name == "partner" and value not in partners:
+            found.append(f"no partner {quoted(value)} in the network")
     return found
 
 
@@ -428,8 +449,8 @@ async def release(conn: asyncpg.Connection, now: datetime, max_age: timedelta) -
         drop.extend(h.id for h in held if h.id not in chosen)
     if send:
         await conn.execute(
-            """UPDATE outbox SET status = 'pending', next_attempt_at = $2,
-                                 expires_at = greatest(expires_at, $2 + $3::interval)
+            """UPDATE outbox SET status = 'pending', next_attempt_at = $2::timestamptz,
+                                 expires_at = greatest(expires_at, $2::timestamptz + $3::interval)
                WHERE id = ANY($1::bigint[])""",
             send,
             now,

@@ -7,7 +7,6 @@ as Alertmanager does: it stays the record of what was muted.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -18,8 +17,7 @@ from api.deps import Caller, State, allow, not_found
 from api.params import Cursor, Limit, int_cursor
 from api.schemas import Problem, SilenceIn, SilenceOut, SilencePage
 from api.tokens import Role
-from core.network import Network
-from core.text import quoted, safe_text
+from core.text import safe_text
 from notify import silences
 from rules.alerts import ALERT_RULES
 
@@ -31,22 +29,6 @@ router = APIRouter(
 
 SilenceReader = Annotated[Caller, Depends(allow(Role.admin, Role.operator, Role.integration))]
 SilenceWriter = Annotated[Caller, Depends(allow(Role.admin, Role.operator))]
-
-
-def value_problems(matchers: Sequence[tuple[str, str]], net: Network) -> list[str]:
-    """Matcher values that name nothing in the network: a silence for them would mute
-    nothing, so they are refused rather than taken."""
-    partners = {p.id for p in net.partners}
-    subjects = partners | {m.id for m in net.meters} | {e.id for e in net.exchanges}
-    found = []
-    for name, value in matchers:
-        if name == "rule" and value not in ALERT_RULES:
-            found.append(f"no rule {quoted(value)} (one of {', '.join(sorted(ALERT_RULES))})")
-        elif name == "subject" and value not in subjects:
-            found.append(f"no exchange, meter or partner {quoted(value)} in the network")
-        elif name == "partner" and value not in partners:
-            found.append(f"no partner {quoted(value)} in the network")
-    return found
 
 
 async def _views(app: State, items: list[silences.Silence], now: datetime) -> list[dict[str, Any]]:
@@ -117,7 +99,7 @@ async def create_silence(body: SilenceIn, app: State, caller: SilenceWriter) -> 
     ]
     errors += [
         {"type": "value_error", "loc": ("body", "matchers"), "msg": msg, "input": None}
-        for msg in value_problems(matchers, caller.network)
+        for msg in silences.value_problems(matchers, caller.network, ALERT_RULES)
     ]
     if errors:
         raise RequestValidationError(errors)
