@@ -399,7 +399,7 @@ async def release(conn: asyncpg.Connection, now: datetime, max_age: timedelta) -
                   payload #>> '{alert,id}' AS alert_id, payload #>> '{alert,rule}' AS rule,
                   payload #>> '{alert,subject}' AS subject,
                   payload #>> '{alert,subject_kind}' AS kind
-           FROM outbox WHERE status = 'silenced' ORDER BY id FOR UPDATE"""
+           FROM outbox WHERE status = 'silenced' ORDER BY id FOR UPDATE SKIP LOCKED"""
     )
     if not rows:
         return Released()
@@ -415,7 +415,8 @@ async def release(conn: asyncpg.Connection, now: datetime, max_age: timedelta) -
     if not free:
         return Released()
     told_rows = await conn.fetch(
-        """SELECT o.id, o.channel, o.target, k.fp, o.payload #>> '{alert,id}' AS alert_id
+        """SELECT o.id, o.channel, o.target, k.fp, o.payload #>> '{alert,id}' AS alert_id,
+                  o.status
            FROM unnest($1::text[], $2::text[], $3::text[]) AS k (channel, target, fp)
            JOIN outbox o ON o.channel = k.channel AND o.target = k.target
                         AND o.payload #>> '{alert,fingerprint}' = k.fp
@@ -424,9 +425,9 @@ async def release(conn: asyncpg.Connection, now: datetime, max_age: timedelta) -
         [k[1] for k in free],
         [k[2] for k in free],
     )
-    told: dict[tuple[str, str, str], list[tuple[int, str]]] = defaultdict(list)
+    told: dict[tuple[str, str, str], list[tuple[int, str, str]]] = defaultdict(list)
     for r in told_rows:
-        told[(r["channel"], r["target"], r["fp"])].append((r["id"], r["alert_id"]))
+        told[(r["channel"], r["target"], r["fp"])].append((r["id"], r["alert_id"], r["status"]))
     send: list[int] = []
     drop: list[int] = []
     for key in free:
@@ -434,8 +435,11 @@ async def release(conn: asyncpg.Connection, now: datetime, max_age: timedelta) -
         last = held[-1]
         known = told.get(key, [])
         chosen: list[int] = []
-        if not any(i > last.id for i, _ in known):  # else a later state is on its way already
-            told_of_it = any(a == last.alert_id for _, a in known)
+        # A later event already sent: the receiver has a newer state than any held back. A
+        # later one still pending goes out after what is released here (in order).
+        newer = any(i > last.id and status != "pending" for i, _, status in known)
+        if not newer:
+            told_of_it = any(a == last.alert_id for i, a, _ in known if i < last.id)
             if last.event != "resolved":
                 chosen.append(last.id)
                 first = next(
