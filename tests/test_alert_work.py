@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import httpx
@@ -213,6 +213,7 @@ def test_acknowledgement_carries_who_and_a_comment(api_system: ApiSystem) -> Non
     assert call(api_system, "POST", path, body={"comment": "nul \u0000"}).status_code == 422
     assert ok(call(api_system, "GET", f"/alerts/{alert['id']}"))["acknowledged_by"] is None
 
+    assert ok(call(api_system, "GET", "/whoami", "operator"))["name"] == "test operator"
     acked = ok(call(api_system, "POST", path, "operator", body={"comment": f"  {comment} "}))
     assert (acked["acknowledged_by"], acked["ack_comment"]) == ("test operator", comment)
     assert acked["acknowledged_at"] is not None
@@ -352,3 +353,17 @@ def foreign_of(net: Any) -> set[str]:
     """Alert subjects whose partners include FOREIGN."""
     found = {FOREIGN} | {m.id for m in net.meters if m.partner == FOREIGN}
     return found | {e.id for e in net.exchanges if FOREIGN in (e.provider, e.receiver)}
+
+
+def test_who_is_the_token_name_else_its_role_and_id() -> None:
+    from api.deps import Caller
+    from api.tokens import Principal, Role
+
+    def name(principal: Principal) -> str:
+        return Caller(principal, cast(Any, None)).name
+
+    assert name(Principal(7, Role.operator, None, "Jane Doe, control room")) == (
+        "Jane Doe, control room"
+    )
+    assert name(Principal(7, Role.operator, None, "  ")) == "operator#7"
+    assert name(Principal(9, Role.partner, "novo", "")) == "partner:novo#9"
