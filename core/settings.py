@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     # "5" (default: the in-flight window is bounded by Receive Maximum) or "3.1.1" (cheaper
     # per message; the broker's max_inflight_messages must then be configured)
     ingest_mqtt_protocol: Literal["5", "3.1.1"] = "5"
+    rules_pass_interval_s: float = Field(
+        default=0.25,
+        ge=0,
+        description="the rules engine starts a pass at most this often (seconds): what ingest "
+        "marks meanwhile is processed together, so many meters reading rarely cost one pass, "
+        "not one each",
+    )
     ingest_batch_readings: int = Field(default=20000, ge=1)
     ingest_batch_wait_ms: float = Field(default=20.0, ge=0)
     ingest_pipeline: int = Field(default=2, ge=1, le=8)

@@ -42,7 +42,7 @@ import orjson
 
 from core.db import ConfigError, connect, create_pool, require_database_url
 from core.settings import Settings
-from notify import silences, webhook
+from notify import metrics, silences, webhook
 from notify.alertmanager import alertmanager_body, alertmanager_ttl, resend_firing_to_alertmanager
 from notify.mail import (
     SmtpServer,
@@ -291,6 +291,7 @@ class Notifier:
                 at,
             )
             log.log(logging.INFO if attempt > 1 else logging.DEBUG, "%s delivered", what)
+            metrics.delivered(row.channel, "delivered")
             return
         if outcome.retryable and at < row.expires_at:
             delay = backoff_delay(
@@ -309,6 +310,7 @@ class Notifier:
                 error,
             )
             log.warning("%s failed (%s); next attempt at %s", what, error, rfc3339(next_at))
+            metrics.delivered(row.channel, "retry")
             return
         if outcome.retryable:
             error = f"gave up after {attempt} attempts since {rfc3339(row.created_at)}: {error}"
@@ -319,6 +321,7 @@ class Notifier:
             error,
         )
         log.error("%s failed for good: %s", what, error)
+        metrics.delivered(row.channel, "failed")
 
     def _require_pool(self) -> asyncpg.Pool:
         if self.pool is None:
