@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import metrics
 from api.live import LiveHub
-from api.routes import alerts, data, incidents, ingest, network, ops, statements
+from api.routes import alerts, data, incidents, ingest, network, ops, silences, statements
 from api.state import AppState, NetworkCache, NoNetwork, TokenCache
 from api.wcache import WindowsCache
 from core.db import asyncpg_dsn, create_pool, require_database_url
@@ -148,7 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             headers={"Retry-After": "5"},
         )
 
-    for module in (ops, network, data, alerts, incidents, statements, ingest):
+    for module in (ops, network, data, alerts, incidents, silences, statements, ingest):
         app.include_router(module.router)
 
     if STATIC.is_dir():

@@ -80,7 +80,11 @@ class Caller:
 
     @property
     def name(self) -> str:
+        """Who this is in what it records (acknowledgements, silences): the token's name, or
+        its role, partner and id when the token has no name."""
         p = self.principal
+        if p.name.strip():
+            return safe_text(p.name.strip(), 200)
         return (
             f"{p.role.value}:{p.partner}#{p.token_id}"
             if p.partner

@@ -72,6 +72,11 @@ def since(value: datetime | None) -> datetime | None:
     return _aware(value, "since")
 
 
+def aware(value: datetime | None, name: str) -> datetime | None:
+    """A time parameter in UTC; a 422 naming ``name`` when it has no offset."""
+    return _aware(value, name)
+
+
 # Digits are ASCII digits: ``str.isdigit``, ``int()`` and ``\d`` also take other scripts'
 # digits ("２０２６"), which no client means and no cursor or month this API gives holds.
 _CURSOR = re.compile(r"[0-9]{1,18}", re.ASCII)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 Status = Literal["ok", "imbalance", "incomplete", "no_data", "error"]
 
@@ -18,6 +18,9 @@ class WhoAmI(BaseModel):
     role: Literal["admin", "operator", "partner", "integration"]
     partner: str | None
     token_id: int
+    name: str = Field(
+        default="", description="who the token stands for (its name, else role and id)"
+    )
 
 
 class PartnerOut(BaseModel):
@@ -92,6 +95,70 @@ class AlertOut(BaseModel):
         description="when the rules saw it fire (the end of the window that showed it)",
     )
     incident_id: int | None = Field(default=None, description="the incident it belongs to")
+    ack_comment: str | None = Field(
+        default=None, description="the comment given with the acknowledgement"
+    )
+    silenced_by: int | None = Field(
+        default=None,
+        description="the silence that mutes its deliveries now (not shown to partners)",
+    )
+
+
+class AckIn(BaseModel):
+    """An acknowledgement; the body may be left out."""
+
+    model_config = ConfigDict(extra="forbid")
+    comment: str | None = Field(
+        default=None, max_length=2000, description="what is being done about it"
+    )
+
+
+class MatcherIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["rule", "subject", "partner"] = Field(
+        description="rule: the alert's rule; subject: its exchange, meter or partner; partner:"
+        " a partner of its subject (a meter's owner, an exchange's provider or receiver)"
+    )
+    value: str = Field(min_length=1, max_length=200, description="equal to this")
+
+
+class SilenceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    matchers: list[MatcherIn] = Field(
+        min_length=1, max_length=10, description="all must match an alert for it to be muted"
+    )
+    starts_at: AwareDatetime | None = Field(default=None, description="default: now")
+    ends_at: AwareDatetime
+    comment: str = Field(min_length=1, max_length=2000, description="why")
+
+
+class MatcherOut(BaseModel):
+    name: Literal["rule", "subject", "partner"]
+    value: str
+
+
+class SilenceOut(BaseModel):
+    id: int
+    matchers: list[MatcherOut]
+    starts_at: datetime
+    ends_at: datetime
+    comment: str
+    created_by: str = Field(description="the name of the token that made it")
+    created_at: datetime
+    expired_by: str | None = Field(description="who expired it before its end, if anyone")
+    expired_at: datetime | None
+    state: Literal["pending", "active", "expired"]
+    muted_deliveries: int = Field(
+        description="deliveries it held back (some go out after it ends, see the docs)"
+    )
+    firing_alerts: list[int] = Field(
+        description="ids of firing alerts its matchers select (none once it has expired)"
+    )
+
+
+class SilencePage(BaseModel):
+    items: list[SilenceOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page")
 
 
 class AlertPage(BaseModel):
@@ -108,6 +175,9 @@ class IncidentEvent(BaseModel):
     severity: Literal["warning", "critical"]
     summary: str
     by: str | None = Field(description="who acknowledged (acknowledged events)")
+    comment: str | None = Field(
+        default=None, description="the acknowledgement's comment (acknowledged events)"
+    )
 
 
 class IncidentOut(BaseModel):

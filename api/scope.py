@@ -62,6 +62,7 @@ class Scope:
             **alert,
             "summary": self.redact(alert["summary"]),
             "details": self.redact(alert["details"]),
+            "ack_comment": self.redact(alert.get("ack_comment")),
         }
 
     def rejection(self, reason: str, detail: str, meter: str | None) -> tuple[str, str, str | None]:

@@ -29,11 +29,12 @@ class Role(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: a token's role and, for the partner role, its partner."""
+    """Who is calling: a token's role, for the partner role its partner, and its name."""
 
     token_id: int
     role: Role
     partner: str | None
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +98,10 @@ async def verify_token(conn: asyncpg.Connection | asyncpg.Pool, token: str) -> P
     if token_id is None:
         return None
     row = await conn.fetchrow(
-        "SELECT role, partner_id, token_hash FROM api_tokens WHERE id = $1 AND revoked_at IS NULL",
+        "SELECT role, partner_id, name, token_hash FROM api_tokens"
+        " WHERE id = $1 AND revoked_at IS NULL",
         token_id,
     )
     if row is None or not hmac.compare_digest(bytes(row["token_hash"]), token_hash(token)):
         return None
-    return Principal(token_id, Role(row["role"]), row["partner_id"])
+    return Principal(token_id, Role(row["role"]), row["partner_id"], row["name"] or "")

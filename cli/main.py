@@ -378,6 +378,15 @@ def _token_id(text: str) -> int:
     return int(text)
 
 
+def _silence_id(text: str) -> int:
+    try:
+        return _token_id(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"a silence id is a whole number from 1 to {_BIGINT_MAX}, not {text!r}"
+        ) from None
+
+
 def _month_arg(text: str) -> str:
     """``YYYY-MM`` in ASCII digits (``int()`` alone would take "２０２６-11" or "2026-+1")."""
     match = re.fullmatch(r"([0-9]{4})-([0-9]{2})", text, re.ASCII)
@@ -410,6 +419,138 @@ def _token_list(args: argparse.Namespace, settings: Settings) -> int:
             f" {row['created_at']:%Y-%m-%d %H:%M} {state}"
         )
     return 0
+
+
+def _silences_list(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import UTC, datetime
+
+    from core.db import connect
+    from notify import silences
+
+    async def go() -> tuple[list[Any], dict[int, int]]:
+        conn = await connect(settings.database_url, application_name="symbiont-cli")
+        try:
+            found = await silences.listing(
+                conn, datetime.now(UTC), state=args.state, limit=args.limit
+            )
+            return found, await silences.muted_counts(conn, [s.id for s in found])
+        finally:
+            await conn.close()
+
+    found, counts = asyncio.run(go())
+    now = datetime.now(UTC)
+    for s in found:
+        matchers = " ".join(f"{m.name}={m.value}" for m in s.matchers)
+        expired = f", expired by {s.expired_by}" if s.expired_by else ""
+        print(
+            f"{s.id:>5} {s.state(now):<8} {matchers}  {s.starts_at:%Y-%m-%d %H:%M} →"
+            f" {s.ends_at:%Y-%m-%d %H:%M} UTC  by {s.created_by}{expired};"
+            f" {counts.get(s.id, 0)} deliveries muted: {s.comment}"
+        )
+    if not found:
+        print("no silences", file=sys.stderr)
+    return 0
+
+
+def _silences_add(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import UTC, datetime
+
+    from core.apply import load_applied
+    from core.db import connect
+    from notify import silences
+    from rules.alerts import ALERT_RULES
+
+    now = datetime.now(UTC)
+    starts = args.starts or now
+    if (args.ends is None) == (args.duration is None):
+        raise ValueError("give either --ends TIME or --duration (e.g. 2h)")
+    ends = args.ends or starts + args.duration
+    matchers = list(args.matcher)
+    problems = [msg for _, msg in silences.problems(matchers, starts, ends, args.comment, now)]
+
+    async def go() -> Any:
+        conn = await connect(settings.database_url, application_name="symbiont-cli")
+        try:
+            net = await load_applied(conn)
+            if net is None:
+                raise ValueError("no network applied yet: run `symbiont network apply FILE`")
+            problems.extend(silences.value_problems(matchers, net, ALERT_RULES))
+            if problems:
+                raise ValueError("; ".join(problems))
+            return await silences.create(conn, matchers, starts, ends, args.comment.strip(), by)
+        finally:
+            await conn.close()
+
+    by = args.by or _cli_user()
+    created = asyncio.run(go())
+    print(
+        f"silence {created.id} ({created.state(now)}) until {created.ends_at.isoformat()}",
+        file=sys.stderr,
+    )
+    print(created.id)
+    return 0
+
+
+def _silences_delete(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import UTC, datetime
+
+    from core.db import connect
+    from notify import silences
+
+    async def go() -> Any:
+        conn = await connect(settings.database_url, application_name="symbiont-cli")
+        try:
+            return await silences.expire(conn, args.id, args.by or _cli_user(), datetime.now(UTC))
+        finally:
+            await conn.close()
+
+    expired = asyncio.run(go())
+    if expired is None:
+        raise ValueError(f"no silence with id {args.id}")
+    print(f"silence {args.id} expired at {expired.ends_at.isoformat()}")
+    return 0
+
+
+def _cli_user() -> str:
+    import getpass
+
+    try:
+        return f"{getpass.getuser()} (command line)"
+    except (KeyError, OSError):
+        return "command line"
+
+
+def _matcher_arg(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not value:
+        raise argparse.ArgumentTypeError(
+            f"a matcher is NAME=VALUE with NAME rule, subject or partner, not {text!r}"
+        )
+    return name.strip(), value.strip()
+
+
+def _time_arg(text: str) -> Any:
+    from datetime import datetime
+
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"a time is RFC 3339 with an offset (e.g. 2026-10-01T06:00:00Z), not {text!r}"
+        )
+    return value
+
+
+def _duration_arg(text: str) -> Any:
+    from datetime import timedelta
+
+    match = re.fullmatch(r"([0-9]{1,6})([mhd])", text.strip(), re.ASCII)
+    if match is None or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"a duration is like 90m, 2h or 3d, not {text!r}")
+    unit = {"m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+    return timedelta(**{unit: int(match.group(1))})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -535,6 +676,35 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_parser("list", help="list tokens (never their secrets)").set_defaults(
         handler=_token_list
     )
+
+    silence = sub.add_parser("silences", help="mute the delivery of alerts").add_subparsers(
+        dest="silences", required=True
+    )
+    slist = silence.add_parser("list", help="silences, newest first")
+    slist.add_argument("--state", choices=("pending", "active", "expired"), default=None)
+    slist.add_argument("--limit", type=int, default=50)
+    slist.set_defaults(handler=_silences_list)
+    sadd = silence.add_parser(
+        "add", help="mute the alerts every matcher selects (they still fire and are recorded)"
+    )
+    sadd.add_argument(
+        "--matcher",
+        "-m",
+        type=_matcher_arg,
+        action="append",
+        required=True,
+        help="NAME=VALUE, NAME one of rule, subject, partner (repeat: all must match)",
+    )
+    sadd.add_argument("--starts", type=_time_arg, default=None, help="RFC 3339 (default now)")
+    sadd.add_argument("--ends", type=_time_arg, default=None, help="RFC 3339")
+    sadd.add_argument("--duration", type=_duration_arg, default=None, help="e.g. 90m, 2h, 3d")
+    sadd.add_argument("--comment", required=True, help="why")
+    sadd.add_argument("--by", default=None, help="who (default: this user)")
+    sadd.set_defaults(handler=_silences_add)
+    sdel = silence.add_parser("delete", help="expire a silence now (it is kept as a record)")
+    sdel.add_argument("id", type=_silence_id)
+    sdel.add_argument("--by", default=None, help="who (default: this user)")
+    sdel.set_defaults(handler=_silences_delete)
 
     broker = sub.add_parser(
         "broker-config", help="Mosquitto users, passwords and ACL for a network file"

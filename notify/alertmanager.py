@@ -2,7 +2,9 @@
 re-sent periodically (as Prometheus does): ``resend_firing_to_alertmanager`` posts every firing
 alert with ``endsAt = now + 4 × alertmanager_resend_s``; ``Notifier.run`` calls it every
 ``alertmanager_resend_s``.  Those re-sends are state refreshes, not events: they do not go
-through the outbox and are not recorded.
+through the outbox and are not recorded.  An alert a silence mutes is left out of them (and so
+ends in Alertmanager at its ``endsAt`` if Alertmanager knew it): a silence holds back everything
+symbiont would send of the alert.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import httpx
 import orjson
 
 from core.settings import Settings
+from notify import silences
 from notify.outbox import ALERT_FIELDS, alert_state, post_json, rfc3339
 
 AM_RESEND_TTL_FACTOR = 4  # endsAt = now + 4 × the resend interval, as Prometheus does
@@ -64,6 +67,8 @@ def alertmanager_alert(
         annotations["acknowledged_by"] = str(alert["acknowledged_by"])
         if alert.get("acknowledged_at"):
             annotations["acknowledged_at"] = rfc3339(_parse_time(alert["acknowledged_at"]) or now)
+        if alert.get("ack_comment"):
+            annotations["ack_comment"] = str(alert["ack_comment"])
     starts = _parse_time(alert.get("started_at")) or now
     if alert.get("status") == "resolved":
         ends = _parse_time(alert.get("resolved_at")) or now
@@ -122,9 +127,11 @@ async def resend_firing_to_alertmanager(
     rows = await conn.fetch(
         f"SELECT {', '.join(ALERT_FIELDS)} FROM alerts WHERE status = 'firing' ORDER BY id"
     )
+    now = datetime.now(UTC)
+    muted = await silences.silenced_by(conn, rows, now)
+    rows = [row for row, silence in zip(rows, muted, strict=True) if silence is None]
     if not rows:
         return 0
-    now = datetime.now(UTC)
     ttl = alertmanager_ttl(settings)
     alerts = [alertmanager_alert(alert_state(row), now=now, ttl=ttl) for row in rows]
     owned = client is None

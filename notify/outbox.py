@@ -62,6 +62,7 @@ ALERT_FIELDS = (
     "status",
     "acknowledged_by",
     "acknowledged_at",
+    "ack_comment",
     "started_at",
     "resolved_at",
     "summary",

@@ -16,6 +16,8 @@
   what a ``Retry-After`` asks) until the row's ``expires_at`` (``notify_max_age_h`` after
   enqueueing), with a last attempt at the deadline; then the row is ``failed``.  Anything else
   (HTTP 4xx, a bad URL or topic, a broker that refuses the topic) fails at once.
+- an alert event that a silence mutes when it is claimed is not attempted: the row is held
+  (``silenced``) and settled when no silence mutes its alert any more (:mod:`notify.silences`).
 - ``now`` can be passed in to make time move in tests; it drives claiming and scheduling only.
   What leaves the process (``webhook-timestamp``, Alertmanager ``endsAt``) uses the wall clock,
   since receivers compare it with theirs.
@@ -41,7 +43,7 @@ import orjson
 from core.db import ConfigError, connect, create_pool, require_database_url
 from core.settings import Settings
 from ingest.service import mqtt_target
-from notify import metrics, webhook
+from notify import metrics, silences, webhook
 from notify.alertmanager import alertmanager_body, alertmanager_ttl, resend_firing_to_alertmanager
 from notify.mail import (
     SmtpServer,
@@ -188,22 +190,39 @@ class Notifier:
         whose previous one was just delivered) are included."""
         if now is not None and now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
+        await self._release(now)
         seen: list[int] = []
         total = 0
         while True:
-            attempted = await self._deliver_batch(now, seen)
-            if not attempted:
+            claimed, attempted = await self._deliver_batch(now, seen)
+            if not claimed:
                 return total
             total += attempted
 
-    async def _deliver_batch(self, now: datetime | None, seen: list[int]) -> int:
+    async def _release(self, now: datetime | None) -> None:
+        """Let go what silences held back of alerts no silence mutes any more."""
+        pool = self._require_pool()
+        async with pool.acquire() as conn, conn.transaction():
+            at: datetime = now or await conn.fetchval("SELECT statement_timestamp()")
+            result = await silences.release(
+                conn, at, timedelta(hours=self.settings.notify_max_age_h)
+            )
+        if result.released or result.suppressed:
+            log.info(
+                "silences lifted: %d held deliveries go out, %d are dropped",
+                result.released,
+                result.suppressed,
+            )
+
+    async def _deliver_batch(self, now: datetime | None, seen: list[int]) -> tuple[int, int]:
+        """Claim a batch and attempt what no silence mutes: (rows claimed, attempts made)."""
         pool = self._require_pool()
         async with pool.acquire() as conn, conn.transaction():
             records = await conn.fetch(
                 CLAIM, now, list(self.senders), seen, self.settings.notify_batch
             )
             if not records:
-                return 0
+                return 0, 0
             rows = [
                 OutboxRow(
                     id=r["id"],
@@ -219,11 +238,15 @@ class Notifier:
             ]
             at: datetime = records[0]["now"]
             seen.extend(row.id for row in rows)
-            self.attempted += len(rows)
-            results = await asyncio.gather(*(self._attempt(row) for row in rows))
-            for row, (outcome, duration_ms) in zip(rows, results, strict=True):
+            held = await silences.hold(conn, rows, at)
+            if held:
+                log.info("%d deliveries held back by silences", len(held))
+            due = [row for row in rows if row.id not in held]
+            self.attempted += len(due)
+            results = await asyncio.gather(*(self._attempt(row) for row in due))
+            for row, (outcome, duration_ms) in zip(due, results, strict=True):
                 await self._record(conn, row, outcome, duration_ms, at)
-        return len(rows)
+        return len(rows), len(due)
 
     async def _attempt(self, row: OutboxRow) -> tuple[Outcome, float]:
         sender = self.senders[row.channel]

@@ -684,6 +684,9 @@ STATEMENT_HELD = (
     "statement_held"  # judged by statements.issue when a month falls due, not per window
 )
 
+ALERT_RULES = frozenset({*(r.value for r in Rule), STATEMENT_HELD})
+"""Every rule an alert can have."""
+
 
 @dataclass(frozen=True)
 class LineShortfall:

@@ -59,6 +59,7 @@ def alert_json(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
         "status": row["status"],
         "acknowledged_by": row["acknowledged_by"],
         "acknowledged_at": ts(row["acknowledged_at"]),
+        "ack_comment": row["ack_comment"],
         "started_at": ts(row["started_at"]),
         "resolved_at": ts(row["resolved_at"]),
         "summary": row["summary"],
@@ -190,9 +191,11 @@ async def acknowledge(
     by: str,
     now: datetime,
     *,
+    comment: str | None = None,
     targets: Targets | None = None,
 ) -> asyncpg.Record | None:
-    """Acknowledge an alert (idempotent: a second acknowledgement changes nothing)."""
+    """Acknowledge an alert, by whom and with an optional comment (idempotent: a second
+    acknowledgement changes nothing, its comment included)."""
     async with conn.transaction():
         row = await conn.fetchrow("SELECT * FROM alerts WHERE id = $1 FOR UPDATE", alert_id)
         if row is None:
@@ -200,11 +203,13 @@ async def acknowledge(
         if row["acknowledged_at"] is not None:
             return row
         row = await conn.fetchrow(
-            """UPDATE alerts SET acknowledged_by = $2, acknowledged_at = $3, updated_at = $3
+            """UPDATE alerts SET acknowledged_by = $2, acknowledged_at = $3, updated_at = $3,
+                                 ack_comment = $4
                WHERE id = $1 RETURNING *""",
             alert_id,
             by,
             now,
+            comment,
         )
         assert row is not None
         await _event(conn, row, "acknowledged", now, targets)

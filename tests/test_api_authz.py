@@ -53,6 +53,10 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/alerts/{alert_id}/ack"): Rule(frozenset({ADMIN, OPERATOR})),
     ("GET", "/api/v1/incidents"): Rule(EVERYONE),
     ("GET", "/api/v1/incidents/{incident_id}"): Rule(EVERYONE),
+    ("GET", "/api/v1/silences"): Rule(frozenset({ADMIN, OPERATOR, INTEGRATION})),
+    ("GET", "/api/v1/silences/{silence_id}"): Rule(frozenset({ADMIN, OPERATOR, INTEGRATION})),
+    ("POST", "/api/v1/silences"): Rule(frozenset({ADMIN, OPERATOR}), 201),
+    ("DELETE", "/api/v1/silences/{silence_id}"): Rule(frozenset({ADMIN, OPERATOR})),
     ("GET", "/api/v1/partners/{partner_id}/statements"): Rule(READERS),
     ("GET", "/api/v1/partners/{partner_id}/statements/{month}"): Rule(READERS),
     ("GET", "/api/v1/partners/{partner_id}/statements/{month}/revisions"): Rule(READERS),
@@ -149,7 +153,7 @@ def params(api_system: ApiSystem) -> Fixtures:
     def exchange_of(partner: str) -> str:
         return next(e.id for e in net.exchanges if partner in (e.provider, e.receiver))
 
-    async def alert_ids() -> tuple[dict[str, int], dict[str, int]]:
+    async def alert_ids() -> tuple[dict[str, int], dict[str, int], int]:
         conn = await asyncpg.connect(asyncpg_dsn(api_system.database_url))
         try:
             own = await conn.fetchrow(
@@ -171,16 +175,22 @@ def params(api_system: ApiSystem) -> Fixtures:
                 meter_of(FOREIGN),
                 incident,
             )
+            silence = await conn.fetchval(
+                "INSERT INTO silences (matchers, starts_at, ends_at, comment, created_by)"
+                """ VALUES ('[{"name": "rule", "value": "counter_reset"}]', now(),"""
+                " now() + interval '1 hour', 'authorization test', 'test') RETURNING id"
+            )
             if own is None:
-                return {}, {}
+                return {}, {}, 0
             return (
                 {OWN: own["id"], FOREIGN: foreign},
                 {OWN: own["incident_id"], FOREIGN: incident},
+                silence,
             )
         finally:
             await conn.close()
 
-    alerts, incidents = asyncio.run(alert_ids())
+    alerts, incidents, silence = asyncio.run(alert_ids())
     assert alerts.get(OWN) is not None, "the leak raised no alert to test with"
     assert incidents[OWN] is not None, "the leak's alert is in no incident"
     month = datetime.now(UTC) - timedelta(days=40)
@@ -193,6 +203,7 @@ def params(api_system: ApiSystem) -> Fixtures:
             "partner_id": partner,
             "alert_id": str(alerts[partner]),
             "incident_id": str(incidents[partner]),
+            "silence_id": str(silence),
             "month": previous,
         }
     assert values[FOREIGN]["exchange_id"] not in {
@@ -207,6 +218,13 @@ def _request(
     body: dict[str, object] | None = None
     if method == "POST" and path.endswith("/issue"):  # the test system's data is incomplete
         body = {"accept_incomplete": True, "reason": "authorization test"}
+    if method == "POST" and path == "/api/v1/silences":
+        ends = datetime.now(UTC) + timedelta(hours=1)
+        body = {
+            "matchers": [{"name": "rule", "value": "counter_reset"}],
+            "ends_at": ends.isoformat(),
+            "comment": "authorization test",
+        }
     if method == "POST" and path.startswith("/api/v1/readings/"):
         ts = datetime.now(UTC) - timedelta(minutes=1, microseconds=uuid.uuid4().int % 10**6)
         body = {"ts": ts.isoformat(), "value": 1.0}

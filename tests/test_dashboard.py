@@ -196,7 +196,8 @@ def test_acknowledge_shows_everywhere(system: ApiSystem, new_page: Any) -> None:
     _sign_in(page, system, "operator")
     expect(page.locator("#whoami")).to_have_attribute("data-role", "operator")
     item = page.locator(selector)
-    item.locator("button.ack").click()
+    item.locator("button.ack").click()  # opens the comment field; the comment is optional
+    item.locator("button.ack-confirm").click()
     expect(item).to_contain_text("acknowledged by ")
     expect(item.locator("button.ack")).to_have_count(0)
 

@@ -162,6 +162,9 @@ async def incident(incident_id: int, state: State, caller: IncidentReader) -> di
                 "severity": then.get("severity") or alert["severity"],
                 "summary": scope.redact(then.get("summary") or alert["summary"]),
                 "by": then.get("acknowledged_by") if e["kind"] == "acknowledged" else None,
+                "comment": (
+                    scope.redact(then.get("ack_comment")) if e["kind"] == "acknowledged" else None
+                ),
             }
         )
     return {

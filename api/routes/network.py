@@ -24,7 +24,7 @@ router = APIRouter(prefix="/api/v1", responses={401: {"model": Problem}, 403: {"
 @router.get("/whoami", response_model=WhoAmI, tags=["auth"])
 async def whoami(caller: Annotated[Caller, Depends(allow(*ALL_ROLES))]) -> dict[str, Any]:
     p = caller.principal
-    return {"role": p.role.value, "partner": p.partner, "token_id": p.token_id}
+    return {"role": p.role.value, "partner": p.partner, "token_id": p.token_id, "name": caller.name}
 
 
 @router.get("/network", response_model=NetworkOut, tags=["network"])

@@ -1,6 +1,11 @@
 // symbiont dashboard: sign in with a token, the network as a live Sankey, open alerts,
 // per-exchange history and statements.  Plain ES module, no build step; ECharts is the
-// global `echarts` from /static/vendor/echarts.min.js.
+// global `echarts` from /static/vendor/echarts.min.js. Alert work (history, incidents,
+// silences, acknowledgement with a comment, alert marks) is in alerts.js; the charts' period
+// in timerange.js.
+
+import { alertWork } from "./alerts.js";
+import { chartRange } from "./timerange.js";
 
 const API = "/api/v1";
 const TOKEN_KEY = "symbiont.token";
@@ -24,7 +29,6 @@ const state = {
   order: [], // exchange ids in network order
   alerts: new Map(), // id -> alert (open ones only)
   selected: null,
-  rangeDays: 7,
   stream: { connected: false, connects: 0, events: 0 },
 };
 window.symbiont = { exchanges: {}, alerts: [], stream: state.stream, ready: false };
@@ -45,11 +49,14 @@ class ApiError extends Error {
   }
 }
 
-async function api(path, { method = "GET", signal, raw = false } = {}) {
+async function api(path, { method = "GET", signal, raw = false, body } = {}) {
+  const headers = { Authorization: `Bearer ${state.token}`, Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
   const resp = await fetch(API + path, {
     method,
     signal,
-    headers: { Authorization: `Bearer ${state.token}`, Accept: "application/json" },
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
   });
   if (!resp.ok) {
     let detail = `${resp.status} ${resp.statusText}`;
@@ -190,6 +197,7 @@ function signOut(message) {
   $("detail-hint").textContent = "Select an exchange in the diagram or the table.";
   $("detail-title").textContent = "Exchange history";
   $("detail-summary").textContent = "";
+  alertWork.signedOut();
   publish();
   window.symbiont.ready = false;
   showSignIn(message);
@@ -237,6 +245,7 @@ async function signIn(token) {
     who.partner ? el("span", { class: "partner" }, partnerName(who.partner)) : "",
   );
   setupStatements().catch((err) => reportError("Loading statements", err));
+  alertWork.signedIn(who, state.network);
   window.symbiont.ready = true;
   runStream(gen);
 }
@@ -393,6 +402,7 @@ function handleEvent(event, data) {
     scheduleRender();
   } else if (event === "alert") {
     upsertAlert(payload, true);
+    alertWork.alertEvent(payload);
   }
 }
 
@@ -644,6 +654,8 @@ function renderExchanges() {
 
 function upsertAlert(alert, render) {
   if (!alert || alert.id === undefined) return;
+  const known = state.alerts.get(alert.id); // live events do not say which silence mutes it
+  if (known && alert.silenced_by === undefined) alert.silenced_by = known.silenced_by;
   if (alert.status === "firing") state.alerts.set(alert.id, alert);
   else state.alerts.delete(alert.id);
   if (render) renderAlerts();
@@ -676,14 +688,10 @@ function renderAlerts() {
         action = el(
           "span",
           { class: "acked", title: fmtTime(a.acknowledged_at) },
-          `✓ acknowledged by ${a.acknowledged_by}`,
+          alertWork.ackText(a),
         );
       } else if (canAck()) {
-        action = el(
-          "button",
-          { type: "button", class: "button small ack", onclick: (e) => ackAlert(a.id, e.target) },
-          "Acknowledge",
-        );
+        action = alertWork.ackAction(a, (alert) => upsertAlert(alert, true));
       }
       return el(
         "li",
@@ -697,6 +705,7 @@ function renderAlerts() {
           el("span", { class: `sev sev-${a.severity}` }, a.severity),
           el("span", { class: "rule" }, a.rule.replace(/_/g, " ")),
           subject,
+          alertWork.silencedBadge(a),
         ),
         el("p", { class: "summary" }, a.summary),
         el(
@@ -711,19 +720,6 @@ function renderAlerts() {
   $("alert-count").textContent = String(alerts.length);
   $("alerts-empty").hidden = alerts.length > 0;
   publish();
-}
-
-async function ackAlert(id, button) {
-  button.disabled = true;
-  button.textContent = "Acknowledging…";
-  try {
-    const alert = await api(`/alerts/${encodeURIComponent(id)}/ack`, { method: "POST" });
-    upsertAlert(alert, true);
-  } catch (err) {
-    button.disabled = false;
-    button.textContent = "Acknowledge";
-    reportError("Acknowledging the alert", err);
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -751,15 +747,21 @@ async function loadHistory() {
   const id = state.selected;
   if (!id) return;
   const gen = generation;
-  const to = new Date();
-  const from = new Date(to.getTime() - state.rangeDays * 86400e3);
+  const { from, to } = chartRange.window();
   historyChart.showLoading({ text: "loading…", color: "#4b6584" });
   let data;
+  let marks = [];
   try {
-    data = await api(
-      `/exchanges/${encodeURIComponent(id)}/windows?from=${encodeURIComponent(from.toISOString())}` +
-        `&to=${encodeURIComponent(to.toISOString())}`,
-    );
+    [data, marks] = await Promise.all([
+      api(
+        `/exchanges/${encodeURIComponent(id)}/windows?from=${encodeURIComponent(from.toISOString())}` +
+          `&to=${encodeURIComponent(to.toISOString())}`,
+      ),
+      alertWork.chartMarks(id, from, to).catch((err) => {
+        console.warn("alert marks:", err);
+        return [];
+      }),
+    ]);
   } catch (err) {
     historyChart.hideLoading();
     reportError(`Loading the history of ${id}`, err);
@@ -767,10 +769,10 @@ async function loadHistory() {
   }
   historyChart.hideLoading();
   if (gen !== generation || state.selected !== id) return;
-  renderHistory(id, data, from, to);
+  renderHistory(id, data, from, to, marks);
 }
 
-function renderHistory(id, data, from, to) {
+function renderHistory(id, data, from, to, marks = []) {
   const items = data.items || [];
   const unit = prettyUnit(data.unit || (exchangeMeta(id) || {}).unit || "");
   const t = (w) => new Date(w.start).getTime();
@@ -821,7 +823,7 @@ function renderHistory(id, data, from, to) {
       grid: { left: 56, right: 16, top: narrow ? 72 : 48, bottom: 56 },
       legend: {
         top: 0,
-        data: ["sent", "received", "expected received", "± 2σ", "imbalance"],
+        data: ["sent", "received", "expected received", "± 2σ", "imbalance", "alerts"],
         textStyle: { fontSize: narrow ? 10 : 12 },
       },
       tooltip: {
@@ -885,19 +887,15 @@ function renderHistory(id, data, from, to) {
           symbolSize: 6,
           itemStyle: { color: STATUS_COLOURS.imbalance },
         },
+        alertWork.markSeries(marks, from, to),
       ],
     },
     { notMerge: true },
   );
 }
 
-for (const chip of document.querySelectorAll(".range .chip")) {
-  chip.addEventListener("click", () => {
-    state.rangeDays = Number(chip.dataset.range);
-    for (const c of document.querySelectorAll(".range .chip")) c.classList.toggle("active", c === chip);
-    loadHistory();
-  });
-}
+chartRange.setup();
+chartRange.onChange(() => loadHistory());
 
 // ---------------------------------------------------------------------------------------------
 // Statements
@@ -1082,6 +1080,14 @@ $("signin-form").addEventListener("submit", (e) => {
   signIn(token);
 });
 $("sign-out").addEventListener("click", () => signOut());
+alertWork.setup({
+  api,
+  el,
+  fmtTime,
+  reportError,
+  selectExchange,
+  reloadAlerts: () => loadAlerts().catch((err) => reportError("Loading alerts", err)),
+});
 $("error-close").addEventListener("click", () => {
   $("error").hidden = true;
 });
