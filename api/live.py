@@ -117,26 +117,16 @@ def stale_after(net: Network, meter: Meter) -> float | None:
     return stale_limit(meter.interval, cfg) if cfg.enabled else None
 
 
-def meter_state(
-    last_ts: datetime | None,
-    firing: set[str],
-    now: datetime,
-    limit_s: float | None,
-    *,
-    retired: bool = False,
-) -> str:
-    """A meter's state: ``retired``; ``no_data`` (never read); ``stale`` (its meter_stale alert
-    fires, or it has been silent for longer than ``limit_s``); ``stuck`` or ``suspect`` (that
-    alert fires); else ``ok``.  ``firing``: the rules firing on it."""
+def meter_state(last_ts: datetime | None, firing: set[str], *, retired: bool = False) -> str:
+    """A meter's state: ``retired``; ``no_data`` (never read); ``stale``, ``stuck`` or
+    ``suspect`` while that alert fires on it (the rules decide: a meter's own limits, and a
+    backfill of old readings is data arriving, not silence); else ``ok``.  ``firing``: the
+    rules firing on it."""
     if retired:
         return "retired"
     if last_ts is None:
         return "no_data"
-    if Rule.meter_stale in firing or (
-        limit_s is not None and (now - last_ts).total_seconds() > limit_s
-    ):
-        return "stale"
-    for rule, state in _STATE_RULES[1:]:
+    for rule, state in _STATE_RULES:
         if rule in firing:
             return state
     return "ok"
@@ -169,7 +159,6 @@ def meter_rate(meter: Meter, row: Any) -> tuple[float | None, datetime | None, d
 def meter_view(entry: dict[str, Any], now: datetime) -> dict[str, Any]:
     """A meter of the snapshot as the API gives it, its age and state as of ``now``."""
     last = entry["last_ts"]
-    state = meter_state(last, entry["firing"], now, entry["stale_after_s"])
     return {
         "id": entry["id"],
         "partner": entry["partner"],
@@ -183,7 +172,7 @@ def meter_view(entry: dict[str, Any], now: datetime) -> dict[str, Any]:
         "rate_unit": entry["rate_unit"],
         "rate_from": entry["rate_from"],
         "rate_to": entry["rate_to"],
-        "state": state,
+        "state": entry["state"],
         "stale_after_s": entry["stale_after_s"],
         "open_alerts": entry["open_alerts"],
     }
@@ -248,10 +237,12 @@ class Subscriber:
 
 def _sum_rates(meters: dict[str, dict[str, Any]], ids: Sequence[str]) -> float | None:
     """The current flow of one end of an exchange: the sum of its meters' rates (None when
-    one of them has none: half a sum would pass for a drop in flow)."""
+    one of them has none, or is stale: half a sum would pass for a drop in flow, and an old
+    rate for the current one)."""
     rates: list[float] = []
     for m in ids:
-        rate = meters[m]["rate"] if m in meters else None
+        meter = meters.get(m)
+        rate = meter["rate"] if meter and meter["state"] != "stale" else None
         if rate is None or not math.isfinite(rate):
             return None
         rates.append(rate)
@@ -352,7 +343,7 @@ class LiveHub:
                 "rate_to": rate_to,
                 "stale_after_s": limit,
                 "firing": on,
-                "state": meter_state(r["ts"], on, now, limit),
+                "state": meter_state(r["ts"], on),
                 "open_alerts": open_by_subject.get(m.id, 0),
             }
         exchanges: dict[str, dict[str, Any]] = {}

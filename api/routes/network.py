@@ -134,9 +134,9 @@ async def meters(
     ] = None,
 ) -> dict[str, Any]:
     """Every meter in scope (a partner: its own) with its last reading, age, current rate and
-    state: `ok`, `stale` (silent for longer than its meter_stale limit, or that alert fires),
-    `stuck`, `suspect` (those alerts fire), `no_data` (never read) or `retired` (removed from
-    the network file; its readings are kept)."""
+    state: `stale`, `stuck` or `suspect` while that alert fires on it (`stale_after_s`: the
+    silence its meter_stale rule allows), `no_data` (never read), `retired` (removed from the
+    network file; its readings are kept), else `ok`."""
     snap = await state.hub.current()
     scope = caller.scope
     now = datetime.now(UTC)

@@ -381,7 +381,9 @@ function kindOf(id) {
 // The exchange table
 
 function pct(v) {
-  return v === null || v === undefined ? "–" : `${v.toFixed(Math.abs(v) < 10 ? 1 : 0)} %`;
+  if (v === null || v === undefined) return "–";
+  const digits = Math.abs(v) >= 10 ? 0 : Math.abs(v) >= 0.1 || v === 0 ? 1 : 2;
+  return `${v.toFixed(digits)} %`;
 }
 
 function renderTable() {
@@ -416,6 +418,9 @@ function renderTable() {
     tr.classList.toggle("selected", state.selected === id);
     const alerts = ex.open_alerts || 0;
     const lossPct = typeof ex.loss === "number" ? ex.loss * 100 : null;
+    const nowTitle = ex.rates_to
+      ? `from the readings of ${localSpan(ex.rates_from, ex.rates_to)}`
+      : "no recent readings";
     tr.replaceChildren(
       el(
         "th",
@@ -427,8 +432,12 @@ function renderTable() {
           `${shortPartnerName(ex.provider)} → ${shortPartnerName(ex.receiver)}`,
         ),
       ),
-      el("td", { class: "num", dataset: { col: "sent-rate" } }, fmtRate(ex.sent_rate, u)),
-      el("td", { class: "num", dataset: { col: "received-rate" } }, fmtRate(ex.received_rate, u)),
+      el("td", { class: "num", dataset: { col: "sent-rate" }, title: nowTitle }, fmtRate(ex.sent_rate, u)),
+      el(
+        "td",
+        { class: "num", dataset: { col: "received-rate" }, title: nowTitle },
+        fmtRate(ex.received_rate, u),
+      ),
       el(
         "td",
         { class: "nowrap window", dataset: { col: "window" } },
@@ -480,16 +489,17 @@ function renderTable() {
     }
     prev = tr;
   }
-  // When the figures are from: the span of the readings behind "now".
+  // When the figures are from: the newest reading behind "now" (each row's own span is in
+  // its tooltip).
   const exs = wanted.map((id) => state.exchanges[id]);
-  const froms = exs.map((e) => e.rates_from).filter(Boolean).sort();
   const tos = exs.map((e) => e.rates_to).filter(Boolean).sort();
   const note = document.getElementById("rates-when");
   if (note) {
     note.textContent = tos.length
-      ? `Now: rates from the meters' latest readings, ${localSpan(froms[0], tos[tos.length - 1])}.`
+      ? `Now: flows from the meters' latest readings, up to ${localText(tos[tos.length - 1])}` +
+        " (registers and rate meters over their last 10 minutes, weighbridges over their last" +
+        " window)."
       : "Now: no recent readings.";
-    note.dataset.from = froms[0] || "";
     note.dataset.to = tos[tos.length - 1] || "";
   }
 }
@@ -529,13 +539,14 @@ function renderMeters() {
           "th",
           { scope: "row" },
           el("span", { class: "mono" }, m.id),
-          el("span", { class: "ex-id" }, `${shortPartnerName(m.partner)} · ${m.kind}`),
         ),
+        el("td", {}, shortPartnerName(m.partner)),
+        el("td", {}, m.kind),
         el(
           "td",
           { class: "nowrap", dataset: { col: "age" } },
           m.last_ts ? `${ageText(m.age_s)} ago` : "never",
-          m.last_ts ? el("span", { class: "ex-id" }, localText(m.last_ts, { seconds: true })) : null,
+          m.last_ts ? el("span", { class: "ts" }, localText(m.last_ts, { seconds: true })) : null,
         ),
         el(
           "td",
@@ -583,7 +594,7 @@ export function liveLoaded(live) {
 }
 
 export function startLive() {
-  stopLive();
+  if (meterTimer) clearInterval(meterTimer);
   meterTimer = setInterval(() => {
     if (state.token && !document.hidden) loadMeters();
   }, METER_POLL_MS);
