@@ -142,9 +142,11 @@ def new_page(browser: Browser) -> Iterator[Any]:
         # integration token, is the browser's own line, expected)
         page.on(
             "console",
-            lambda msg: errors.append(msg.text)
-            if msg.type == "error" and not msg.text.startswith("Failed to load resource")
-            else None,
+            lambda msg: (
+                errors.append(msg.text)
+                if msg.type == "error" and not msg.text.startswith("Failed to load resource")
+                else None
+            ),
         )
         return page
 
