@@ -137,7 +137,7 @@ function diagram(kind, exchanges, width) {
   const nodeValue = (n) => Math.max(inflow.get(n), outflow.get(n));
   const gap = 26;
   const maxCount = Math.max(...columns.map((c) => c.length));
-  const target = Math.min(340, Math.max(110, 56 * maxCount));
+  const target = Math.min(340, Math.max(56, 56 * maxCount));
   let scale = Infinity;
   for (const c of columns) {
     const sum = c.reduce((s, n) => s + nodeValue(n), 0);
@@ -382,7 +382,7 @@ function kindOf(id) {
 
 function pct(v) {
   if (v === null || v === undefined) return "–";
-  const digits = Math.abs(v) >= 10 ? 0 : Math.abs(v) >= 0.1 || v === 0 ? 1 : 2;
+  const digits = Math.abs(v) >= 100 ? 0 : Math.abs(v) >= 0.1 || v === 0 ? 1 : 2;
   return `${v.toFixed(digits)} %`;
 }
 

@@ -87,11 +87,12 @@ export function localSpan(from, to) {
   return `${localText(from)} – ${localText(to)}`;
 }
 
-// An axis tick of a time chart: the clock, or the date at midnight.
+// An axis tick of a time chart, in the network's zone: "12-04" at midnight, else "12-04 06:00"
+// (a chart library places its ticks in the browser's zone: the date keeps them unambiguous).
 export function axisTime(value) {
   const p = localParts(value);
   if (!p) return "";
-  return p.time === "00:00" ? p.date.slice(5) : p.time;
+  return p.time === "00:00" ? p.date.slice(5) : `${p.date.slice(5)} ${p.time}`;
 }
 
 // A duration for people: "42 s", "7 min", "3 h 05 min", "2 d 4 h".
