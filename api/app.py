@@ -161,6 +161,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return FileResponse(index, headers={"Cache-Control": "no-cache"})
         return HTMLResponse("<h1>symbiont</h1><p>The dashboard is not installed.</p>")
 
+    @app.get("/favicon.ico", include_in_schema=False, response_model=None)
+    async def favicon() -> Any:
+        icon = STATIC / "favicon.ico"
+        if icon.is_file():
+            return FileResponse(icon, media_type="image/x-icon")
+        return Response(status_code=404)
+
     return app
 
 

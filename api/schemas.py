@@ -203,40 +203,76 @@ class IncidentDetail(IncidentOut):
     timeline: list[IncidentEvent] = Field(description="its alerts' events, in order")
 
 
+MeterState = Literal["ok", "stale", "stuck", "suspect", "no_data", "retired"]
+
+
 class LiveExchange(BaseModel):
     id: str
     provider: str
     receiver: str
     kind: str
     unit: str
-    window_start: datetime | None
-    window_end: datetime | None
-    sent: float | None
-    received: float | None
-    sent_rate: float | None
-    received_rate: float | None
+    sent_rate: float | None = Field(
+        description="current flow at the provider's meters, from their latest readings"
+    )
+    received_rate: float | None = Field(
+        description="current flow at the receiver's meters, from their latest readings"
+    )
     rate_unit: str
-    status: Status | None
-    imbalance: float | None
+    rates_from: datetime | None = Field(description="the earliest reading the rates come from")
+    rates_to: datetime | None = Field(description="the latest reading the rates come from")
+    window_start: datetime | None = Field(description="the last complete window")
+    window_end: datetime | None
+    sent: float | None = Field(description="S of the last complete window")
+    received: float | None = Field(description="R of the last complete window")
+    loss: float = Field(description="the expected fraction lost in transit, l")
+    delta: float | None = Field(description="S − R")
+    delta_pct: float | None = Field(description="(S − R) / S in %")
+    expected_loss: float | None = Field(description="l·S: what may be lost in transit")
+    imbalance: float | None = Field(description="d = (1 − l)·S − R")
+    sigma: float | None
     z: float | None
     coverage: float | None
-    open_alerts: int
+    status: Status | None = Field(description="status of the last complete window")
+    meter_state: MeterState = Field(
+        description="the worst state of its meters the caller may see (a partner: its own)"
+    )
+    meter_states: dict[str, MeterState] = Field(description="per meter the caller may see")
+    open_alerts: int = Field(
+        description="open alerts on it and on the meters the caller may see (a partner: its own)"
+    )
 
 
 class LiveMeter(BaseModel):
     id: str
     partner: str
-    unit: str
+    kind: str
+    reading: str
+    unit: str = Field(description="canonical unit of its readings")
     last_ts: datetime | None
-    last_value: float | None
+    last_value: float | None = Field(description="the last reading, as stored")
     age_s: float | None
+    rate: float | None = Field(description="current flow per hour from its latest readings")
+    rate_unit: str
+    rate_from: datetime | None
+    rate_to: datetime | None
+    state: MeterState
+    stale_after_s: float | None = Field(description="silence after which it is stale")
+    open_alerts: int
 
 
 class Live(BaseModel):
     generated_at: datetime
+    timezone: str = Field(description="the network's time zone")
     exchanges: list[LiveExchange]
     meters: list[LiveMeter]
     alerts: list[AlertOut]
+
+
+class MeterList(BaseModel):
+    generated_at: datetime
+    timezone: str
+    items: list[LiveMeter]
 
 
 class ReadingOut(BaseModel):

@@ -2,12 +2,13 @@
 
 A window of a day or less starts at local midnight and runs in real (elapsed) time, so a
 23-hour spring-forward day has 23 one-hour windows and a 25-hour autumn day has 25.
-``human_time`` shows an instant as people read it, in the network's zone with its offset.
+``local_text`` and ``human_time`` show an instant as people read it, everywhere the same way:
+in the network's zone, to the minute, with the zone's UTC offset (``2026-12-04 14:50 +01:00``).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
 DAY = timedelta(days=1)
@@ -103,11 +104,19 @@ def _offset(local: datetime) -> str:
     return f"{sign}{hours:02d}:{minutes:02d}"
 
 
+def local_text(ts: datetime, zone: tzinfo, *, seconds: bool = False) -> str:
+    """An aware instant as people read it: in ``zone`` (the network's), with that zone's UTC
+    offset then: ``2026-12-04 13:50Z`` in Europe/Copenhagen is ``2026-12-04 14:50 +01:00``.
+    The one form of every time in alert texts, statements, mails and the dashboard."""
+    local = ts.astimezone(zone)
+    clock = f"{local:%H:%M:%S}" if seconds else f"{local:%H:%M}"
+    return f"{local:%Y-%m-%d} {clock} {_offset(local)}"
+
+
 def human_time(ts: str, zone: str | None = None) -> str:
-    """An instant of a statement as people read it: in the network's time zone (``zone``;
-    the document's instants are already in it) to the minute, with the zone's UTC offset
-    then: ``2026-12-04T14:50:12.068851+01:00`` → ``4 Dec 2026 14:50 (UTC+01:00)``."""
+    """An instant of a statement (RFC 3339 text) as :func:`local_text` shows it, in ``zone``
+    (the document's instants are already in it when no zone is given):
+    ``2026-12-04T14:50:12.068851+01:00`` → ``2026-12-04 14:50 +01:00``."""
     local = datetime.fromisoformat(ts)
-    if zone:
-        local = local.astimezone(ZoneInfo(zone))
-    return f"{local.day} {local:%b %Y %H:%M} (UTC{_offset(local)})"
+    tz = ZoneInfo(zone) if zone else local.tzinfo
+    return local_text(local, tz or UTC)

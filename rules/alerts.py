@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from enum import StrEnum
 from typing import Any
 
@@ -21,6 +21,7 @@ from core.rule_settings import (
     RejectionsConfig,
     StaleConfig,
 )
+from core.windows import local_text
 
 
 class Rule(StrEnum):
@@ -81,6 +82,11 @@ class WindowResult:
     coverage: float
 
 
+def _when(ts: datetime, tz: tzinfo) -> str:
+    """An instant in a summary: in the network's time zone with its offset (``tz``)."""
+    return local_text(ts, tz)
+
+
 def _fmt(q: float | None, unit: str) -> str:
     if q is None or not math.isfinite(q):
         return "-"
@@ -107,6 +113,8 @@ def evaluate_imbalance(
     windows: Sequence[WindowResult],
     firing: bool,
     cfg: ImbalanceConfig,
+    *,
+    tz: tzinfo = UTC,
 ) -> Verdict:
     """Fire after ``fire_after`` consecutive imbalanced windows on the same side (all lost,
     or all gained); resolve after ``clear_after`` consecutive ok windows. Incomplete and
@@ -144,7 +152,7 @@ def evaluate_imbalance(
         lost = "lost" if (last.imbalance or 0.0) > 0 else "gained"
         summary = (
             f"exchange {exchange_id}: {_fmt(abs(last.imbalance or 0.0), unit)} {lost} in the "
-            f"window from {last.start:%Y-%m-%d %H:%M}Z (z = {last.z:+.1f}, "
+            f"window from {_when(last.start, tz)} (z = {last.z:+.1f}, "
             f"{run_bad} imbalanced windows in a row)"
         )
         return Verdict(
@@ -179,6 +187,7 @@ def evaluate_stale(
     cfg: StaleConfig,
     *,
     watched_since: datetime | None = None,
+    tz: tzinfo = UTC,
 ) -> Verdict:
     """No reading for ``intervals`` × interval (or ``after_s``). The condition begins at the
     last reading plus that tolerance (it ends at the first reading after the silence, which
@@ -193,7 +202,7 @@ def evaluate_stale(
         return KEEP
     age = (now - reference).total_seconds()
     if age > limit:
-        last = f"last reading {last_reading:%Y-%m-%d %H:%M}Z" if last_reading else "no reading yet"
+        last = f"last reading {_when(last_reading, tz)}" if last_reading else "no reading yet"
         return Verdict(
             Decision.fire,
             Severity.warning,
@@ -237,6 +246,8 @@ def evaluate_counter_reset(
     resets: Sequence[tuple[datetime, float, float]],
     now: datetime,
     cfg: CounterResetConfig,
+    *,
+    tz: tzinfo = UTC,
 ) -> Verdict:
     """A ``total`` register went down: fires at the reset's instant (the first of a series of
     resets each within ``hold_s`` of the one before), and resolves ``hold_s`` after the last."""
@@ -253,7 +264,7 @@ def evaluate_counter_reset(
     return Verdict(
         Decision.fire,
         Severity.warning,
-        f"meter {meter_id} register went down at {at:%Y-%m-%d %H:%M}Z "
+        f"meter {meter_id} register went down at {_when(at, tz)} "
         f"({before:,.3f} → {after:,.3f}); counting continues from the new register",
         {"at": at.isoformat(), "before": before, "after": after, "count": len(recent)},
         at=resets[first][0],
@@ -295,7 +306,12 @@ def _one_line(text: str, limit: int) -> str:
 
 
 def evaluate_rules_error(
-    kind: str, subject: str, failures: Sequence[WindowFailure], *, listed: int = 20
+    kind: str,
+    subject: str,
+    failures: Sequence[WindowFailure],
+    *,
+    listed: int = 20,
+    tz: tzinfo = UTC,
 ) -> Verdict:
     """``rules_error``: fires while some window of the subject stands as not computed (the
     earliest one is named), resolves once every one of them has been computed again."""
@@ -308,7 +324,7 @@ def evaluate_rules_error(
     return Verdict(
         Decision.fire,
         Severity.warning,
-        f"{kind} {subject}: {what} window from {first.start:%Y-%m-%d %H:%M}Z could not be "
+        f"{kind} {subject}: {what} window from {_when(first.start, tz)} could not be "
         f"computed: {_one_line(first.cause, 200)}{more}",
         {
             "window_start": first.start.isoformat(),
@@ -355,6 +371,8 @@ def imbalance_series(
     windows: Sequence[WindowResult],
     firing: bool,
     cfg: ImbalanceConfig,
+    *,
+    tz: tzinfo = UTC,
 ) -> list[Verdict]:
     """The verdict of :func:`evaluate_imbalance` after each window, with the alert's state
     carried along (so hysteresis holds across the series). O(len(windows)).
@@ -381,7 +399,7 @@ def imbalance_series(
             else:
                 ok_start = ok_start or w.start
                 run_start = None
-        verdict = evaluate_imbalance(exchange_id, unit, tail, firing, cfg)
+        verdict = evaluate_imbalance(exchange_id, unit, tail, firing, cfg, tz=tz)
         if verdict.decision == Decision.fire:
             if not firing or episode is None:
                 episode = run_start or w.start
@@ -497,6 +515,7 @@ def drift_series(
     *,
     state: DriftState | None = None,
     episodes: Sequence[EpisodeMark] | None = None,
+    tz: tzinfo = UTC,
 ) -> tuple[list[Verdict], list[DriftState]]:
     """The drift verdict and the statistic after each window, continuing from ``state`` (the
     statistic after the window before ``windows[0]``; None: from zero).
@@ -592,7 +611,7 @@ def drift_series(
         if not seen:
             verdicts.append(KEEP)
         elif st.side:
-            verdicts.append(_drift_fire(exchange_id, st, cfg))
+            verdicts.append(_drift_fire(exchange_id, st, cfg, tz))
         elif st.hi > cfg.h or st.lo > cfg.h:
             if mark.under_way:
                 verdicts.append(KEEP)  # an imbalance episode explains the bias
@@ -603,23 +622,23 @@ def drift_series(
                 n, total = (st.hi_n, st.hi_sum) if upper else (st.lo_n, st.lo_sum)
                 st.bias = total / max(n, 1)
                 st.back, st.back_since = 0.0, None
-                verdicts.append(_drift_fire(exchange_id, st, cfg))
+                verdicts.append(_drift_fire(exchange_id, st, cfg, tz))
         else:
             verdicts.append(Verdict(Decision.resolve))
         states.append(replace(st))
     return verdicts, states
 
 
-def _drift_fire(exchange_id: str, st: DriftState, cfg: DriftConfig) -> Verdict:
+def _drift_fire(exchange_id: str, st: DriftState, cfg: DriftConfig, tz: tzinfo) -> Verdict:
     upper = st.side > 0
     value = st.hi if upper else st.lo
     direction = "less received than expected" if upper else "more received than sent"
-    since = st.since or datetime.min
+    since = _when(st.since, tz) if st.since else "the first window"
     return Verdict(
         Decision.fire,
         Severity.warning,
         f"exchange {exchange_id}: slow one-sided imbalance ({direction}) since "
-        f"{since:%Y-%m-%d %H:%M}Z, mean z {st.side * st.bias:+.2f} (CUSUM {value:.1f}, "
+        f"{since}, mean z {st.side * st.bias:+.2f} (CUSUM {value:.1f}, "
         f"limit {cfg.h:g})",
         {
             "cusum": value,

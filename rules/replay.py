@@ -17,6 +17,7 @@ import asyncpg
 import numpy as np
 
 from core.network import ReadingType
+from core.windows import local_text
 from rules import incidents, lifecycle
 from rules.alerts import (
     Decision,
@@ -205,7 +206,7 @@ class AlertReplay:
                 return any(a < at and (b is None or b > at - window) for a, b in spans)
 
             imb_cfg = topo.rule(Rule.imbalance, ex_id)
-            imb = imbalance_series(ex_id, topo.unit(ex_id), windows, False, imb_cfg)
+            imb = imbalance_series(ex_id, topo.unit(ex_id), windows, False, imb_cfg, tz=topo.tz)
             subject = lifecycle.Subject(Rule.imbalance, ex_id, "exchange")
             await self._replay(
                 conn,
@@ -237,6 +238,7 @@ class AlertReplay:
                 topo.rule(Rule.drift, ex_id),
                 state=carried,
                 episodes=imbalance_episodes(imb)[skip:],
+                tz=topo.tz,
             )
             drift_rows.extend(
                 (ex_id, w.start, jsonb(st.to_json()))
@@ -354,7 +356,9 @@ class AlertReplay:
             for r in rows:
                 first_ts = r["first_ts"]
                 if first_ts is not None and last is not None and limit is not None:
-                    silence = evaluate_stale(meter_id, last, meter.interval, first_ts, stale_cfg)
+                    silence = evaluate_stale(
+                        meter_id, last, meter.interval, first_ts, stale_cfg, tz=topo.tz
+                    )
                     if silence.decision == Decision.fire and silence.at is not None:
                         timeline.append((silence.at, silence))
                         timeline.append((first_ts, Verdict(Decision.resolve, at=first_ts)))
@@ -396,7 +400,7 @@ class AlertReplay:
                     return Verdict(
                         Decision.fire,
                         Severity.warning,
-                        f"meter {meter_id} stuck since {since:%Y-%m-%d %H:%M}Z while its "
+                        f"meter {meter_id} stuck since {local_text(since, topo.tz)} while its "
                         "counterpart shows flow",
                         {"since": since.isoformat(), "windows": run},
                     )
@@ -440,7 +444,9 @@ class AlertReplay:
                     timeline.append(
                         (
                             r["window_end"],
-                            evaluate_counter_reset(meter_id, resets, r["window_end"], reset_cfg),
+                            evaluate_counter_reset(
+                                meter_id, resets, r["window_end"], reset_cfg, tz=topo.tz
+                            ),
                         )
                     )
             await replay(Rule.counter_reset, timeline)
@@ -461,7 +467,7 @@ class AlertReplay:
                         Decision.fire,
                         Severity.warning,
                         f"meter {meter_id} reported {w.negatives} negative value(s) in the "
-                        f"window from {w.start:%Y-%m-%d %H:%M}Z",
+                        f"window from {local_text(w.start, topo.tz)}",
                         {"window_start": w.start.isoformat(), "negatives": w.negatives},
                     )
 
@@ -492,7 +498,7 @@ class AlertReplay:
                     Decision.fire,
                     Severity.warning,
                     f"meter {meter_id} sent {outliers[i]} reading(s) far off its neighbours in "
-                    f"the window from {w.start:%Y-%m-%d %H:%M}Z (left out of the quantity)",
+                    f"the window from {local_text(w.start, topo.tz)} (left out of the quantity)",
                     {"window_start": w.start.isoformat(), "outliers": outliers[i]},
                 )
 
@@ -550,7 +556,7 @@ class AlertReplay:
                         Severity.warning,
                         f"meter {meter_id} named suspect by network reconciliation of {cid} "
                         f"in {run} windows in a row (latest from "
-                        f"{r['window_start']:%Y-%m-%d %H:%M}Z, "
+                        f"{local_text(r['window_start'], topo.tz)}, "
                         f"χ² {r['statistic']:.1f} > {r['critical'] or 0:.1f})",
                         {
                             "component": cid,
@@ -641,7 +647,7 @@ class AlertReplay:
             done = await lifecycle.apply_verdict(
                 conn,
                 lifecycle.Subject(Rule.rules_error, name, kind),
-                evaluate_rules_error(kind, name, found),
+                evaluate_rules_error(kind, name, found, tz=topo.tz),
                 now,
                 targets=self._targets,
             )
@@ -688,6 +694,7 @@ class AlertReplay:
                     now,
                     topo.rule(Rule.meter_stale, meter_id),
                     watched_since=applied,
+                    tz=topo.tz,
                 )
                 for meter_id, meter in topo.meters.items()
             }

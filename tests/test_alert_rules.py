@@ -5,11 +5,13 @@ carry, and the grouping of alerts into incidents."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.rule_settings import CounterResetConfig, StaleConfig
 from rules.alerts import (
     Decision,
     DriftConfig,
@@ -18,6 +20,8 @@ from rules.alerts import (
     Verdict,
     WindowResult,
     drift_series,
+    evaluate_counter_reset,
+    evaluate_stale,
     flag_series,
     imbalance_episodes,
     imbalance_series,
@@ -226,3 +230,26 @@ def test_imbalance_needs_its_windows_on_one_side() -> None:
     verdicts = imbalance_series("x", "MWh", leak, False, ImbalanceConfig())
     assert _fired(verdicts) == [1]
     assert [v.decision for v in verdicts[1:4]] == [Decision.fire] * 3
+
+
+def test_summaries_write_times_in_the_networks_zone_with_the_offset() -> None:
+    """An alert's summary names its instants as people there read them: in the network's time
+    zone with that zone's offset (summer and winter time differ), never in bare UTC."""
+    zone = ZoneInfo("Europe/Copenhagen")
+    summer = datetime(2026, 7, 1, 10, tzinfo=UTC)
+    winter = datetime(2026, 12, 1, 10, tzinfo=UTC)
+    stale = evaluate_stale("m1", summer, 60, summer + timedelta(hours=1), StaleConfig(), tz=zone)
+    assert "last reading 2026-07-01 12:00 +02:00" in stale.summary
+    windows = _windows([9.0, 9.0, 9.0], start=winter)
+    fired = imbalance_series("x", "MWh", windows, False, ImbalanceConfig(), tz=zone)[-1]
+    assert fired.decision == Decision.fire
+    assert "window from 2026-12-01 13:00 +01:00" in fired.summary
+    reset = evaluate_counter_reset(
+        "m1", [(winter, 10.0, 1.0)], winter, CounterResetConfig(), tz=zone
+    )
+    assert "went down at 2026-12-01 11:00 +01:00" in reset.summary
+    # without a zone (a bare call): UTC, still with its offset
+    assert (
+        "2026-07-01 10:00 +00:00"
+        in evaluate_stale("m1", summer, 60, summer + timedelta(hours=1), StaleConfig()).summary
+    )

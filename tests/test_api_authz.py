@@ -43,6 +43,7 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/network"): Rule(READERS),
     ("GET", "/api/v1/live"): Rule(EVERYONE),
     ("GET", "/api/v1/live/stream"): Rule(EVERYONE),
+    ("GET", "/api/v1/meters"): Rule(EVERYONE),
     ("GET", "/api/v1/meters/{meter_id}/readings"): Rule(READERS),
     ("GET", "/api/v1/exchanges/{exchange_id}/windows"): Rule(READERS),
     ("GET", "/api/v1/exchanges/{exchange_id}/balance"): Rule(READERS),

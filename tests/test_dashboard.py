@@ -4,7 +4,7 @@ The system is tests/api_system.py's: the Kalundborg example applied to a migrate
 two simulated days with a leak on ``LEAKING``, the rules engine run once, a token for every
 role, and the API served by uvicorn on a free port; here with short live streams, so that the
 page has to reconnect.  The checks: every exchange of the network is drawn and listed; the
-leaking one is an imbalance, red in the Sankey and the list, and its alert is open; its
+leaking one is an imbalance, red in its flow diagram and the list, and its alert is open; its
 history chart shows the imbalanced windows; acknowledging the alert in one browser shows who
 acknowledged it there, in a second browser through the live stream, and in the API; a partner
 sees only its part and its statements, and downloads one; a bad token stays at the sign-in.
@@ -129,19 +129,20 @@ def test_network_exchanges_and_the_leak(system: ApiSystem, new_page: Any) -> Non
     state = page.evaluate("window.symbiont.exchanges")
     assert sorted(state) == sorted(ids)
 
-    # Every exchange is a link of the Sankey, named by its id, with a visible width.
-    links = page.evaluate(
-        "echarts.getInstanceByDom(document.getElementById('sankey')).getOption().series[0].links"
+    # Every exchange is a link of a flow diagram, named by its id, with a visible width.
+    links = page.locator("svg.flow path.link").evaluate_all(
+        "ls => ls.map(l => ({name: l.dataset.exchange, width: +l.dataset.width,"
+        " lineStyle: {color: l.getAttribute('stroke')}}))"
     )
     assert sorted(link["name"] for link in links) == sorted(ids)
-    assert all(link["value"] > 0 for link in links)
+    assert all(link["width"] > 0 for link in links)
 
     # The leaking exchange: imbalance in the state, the list and the diagram's colour.
     assert state[LEAKING]["status"] == "imbalance"
     assert state[LEAKING]["sent_rate"] > state[LEAKING]["received_rate"] > 0
     row = page.locator(f'#exchange-rows tr[data-exchange="{LEAKING}"]')
     expect(row).to_have_attribute("data-status", "imbalance")
-    badge = row.locator(".badge")
+    badge = row.locator(".badge.status-imbalance")
     assert badge.evaluate("b => getComputedStyle(b).backgroundColor") == IMBALANCE_RED
     leak_link = next(link for link in links if link["name"] == LEAKING)
     assert leak_link["lineStyle"]["color"].lower() == "#d64541"
@@ -223,6 +224,7 @@ def test_partner_sees_its_statements(system: ApiSystem, new_page: Any) -> None:
     page = new_page(width=1100)
     _sign_in(page, system, "partner:" + OWN)
     expect(page.locator("#whoami")).to_have_attribute("data-partner", OWN)
+    page.click("#views a[data-view='partner']")  # its own page
     expect(page.locator("#statements-card")).to_be_visible()
     expect(page.locator("#partner-picker-label")).to_be_hidden()
     expect(page.locator("#statements")).to_have_attribute("data-partner", OWN)
@@ -336,6 +338,7 @@ def test_partner_sees_every_revision_of_a_statement(system: ApiSystem, new_page:
         pool.submit(asyncio.run, store()).result()
     page = new_page(width=1100)
     _sign_in(page, system, "partner:" + OWN)
+    page.click("#views a[data-view='partner']")
     row = page.locator(f'#statement-rows tr[data-month="{month}"]')
     expect(row).to_contain_text("rev. 2")
     row.locator("details.revisions summary").click()

@@ -40,6 +40,7 @@ from core.apply import apply_network
 from core.db import asyncpg_dsn
 from core.network import Network, ReadingType, load_network
 from core.settings import Settings
+from core.windows import local_text
 from rules.alerts import (
     DriftConfig,
     ImbalanceConfig,
@@ -359,7 +360,10 @@ def test_extreme_stored_values_fail_only_their_windows_and_recover(database_url:
             alert = by_subject[subject]
             assert "\n" not in alert["summary"]
             assert f"{value:g}" in alert["summary"], alert["summary"]
-            assert f"window from {hour:%Y-%m-%d %H:%M}Z could not be computed" in alert["summary"]
+            # the window's start in the network's zone, with its offset (01:00 +01:00 for 00:00Z)
+            when = local_text(hour, net.tz)
+            assert when.endswith(" +01:00")
+            assert f"window from {when} could not be computed" in alert["summary"]
             details = _json(alert["details"])
             assert details["window_start"] == hour.isoformat()
             assert details["failed_windows"] == 1 and f"{value:g}" in details["error"]

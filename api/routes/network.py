@@ -1,4 +1,4 @@
-"""Who am I, the network, and the live view (snapshot and server-sent events)."""
+"""Who am I, the network, the live view (snapshot and server-sent events) and the meters' states."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 
 from api.deps import ALL_ROLES, READERS, Caller, State, allow
-from api.live import Event
-from api.schemas import Live, NetworkOut, Problem, WhoAmI
-from core.network import CANONICAL_UNIT, Kind
+from api.live import Event, exchange_view, meter_view
+from api.schemas import Live, MeterList, MeterState, NetworkOut, Problem, WhoAmI
+from api.scope import Scope
+from api.state import AppState
+from core.network import CANONICAL_UNIT, Kind, ReadingType
 from core.units import canonical_unit
 
 router = APIRouter(prefix="/api/v1", responses={401: {"model": Problem}, 403: {"model": Problem}})
@@ -97,27 +99,93 @@ LIVE_ROLES = ALL_ROLES
 async def live(
     state: State, caller: Annotated[Caller, Depends(allow(*LIVE_ROLES))]
 ) -> dict[str, Any]:
-    """Per exchange the last complete window (rates per hour, status) and open alerts; per meter
-    the last reading and its age.  Served from the process's snapshot (see `/live/stream`)."""
+    """Per exchange the current sent and received rates from the meters' latest readings
+    (`rates_from`..`rates_to`: the readings they come from), the last complete window
+    (`window_start`..`window_end`: status, S, R, Δ = S − R, Δ %, the expected loss l·S, d, σ,
+    z) and the open alerts; per meter the last reading, its age, its current rate and its
+    state.  A partner sees the states and alerts of its own meters only.  Served from the
+    process's snapshot (see `/live/stream`); rates and quantities are rounded to 6
+    significant digits."""
     snap = await state.hub.current()
     scope = caller.scope
     now = datetime.now(UTC)
-    meters = []
-    for m in snap.meters.values():
-        if m["id"] not in scope.meters:
-            continue
-        last = m["last_ts"]
-        meters.append({**m, "age_s": (now - last).total_seconds() if last else None})
     return {
         "generated_at": snap.generated_at,
-        "exchanges": [e for e in snap.exchanges.values() if e["id"] in scope.exchanges],
-        "meters": meters,
+        "timezone": caller.network.timezone,
+        "exchanges": [
+            exchange_view(e, scope) for e in snap.exchanges.values() if e["id"] in scope.exchanges
+        ],
+        "meters": [meter_view(m, now) for m in snap.meters.values() if m["id"] in scope.meters],
         "alerts": [
             scope.redact_alert(a)
             for a in snap.alerts
             if scope.sees_alert(a["subject"], a["subject_kind"])
         ],
     }
+
+
+@router.get("/meters", response_model=MeterList, tags=["live"])
+async def meters(
+    state: State,
+    caller: Annotated[Caller, Depends(allow(*LIVE_ROLES))],
+    status_: Annotated[
+        list[MeterState] | None,
+        Query(alias="status", description="only meters in this state (repeatable)"),
+    ] = None,
+) -> dict[str, Any]:
+    """Every meter in scope (a partner: its own) with its last reading, age, current rate and
+    state: `stale`, `stuck` or `suspect` while that alert fires on it (`stale_after_s`: the
+    silence its meter_stale rule allows), `no_data` (never read), `retired` (removed from the
+    network file; its readings are kept), else `ok`."""
+    snap = await state.hub.current()
+    scope = caller.scope
+    now = datetime.now(UTC)
+    items = [meter_view(m, now) for m in snap.meters.values() if m["id"] in scope.meters]
+    items += await _retired(state, scope)
+    if status_:
+        items = [m for m in items if m["state"] in status_]
+    items.sort(key=lambda m: (m["partner"], m["id"]))
+    return {"generated_at": snap.generated_at, "timezone": caller.network.timezone, "items": items}
+
+
+_RETIRED = """
+SELECT m.id, m.partner_id, m.kind, m.reading, m.retired_at, r.ts, r.value
+FROM meters m
+LEFT JOIN LATERAL (
+    SELECT ts, value FROM readings r WHERE r.meter_id = m.id ORDER BY r.ts DESC LIMIT 1
+) r ON true
+WHERE m.retired_at IS NOT NULL AND ($1::text IS NULL OR m.partner_id = $1)
+"""
+
+
+async def _retired(state: AppState, scope: Scope) -> list[dict[str, Any]]:
+    """Meters removed from the network file: kept with their readings, shown as retired."""
+    now = datetime.now(UTC)
+    rows = await state.pool.fetch(_RETIRED, scope.partner)
+    out = []
+    for r in rows:
+        kind, reading = Kind(r["kind"]), ReadingType(r["reading"])
+        last = r["ts"]
+        out.append(
+            {
+                "id": r["id"],
+                "partner": r["partner_id"],
+                "kind": kind.value,
+                "reading": reading.value,
+                "unit": canonical_unit(kind, reading),
+                "last_ts": last,
+                "last_value": r["value"],
+                "age_s": round((now - last).total_seconds(), 1) if last else None,
+                "rate": None,
+                "rate_unit": f"{CANONICAL_UNIT[kind]}/h",
+                "rate_from": None,
+                "rate_to": None,
+                "state": "retired",
+                "stale_after_s": None,
+                "open_alerts": 0,
+            }
+        )
+    return out
 
 
 def _default(value: Any) -> Any:

@@ -1,27 +1,28 @@
 // symbiont dashboard: sign in with a token, the network as a live Sankey, open alerts,
 // per-exchange history and statements.  Plain ES module, no build step; ECharts is the
-// global `echarts` from /static/vendor/echarts.min.js. Alert work (history, incidents,
-// silences, acknowledgement with a comment, alert marks) is in alerts.js; the charts' period
-// in timerange.js.
+// global `echarts` from /static/vendor/echarts.min.js.  The live view's diagrams, table and
+// meters are in live.js, the views in views.js; times are the network's (time.js). Alert work
+// (history, incidents, silences, acknowledgement with a comment, alert marks) is in alerts.js;
+// the charts' period in timerange.js.
 
 import { alertWork } from "./alerts.js";
+import { liveLoaded, loadMeters, renderLive, startLive, stopLive } from "./live.js";
+import { axisTime, localDate, localText, setZone } from "./time.js";
 import { chartRange } from "./timerange.js";
 
 const API = "/api/v1";
 const TOKEN_KEY = "symbiont.token";
-const STATUS_COLOURS = {
+export const STATUS_COLOURS = {
   ok: "#2f9e5b",
   imbalance: "#d64541",
   incomplete: "#e0a030",
   no_data: "#98a2ad",
 };
-const STATUSES = Object.keys(STATUS_COLOURS);
-const MIN_LINK = 0.06; // minimum link width, as a share of the widest link of the same unit
 const BACKOFF_MIN_MS = 1000;
 const BACKOFF_MAX_MS = 30000;
 
 // Rendered state, kept current for tests and for the console.
-const state = {
+export const state = {
   token: null,
   whoami: null,
   network: null,
@@ -34,7 +35,6 @@ const state = {
 window.symbiont = { exchanges: {}, alerts: [], stream: state.stream, ready: false };
 
 const $ = (id) => document.getElementById(id);
-let sankeyChart = null;
 let historyChart = null;
 let streamAbort = null;
 let generation = 0; // bumped on sign-out; stale async work checks it
@@ -49,7 +49,7 @@ class ApiError extends Error {
   }
 }
 
-async function api(path, { method = "GET", signal, raw = false, body } = {}) {
+export async function api(path, { method = "GET", signal, raw = false, body } = {}) {
   const headers = { Authorization: `Bearer ${state.token}`, Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const resp = await fetch(API + path, {
@@ -79,7 +79,7 @@ function showError(message) {
   $("error").hidden = false;
 }
 
-function reportError(context, err) {
+export function reportError(context, err) {
   if (err && err.name === "AbortError") return;
   if (err instanceof ApiError && err.status === 401) return; // already back at sign-in
   console.error(context, err);
@@ -91,59 +91,46 @@ function reportError(context, err) {
 
 const numberFormat = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
 const preciseFormat = new Intl.NumberFormat(undefined, { maximumSignificantDigits: 3 });
-const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium" });
-const dateTimeFormat = new Intl.DateTimeFormat(undefined, {
-  dateStyle: "medium",
-  timeStyle: "short",
-});
-
-function fmtNumber(v) {
+export function fmtNumber(v) {
   if (v === null || v === undefined || Number.isNaN(v)) return "–";
   return Math.abs(v) >= 100 ? numberFormat.format(v) : preciseFormat.format(v);
 }
 
-function fmtZ(v) {
+export function fmtZ(v) {
   if (v === null || v === undefined || !Number.isFinite(v)) return "–";
   return (v > 0 ? "+" : v < 0 ? "−" : "") + Math.abs(v).toFixed(1);
 }
 
-function fmtRate(v, unit) {
-  return v === null || v === undefined ? "–" : `${fmtNumber(v)} ${unit || ""}`.trim();
+// In the network's time zone with its offset: "2026-12-04 14:50 +01:00".
+export function fmtTime(iso) {
+  return localText(iso);
 }
 
-function fmtTime(iso) {
-  if (!iso) return "–";
-  const d = new Date(iso);
-  return Number.isNaN(d.getTime()) ? iso : dateTimeFormat.format(d);
+export function fmtDate(iso) {
+  return localDate(iso);
 }
 
-function fmtDate(iso) {
-  if (!iso) return "–";
-  const d = new Date(iso);
-  return Number.isNaN(d.getTime()) ? iso : dateFormat.format(d);
-}
-
-function prettyUnit(u) {
+export function prettyUnit(u) {
   return (u || "").replace(/m3/g, "m³");
 }
 
-function partnerName(id) {
+export function partnerName(id) {
   const p = state.network && state.network.partners.find((x) => x.id === id);
   return p ? p.name : id;
 }
 
 // "Kalundborg Forsyning (water supply and …)" -> "Kalundborg Forsyning", for tight spots.
-function shortPartnerName(id) {
+export function shortPartnerName(id) {
   const name = partnerName(id) || "";
   const short = name.replace(/\s*\(.*\)\s*$/, "") || name;
   return short.length > 30 ? `${short.slice(0, 28)}…` : short;
 }
 
-function exchangeMeta(id) {
+export function exchangeMeta(id) {
   return state.network ? state.network.exchanges.find((x) => x.id === id) : undefined;
 }
 
-function el(tag, attrs = {}, ...children) {
+export function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
     if (v === undefined || v === null || v === false) continue;
@@ -186,11 +173,11 @@ function signOut(message) {
   state.order = [];
   state.alerts.clear();
   state.selected = null;
+  stopLive();
   $("exchange-rows").replaceChildren();
   $("alerts").replaceChildren();
   $("statement-rows").replaceChildren();
   $("error").hidden = true;
-  if (sankeyChart) sankeyChart.clear();
   if (historyChart) historyChart.clear();
   $("exchange-chart").hidden = true;
   $("detail-hint").hidden = false;
@@ -200,6 +187,7 @@ function signOut(message) {
   alertWork.signedOut();
   publish();
   window.symbiont.ready = false;
+  document.dispatchEvent(new CustomEvent("symbiont:signed-out"));
   showSignIn(message);
 }
 
@@ -246,6 +234,8 @@ async function signIn(token) {
   );
   setupStatements().catch((err) => reportError("Loading statements", err));
   alertWork.signedIn(who, state.network);
+  startLive();
+  document.dispatchEvent(new CustomEvent("symbiont:signed-in", { detail: who }));
   window.symbiont.ready = true;
   runStream(gen);
 }
@@ -261,6 +251,7 @@ async function loadNetwork() {
     state.network = null; // this role sees flows but not the topology; /live fills in
   }
   if (state.network) {
+    setZone(state.network.timezone);
     $("network-name").textContent = state.network.name || state.network.id || "";
     state.order = state.network.exchanges.map((x) => x.id);
   }
@@ -268,6 +259,7 @@ async function loadNetwork() {
 
 async function loadLive() {
   const live = await api("/live");
+  setZone(live.timezone);
   const seen = new Set();
   for (const entry of live.exchanges || []) {
     state.exchanges[entry.id] = entry;
@@ -293,6 +285,7 @@ async function loadLive() {
     }
   }
   for (const alert of live.alerts || []) upsertAlert(alert, false);
+  liveLoaded(live);
   renderExchanges();
   renderAlerts();
 }
@@ -327,7 +320,7 @@ async function runStream(gen) {
       state.stream.connects += 1;
       if (!first) {
         // Catch up on what happened while we were away.
-        await Promise.all([loadLive(), loadAlerts()]);
+        await Promise.all([loadLive(), loadAlerts(), loadMeters()]);
       }
       first = false;
       await readEvents(resp, gen, handleEvent);
@@ -420,232 +413,31 @@ function scheduleRender() {
 // Exchanges: Sankey + table
 
 function ensureCharts() {
-  if (!sankeyChart) {
-    sankeyChart = echarts.init($("sankey"), null, { renderer: "canvas" });
-    sankeyChart.on("click", (params) => {
-      const id = params.data && params.data.exchange;
-      if (params.dataType === "edge" && id) selectExchange(id);
-    });
-  }
   if (!historyChart) {
     historyChart = echarts.init($("exchange-chart"), null, { renderer: "canvas" });
   }
 }
 
 window.addEventListener("resize", () => {
-  if (sankeyChart) sankeyChart.resize();
   if (historyChart) historyChart.resize();
 });
 
-function liveRate(ex) {
-  // The flow the link shows: the received side, else the sent side.
-  const r = ex.received_rate ?? ex.sent_rate;
-  return typeof r === "number" && Number.isFinite(r) && r > 0 ? r : 0;
-}
-
-function unitOf(ex) {
-  return ex.rate_unit || (ex.unit ? `${ex.unit}/h` : "");
-}
-
-// A Sankey must be acyclic: a link that would close a cycle (for example cooling water back to
-// the power station that sends steam) goes to a second node of its receiver.
-function sankeyModel() {
-  const ids = state.order.filter((id) => state.exchanges[id]);
-  const adj = new Map();
-  const reaches = (from, to) => {
-    const stack = [from];
-    const seen = new Set();
-    while (stack.length) {
-      const n = stack.pop();
-      if (n === to) return true;
-      if (seen.has(n)) continue;
-      seen.add(n);
-      for (const m of adj.get(n) || []) stack.push(m);
-    }
-    return false;
-  };
-  const maxPerUnit = new Map();
-  for (const id of ids) {
-    const ex = state.exchanges[id];
-    const u = unitOf(ex);
-    maxPerUnit.set(u, Math.max(maxPerUnit.get(u) || 0, liveRate(ex)));
-  }
-  const nodes = new Map();
-  const addNode = (name, partner, isReturn) => {
-    if (!nodes.has(name)) nodes.set(name, { name, partner, isReturn });
-  };
-  const links = [];
-  for (const id of ids) {
-    const ex = state.exchanges[id];
-    const meta = exchangeMeta(id);
-    const src = ex.provider || (meta && meta.provider) || "?";
-    let dst = ex.receiver || (meta && meta.receiver) || "?";
-    let isReturn = false;
-    if (src === dst || reaches(dst, src)) {
-      dst = `${dst} ↩`;
-      isReturn = true;
-    }
-    addNode(src, src, false);
-    addNode(dst, ex.receiver || (meta && meta.receiver) || "?", isReturn);
-    if (!adj.has(src)) adj.set(src, []);
-    adj.get(src).push(dst);
-    const max = maxPerUnit.get(unitOf(ex)) || 0;
-    const share = max > 0 ? liveRate(ex) / max : 0;
-    const status = STATUSES.includes(ex.status) ? ex.status : "no_data";
-    links.push({
-      name: id,
-      exchange: id,
-      source: src,
-      target: dst,
-      value: Math.max(share, MIN_LINK),
-      status,
-      lineStyle: { color: STATUS_COLOURS[status], opacity: state.selected === id ? 0.85 : 0.5 },
-    });
-  }
-  return { nodes: [...nodes.values()], links };
-}
-
-function renderSankey() {
-  if (!sankeyChart) return;
-  const { nodes, links } = sankeyModel();
-  const narrow = $("sankey").clientWidth < 700;
-  sankeyChart.setOption(
-    {
-      animationDurationUpdate: 400,
-      tooltip: {
-        trigger: "item",
-        confine: true,
-        formatter: (p) => {
-          if (p.dataType === "edge") return edgeTooltip(p.data.exchange);
-          const n = p.data;
-          return `<b>${escapeHtml(partnerName(n.partner))}</b>${n.isReturn ? "<br>(returning flows)" : ""}`;
-        },
-      },
-      series: [
-        {
-          type: "sankey",
-          id: "network",
-          left: 8,
-          right: narrow ? 150 : 200,
-          top: 12,
-          bottom: 12,
-          nodeWidth: 14,
-          nodeGap: 14,
-          nodeAlign: "justify",
-          layoutIterations: 32,
-          draggable: false,
-          emphasis: { focus: "adjacency" },
-          label: {
-            color: "#1f2933",
-            fontSize: narrow ? 10 : 12,
-            backgroundColor: "rgba(255, 255, 255, 0.85)",
-            padding: [1, 3],
-            borderRadius: 3,
-            formatter: (p) => {
-              const short = shortPartnerName(p.data.partner);
-              return p.data.isReturn ? `${short} ↩` : short;
-            },
-          },
-          itemStyle: { color: "#4b6584", borderWidth: 0 },
-          lineStyle: { curveness: 0.5 },
-          data: nodes,
-          links,
-        },
-      ],
-    },
-    { replaceMerge: ["series"] },
-  );
-}
-
-function escapeHtml(s) {
+export function escapeHtml(s) {
   return String(s).replace(
     /[&<>"']/g,
     (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c],
   );
 }
 
-function exchangeTitle(id) {
+export function exchangeTitle(id) {
   // The API may name an exchange after its id ("water forsyning equinor"): show the id then.
   const meta = exchangeMeta(id);
   if (!meta || !meta.name || meta.name.trim().replace(/\s+/g, "-") === id) return id;
   return meta.name;
 }
 
-function edgeTooltip(id) {
-  const ex = state.exchanges[id] || {};
-  const u = prettyUnit(unitOf(ex));
-  return [
-    `<b>${escapeHtml(exchangeTitle(id))}</b>`,
-    `${escapeHtml(partnerName(ex.provider))} → ${escapeHtml(partnerName(ex.receiver))}`,
-    `sent ${escapeHtml(fmtRate(ex.sent_rate, u))}, received ${escapeHtml(fmtRate(ex.received_rate, u))}`,
-    `status <b style="color:${STATUS_COLOURS[ex.status] || "#666"}">${escapeHtml(ex.status || "no_data")}</b>` +
-      (ex.z !== null && ex.z !== undefined ? `, z = ${fmtZ(ex.z)}` : ""),
-  ].join("<br>");
-}
-
-function renderTable() {
-  const body = $("exchange-rows");
-  const rows = new Map([...body.children].map((tr) => [tr.dataset.exchange, tr]));
-  const wanted = state.order.filter((id) => state.exchanges[id]);
-  for (const [id, tr] of rows) if (!wanted.includes(id)) tr.remove();
-  let prev = null;
-  for (const id of wanted) {
-    const ex = state.exchanges[id];
-    const status = STATUSES.includes(ex.status) ? ex.status : "no_data";
-    const u = prettyUnit(unitOf(ex));
-    let tr = rows.get(id);
-    if (!tr) {
-      tr = el("tr", {
-        tabindex: "0",
-        dataset: { exchange: id },
-        onclick: () => selectExchange(id),
-        onkeydown: (e) => {
-          if (e.key === "Enter" || e.key === " ") {
-            e.preventDefault();
-            selectExchange(id);
-          }
-        },
-      });
-    }
-    tr.dataset.status = status;
-    tr.classList.toggle("selected", state.selected === id);
-    const alerts = ex.open_alerts || 0;
-    tr.replaceChildren(
-      el(
-        "th",
-        { scope: "row" },
-        el("span", { class: "ex-name" }, exchangeTitle(id)),
-        exchangeTitle(id) !== id ? el("span", { class: "ex-id" }, id) : null,
-      ),
-      el(
-        "td",
-        {
-          class: "route col-route",
-          title: `${partnerName(ex.provider)} → ${partnerName(ex.receiver)}`,
-        },
-        `${shortPartnerName(ex.provider)} → ${shortPartnerName(ex.receiver)}`,
-      ),
-      el("td", { class: "num" }, fmtRate(ex.sent_rate, u)),
-      el("td", { class: "num" }, fmtRate(ex.received_rate, u)),
-      el("td", { class: "num col-z" }, fmtZ(ex.z)),
-      el(
-        "td",
-        { class: "nowrap" },
-        el("span", { class: `badge status-${status}` }, status.replace("_", " ")),
-        alerts ? el("span", { class: "alert-pill", title: "open alerts" }, `⚠ ${alerts}`) : null,
-      ),
-    );
-    if (prev ? prev.nextSibling !== tr : body.firstChild !== tr) {
-      if (prev) prev.after(tr);
-      else body.prepend(tr);
-    }
-    prev = tr;
-  }
-}
-
 function renderExchanges() {
-  renderSankey();
-  renderTable();
+  renderLive();
   publish();
 }
 
@@ -725,7 +517,7 @@ function renderAlerts() {
 // ---------------------------------------------------------------------------------------------
 // Per exchange history
 
-async function selectExchange(id) {
+export async function selectExchange(id) {
   state.selected = id;
   renderExchanges();
   $("detail-title").textContent = exchangeTitle(id);
@@ -830,7 +622,13 @@ function renderHistory(id, data, from, to, marks = []) {
         trigger: "axis",
         valueFormatter: (v) => (v === null || v === undefined ? "–" : `${fmtNumber(v)} ${unit}`),
       },
-      xAxis: { type: "time", min: from.getTime(), max: to.getTime() },
+      xAxis: {
+        type: "time",
+        min: from.getTime(),
+        max: to.getTime(),
+        axisLabel: { formatter: axisTime },
+        axisPointer: { label: { formatter: (p) => localText(p.value) } },
+      },
       yAxis: { type: "value", name: `${unit} per window`, scale: true, nameGap: 12 },
       dataZoom: [{ type: "inside" }, { type: "slider", height: 18, bottom: 8 }],
       series: [
@@ -1056,6 +854,7 @@ function publish() {
     if (!ex) continue;
     exchanges[id] = {
       status: ex.status || "no_data",
+      meter_state: ex.meter_state || "ok",
       sent_rate: ex.sent_rate ?? null,
       received_rate: ex.received_rate ?? null,
       rate_unit: ex.rate_unit ?? null,
