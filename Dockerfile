@@ -17,7 +17,7 @@ USER nobody
 # The API (`symbiont api --host 0.0.0.0`); ingest and rules serve metrics on SYMBIONT_METRICS_PORT.
 EXPOSE 8000
 # Every service is a `symbiont` command: `docker run IMAGE ingest`, `… rules`, `… api --host
-# 0.0.0.0`, and the broker configuration without a local install (README, Deployment):
+# 0.0.0.0`, and the broker configuration without a local install (docs/deployment.md):
 #   docker run --rm -u "$(id -u):$(id -g)" -v "$PWD/deploy/broker:/out" IMAGE \
 #     broker-config /app/examples/kalundborg.yaml --out /out
 ENTRYPOINT ["symbiont"]

@@ -150,7 +150,7 @@ def _check_first_screen(text: str, port: int, database_url: str, tokens: dict[st
     assert "1. History: the readings since the start of " + name in screen
     assert "2. Live:" in screen
     assert re.search(rf"3\. Statements: {month} (is held until|was issued)", screen)
-    assert "meter novo-steam-in falls silent" in screen
+    assert "Meter novo-steam-in falls silent" in screen
     found = NOISE.search(text)
     assert found is None, f"noise on the demo's screen: {found.group(0)!r} in\n{text}"
 
@@ -271,9 +271,13 @@ def test_demo_runs_and_stops_cleanly(database_url: str, tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # a failed check: stop it as Ctrl-C does, children and all
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def test_a_killed_demo_does_not_keep_the_embedded_server_running(tmp_path: Path) -> None:
