@@ -5,13 +5,14 @@ pages (anchors included) leads somewhere."""
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from ingest_helpers import symbiont_command
 from pydantic import BaseModel
 
-from cli.main import main as symbiont
 from core import network_docs, settings_docs
 from core.network import (
     Balance,
@@ -89,7 +90,7 @@ def test_every_setting_is_documented_with_its_variable() -> None:
 
 def test_the_reference_can_be_written_and_checked(tmp_path: Path) -> None:
     out = tmp_path / "network-file.md"
-    assert symbiont(["network", "docs", "-o", str(out)]) == 0
+    subprocess.run([*symbiont_command(), "network", "docs", "-o", str(out)], check=True)
     assert out.read_text(encoding="utf-8") == network_docs.render()
     assert network_docs.main(["--out", str(out), "--check"]) == 0
     out.write_text("# an old page\n")
