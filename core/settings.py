@@ -54,6 +54,15 @@ class Settings(BaseSettings):
         " once their data is complete",
     )
 
+    # The rules engine.
+    rules_pass_interval_s: float = Field(
+        default=0.25,
+        ge=0,
+        description="The rules engine starts a pass at most this often, in seconds: what ingest"
+        " marks meanwhile is processed together, so many meters reading rarely cost one pass,"
+        " not one each",
+    )
+
     # Ingest.
     ingest_client_id: str = Field(
         default="symbiont-ingest",

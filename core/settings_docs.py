@@ -44,6 +44,7 @@ GROUPS: list[tuple[str, list[str]]] = [
             "ingest_queue_messages",
         ],
     ),
+    ("Rules engine", ["rules_pass_interval_s"]),
     ("Statements", ["statement_grace", "smtp_url", "smtp_from"]),
     (
         "Alert delivery",

@@ -68,13 +68,15 @@ WHERE r.received_at <> now()
 """
 
 # Marks (meter, window start) pairs dirty for the rules engine; also for loaders that store
-# readings around the writer (the rules benchmark's COPY).
+# readings around the writer (the rules benchmark's COPY).  A pair marked again keeps its
+# marked_at: the first mark since it was last computed, so the rules worker's pending-age
+# metric says how long a change has waited, however often the pair is marked meanwhile.
 MARK_DIRTY = """
 INSERT INTO dirty_windows (meter_id, window_start)
 SELECT * FROM unnest($1::text[], $2::timestamptz[])
 ORDER BY 1, 2
 ON CONFLICT (meter_id, window_start)
-DO UPDATE SET version = dirty_windows.version + 1, marked_at = now()
+DO UPDATE SET version = dirty_windows.version + 1
 """
 
 _COUNTS = """

@@ -43,7 +43,7 @@ import orjson
 
 from core.db import ConfigError, connect, create_pool, require_database_url
 from core.settings import Settings
-from notify import webhook
+from notify import metrics, webhook
 from notify.alertmanager import alertmanager_body, alertmanager_ttl, resend_firing_to_alertmanager
 from notify.mail import (
     SmtpServer,
@@ -291,6 +291,7 @@ class Notifier:
                     rfc3339(trouble.since),
                 )
             log.debug("%s delivered", what)
+            metrics.delivered(row.channel, "delivered")
             return
         if outcome.retryable and at < row.expires_at:
             delay = backoff_delay(
@@ -309,6 +310,7 @@ class Notifier:
                 error,
             )
             self._failed(target, at, f"{what} failed ({error}); next attempt at {rfc3339(next_at)}")
+            metrics.delivered(row.channel, "retry")
             return
         if outcome.retryable:
             error = f"gave up after {attempt} attempts since {rfc3339(row.created_at)}: {error}"
@@ -319,6 +321,7 @@ class Notifier:
             error,
         )
         log.error("%s failed for good: %s", what, error)
+        metrics.delivered(row.channel, "failed")
 
     def _failed(self, target: tuple[str, str], at: datetime, detail: str) -> None:
         """A retryable failure: logged when the target starts failing, not on every retry."""

@@ -29,6 +29,7 @@ import os
 import socket
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -67,6 +68,7 @@ from rules.store import (
     FloatArray,
     claim_meter_windows,
     copy_upsert,
+    fetch_many,
     fetch_series,
     finish_meter_windows,
     jsonb,
@@ -147,6 +149,8 @@ class Engine(AlertReplay):
         self.subject_limit = subject_limit
         self.topology: Topology | None = None
         self._targets = self._alert_targets()
+        # when this worker last replayed the alerts of a subject (kind, id): the ``now`` of it
+        self._replayed: dict[tuple[str, str], datetime] = {}
         # failed windows already logged, with their cause: each failure is logged once
         self._logged: dict[tuple[str, str, datetime], str] = {}
 
@@ -211,8 +215,12 @@ class Engine(AlertReplay):
             return total
         while True:
             at = now or datetime.now(UTC)
-            stage1 = await self.stage1(conn, topo, at)
-            stage2 = await self.stage2(conn, topo, at)
+            try:
+                stage1 = await self.stage1(conn, topo, at)
+                stage2 = await self.stage2(conn, topo, at)
+            except BaseException:
+                self._replayed.clear()  # what was rolled back is replayed in full again
+                raise
             total.add(stage1)
             total.add(stage2)
             if not stage1.meter_windows and not stage2.subjects:
@@ -230,32 +238,60 @@ class Engine(AlertReplay):
         by_meter: dict[str, set[datetime]] = defaultdict(set)
         for meter_id, start, _ in claimed:
             by_meter[meter_id].add(start)
-        rows: list[tuple[Any, ...]] = []
-        subjects: list[tuple[str, str, datetime]] = []
         computed_at = datetime.now(UTC)
         max_gap = self.settings.backfill_days * 86400.0  # longer silences are breaks
+        # The windows of every claimed meter, with the neighbours that share their edges, and
+        # one request per cluster of them: the readings of the whole pass come in one query.
+        plans: list[_MeterPlan] = []
+        requests: list[tuple[str, datetime, datetime]] = []
         for meter_id, starts in by_meter.items():
             meter = topo.meters.get(meter_id)
             if meter is None:
                 continue  # retired or unknown: nothing derives from it
             window = topo.meter_window[meter_id]
+            claimed_bounds: set[tuple[datetime, datetime]] = set()
             bounds: set[tuple[datetime, datetime]] = set()
             for s in starts:
                 b = window_bounds(s, window, topo.tz)
+                claimed_bounds.add(b)
                 bounds.add(b)
                 if meter.reading != ReadingType.delta:  # edges shared with neighbours
                     bounds.add(window_bounds(b[0] - timedelta(seconds=1), window, topo.tz))
                     bounds.add(window_bounds(b[1], window, topo.tz))
+            clusters = _clusters(sorted(bounds))
+            margin = _margin(meter.interval)
+            first = len(requests)
+            requests.extend((meter_id, c[0][0] - margin, c[-1][1] + margin) for c in clusters)
+            plans.append(
+                _MeterPlan(meter_id, meter, window, starts, claimed_bounds, bounds, clusters, first)
+            )
+        series = await fetch_many(conn, requests)
+        computed: list[
+            tuple[
+                _MeterPlan,
+                list[tuple[Any, ...]],
+                WindowQuantities | None,
+                set[tuple[datetime, datetime]],
+            ]
+        ] = []
+        for plan in plans:
+            meter_id, meter, window = plan.meter_id, plan.meter, plan.window
             # A register or rate is interpolated across a silence: every window between its
             # two readings is computed with the windows that lean on them.
-            walked: set[tuple[datetime, datetime]] = set()
             fetched: dict[tuple[datetime, datetime, int], _Fetched] = {}
+            for i, cluster in enumerate(plan.clusters):
+                ts, value = series[plan.first + i]
+                spans = np.array([(a.timestamp(), b.timestamp()) for a, b in cluster])
+                fetched[(cluster[0][0], cluster[-1][1], len(cluster))] = (spans, ts, value)
+            walked: set[tuple[datetime, datetime]] = set()
+            bounds = plan.bounds
             if meter.reading != ReadingType.delta:
-                walked, fetched = await self._across_silences(
-                    conn, meter_id, meter.interval, window, topo.tz, starts, bounds, max_gap
+                walked = (
+                    _across_silences(plan.starts, window, topo.tz, plan.clusters, fetched, max_gap)
+                    - bounds
                 )
-                bounds |= walked
-            for cluster in _clusters(sorted(bounds)):
+                bounds = bounds | walked
+            for cluster in _clusters(sorted(bounds)) if walked else plan.clusters:
                 lo, hi = cluster[0][0], cluster[-1][1]
                 margin = _margin(meter.interval)
                 ready = fetched.get((lo, hi, len(cluster)))
@@ -263,27 +299,40 @@ class Engine(AlertReplay):
                 if ready is None:
                     ts, value = await fetch_series(conn, meter_id, lo - margin, hi + margin)
                 else:
-                    edges, ts, value = ready
-                computed, q = self._meter_rows(
+                    ts, value = ready[1], ready[2]
+                    if meter.reading != ReadingType.delta:
+                        edges = ready[0]
+                rows_, q = self._meter_rows(
                     meter_id, cluster, edges, ts, value, topo, now, computed_at, stats, max_gap
                 )
-                same: set[datetime] = set()
-                if walked and q is not None:
-                    same = await _unchanged(conn, meter_id, cluster, q, walked)
-                for (ws, _), row in zip(cluster, computed, strict=True):
-                    if ws in same and row[-1] is None:
-                        continue  # a window of a silence that came out as it is stored
-                    rows.append(row)
-                    subjects.append(("meter", meter_id, ws))
-                    for ex_id in topo.exchanges_of.get(meter_id, ()):
-                        ex = topo.exchanges[ex_id]
-                        subjects.append(
-                            ("exchange", ex_id, window_bounds(ws, ex.window, topo.tz)[0])
-                        )
-                    comp = topo.component_of.get(meter_id)
-                    if comp is not None:
-                        cw = topo.components[comp].window
-                        subjects.append(("component", comp, window_bounds(ws, cw, topo.tz)[0]))
+                computed.append((plan, rows_, q, walked))
+        # Windows computed only because they neighbour a claimed one (or lie in a silence it
+        # is interpolated across) and that came out as they are stored are not written again,
+        # nor is anything derived from them recomputed.
+        same = await _unchanged(
+            conn,
+            [
+                (row, cluster_plan.claimed_bounds, walked, now)
+                for cluster_plan, rows_, _, walked in computed
+                for row in rows_
+            ],
+        )
+        rows: list[tuple[Any, ...]] = []
+        subjects: list[tuple[str, str, datetime]] = []
+        for _, rows_, _, _ in computed:
+            for row in rows_:
+                meter_id, ws = row[0], row[1]
+                if (meter_id, ws) in same:
+                    continue
+                rows.append(row)
+                subjects.append(("meter", meter_id, ws))
+                for ex_id in topo.exchanges_of.get(meter_id, ()):
+                    ex = topo.exchanges[ex_id]
+                    subjects.append(("exchange", ex_id, window_bounds(ws, ex.window, topo.tz)[0]))
+                comp = topo.component_of.get(meter_id)
+                if comp is not None:
+                    cw = topo.components[comp].window
+                    subjects.append(("component", comp, window_bounds(ws, cw, topo.tz)[0]))
         async with conn.transaction():
             await copy_upsert(
                 conn, "meter_windows", METER_WINDOW_COLUMNS, ("meter_id", "window_start"), rows
@@ -292,48 +341,6 @@ class Engine(AlertReplay):
             await finish_meter_windows(conn, self.worker, claimed)
         stats.meter_windows = len(rows)
         return stats
-
-    async def _across_silences(
-        self,
-        conn: asyncpg.Connection,
-        meter_id: str,
-        interval: float | None,
-        window: timedelta,
-        tz: ZoneInfo,
-        changed: set[datetime],
-        bounds: set[tuple[datetime, datetime]],
-        max_gap: float,
-    ) -> tuple[set[tuple[datetime, datetime]], dict[tuple[datetime, datetime, int], _Fetched]]:
-        """The windows of the silences that the ``changed`` windows (claimed: their readings
-        changed) are interpolated across, not already in ``bounds``.
-
-        An edge of a changed window between two readings further apart than the windows
-        around it (a silence of the meter) is the register (or rate) interpolated between
-        those two readings, and so is every window edge in between: all of those windows are
-        computed, however long the silence (up to ``max_gap`` seconds, beyond which it is a
-        break and nothing is interpolated). They are found from the readings (the last before
-        and the first after each edge), never by a fixed count of neighbours. Only the edges
-        of the changed windows are looked at: their neighbours' readings did not change, and
-        the windows added are not looked through in turn.
-
-        Also returns what it fetched per cluster of ``bounds`` (first start, last end, number
-        of windows: the window edges as epoch seconds and the readings), for the computation
-        to reuse where the cluster stays as it is.
-        """
-        walked: set[tuple[datetime, datetime]] = set()
-        fetched: dict[tuple[datetime, datetime, int], _Fetched] = {}
-        margin = _margin(interval)
-        starts = (window_bounds(s, window, tz)[0].timestamp() for s in changed)
-        claimed = np.fromiter(starts, np.float64, len(changed))
-        for cluster in _clusters(sorted(bounds)):
-            lo, hi = cluster[0][0], cluster[-1][1]
-            ts, value = await fetch_series(conn, meter_id, lo - margin, hi + margin)
-            edges = np.array([(s.timestamp(), e.timestamp()) for s, e in cluster])
-            fetched[(lo, hi, len(cluster))] = (edges, ts, value)
-            for a, b in _silences(ts, edges, claimed, max_gap):
-                first = datetime.fromtimestamp(a, UTC)
-                walked.update(windows_between(first, datetime.fromtimestamp(b, UTC), window, tz))
-        return walked - bounds, fetched
 
     def _meter_rows(
         self,
@@ -456,20 +463,51 @@ class Engine(AlertReplay):
             # turned into meter windows) waits, keeping its first and last rows for later.
             keep: set[tuple[str, str, datetime]] = set()
             meter_work = dict(work["meter"])
+            waiting = await self._earlier_pending(
+                conn,
+                [("meter", m, [m], starts) for m, starts in meter_work.items()]
+                + [
+                    (
+                        "exchange",
+                        ex_id,
+                        [*topo.exchanges[ex_id].sent, *topo.exchanges[ex_id].received],
+                        set(ex_starts),
+                    )
+                    for ex_id, ex_starts in exchange_results.items()
+                ],
+            )
             for meter_id, starts in list(meter_work.items()):
-                if await self._earlier_pending(conn, "meter", meter_id, [meter_id], starts):
+                if ("meter", meter_id) in waiting:
                     del meter_work[meter_id]
                     keep |= {("meter", meter_id, min(starts)), ("meter", meter_id, max(starts))}
             for ex_id, ex_starts in list(exchange_results.items()):
-                ex = topo.exchanges[ex_id]
-                if await self._earlier_pending(
-                    conn, "exchange", ex_id, [*ex.sent, *ex.received], set(ex_starts)
-                ):
+                if ("exchange", ex_id) in waiting:
                     del exchange_results[ex_id]
                     keep |= {
                         ("exchange", ex_id, min(ex_starts)),
                         ("exchange", ex_id, max(ex_starts)),
                     }
+            # The alert rules judge ended windows only: a subject whose changed windows are
+            # all still running has nothing new to replay, if this worker replayed it after
+            # the window before them had ended (nothing has ended since).
+            for meter_id, starts in list(meter_work.items()):
+                window = topo.meter_window.get(meter_id)
+                if window is not None and self._nothing_ended(
+                    ("meter", meter_id), [window_bounds(s, window, topo.tz) for s in starts], now
+                ):
+                    del meter_work[meter_id]
+            for ex_id, ex_starts in list(exchange_results.items()):
+                ex_window = topo.exchanges[ex_id].window
+                if self._nothing_ended(
+                    ("exchange", ex_id),
+                    [window_bounds(s, ex_window, topo.tz) for s in ex_starts],
+                    now,
+                ):
+                    del exchange_results[ex_id]
+            for meter_id in meter_work:
+                self._replayed[("meter", meter_id)] = now
+            for ex_id in exchange_results:
+                self._replayed[("exchange", ex_id)] = now
             stats.deferred = len(keep)
             await self._meter_alerts(conn, topo, meter_work, component_results, now, stats)
             await self._exchange_alerts(conn, topo, exchange_results, now, stats)
@@ -493,28 +531,76 @@ class Engine(AlertReplay):
             )
         return stats
 
+    def _nothing_ended(
+        self, key: tuple[str, str], bounds: list[tuple[datetime, datetime]], now: datetime
+    ) -> bool:
+        """Are all of a subject's changed windows (``bounds``) still running at ``now``, and
+        did this worker replay the subject's alerts when the window before them had already
+        ended? Then a replay would judge nothing new."""
+        if any(end <= now for _, end in bounds):
+            return False
+        last = self._replayed.get(key)
+        return last is not None and last >= min(start for start, _ in bounds)
+
     async def _earlier_pending(
         self,
         conn: asyncpg.Connection,
-        kind: str,
-        subject: str,
-        meters: Sequence[str],
-        starts: set[datetime],
-    ) -> bool:
-        """Is work on windows before the last of ``starts`` still pending elsewhere?"""
-        pending: bool = await conn.fetchval(
-            """SELECT EXISTS (SELECT 1 FROM dirty_subjects WHERE kind = $1 AND subject = $2
-                              AND window_start < $3
-                              AND NOT (window_start = ANY($4::timestamptz[])))
-                   OR EXISTS (SELECT 1 FROM dirty_windows WHERE meter_id = ANY($5::text[])
-                              AND window_start < $3)""",
-            kind,
-            subject,
-            max(starts),
-            list(starts),
-            list(meters),
+        subjects: Sequence[tuple[str, str, Sequence[str], set[datetime]]],
+    ) -> set[tuple[str, str]]:
+        """Of ``subjects`` (kind, subject, its meters, the window starts being processed), those
+        with work on windows before the last of their starts still pending elsewhere: another
+        of their subject windows, or a dirty window of one of their meters. Two queries for
+        the whole pass."""
+        if not subjects:
+            return set()
+        latest = [max(starts) for _, _, _, starts in subjects]
+        processing = {(kind, name): starts for kind, name, _, starts in subjects}
+        waiting: set[tuple[str, str]] = set()
+        for r in await conn.fetch(
+            """SELECT c.k, c.s, d.window_start FROM dirty_subjects d
+               JOIN unnest($1::text[], $2::text[], $3::timestamptz[]) AS c(k, s, latest)
+                 ON d.kind = c.k AND d.subject = c.s AND d.window_start < c.latest""",
+            [k for k, _, _, _ in subjects],
+            [name for _, name, _, _ in subjects],
+            latest,
+        ):
+            if r["window_start"] not in processing[(r["k"], r["s"])]:
+                waiting.add((r["k"], r["s"]))
+        meters = sorted({m for _, _, ids, _ in subjects for m in ids})
+        earliest = {
+            r["meter_id"]: r["first"]
+            for r in await conn.fetch(
+                """SELECT meter_id, min(window_start) AS first FROM dirty_windows
+                   WHERE meter_id = ANY($1::text[]) GROUP BY meter_id""",
+                meters,
+            )
+        }
+        for (kind, name, ids, _), last in zip(subjects, latest, strict=True):
+            if any(m in earliest and earliest[m] < last for m in ids):
+                waiting.add((kind, name))
+        return waiting
+
+    async def _meter_windows_spans(
+        self, conn: asyncpg.Connection, spans: dict[str, tuple[datetime, datetime]]
+    ) -> dict[str, list[asyncpg.Record]]:
+        """The meter windows starting in [lo, hi) per meter of ``spans``, in one query."""
+        if not spans:
+            return {}
+        ids = list(spans)
+        rows = await conn.fetch(
+            """SELECT m.meter_id, m.window_start, m.window_end, m.quantity, m.coverage, m.error
+               FROM meter_windows m
+               JOIN unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS c(id, lo, hi)
+                 ON m.meter_id = c.id AND m.window_start >= c.lo AND m.window_start < c.hi
+               ORDER BY m.meter_id, m.window_start""",
+            ids,
+            [spans[i][0] for i in ids],
+            [spans[i][1] for i in ids],
         )
-        return pending
+        out: dict[str, list[asyncpg.Record]] = defaultdict(list)
+        for r in rows:
+            out[r["meter_id"]].append(r)
+        return out
 
     async def _meter_windows(
         self, conn: asyncpg.Connection, meters: Sequence[str], lo: datetime, hi: datetime
@@ -597,13 +683,22 @@ class Engine(AlertReplay):
         out: dict[str, list[datetime]] = {}
         rows: list[tuple[Any, ...]] = []
         computed_at = datetime.now(UTC)
+        # The meter windows of every exchange of the pass, read at once: per meter, the span
+        # from the first to the last exchange window that needs it.
+        plans: list[tuple[str, Any, list[tuple[datetime, datetime]]]] = []
+        spans: dict[str, tuple[datetime, datetime]] = {}
         for ex_id, starts in dirty.items():
             ex = topo.exchanges.get(ex_id)
             if ex is None:
                 continue
             bounds = sorted({window_bounds(s, ex.window, topo.tz) for s in starts})
+            plans.append((ex_id, ex, bounds))
+            for mid in (*ex.sent, *ex.received):
+                lo, hi = spans.get(mid, (bounds[0][0], bounds[-1][1]))
+                spans[mid] = (min(lo, bounds[0][0]), max(hi, bounds[-1][1]))
+        windows = await self._meter_windows_spans(conn, spans)
+        for ex_id, ex, bounds in plans:
             meters = [*ex.sent, *ex.received]
-            windows = await self._meter_windows(conn, meters, bounds[0][0], bounds[-1][1])
             z_limit = topo.rule(Rule.imbalance, ex_id).z
             for ws, we in bounds:
                 try:
@@ -873,42 +968,133 @@ def _silences(
     return sorted(set(zip(a[need].tolist(), b[need].tolist(), strict=True)))
 
 
+@dataclass
+class _MeterPlan:
+    """What stage 1 computes for one claimed meter: its claimed windows (``starts``, and as
+    bounds), those with their neighbours (``bounds``) in clusters, and the index of its first
+    cluster's readings in the pass's batched fetch."""
+
+    meter_id: str
+    meter: Meter
+    window: timedelta
+    starts: set[datetime]
+    claimed_bounds: set[tuple[datetime, datetime]]
+    bounds: set[tuple[datetime, datetime]]
+    clusters: list[list[tuple[datetime, datetime]]]
+    first: int
+
+
+def _across_silences(
+    changed: set[datetime],
+    window: timedelta,
+    tz: ZoneInfo,
+    clusters: list[list[tuple[datetime, datetime]]],
+    fetched: dict[tuple[datetime, datetime, int], _Fetched],
+    max_gap: float,
+) -> set[tuple[datetime, datetime]]:
+    """The windows of the silences that the ``changed`` windows (claimed: their readings
+    changed) are interpolated across.
+
+    An edge of a changed window between two readings further apart than the windows
+    around it (a silence of the meter) is the register (or rate) interpolated between
+    those two readings, and so is every window edge in between: all of those windows are
+    computed, however long the silence (up to ``max_gap`` seconds, beyond which it is a
+    break and nothing is interpolated). They are found from the readings (the last before
+    and the first after each edge, in ``fetched`` per cluster: first start, last end, number
+    of windows → window edges as epoch seconds and the readings), never by a fixed count of
+    neighbours. Only the edges of the changed windows are looked at: their neighbours'
+    readings did not change, and the windows added are not looked through in turn.
+    """
+    walked: set[tuple[datetime, datetime]] = set()
+    starts = (window_bounds(s, window, tz)[0].timestamp() for s in changed)
+    claimed = np.fromiter(starts, np.float64, len(changed))
+    for cluster in clusters:
+        edges, ts, _ = fetched[(cluster[0][0], cluster[-1][1], len(cluster))]
+        for a, b in _silences(ts, edges, claimed, max_gap):
+            first = datetime.fromtimestamp(a, UTC)
+            walked.update(windows_between(first, datetime.fromtimestamp(b, UTC), window, tz))
+    return walked
+
+
+# meter_windows columns that must be exactly as stored for a recomputed neighbour to count as
+# unchanged (besides its quantity and coverage, compared as a silence's windows are)
+_EXACT = ("stuck", "negatives", "first_ts", "last_ts")
+_EXACT_AT = tuple(METER_WINDOW_COLUMNS.index(c) for c in _EXACT)
+
+_Bounds = set[tuple[datetime, datetime]]
+
+
 async def _unchanged(
     conn: asyncpg.Connection,
-    meter_id: str,
-    cluster: list[tuple[datetime, datetime]],
-    q: WindowQuantities,
-    walked: set[tuple[datetime, datetime]],
-) -> set[datetime]:
-    """The windows of ``cluster`` added for a silence (``walked``) that came out as they are
-    stored: not written again, so a meter that resumes after a long silence does not rewrite
-    the whole silence (and everything derived from it) at each reading of its first windows."""
-    index = {b[0]: i for i, b in enumerate(cluster) if b in walked}
-    if not index:
+    computed: Sequence[tuple[tuple[Any, ...], _Bounds, _Bounds, datetime]],
+) -> set[tuple[str, datetime]]:
+    """The recomputed meter windows, of those not claimed, that came out as they are stored:
+    not written again, so that neither a meter that resumes after a long silence rewrites the
+    whole silence (and everything derived from it) at each reading of its first windows, nor
+    each reading of a live meter rewrites the windows either side of its own.
+
+    ``computed`` holds per window its new ``meter_windows`` row (``METER_WINDOW_COLUMNS``),
+    the claimed windows and the silence windows (``walked``) of its meter, and ``now``. A
+    window of a silence is the same when its quantity and coverage agree within 1e-9 and its
+    counts exactly; any other neighbour when, besides, its flags and first and last reading
+    are exactly as stored and it was stored after the window had ended (what was computed
+    while the window ran is judged again once it has ended). Within 1e-9, because a window's
+    quantity computed among other windows may differ from the stored one in the last bits
+    (the same readings summed in another grouping). A window that failed, or whose readings
+    held a counter reset, is always written."""
+    candidates: dict[tuple[str, datetime], tuple[tuple[Any, ...], bool, datetime]] = {}
+    for row, claimed, walked, now in computed:
+        bounds = (row[1], row[2])
+        if bounds in claimed or row[-1] is not None:
+            continue
+        in_silence = bounds in walked
+        if not in_silence and row[9] is not None:  # reset events
+            continue
+        candidates[(row[0], row[1])] = (row, in_silence, now)
+    if not candidates:
         return set()
+    ids, starts = zip(*candidates, strict=True)
     stored = await conn.fetch(
-        """SELECT window_start, quantity, coverage, readings, resets, outliers
-           FROM meter_windows WHERE meter_id = $1 AND window_start = ANY($2::timestamptz[])
-           AND error IS NULL""",
-        meter_id,
-        list(index),
+        """SELECT m.meter_id, m.window_start, m.window_end, m.computed_at, m.reset_events,
+                  m.quantity, m.coverage, m.readings, m.resets, m.outliers, m.stuck,
+                  m.negatives, m.first_ts, m.last_ts
+           FROM meter_windows m
+           JOIN unnest($1::text[], $2::timestamptz[]) AS c(meter_id, window_start)
+             ON m.meter_id = c.meter_id AND m.window_start = c.window_start
+           WHERE m.error IS NULL""",
+        list(ids),
+        list(starts),
     )
-    same: set[datetime] = set()
+    same: set[tuple[str, datetime]] = set()
     for r in stored:
-        i = index[r["window_start"]]
-        quantity = _num(float(q.quantity[i]))
-        counts = (int(q.readings[i]), int(q.resets[i]), int(q.outliers[i]))
-        if (r["readings"], r["resets"], r["outliers"]) != counts:
+        key = (r["meter_id"], r["window_start"])
+        row, in_silence, now = candidates[key]
+        if in_silence:
+            if _same_silence_window(r, row):
+                same.add(key)
             continue
-        if not math.isclose(r["coverage"], float(q.coverage[i]), rel_tol=0.0, abs_tol=1e-9):
-            continue
-        if quantity is None or r["quantity"] is None:
-            if quantity is None and r["quantity"] is None:
-                same.add(r["window_start"])
-            continue
-        if math.isclose(quantity, r["quantity"], rel_tol=1e-9, abs_tol=1e-9):
-            same.add(r["window_start"])
+        if r["computed_at"] < r["window_end"] <= now:
+            continue  # stored while it ran; it has ended since
+        if (
+            r["reset_events"] is None
+            and all(r[c] == row[i] for c, i in zip(_EXACT, _EXACT_AT, strict=True))
+            and _same_silence_window(r, row)
+        ):
+            same.add(key)
     return same
+
+
+def _same_silence_window(stored: asyncpg.Record, row: tuple[Any, ...]) -> bool:
+    """A window of a silence recomputed as it is stored (quantity and coverage within 1e-9,
+    counts exact)."""
+    quantity, coverage, readings, resets, outliers = row[3], row[4], row[5], row[8], row[10]
+    if (stored["readings"], stored["resets"], stored["outliers"]) != (readings, resets, outliers):
+        return False
+    if not math.isclose(stored["coverage"], coverage, rel_tol=0.0, abs_tol=1e-9):
+        return False
+    if quantity is None or stored["quantity"] is None:
+        return bool(quantity is None and stored["quantity"] is None)
+    return math.isclose(quantity, stored["quantity"], rel_tol=1e-9, abs_tol=1e-9)
 
 
 def _clusters(bounds: list[tuple[datetime, datetime]]) -> list[list[tuple[datetime, datetime]]]:

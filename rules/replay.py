@@ -658,21 +658,30 @@ class AlertReplay:
         if topo is None:
             return stats
         # A meter is stale when its newest reading is old AND nothing of it has arrived for
-        # as long (a backfill of old readings is data arriving, not silence).
-        last: dict[str, datetime] = {}
-        arrived: dict[str, datetime] = {}
-        for r in await conn.fetch(
-            """SELECT meter_id, max(last_ts) AS last, max(computed_at) AS arrived
-               FROM meter_windows WHERE window_start > $1 GROUP BY meter_id""",
-            now - timedelta(days=7),
-        ):
-            last[r["meter_id"]] = r["last"]
-            arrived[r["meter_id"]] = r["arrived"]
+        # as long (a backfill of old readings is data arriving, not silence). The newest
+        # reading is the last one of the meter's latest window that holds one (an index probe
+        # per meter); when anything last arrived is asked only of the meters that look stale.
+        ids = list(topo.meters)
+        since = now - timedelta(days=7)
+        last: dict[str, datetime] = {
+            r["meter_id"]: r["last"]
+            for r in await conn.fetch(
+                """SELECT c.meter_id, w.last_ts AS last
+                   FROM unnest($1::text[]) AS c(meter_id)
+                   CROSS JOIN LATERAL (
+                       SELECT last_ts FROM meter_windows
+                       WHERE meter_id = c.meter_id AND window_start > $2
+                         AND last_ts IS NOT NULL
+                       ORDER BY window_start DESC LIMIT 1) w""",
+                ids,
+                since,
+            )
+        }
         applied = await conn.fetchval("SELECT applied_at FROM network LIMIT 1")
         async with conn.transaction():
             stale_firing = await lifecycle.firing(conn, Rule.meter_stale)
-            for meter_id, meter in topo.meters.items():
-                verdict = evaluate_stale(
+            verdicts = {
+                meter_id: evaluate_stale(
                     meter_id,
                     last.get(meter_id),
                     meter.interval,
@@ -680,16 +689,35 @@ class AlertReplay:
                     topo.rule(Rule.meter_stale, meter_id),
                     watched_since=applied,
                 )
+                for meter_id, meter in topo.meters.items()
+            }
+            quiet = [m for m, v in verdicts.items() if v.decision == Decision.fire]
+            arrived: dict[str, datetime] = {
+                r["meter_id"]: r["arrived"]
+                for r in await conn.fetch(
+                    """SELECT meter_id, max(computed_at) AS arrived FROM meter_windows
+                       WHERE meter_id = ANY($1::text[]) AND window_start > $2
+                       GROUP BY meter_id""",
+                    quiet,
+                    since,
+                )
+            }
+            for meter_id, verdict in verdicts.items():
+                meter = topo.meters[meter_id]
                 if verdict.decision == Decision.fire and arrived.get(meter_id, now) < now:
-                    quiet = evaluate_stale(
+                    backfill = evaluate_stale(
                         meter_id,
                         arrived[meter_id],
                         meter.interval,
                         now,
                         topo.rule(Rule.meter_stale, meter_id),
                     )
-                    if quiet.decision != Decision.fire:
+                    if backfill.decision != Decision.fire:
                         continue  # old readings still arriving: a backfill, not silence
+                if verdict.decision != Decision.fire and (
+                    f"{Rule.meter_stale}:{meter_id}" not in stale_firing
+                ):
+                    continue  # nothing firing to resolve, nothing to fire
                 alert = stale_firing.get(f"{Rule.meter_stale}:{meter_id}")
                 if verdict.decision == Decision.resolve and alert is not None:
                     # the silence ended at the first reading after it

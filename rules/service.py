@@ -1,7 +1,8 @@
 """``symbiont rules`` as a process: the rules engine's passes whenever ingest marks data dirty,
-its time-driven checks every 15 s, retention hourly, the outbox's notifier beside it, and the
+its time-driven checks every 15 s, retention hourly, the outbox's notifier beside it, the
 statements that fall due issued by a function the command line passes in (statements are
-issued from the rules process, but the rules package does not depend on them).
+issued from the rules process, but the rules package does not depend on them), and, when it
+serves metrics, the backlog of the engine and of the outbox measured into them.
 """
 
 from __future__ import annotations
@@ -29,13 +30,50 @@ Issue = Callable[[Engine, asyncpg.Connection, datetime], Awaitable[int]]
 
 class Service:
     """One rules worker as a process: the engine's passes whenever ingest marks data dirty (and
-    every few seconds), its time-driven checks, retention, the outbox's notifier, and the
-    statements' issue when ``issue`` is given."""
+    every few seconds), its time-driven checks, retention, the outbox's notifier, the
+    statements' issue when ``issue`` is given, and with ``observe_backlog`` (when it serves
+    metrics) the engine's and the outbox's backlog measured every 15 s."""
 
-    def __init__(self, engine: Engine, issue: Issue | None = None) -> None:
+    def __init__(
+        self, engine: Engine, issue: Issue | None = None, *, observe_backlog: bool = False
+    ) -> None:
         self.engine = engine
         self.issue = issue
+        self.observe_backlog = observe_backlog
         self._last_retention = float("-inf")
+
+    async def _backlog_loop(self, stop: asyncio.Event) -> None:
+        """Measure the engine's and the outbox's backlog into the metrics, on a connection of
+        its own so the numbers stay current during a long pass."""
+        from notify import metrics as notify_metrics
+        from rules import metrics
+
+        conn: asyncpg.Connection | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    if conn is None or conn.is_closed():
+                        conn = await asyncpg.connect(
+                            self.engine.dsn,
+                            server_settings={
+                                "application_name": f"symbiont-rules:{self.engine.worker}:metrics",
+                                "statement_timeout": "10s",
+                            },
+                        )
+                    await metrics.observe_backlog(conn)
+                    await notify_metrics.observe_outbox(conn)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.debug("could not measure the backlog (%s)", exc)
+                    if conn is not None:
+                        with contextlib.suppress(Exception):
+                            await conn.close()
+                    conn = None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=metrics.BACKLOG_INTERVAL_S)
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
 
     async def _statements_loop(self, stop: asyncio.Event) -> None:
         assert self.issue is not None
@@ -70,6 +108,9 @@ class Service:
             pass
         statements_task = (
             asyncio.create_task(self._statements_loop(stop)) if self.issue is not None else None
+        )
+        backlog_task = (
+            asyncio.create_task(self._backlog_loop(stop)) if self.observe_backlog else None
         )
         last_periodic = 0.0
         log.info("rules worker %s started", self.engine.worker)
@@ -121,9 +162,17 @@ class Service:
                             return
                     await asyncio.sleep(1)
                     continue
+                # Passes are sized by time: what arrives during the rest of the interval
+                # waits for the next pass, which takes it all at once.
+                rest = self.engine.settings.rules_pass_interval_s - (time.perf_counter() - started)
+                if rest > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=rest)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=5.0)
         finally:
+            if backlog_task is not None:
+                backlog_task.cancel()
             if statements_task is not None:
                 statements_task.cancel()
             if notifier_task is not None:
@@ -235,7 +284,7 @@ def run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await Service(engine, issue).run(stop)
+        await Service(engine, issue, observe_backlog=bool(settings.metrics_port)).run(stop)
 
     asyncio.run(main())
     return 0

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # What the test suite needs from the system, installed and started when missing:
 # PostgreSQL (127.0.0.1:5432, trust for postgres), Mosquitto, the real Alertmanager (alert
-# delivery tests), Debian's Chromium (dashboard tests) and poppler (statement PDFs).
+# delivery tests), Debian's Chromium (dashboard tests), poppler (statement PDFs) and promtool
+# (Debian's prometheus package: the monitoring tests check the Prometheus config, alert rules
+# and dashboard queries with it; where systemd runs, the package also starts a Prometheus).
 # Called by `make test`; safe to run again (it does nothing when all is there).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -16,6 +18,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(
 command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v pdftoppm >/dev/null 2>&1 || missing+=(poppler-utils)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ] && [ -z "$SUDO" ]; then
     echo "the tests need these Debian packages: ${missing[*]}" >&2

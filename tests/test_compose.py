@@ -5,7 +5,10 @@ deploys: every command parses with the real CLI parser, every ``SYMBIONT_*`` var
 setting, the MQTT URLs name the users ``symbiont broker-config`` creates and the variables its
 ``credentials.env`` defines, Mosquitto mounts the files it writes where the generated
 ``mosquitto.conf`` looks for them, and the dependencies, restart policies, health checks and
-volumes are what one host needs.
+volumes are what one host needs.  The monitoring services are held against their own files:
+images pinned by tag, every file a service mounts is in the repository (or written by
+``symbiont broker-config``), Prometheus scrapes exactly the services that serve metrics, on
+their ports, and Grafana's data sources and secrets name what Compose runs.
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ DOCKERFILE = REPO / "Dockerfile"
 ONE_OFF = {"migrate", "network"}
 LONG_RUNNING = {"mosquitto", "postgres", "ingest-1", "ingest-2", "rules", "api"}
 INGEST = ("ingest-1", "ingest-2")
+MONITORING = {"mosquitto-exporter", "prometheus", "grafana"}
+MONITORING_ONE_OFF = {"grafana-setup"}
+PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
+GRAFANA_DIR = REPO / "deploy" / "grafana"
+# The exporter's default listen address (its BIND_ADDRESS): the image has no shell to ask.
+EXPORTER_PORT = 9234
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?+][^}]*)?\}")
 
 
@@ -76,7 +85,7 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_the_services(services: dict[str, dict[str, Any]]) -> None:
-    assert set(services) == ONE_OFF | LONG_RUNNING
+    assert set(services) == ONE_OFF | LONG_RUNNING | MONITORING | MONITORING_ONE_OFF
     assert set(symbiont_services(services)) == ONE_OFF | {"ingest-1", "ingest-2", "rules", "api"}
     assert services["mosquitto"]["image"].startswith("eclipse-mosquitto:2")
     assert services["postgres"]["image"].startswith("postgres:")
@@ -270,3 +279,217 @@ def test_volumes(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -
     assert {"postgres-data", "mosquitto-data"} <= set(compose["volumes"])
     assert "postgres-data:/var/lib/postgresql/data" in services["postgres"]["volumes"]
     assert "mosquitto-data:/mosquitto/data" in services["mosquitto"]["volumes"]
+
+
+# -- monitoring -----------------------------------------------------------------------------
+
+
+def bind_mounts(service: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(source, target, options) of the service's mounts (``source`` as written)."""
+    out = []
+    for volume in service.get("volumes") or []:
+        source, target, *options = volume.split(":")
+        out.append((source, target, ",".join(options)))
+    return out
+
+
+def repo_path(service: dict[str, Any], container_path: str) -> Path | None:
+    """The repository file a path inside the service's container is, through its bind mounts
+    of repository paths (the deepest mount wins); None when no such mount holds it."""
+    best: tuple[int, Path] | None = None
+    for source, target, _ in bind_mounts(service):
+        if not source.startswith("./"):
+            continue
+        if container_path == target or container_path.startswith(target.rstrip("/") + "/"):
+            rest = container_path[len(target) :].lstrip("/")
+            found = REPO / source[2:] / rest if rest else REPO / source[2:]
+            if best is None or len(target) > best[0]:
+                best = (len(target), found)
+    return best[1] if best else None
+
+
+def named_volume_at(service: dict[str, Any], container_path: str) -> str | None:
+    for source, target, _ in bind_mounts(service):
+        if not source.startswith(("./", "/")) and (
+            container_path == target or container_path.startswith(target.rstrip("/") + "/")
+        ):
+            return source
+    return None
+
+
+def test_images_are_pinned_by_tag(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        if "build" in service:  # built here, not pulled: its name may be anything
+            continue
+        image, _, tag = service["image"].rpartition(":")
+        assert image and "/" not in tag and tag and tag != "latest", f"{name}: {service['image']}"
+        if name in MONITORING | MONITORING_ONE_OFF and image != "postgres":
+            # a release, not a moving major tag
+            assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{name}: {service['image']}"
+    # the setup job runs the database's own image, so its psql matches the server
+    assert services["grafana-setup"]["image"] == services["postgres"]["image"]
+
+
+def test_every_mounted_file_is_in_the_repository(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    generated = "./deploy/broker/"  # written by `symbiont broker-config --out deploy/broker`
+    assert "/deploy/broker/" in (REPO / ".gitignore").read_text().splitlines()
+    for name, service in services.items():
+        for source, _, options in bind_mounts(service):
+            if source.startswith("./"):
+                assert options == "ro", f"{name} may write {source}"
+                if not source.startswith(generated):
+                    assert (REPO / source[2:]).exists(), f"{name} mounts {source}: not in the repo"
+            else:
+                assert not source.startswith("/"), f"{name}: a path of the host, {source}"
+                assert source in compose["volumes"], f"{name}: volume {source} is not declared"
+
+
+def test_monitoring_dependencies_and_restarts(services: dict[str, dict[str, Any]]) -> None:
+    def conditions(name: str) -> dict[str, str]:
+        return {dep: c["condition"] for dep, c in services[name]["depends_on"].items()}
+
+    assert conditions("mosquitto-exporter") == {"mosquitto": "service_healthy"}
+    assert conditions("grafana-setup") == {"migrate": "service_completed_successfully"}
+    assert conditions("grafana") == {
+        "grafana-setup": "service_completed_successfully",
+        "prometheus": "service_healthy",
+    }
+    for name in MONITORING:
+        assert services[name]["restart"] == "unless-stopped", name
+    assert services["grafana-setup"]["restart"] == "no"
+    for name in ("prometheus", "grafana"):  # the exporter's image has no shell nor tools
+        test = services[name]["healthcheck"]["test"]
+        assert test[0] == "CMD" and test[1] == "wget" and test[-1].startswith("http://127.0.0.1:")
+    # Prometheus's UI has no login: published on the host's loopback only
+    assert services["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
+    assert services["grafana"]["ports"] == ["3000:3000"]
+
+
+def _scrape_targets() -> dict[str, list[str]]:
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    return {
+        job["job_name"]: [t for static in job["static_configs"] for t in static["targets"]]
+        for job in config["scrape_configs"]
+    }
+
+
+def test_prometheus_scrapes_every_service_that_serves_metrics(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    parser = build_parser()
+    expected: dict[str, str] = {}  # "host:port" -> job
+    for name in INGEST:
+        env = environment(services[name])
+        assert env["SYMBIONT_METRICS_HOST"] == "0.0.0.0", name  # noqa: S104 (reachable)
+        expected[f"{name}:{env['SYMBIONT_METRICS_PORT']}"] = "symbiont-ingest"
+    rules_env = environment(services["rules"])
+    assert rules_env["SYMBIONT_METRICS_HOST"] == "0.0.0.0"  # noqa: S104
+    expected[f"rules:{rules_env['SYMBIONT_METRICS_PORT']}"] = "symbiont-rules"
+    api = parser.parse_args(services["api"]["command"])
+    expected[f"api:{api.port}"] = "symbiont-api"  # /metrics on its own port
+    exporter = environment(services["mosquitto-exporter"])
+    assert "BIND_ADDRESS" not in exporter  # so it listens on its default port
+    expected[f"mosquitto-exporter:{EXPORTER_PORT}"] = "mosquitto"
+
+    found = {
+        target: job
+        for job, targets in _scrape_targets().items()
+        if job != "prometheus"
+        for target in targets
+    }
+    assert found == expected
+    assert _scrape_targets()["prometheus"] == ["localhost:9090"]
+    # no services serve metrics that nobody scrapes
+    for name, service in symbiont_services(services).items():
+        port = environment(service).get("SYMBIONT_METRICS_PORT")
+        if port is not None:
+            assert f"{name}:{port}" in found, name
+
+
+def test_prometheus_runs_the_repository_config(services: dict[str, dict[str, Any]]) -> None:
+    prometheus = services["prometheus"]
+    flags = dict(a.removeprefix("--").split("=", 1) for a in prometheus["command"])
+    config = repo_path(prometheus, flags["config.file"])
+    assert config == PROMETHEUS_DIR / "prometheus.yml"
+    assert named_volume_at(prometheus, flags["storage.tsdb.path"]) == "prometheus-data"
+    for rule_file in yaml.safe_load(config.read_text())["rule_files"]:
+        assert (config.parent / rule_file).is_file(), rule_file
+    assert "/-/ready" in prometheus["healthcheck"]["test"][-1]
+
+
+def test_the_exporter_signs_in_as_the_monitor_user(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    env = environment(services["mosquitto-exporter"])
+    assert env["MQTT_USER"] == brokerconfig.MONITOR_USER
+    match = _VARIABLE.fullmatch(env["MQTT_PASS"])
+    assert match and match.group(1) == brokerconfig.password_variable(brokerconfig.MONITOR_USER)
+    net = load_network(REPO / "examples" / "kalundborg.yaml")
+    conf = brokerconfig.render_conf(net).splitlines()
+    port = dict(line.split(" ", 1) for line in conf if line and not line.startswith("#"))
+    assert env["BROKER_ENDPOINT"] == f"tcp://mosquitto:{port['listener']}"
+    # the monitor user may read $SYS, where the broker's statistics are
+    brokerconfig.write_broker_config(net, tmp_path)
+    acl = (tmp_path / brokerconfig.ACL_FILE).read_text()
+    block = acl.split(f"user {brokerconfig.MONITOR_USER}\n", 1)[1].split("\nuser ", 1)[0]
+    assert "topic read $SYS/#" in block.splitlines()
+
+
+def test_grafana_runs_the_repository_provisioning(services: dict[str, dict[str, Any]]) -> None:
+    grafana = services["grafana"]
+    env = environment(grafana)
+    provisioning = repo_path(grafana, "/etc/grafana/provisioning")
+    assert provisioning == GRAFANA_DIR / "provisioning"
+    datasources = yaml.safe_load((provisioning / "datasources" / "symbiont.yml").read_text())
+    by_type = {d["type"]: d for d in datasources["datasources"]}
+    assert set(by_type) == {"prometheus", "grafana-postgresql-datasource"}
+
+    # Prometheus as Compose runs it
+    prom_url = by_type["prometheus"]["url"]
+    assert prom_url == "http://prometheus:9090"
+    assert "9090" in services["prometheus"]["ports"][0]
+
+    # PostgreSQL: the service, its database, the read-only role grafana-setup makes
+    pg = by_type["grafana-postgresql-datasource"]
+    assert pg["url"] == "postgres:5432"
+    assert pg["jsonData"]["database"] == services["postgres"]["environment"]["POSTGRES_DB"]
+    setup = services["grafana-setup"]
+    script_in_container = setup["entrypoint"][-1]
+    script = repo_path(setup, script_in_container)
+    assert script == GRAFANA_DIR / "setup.sh" and script.is_file()
+    text = script.read_text()
+    defaults = dict(re.findall(r"^\w+=\$\{(\w+):-([^}]+)\}$", text, re.M))
+    assert not set(defaults) & set(environment(setup)), "setup.sh runs on its defaults"
+    assert defaults["GRAFANA_DB_ROLE"] == pg["user"]
+    sql = repo_path(setup, defaults["GRAFANA_READER_SQL"])
+    assert sql == REPO / "deploy" / "postgres" / "grafana-reader.sql"
+    setup_env = environment(setup)
+    assert setup_env["PGHOST"] == "postgres"
+    assert setup_env["PGDATABASE"] == pg["jsonData"]["database"]
+    assert setup_env["PGUSER"] == services["postgres"]["environment"]["POSTGRES_USER"]
+
+    # the secrets grafana-setup writes are where Grafana reads them, on a volume both mount
+    secret = re.fullmatch(r"\$__file\{(.+)\}", pg["secureJsonData"]["password"])
+    assert secret
+    admin = env["GF_SECURITY_ADMIN_PASSWORD__FILE"]
+    for path in (secret.group(1), admin):
+        volume = named_volume_at(grafana, path)
+        assert volume == "grafana-secrets", path
+        assert named_volume_at(setup, path) == volume
+        assert str(Path(path).parent) == defaults["GRAFANA_SECRETS_DIR"], path
+        assert Path(path).name in text, f"setup.sh does not write {path}"
+    assert dict((t, o) for s, t, o in bind_mounts(grafana) if s == "grafana-secrets") == {
+        "/run/symbiont": "ro"
+    }
+
+    # the dashboards it loads are the repository's, the home dashboard among them
+    providers = yaml.safe_load((provisioning / "dashboards" / "symbiont.yml").read_text())
+    [provider] = providers["providers"]
+    dashboards = repo_path(grafana, provider["options"]["path"])
+    assert dashboards == GRAFANA_DIR / "dashboards"
+    assert sorted(p.name for p in dashboards.glob("*.json")) == ["park.json", "service-health.json"]
+    home = repo_path(grafana, env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+    assert home is not None and home.is_file() and home.parent == dashboards
+    assert named_volume_at(grafana, "/var/lib/grafana") == "grafana-data"

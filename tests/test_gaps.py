@@ -515,9 +515,10 @@ def test_a_silence_longer_than_the_backfill_horizon_is_a_break(database_url: str
 
 def test_only_windows_next_to_a_silence_cost_extra_work(database_url: str) -> None:
     """Counts, not timings. Readings every quarter hour, 20 s after it: a late reading
-    recomputes its window and the two neighbours, nothing more. A meter that resumes after a
-    week's silence computes the week once; its further readings in the windows after the
-    silence leave the week's windows as they are (they come out unchanged)."""
+    writes its own window, nothing more (its two neighbours are recomputed, as they share its
+    edges, and come out as stored). A meter that resumes after a week's silence computes the
+    week once; its further readings in the windows after the silence leave the week's windows
+    as they are (they come out unchanged)."""
     net = parse_network(NETWORK)
     lo = FEB
     silent = range(24, 24 + 7 * 24)  # a week from hour 24
@@ -551,16 +552,20 @@ def test_only_windows_next_to_a_silence_cost_extra_work(database_url: str) -> No
         n, changed = await counts(first_part[-1:])
         week = {lo + k * HOUR for k in range(23, silent.stop + 2)}
         assert changed == week and n == len(week)  # the silence, computed once
-        # further readings in the first windows after the silence: only they and their
-        # neighbours; the silence's windows come out as stored and are not written again
+        # further readings in the first window after the silence: only it; its neighbours
+        # and the silence's windows come out as stored and are not written again
         for k in range(3):
             n, changed = await counts(rest[k : k + 1])
-            assert changed == {lo + (silent.stop + d) * HOUR for d in (-1, 0, 1)}, k
-            assert n == 3
-        # a late reading in the dense day: its window and the two neighbours
+            assert changed == {lo + silent.stop * HOUR}, k
+            assert n == 1
+        # the first reading of the next window: it, the window before, whose end is now
+        # interpolated towards it, and the window after, not stored before
+        n, changed = await counts(rest[3:4])
+        assert changed == {lo + (silent.stop + d) * HOUR for d in (0, 1, 2)} and n == 3
+        # a late reading in the dense day: its window only
         late = lo + 5 * HOUR + 20 * timedelta(minutes=1)
         n, changed = await counts([(late, water_register(late))])
-        assert changed == {lo + k * HOUR for k in (4, 5, 6)} and n == 3
+        assert changed == {lo + 5 * HOUR} and n == 1
 
     asyncio.run(go())
 
