@@ -1,4 +1,4 @@
-"""Detection over a simulated year of the example network: the README's detection table.
+"""Detection over a simulated year of the example network: the detection table of docs/alerts.md.
 
     python -m benchmarks.detection_year [--days N] [--seed S] [--write FILE | --no-write]
 

@@ -379,7 +379,7 @@ def render_conf(
             "# the queue limits are lifted (0 = none) because Mosquitto's defaults drop QoS 1",
             "# messages beyond 1000 per client while the publisher is still acknowledged: a",
             "# backlog waits in the broker (about 200 bytes a reading) instead.  Size the data",
-            "# volume for the backlog you must survive (README, Deployment).",
+            "# volume for the backlog you must survive (docs/deployment.md).",
             *listeners,
             "allow_anonymous false",
             f"password_file {os.path.join(broker, PASSWD_FILE)}",

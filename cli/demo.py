@@ -2,12 +2,17 @@
 
 With no ``SYMBIONT_DATABASE_URL`` it runs a PostgreSQL of its own (the ``pgserver`` package
 ships the binaries); with no ``SYMBIONT_MQTT_URL`` a Mosquitto of its own. Then it migrates,
-applies the example network, starts ingest, the rules engine and the API (dashboard), makes
-tokens for an operator and two partners, publishes everything since the start of the previous
-month through MQTT (with a leak in the past) and goes on live (with a meter that falls silent
-a few minutes in), issues last month's statements once the history is reconciled and every
-line of them has its data (saying what they hold, or that the month is held and why), and
-reports what is happening until Ctrl-C, when it stops everything it started.
+applies the example network, starts ingest, the rules engine and the API (dashboard), and
+publishes everything since the start of the previous month through MQTT (with a leak in the
+past) before going on live (with a meter that falls silent a few minutes in). It issues last
+month's statements once the history is reconciled and every line of them has its data
+(saying what they hold, or that the month is held and why), and reports what is happening
+until Ctrl-C, when it stops everything it started.
+
+Its first screen says only what a person needs: the dashboard's address, a token for each
+role (the same at every start while they stay valid: they are kept in ``.demo/tokens.txt``),
+the database's and the broker's URLs for the command line, and what is going to happen.
+Everything else, its own log lines included, goes to ``.demo/logs/``.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,13 +49,19 @@ from core.settings import Settings
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "kalundborg.yaml"
 STATE = Path(".demo")
+TOKENS = STATE / "tokens.txt"
 
-console = Console()
+console = Console(soft_wrap=True)  # one printed line is one line of output, to grep for
 
 
 def _embedded_postgres(directory: Path) -> str:
     try:
-        import pgserver
+        with warnings.catch_warnings():
+            # pgserver asks platformdirs for a runtime directory as it is imported; without
+            # XDG_RUNTIME_DIR (a container, a root shell) that warns and falls back to
+            # /tmp/runtime-<uid>, which serves its lock file just as well.
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+            import pgserver
     except ImportError:
         raise RuntimeError(
             "no database configured and the embedded PostgreSQL (pgserver) is not installed: "
@@ -171,27 +184,29 @@ async def _status(dsn: str) -> dict[str, object]:
 def _embedded(settings: Settings) -> Iterator[tuple[str, str]]:
     broker: LocalMosquitto | None = None
     try:
-        if settings.database_url:
-            db_url = settings.database_url
-            console.print("database: SYMBIONT_DATABASE_URL")
-        else:
-            console.print("database: starting an embedded PostgreSQL in .demo/pg …")
-            db_url = _embedded_postgres(STATE / "pg")
+        db_url = settings.database_url or _embedded_postgres(STATE / "pg")
         if settings.mqtt_url:
             mqtt_url = settings.mqtt_url
-            console.print(f"broker: {mqtt_url}")
         else:
             broker = LocalMosquitto(STATE / "mqtt")
             broker.start()
             mqtt_url = broker.url
-            console.print(f"broker: started Mosquitto on {mqtt_url}")
         yield db_url, mqtt_url
     finally:
         if broker is not None:
             broker.stop()
 
 
-def _demo_faults(net: Network, now: datetime, start: datetime, days: int) -> list[str]:
+@dataclass(frozen=True)
+class Fault:
+    """A fault the demo injects: the simulator's ``--fault`` spec and what it is, in words."""
+
+    spec: str
+    said: str
+    live: bool  # injected into the live run, not the history
+
+
+def _demo_faults(net: Network, now: datetime, start: datetime, days: int) -> list[Fault]:
     """A leak in the past (so history has alerts) and a meter that goes quiet two minutes
     into the live run (a `meter_stale` alert a few minutes after start).
 
@@ -202,12 +217,32 @@ def _demo_faults(net: Network, now: datetime, start: datetime, days: int) -> lis
     meters = {m.id for m in net.meters}
     faults = []
     if "water-forsyning-equinor" in exchanges and days >= 3:
-        at = (start + timedelta(days=min(20, days - 2))).strftime("%Y-%m-%dT%H:%MZ")
-        faults.append(f"leak:water-forsyning-equinor:8%@{at}+2d")
+        at = start + timedelta(days=min(20, days - 2))
+        faults.append(
+            Fault(
+                f"leak:water-forsyning-equinor:8%@{at:%Y-%m-%dT%H:%MZ}+2d",
+                "8 % of the water of exchange water-forsyning-equinor leaks for 2 days from"
+                f" {_day(at, net)}",
+                live=False,
+            )
+        )
     if "novo-steam-in" in meters:
-        at = (now + timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%MZ")
-        faults.append(f"gap:novo-steam-in@{at}+30m")
+        at = now + timedelta(minutes=2)
+        faults.append(
+            Fault(
+                f"gap:novo-steam-in@{at:%Y-%m-%dT%H:%MZ}+30m",
+                f"meter novo-steam-in falls silent at {at.astimezone():%H:%M} for 30 minutes:"
+                " a meter_stale alert fires a few minutes later",
+                live=True,
+            )
+        )
     return faults
+
+
+def _day(at: datetime, net: Network) -> str:
+    """The day of ``at`` in the network's zone: ``21 November``."""
+    local = at.astimezone(net.tz)
+    return f"{local.day} {local:%B}"
 
 
 def _free_port(preferred: int) -> int:
@@ -250,18 +285,68 @@ def _demo_partners(net: Network) -> list[str]:
     return chosen[:2]
 
 
-async def _tokens(dsn: str, net: Network) -> list[tuple[str, str]]:
-    from api.tokens import create_token
+@dataclass(frozen=True)
+class DemoToken:
+    who: str  # "admin", "operator", "partner equinor"
+    token: str
+    kept: bool  # from an earlier start, still valid
 
+
+def _wanted_tokens(net: Network) -> list[tuple[str, str, str | None]]:
+    """(who, role, partner) of each token the demo offers."""
+    wanted: list[tuple[str, str, str | None]] = [("operator", "operator", None)]
+    wanted += [(f"partner {p}", "partner", p) for p in _demo_partners(net)]
+    wanted.append(("admin", "admin", None))
+    return wanted
+
+
+def read_tokens(path: Path) -> dict[str, str]:
+    """``who: token`` lines of a tokens file (empty when there is none)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    found = {}
+    for line in lines:
+        who, sep, token = line.partition(": ")
+        if sep and who.strip() and token.strip():
+            found[who.strip()] = token.strip()
+    return found
+
+
+def demo_tokens(dsn: str, net: Network, path: Path) -> list[DemoToken]:
+    """A token for each role the demo offers, kept in ``path`` (mode 0600) for the next start."""
+    tokens = asyncio.run(_tokens(dsn, net, read_tokens(path)))
+    path.write_text("".join(f"{t.who}: {t.token}\n" for t in tokens))
+    path.chmod(0o600)
+    return tokens
+
+
+async def _tokens(dsn: str, net: Network, stored: dict[str, str]) -> list[DemoToken]:
+    """The token of the last start for each role while it is still valid in this database
+    for the same role and partner, else a new one. A token the demo made before and no
+    longer offers is revoked, so old demo tokens do not pile up."""
+    from api.tokens import create_token, revoke_token, verify_token
+
+    stored = dict(stored)
     conn = await asyncpg.connect(dsn)
     try:
-        made = [("operator", (await create_token(conn, "operator", name="demo")).token)]
-        for partner in _demo_partners(net):
-            created = await create_token(conn, "partner", partner, name="demo")
-            made.append((f"partner {partner}", created.token))
-        return made
+        out = []
+        for who, role, partner in _wanted_tokens(net):
+            token = stored.pop(who, None)
+            found = await verify_token(conn, token) if token else None
+            if token and found and found.role == role and found.partner == partner:
+                out.append(DemoToken(who, token, kept=True))
+                continue
+            created = await create_token(conn, role, partner, name="demo")
+            out.append(DemoToken(who, created.token, kept=False))
+        for token in stored.values():  # offered by an earlier start, not any more
+            found = await verify_token(conn, token)
+            if found is not None:
+                await revoke_token(conn, found.token_id)
     finally:
         await conn.close()
+    return out
 
 
 async def _caught_up(dsn: str) -> bool:
@@ -374,6 +459,112 @@ def _history_start(net: Network, now: datetime, days: int | None) -> datetime:
     return previous.astimezone(UTC)
 
 
+def _log_to_file(path: Path) -> None:
+    """The demo's own log lines (migrations, issued statements) and Python's warnings go to
+    ``path``: the screen is for what a person needs."""
+    root = logging.getLogger()
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(
+        root.handlers[0].formatter if root.handlers else logging.Formatter("%(message)s")
+    )
+    root.handlers[:] = [handler]
+    logging.captureWarnings(True)
+
+
+def _shown_url(url: str) -> str:
+    """A URL to print: its password hidden, if it has one."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return url
+    if not parsed.password:
+        return url
+    return parsed.render_as_string(hide_password=True)
+
+
+def _command() -> str:
+    """How to run ``symbiont`` from where the demo was started."""
+    if shutil.which("symbiont"):
+        return "symbiont"
+    script = Path(sys.executable).with_name("symbiont")
+    if script.is_file():
+        try:
+            return str(script.relative_to(Path.cwd()))
+        except ValueError:
+            return str(script)
+    return f"{sys.executable} -m cli.main"
+
+
+def first_screen(
+    *,
+    net: Network,
+    network_file: Path,
+    port: int,
+    tokens: list[DemoToken],
+    db_url: str,
+    mqtt_url: str,
+    own: dict[str, bool],
+    history: str,
+    faults: list[Fault],
+    month: str,
+    issued: bool,
+) -> list[str]:
+    """What the demo says once it is up: where to look, how to sign in, how to reach the
+    database and broker from the command line, and what is going to happen."""
+    symbiont = _command()
+    partner = next((t.who.split()[1] for t in tokens if t.who.startswith("partner ")), None)
+    kept = all(t.kept for t in tokens)
+    lines = [
+        f"[bold]symbiont demo[/]: {net.name}, {len(net.partners)} partners, {len(net.meters)}"
+        f" meters, {len(net.exchanges)} exchanges ({network_file})",
+        "",
+        f"  Dashboard  [bold green]http://127.0.0.1:{port}/[/]   (API: http://127.0.0.1:{port}/docs)",
+        "  Sign in with a token"
+        + (" (the same as last time; " if kept else " (")
+        + f"kept in {TOKENS}):",
+    ]
+    lines += [f"    {t.who:<22} {t.token}" for t in tokens]
+    exports = [
+        f"SYMBIONT_{name}='{url}'"
+        for name, url in (("DATABASE_URL", db_url), ("MQTT_URL", mqtt_url))
+        if own[name]
+    ]
+    lines += [
+        "",
+        f"  Database   {_shown_url(db_url)}" + ("" if own["DATABASE_URL"] else "  (yours)"),
+        f"  Broker     {_shown_url(mqtt_url)}" + ("" if own["MQTT_URL"] else "  (yours)"),
+        "  The command line works against them while the demo runs, e.g.:",
+    ]
+    if exports:
+        lines.append(f"    export {' '.join(exports)}")
+    lines.append(f"    {symbiont} network show")
+    if partner:
+        lines.append(f"    {symbiont} statements show {partner} {month} --format csv")
+    lines += [
+        "",
+        "  What happens now:",
+        f"    1. History: the readings {history} are published over MQTT as fast as ingest"
+        " stores them, and reconciled.",
+    ]
+    lines += [f"       {f.said[0].upper()}{f.said[1:]}." for f in faults if not f.live]
+    lines.append("    2. Live: then a reading a minute from every meter, as a real network sends.")
+    lines += [f"       {f.said[0].upper()}{f.said[1:]}." for f in faults if f.live]
+    lines.append(
+        f"    3. Statements: {month} was issued at an earlier start: see them in the dashboard."
+        if issued
+        else f"    3. Statements: {month} is held until its history is reconciled and every line"
+        " has its data, then issued; a line below says when."
+    )
+    lines += [
+        f"  Ctrl-C stops everything. The data stays in {STATE}/ (delete it to start afresh);"
+        f" logs in {STATE}/logs/.",
+        "",
+    ]
+    return lines
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     network_file: Path = args.network or EXAMPLE
     net = load_network(network_file)
@@ -382,6 +573,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     STATE.mkdir(exist_ok=True)
     logs = STATE / "logs"
     logs.mkdir(exist_ok=True)
+    _log_to_file(logs / "demo.log")
+    shown_file = network_file
+    with contextlib.suppress(ValueError):
+        shown_file = network_file.resolve().relative_to(Path.cwd())
+    console.print(
+        f"starting the demo: database, broker, ingest, rules engine and API (logs in {logs}/) …"
+    )
     with _embedded(settings) as (db_url, mqtt_url):
         upgrade(db_url)
         dsn = asyncpg_dsn(db_url)
@@ -393,47 +591,54 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             finally:
                 await conn.close()
 
-        console.print(f"network '{net.network}' ({network_file}): {asyncio.run(apply())}")
+        logging.getLogger("symbiont.demo").info(
+            "network %s applied: %s", net.network, asyncio.run(apply())
+        )
         env = {**os.environ, "SYMBIONT_DATABASE_URL": db_url, "SYMBIONT_MQTT_URL": mqtt_url}
         services = Services(env, logs)
         try:
             services.start("ingest", "ingest")
             services.wait_log("ingest", "subscribed to", 60)
-            console.print("ingest: subscribed (logs in .demo/logs/ingest.log)")
             services.start("rules", "rules")
-            console.print("rules: reconciling as data arrives (logs in .demo/logs/rules.log)")
             port = _free_port(settings.api_port)
             services.start("api", "api", "--port", str(port))
             _wait_http(f"http://127.0.0.1:{port}/healthz", 60, services)
-            tokens = asyncio.run(_tokens(dsn, net))
+            tokens = demo_tokens(dsn, net, TOKENS)
             now = datetime.now(UTC).replace(second=0, microsecond=0)
             start = _history_start(net, now, args.days)
             days = (now - start).days
             faults = _demo_faults(net, now, start, days)
-            console.print(
-                f"simulator: {days} days of readings for {len(net.meters)} meters as a "
-                "backfill over MQTT, then live; injected faults:"
-            )
-            for fault in faults:
-                console.print(f"  --fault {fault}")
             sim_args = ["simulate", str(network_file), "--from", start.isoformat()]
             for fault in faults:
-                sim_args += ["--fault", fault]
+                sim_args += ["--fault", fault.spec]
             services.start("simulate", *sim_args)
-            token_file = STATE / "tokens.txt"
-            token_file.write_text("".join(f"{who}: {token}\n" for who, token in tokens))
-            token_file.chmod(0o600)
-            console.print(
-                f"\n[bold green]dashboard: http://127.0.0.1:{port}/[/]  (API docs: "
-                f"http://127.0.0.1:{port}/docs) — ready after {time.monotonic() - began:.0f} s;"
-                " sign in with one of these tokens (also in .demo/tokens.txt):"
+            from statements.issue import previous_month
+
+            year, month = previous_month(now, net)
+            screen = first_screen(
+                net=net,
+                network_file=shown_file,
+                port=port,
+                tokens=tokens,
+                db_url=db_url,
+                mqtt_url=mqtt_url,
+                own={
+                    "DATABASE_URL": not settings.database_url,
+                    "MQTT_URL": not settings.mqtt_url,
+                },
+                history=(
+                    f"since the start of {start.astimezone(net.tz):%B}"
+                    if args.days is None
+                    else f"of the last {days} days"
+                ),
+                faults=faults,
+                month=f"{year:04d}-{month:02d}",
+                issued=asyncio.run(_last_month(dsn, net, settings, issue=False)).done,
             )
-            for who, token in tokens:
-                console.print(f"  {who:<18} {token}")
-            console.print(
-                "history is filling in; last month's statements are issued once it is"
-                " reconciled and every line has its data.\n"
-            )
+            console.print()
+            for line in screen:
+                console.print(line, highlight=False)
+            console.print(f"ready after {time.monotonic() - began:.0f} s")
             deadline = None if args.duration is None else time.monotonic() + args.duration
             last: dict[str, object] = {}
             month_done = caught_up = False
@@ -463,24 +668,28 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                             " --reason TEXT`"
                         )
                     if report != said:
-                        console.print(report, soft_wrap=True)  # one line, to grep for
+                        console.print(report)
                         said = report
                 status = asyncio.run(_status(dsn))
                 if status != last:
                     latest = status.get("latest")
+                    newest = (
+                        f"{latest.astimezone():%Y-%m-%d %H:%M}"
+                        if isinstance(latest, datetime)
+                        else "-"
+                    )
                     console.print(
                         f"[bold]{datetime.now():%H:%M:%S}[/] readings stored: "
-                        f"{status['readings']:,} (+{status['recent']:,} in 10 s), "
-                        f"rejected: {status['rejections']}, windows to reconcile: "
-                        f"{status['dirty']:,}, exchange windows: {status['windows']:,} "
-                        f"({status['imbalanced']} imbalanced), alerts firing: "
-                        f"{status['firing']}, newest reading: "
-                        f"{latest.isoformat() if isinstance(latest, datetime) else '-'}"
+                        f"{status['readings']:,} (+{status['recent']:,} in 10 s, newest"
+                        f" {newest}) · windows to reconcile: {status['dirty']:,} · exchange"
+                        f" windows: {status['windows']:,} ({status['imbalanced']} imbalanced)"
+                        f" · alerts firing: {status['firing']} · rejected:"
+                        f" {status['rejections']}"
                     )
                     last = status
         except KeyboardInterrupt:
             console.print("stopping …")
         finally:
             services.stop()
-    console.print("demo stopped; its data stays in .demo/ (delete it to start afresh)")
+    console.print(f"demo stopped; its data stays in {STATE}/ (delete it to start afresh)")
     return 0

@@ -117,6 +117,17 @@ def _network_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _network_docs(args: argparse.Namespace, settings: Settings) -> int:
+    from core.network_docs import render
+
+    text = render()
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     from ingest.service import run
 
@@ -601,6 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     apply.set_defaults(handler=_network_apply)
     show = network.add_parser("show", help="show the applied network")
     show.set_defaults(handler=_network_show)
+    docs = network.add_parser("docs", help="the network file's reference, in Markdown")
+    docs.add_argument("--output", "-o", default=None, help="write to this file")
+    docs.set_defaults(handler=_network_docs)
 
     ingest = sub.add_parser("ingest", help="subscribe to readings and store them")
     ingest.add_argument(

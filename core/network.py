@@ -33,6 +33,8 @@ ID_RE = r"^[a-z0-9][a-z0-9-]*$"
 
 
 class Billing(StrEnum):
+    """Which quantity of an exchange a statement bills."""
+
     received = "received"
     sent = "sent"
     reconciled = "reconciled"
@@ -119,13 +121,33 @@ def _printed_text(value: str, what: str, limit: int, *, lines: bool = False) -> 
 
 
 class Partner(Model):
-    id: str = Field(pattern=ID_RE, max_length=64)
-    name: str
-    email: str | None = None
-    webhook: str | None = None
-    # Printed on statements (the invoice basis): the legal address and the VAT id.
-    address: str | None = None
-    vat_id: str | None = None
+    """A company in the network: a power station, a refinery, a utility, a municipality."""
+
+    id: str = Field(
+        pattern=ID_RE,
+        max_length=64,
+        description="Unique name used everywhere else in the file, in MQTT topics and in the API",
+    )
+    name: str = Field(description="Name shown on the dashboard and printed on statements")
+    email: str | None = Field(
+        default=None,
+        description="Address that receives each issued statement, PDF and CSV attached"
+        " (when mail is configured)",
+    )
+    webhook: str | None = Field(
+        default=None,
+        description="http(s) URL that receives a signed notice of each issued statement",
+    )
+    address: str | None = Field(
+        default=None,
+        description=f"Legal address printed on statements (one line, at most {ADDRESS_MAX}"
+        " characters)",
+    )
+    vat_id: str | None = Field(
+        default=None,
+        description="VAT id printed on statements: a country code and 2-18 capital letters or"
+        " digits, e.g. `DK12345678`",
+    )
 
     @field_validator("address")
     @classmethod
@@ -146,58 +168,151 @@ class Partner(Model):
 
 
 class Meter(Model):
-    id: str = Field(pattern=ID_RE, max_length=64)
-    partner: str
-    kind: Kind
-    medium: str | None = None
-    reading: ReadingType
-    unit: str
-    uncertainty: float = Field(ge=0, le=1)
-    uncertainty_abs: float = Field(default=0.0, ge=0)
-    interval: float | None = Field(default=None, gt=0)
+    """One measuring device at a partner, for one kind of flow. A meter may belong to
+    exchanges, balances, both, or neither (then it is only watched for alerts)."""
+
+    id: str = Field(
+        pattern=ID_RE,
+        max_length=64,
+        description="Unique name; the last level of the meter's MQTT topic",
+    )
+    partner: str = Field(description="The partner that owns the meter and publishes its readings")
+    kind: Kind = Field(description="What it measures")
+    medium: str | None = Field(
+        default=None, description="A free label: steam, hot water, FGD gypsum …"
+    )
+    reading: ReadingType = Field(
+        description="How it reports: `total` a register that only grows (a counter),"
+        " `rate` an instantaneous flow, `delta` the quantity since its last reading"
+        " (a weighbridge ticket)"
+    )
+    unit: str = Field(
+        description="The unit the device sends, any unit that converts to the kind's canonical"
+        " unit (MWh, m3, t; per hour for `rate` meters): `GJ`, `kWh`, `MW`, `m3/h`, `kg` …"
+    )
+    uncertainty: float = Field(
+        ge=0,
+        le=1,
+        description="Relative standard uncertainty (1 σ) of a window quantity: 0.01 is 1 %",
+    )
+    uncertainty_abs: float = Field(
+        default=0.0,
+        ge=0,
+        description="Absolute standard uncertainty per window in the canonical unit, added to"
+        " the relative one; it may not be 0 together with `uncertainty`",
+    )
+    interval: float | None = Field(
+        default=None,
+        gt=0,
+        description="Expected seconds between readings; required for `total` and `rate`"
+        " meters, left out for `delta` meters that report when something happens",
+    )
 
 
 class Terms(Model):
-    from_: date = Field(alias="from")
-    price: Decimal = Field(ge=0)
-    receiver_avoided_cost: Decimal = Field(default=Decimal(0), ge=0)
-    receiver_avoided_co2: Decimal = Field(default=Decimal(0), ge=0)
-    provider_avoided_cost: Decimal = Field(default=Decimal(0), ge=0)
-    provider_avoided_co2: Decimal = Field(default=Decimal(0), ge=0)
+    """What an exchange costs and saves from a date on; each entry holds until the next."""
+
+    from_: date = Field(alias="from", description="First day these terms hold (YYYY-MM-DD)")
+    price: Decimal = Field(
+        ge=0, description="Price per canonical unit, paid by the receiver to the provider"
+    )
+    receiver_avoided_cost: Decimal = Field(
+        default=Decimal(0),
+        ge=0,
+        description="Per unit: what the receiver would otherwise pay for it",
+    )
+    receiver_avoided_co2: Decimal = Field(
+        default=Decimal(0),
+        ge=0,
+        description="Tonnes of CO2 per unit the receiver no longer emits",
+    )
+    provider_avoided_cost: Decimal = Field(
+        default=Decimal(0),
+        ge=0,
+        description="Per unit: the disposal or treatment cost the provider saves",
+    )
+    provider_avoided_co2: Decimal = Field(
+        default=Decimal(0),
+        ge=0,
+        description="Tonnes of CO2 per unit the provider no longer emits",
+    )
 
 
 class Exchange(Model):
-    id: str = Field(pattern=ID_RE, max_length=64)
-    provider: str
-    receiver: str
-    kind: Kind
-    sent: list[str] = Field(min_length=1)
-    received: list[str] = Field(min_length=1)
-    loss: float = Field(default=0.0, ge=0, lt=1)
-    window: Window = timedelta(hours=1)
-    billing: Billing = Billing.received
-    # Typical mean flow in the kind's canonical unit per hour (MWh/h = MW, m3/h, t/h).
-    # Not part of reconciliation: it sizes the simulator and the dashboard's diagram.
-    nominal: float | None = Field(default=None, gt=0)
-    terms: list[Terms] = Field(default_factory=list)
-    rules: dict[str, Any] = Field(default_factory=dict)
+    """A flow from a provider to a receiver, measured at both ends. symbiont reconciles every
+    window of it and bills it on the partners' monthly statements."""
+
+    id: str = Field(pattern=ID_RE, max_length=64, description="Unique name")
+    provider: str = Field(description="The partner that sends")
+    receiver: str = Field(description="The partner that receives (not the provider)")
+    kind: Kind = Field(description="What flows; every meter of the exchange measures it")
+    sent: list[str] = Field(min_length=1, description="The provider's meters of this flow, summed")
+    received: list[str] = Field(
+        min_length=1, description="The receiver's meters of this flow, summed"
+    )
+    loss: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Fraction expected to be lost on the way: the receiver should get"
+        " (1 − loss) × what was sent",
+    )
+    window: Window = Field(
+        default=timedelta(hours=1),
+        description="How often it is reconciled, cut in the network's time zone; a multiple"
+        " of the finest window of each of its meters (`1d` suits trucked materials)",
+    )
+    billing: Billing = Field(
+        default=Billing.received,
+        description="What statements bill: the `received` quantity, the `sent` one, or the"
+        " receiver-side `reconciled` value",
+    )
+    nominal: float | None = Field(
+        default=None,
+        gt=0,
+        description="Typical mean flow in the canonical unit per hour (MW, m3/h, t/h); not"
+        " used to reconcile: it sizes the simulator and the dashboard's diagram",
+    )
+    terms: list[Terms] = Field(
+        default_factory=list,
+        description="Prices and savings over time, dates strictly increasing; without terms"
+        " (and before the first date) lines show their quantities without a price",
+    )
+    rules: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Alert rule settings for this exchange (`imbalance`, `drift`), see"
+        " [alert rule settings](#alert-rule-settings)",
+    )
 
 
 class Balance(Model):
-    id: str = Field(pattern=ID_RE, max_length=64)
-    kind: Kind
-    in_: list[str] = Field(alias="in", min_length=1)
-    out: list[str] = Field(min_length=1)
-    loss: float = Field(default=0.0, ge=0, lt=1)
-    window: Window = timedelta(hours=1)
+    """A point where mass or energy is conserved (a steam header, a water hub):
+    Σ out = (1 − loss) · Σ in. Its meters are reconciled together."""
+
+    id: str = Field(pattern=ID_RE, max_length=64, description="Unique name")
+    kind: Kind = Field(description="What is conserved; every meter of it measures this")
+    in_: list[str] = Field(alias="in", min_length=1, description="Meters of what flows in")
+    out: list[str] = Field(min_length=1, description="Meters of what flows out")
+    loss: float = Field(default=0.0, ge=0, lt=1, description="Fraction expected to be lost")
+    window: Window = Field(default=timedelta(hours=1), description="How often it is reconciled")
 
 
 class StatementSettings(Model):
-    """The optional ``statements:`` block: how statements are issued and what they print."""
+    """How statements are issued and what they print."""
 
-    # A month is issued by itself only when every line of a statement has this coverage.
-    min_coverage: float = Field(default=0.99, gt=0, le=1, strict=True)
-    payment_terms: str | None = None  # printed on statements
+    min_coverage: float = Field(
+        default=0.99,
+        gt=0,
+        le=1,
+        strict=True,
+        description="A month is issued by itself only when every line of a statement has"
+        " this much of its data (0.99: 99 % of the month measured); otherwise it is held",
+    )
+    payment_terms: str | None = Field(
+        default=None,
+        description=f"Printed on statements (at most {PAYMENT_TERMS_MAX} characters, line"
+        " breaks allowed), e.g. `Net 30 days from the statement date.`",
+    )
 
     @field_validator("payment_terms")
     @classmethod
@@ -208,16 +323,39 @@ class StatementSettings(Model):
 
 
 class Network(Model):
-    network: str = Field(pattern=ID_RE)
-    name: str
-    timezone: str = "UTC"
-    currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
-    partners: list[Partner] = Field(min_length=1)
-    meters: list[Meter] = Field(default_factory=list)
-    exchanges: list[Exchange] = Field(default_factory=list)
-    balances: list[Balance] = Field(default_factory=list)
-    meter_rules: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    statements: StatementSettings = Field(default_factory=StatementSettings)
+    """The whole file: the network's name, time zone and currency, and the lists below."""
+
+    network: str = Field(
+        pattern=ID_RE,
+        description="Short name of the network; it starts every statement's document number",
+    )
+    name: str = Field(description="Name shown on the dashboard and statements")
+    timezone: str = Field(
+        default="UTC",
+        description="IANA time zone (`Europe/Copenhagen`): months, days and windows are cut in"
+        " it, correct across daylight-saving changes",
+    )
+    currency: str = Field(
+        default="EUR",
+        pattern=r"^[A-Z]{3}$",
+        description="Currency code (ISO 4217) of every price and amount",
+    )
+    partners: list[Partner] = Field(min_length=1, description="The companies")
+    meters: list[Meter] = Field(default_factory=list, description="The measuring devices")
+    exchanges: list[Exchange] = Field(
+        default_factory=list, description="The flows between partners"
+    )
+    balances: list[Balance] = Field(
+        default_factory=list, description="Points where mass or energy is conserved"
+    )
+    meter_rules: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Alert rule settings per meter id, see"
+        " [alert rule settings](#alert-rule-settings)",
+    )
+    statements: StatementSettings = Field(
+        default_factory=StatementSettings, description="How statements are issued"
+    )
 
     @field_validator("timezone")
     @classmethod

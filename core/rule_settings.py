@@ -122,3 +122,53 @@ def rule_config(rule: str, overrides: object) -> Any:
             value = float(value)
         values[name] = value
     return cls(**values)
+
+
+# What each rule and each of its settings means, in the words of the network-file reference
+# (``core.network_docs`` renders them beside the defaults above; every setting needs one).
+RULE_DOCS: dict[str, str] = {
+    "imbalance": "an exchange loses (or gains) more than its meters' uncertainty explains",
+    "drift": "a slow bias between the two ends of an exchange, summed window after window",
+    "meter_suspect": "the reconciliation of a balance or exchange names this meter as the one"
+    " that does not fit",
+    "meter_stale": "no reading for too long",
+    "meter_stuck": "a register or rate does not move for a whole window while the other side"
+    " of its exchange flows",
+    "counter_reset": "a `total` register went down",
+    "negative_flow": "a rate or delta below zero",
+    "meter_spike": "a single reading far off its neighbours (it is left out of the quantity)",
+    "rejections": "too many of a partner's messages rejected",
+}
+
+SETTING_DOCS: dict[tuple[str, str], str] = {
+    ("imbalance", "enabled"): "`false` (or `imbalance: off`) turns the rule off",
+    ("imbalance", "z"): "a window is imbalanced when its \\|z\\| is above this (the window"
+    " status uses it too)",
+    ("imbalance", "fire_after"): "imbalanced windows in a row, on the same side, to fire",
+    ("imbalance", "clear_after"): "clean windows in a row to resolve",
+    ("imbalance", "critical_fraction"): "severity is `critical` when \\|d\\| is above this"
+    " share of what was sent",
+    ("drift", "enabled"): "`false` (or `drift: off`) turns the rule off",
+    ("drift", "k"): "CUSUM allowance, in σ: biases smaller than this are not summed",
+    ("drift", "h"): "CUSUM decision limit, in σ: the rule fires when the sum crosses it",
+    ("meter_suspect", "enabled"): "`false` (or `meter_suspect: off`) turns the rule off",
+    ("meter_suspect", "fire_after"): "windows in a row that name the meter, to fire",
+    ("meter_suspect", "clear_after"): "windows in a row that do not, to resolve",
+    ("meter_stale", "enabled"): "`false` (or `meter_stale: off`) turns the rule off",
+    ("meter_stale", "intervals"): "stale after this many × the meter's `interval` without"
+    " a reading",
+    ("meter_stale", "after_s"): "or stale after this many seconds; a meter without an"
+    " `interval` (a weighbridge) is watched only when this is set",
+    ("meter_stuck", "enabled"): "`false` (or `meter_stuck: off`) turns the rule off",
+    ("meter_stuck", "min_counterpart_share"): "the other side counts as flowing above this"
+    " share of its usual (median) flow",
+    ("counter_reset", "enabled"): "`false` (or `counter_reset: off`) turns the rule off",
+    ("counter_reset", "hold_s"): "stays firing this many seconds after the last reset",
+    ("negative_flow", "enabled"): "`false` (or `negative_flow: off`) turns the rule off",
+    ("negative_flow", "clear_after"): "windows without a negative value to resolve",
+    ("meter_spike", "enabled"): "`false` (or `meter_spike: off`) turns the rule off",
+    ("meter_spike", "clear_after"): "windows without a spike to resolve",
+    ("rejections", "enabled"): "`false` turns the rule off",
+    ("rejections", "fraction"): "share of a partner's messages rejected over the last hour",
+    ("rejections", "min_messages"): "fewest messages in that hour for the rule to judge",
+}

@@ -53,95 +53,200 @@ def _reason(exc: OSError | ssl.SSLError) -> str:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SYMBIONT_", extra="ignore")
 
+    # Where the data lives and comes from.
     database_url: str | None = Field(
         default=None,
-        description="PostgreSQL URL, e.g. postgresql://user@127.0.0.1:5432/symbiont",
+        description="PostgreSQL, e.g. `postgresql://symbiont:secret@db:5432/symbiont`",
     )
     mqtt_url: str | None = Field(
-        default=None, description="mqtt://user:pass@host:1883, or mqtts://user:pass@host:8883"
+        default=None,
+        description="The broker, `mqtt://user:pass@host:1883` (`mqtts://` for TLS)",
     )
-    # TLS towards the broker (an mqtts:// URL): the CA certificate(s) the broker's certificate
-    # is verified with (default: the system's trusted CAs), and a client certificate and its
-    # key (PEM) for a broker that asks for one.  The broker's host name is always checked.
-    mqtt_ca_file: Path | None = None
-    mqtt_cert_file: Path | None = None
-    mqtt_key_file: Path | None = None
-    network_file: Path | None = None
-    backfill_days: int = Field(default=400, ge=1)
-    # Raw readings older than this are dropped by whole month partitions (rules/retention.py);
-    # unset keeps them for ever.  Window results, alerts and statements are always kept.
-    readings_retention_days: int | None = Field(default=None, ge=1)
-    future_tolerance_s: float = Field(default=300.0, ge=0)
-    max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)
-    statement_grace: str = "3d"
+    # TLS towards the broker (an mqtts:// URL).
+    mqtt_ca_file: Path | None = Field(
+        default=None,
+        description="The CA certificate(s) the broker's certificate is verified with (PEM);"
+        " unset: the system's trusted CAs. The broker's host name is always checked",
+    )
+    mqtt_cert_file: Path | None = Field(
+        default=None,
+        description="A client certificate (PEM) for a broker that asks for one",
+    )
+    mqtt_key_file: Path | None = Field(
+        default=None,
+        description="The key of `SYMBIONT_MQTT_CERT_FILE`, unless it is in that file",
+    )
 
-    ingest_client_id: str = "symbiont-ingest"
-    ingest_share_group: str = "symbiont"
-    # "5" (default: the in-flight window is bounded by Receive Maximum) or "3.1.1" (cheaper
-    # per message; the broker's max_inflight_messages must then be configured)
-    ingest_mqtt_protocol: Literal["5", "3.1.1"] = "5"
+    # What readings are accepted, and how long they are kept.
+    backfill_days: int = Field(
+        default=400,
+        ge=1,
+        description="Readings older than this many days are rejected (`too_old`); also the"
+        " longest silence of a meter interpolated across",
+    )
+    readings_retention_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Raw readings (and rejected messages) older than this many days are dropped"
+        " by whole month partitions, hourly; at least `SYMBIONT_BACKFILL_DAYS` + 31. Unset:"
+        " kept for ever. Windows, alerts and statements are always kept",
+    )
+    future_tolerance_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="Readings more than this many seconds in the future are rejected (`future`)",
+    )
+    max_payload_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Larger messages are rejected (`too_large`)",
+    )
+    statement_grace: str = Field(
+        default="3d",
+        description="A month's statements are issued this long after it ends (`3d`, `12h`),"
+        " once their data is complete",
+    )
+
+    # The rules engine.
     rules_pass_interval_s: float = Field(
         default=0.25,
         ge=0,
-        description="the rules engine starts a pass at most this often (seconds): what ingest "
-        "marks meanwhile is processed together, so many meters reading rarely cost one pass, "
-        "not one each",
+        description="The rules engine starts a pass at most this often, in seconds: what ingest"
+        " marks meanwhile is processed together, so many meters reading rarely cost one pass,"
+        " not one each",
     )
-    ingest_batch_readings: int = Field(default=20000, ge=1)
-    ingest_batch_wait_ms: float = Field(default=20.0, ge=0)
-    ingest_pipeline: int = Field(default=2, ge=1, le=8)
-    # The most messages ingest holds unacknowledged: MQTT 5 Receive Maximum (over MQTT 3.1.1
-    # the broker's max_inflight_messages plays this part).
-    ingest_queue_messages: int = Field(default=10000, ge=100, le=65535)
-    metrics_port: int | None = None  # ingest and rules serve Prometheus metrics here
-    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can scrape it
-    # The API (api/): where `symbiont api` listens and how live streams behave.
-    api_host: str = "127.0.0.1"
-    api_port: int = Field(default=8000, ge=1, le=65535)
-    api_pool_size: int = Field(default=10, ge=1)
-    live_stream_max_s: float = Field(default=900.0, gt=0)
-    live_heartbeat_s: float = Field(default=15.0, gt=0)
-    live_max_streams: int = Field(default=2000, ge=1)
-    api_windows_cache_mb: float = Field(default=64.0, ge=0)
-    log_json: bool = False
-    log_level: str = "INFO"
 
-    webhook_secret: str | None = None
-    # Statement mail (notify/): sent only when smtp_url is set.
-    #   smtp://[user[:password]@]host[:port]           port 25, STARTTLS if the server offers it
-    #   smtp+starttls://[user[:password]@]host[:port]  port 587, STARTTLS required
-    #   smtps://[user[:password]@]host[:port]          port 465, implicit TLS
-    # user and password are percent-decoded; credentials are never sent unencrypted to a
-    # host other than the loopback.
+    # Ingest.
+    ingest_client_id: str = Field(
+        default="symbiont-ingest",
+        description="MQTT client id; one per ingest process (it names the persistent session)",
+    )
+    ingest_share_group: str = Field(
+        default="symbiont", description="The shared-subscription group ingest processes join"
+    )
+    ingest_mqtt_protocol: Literal["5", "3.1.1"] = Field(
+        default="5",
+        description="MQTT version: `5` bounds the messages in flight by Receive Maximum;"
+        " `3.1.1` costs less per message, and the broker's `max_inflight_messages` must then"
+        " bound them",
+    )
+    ingest_batch_readings: int = Field(
+        default=20000, ge=1, description="Most readings committed in one transaction"
+    )
+    ingest_batch_wait_ms: float = Field(
+        default=20.0,
+        ge=0,
+        description="How long a message waits at most for others to share its batch (a batch"
+        " goes out at once when 200 messages wait)",
+    )
+    ingest_pipeline: int = Field(
+        default=2,
+        ge=1,
+        le=8,
+        description="Batches written at once, each on its own database connection"
+        " (acknowledged in order)",
+    )
+    ingest_queue_messages: int = Field(
+        default=10000,
+        ge=100,
+        le=65535,
+        description="Most messages ingest holds unacknowledged (MQTT 5 Receive Maximum): a"
+        " stalled database fills the broker's queue, not ingest's memory",
+    )
+
+    # Metrics of ingest and the rules engine (the API serves /metrics itself).
+    metrics_port: int | None = Field(
+        default=None,
+        description="Ingest and the rules engine serve Prometheus metrics on this port",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address of that metrics server (`0.0.0.0` in a container)",
+    )
+
+    # The API: where `symbiont api` listens and how live streams behave.
+    api_host: str = Field(default="127.0.0.1", description="Where `symbiont api` listens")
+    api_port: int = Field(default=8000, ge=1, le=65535, description="Its port")
+    api_pool_size: int = Field(default=10, ge=1, description="Database connections per API process")
+    live_stream_max_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="A live event stream is closed after this many seconds (clients reconnect)",
+    )
+    live_heartbeat_s: float = Field(
+        default=15.0, gt=0, description="A `: ping` comment on an idle stream this often"
+    )
+    live_max_streams: int = Field(
+        default=2000, ge=1, description="More concurrent streams per API process get 503"
+    )
+    api_windows_cache_mb: float = Field(
+        default=64.0,
+        ge=0,
+        description="Memory per API process for window histories asked for before, dropped"
+        " per exchange when its windows change (0: no cache)",
+    )
+
+    # Logs.
+    log_json: bool = Field(default=False, description="One JSON object per log line")
+    log_level: str = Field(default="INFO", description="`DEBUG`, `INFO`, `WARNING` or `ERROR`")
+
+    # Statement mail (notify/): sent only when smtp_url is set.  User and password are
+    # percent-decoded; credentials are never sent unencrypted to a host other than the loopback.
     smtp_url: str | None = Field(
-        default=None, description="smtp://user:pass@host:port, smtp+starttls:// or smtps://"
+        default=None,
+        description="Mail server for statements: `smtp://user:pass@host` (port 25, STARTTLS"
+        " when offered), `smtp+starttls://…:587` (STARTTLS required) or `smtps://…:465`;"
+        " unset: no mail",
     )
     smtp_from: str | None = Field(
         default=None,
-        description="From of statement mail, e.g. 'Park billing <billing@park.example>';"
-        " default: the SMTP user if it is an address, else symbiont@<this host's FQDN>",
+        description="Sender of statement mail, e.g. `Park billing <billing@park.example>`;"
+        " default: the SMTP user if it is an address, else `symbiont@` this host's name",
     )
 
-    # Integrations: where alert events go and how the outbox delivers them (see
-    # notify/outbox.py).  webhook_secret above: whsec_<base64 key>, or any other text whose
-    # UTF-8 bytes are the key; without one, webhooks go out unsigned.
+    # Integrations: where alert events go and how the outbox delivers them (notify/).
     alert_webhooks: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated http(s) URLs that receive every alert event",
+        description="http(s) URLs that receive every alert event (Standard Webhooks)",
+    )
+    webhook_secret: str | None = Field(
+        default=None,
+        description="Key that signs webhooks: `whsec_<base64>`, or any text whose UTF-8 bytes"
+        " are the key; unset: webhooks go out unsigned",
     )
     alertmanager_url: str | None = Field(
-        default=None, description="Prometheus Alertmanager base URL, e.g. http://127.0.0.1:9093"
+        default=None,
+        description="Prometheus Alertmanager base URL, e.g. `http://127.0.0.1:9093`",
     )
     alert_mqtt: bool = Field(
-        default=True, description="Publish alert state retained on symbiont/alerts/{subject}"
+        default=True,
+        description="Publish each alert's state, retained, on `symbiont/alerts/{subject}`",
     )
-    notify_timeout_s: float = Field(default=10.0, gt=0)
-    notify_max_age_h: float = Field(default=24.0, gt=0)
-    notify_backoff_base_s: float = Field(default=10.0, gt=0)
-    notify_backoff_cap_s: float = Field(default=3600.0, gt=0)
-    notify_batch: int = Field(default=32, ge=1)
-    notify_poll_s: float = Field(default=1.0, gt=0)
-    alertmanager_resend_s: float = Field(default=60.0, gt=0)
+    notify_timeout_s: float = Field(
+        default=10.0, gt=0, description="Seconds a delivery may take before it counts as failed"
+    )
+    notify_max_age_h: float = Field(
+        default=24.0,
+        gt=0,
+        description="Hours a failing delivery is retried before it is given up",
+    )
+    notify_backoff_base_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="First retry after about this many seconds, doubling after each failure",
+    )
+    notify_backoff_cap_s: float = Field(
+        default=3600.0, gt=0, description="Longest wait between two retries, in seconds"
+    )
+    notify_batch: int = Field(default=32, ge=1, description="Deliveries attempted at once")
+    notify_poll_s: float = Field(
+        default=1.0, gt=0, description="How often due retries are looked for, in seconds"
+    )
+    alertmanager_resend_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Firing alerts are sent to Alertmanager again this often, in seconds",
+    )
 
     @field_validator("alert_webhooks", mode="before")
     @classmethod

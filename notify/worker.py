@@ -18,6 +18,9 @@
   (HTTP 4xx, a bad URL or topic, a broker that refuses the topic) fails at once.
 - an alert event that a silence mutes when it is claimed is not attempted: the row is held
   (``silenced``) and settled when no silence mutes its alert any more (:mod:`notify.silences`).
+- a target that keeps failing is logged once, when it starts failing, and once when it
+  delivers again (or when an event to it is given up): a partner's unreachable ERP endpoint
+  retried for a day does not fill the log.  Every attempt is still a ``deliveries`` row.
 - ``now`` can be passed in to make time move in tests; it drives claiming and scheduling only.
   What leaves the process (``webhook-timestamp``, Alertmanager ``endsAt``) uses the wall clock,
   since receivers compare it with theirs.
@@ -28,10 +31,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import logging
 import secrets
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Self
@@ -94,6 +97,14 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 """
 
 
+@dataclass
+class Trouble:
+    """A target that is failing: since when, and the failed attempts since (this process's)."""
+
+    since: datetime
+    attempts: int = 1
+
+
 class Notifier:
     """Delivers the outbox.  ``async with Notifier(settings) as n: await n.deliver_due()``,
     or ``await Notifier(settings).run(stop)`` as a service."""
@@ -134,6 +145,8 @@ class Notifier:
         self.http: httpx.AsyncClient | None = None
         self.mqtt: MqttPublisher | None = None
         self.attempted = 0  # attempts made by this instance, for logs and tests
+        # (channel, target) -> its trouble, for targets whose last attempt failed
+        self.failing: dict[tuple[str, str], Trouble] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -285,6 +298,7 @@ class Notifier:
             duration_ms,
         )
         what = f"{row.channel} {row.target} event {row.event_key} attempt {attempt}"
+        target = (row.channel, row.target)
         if outcome.ok:
             await conn.execute(
                 "UPDATE outbox SET status = 'delivered', attempts = $2, delivered_at = $3,"
@@ -293,7 +307,16 @@ class Notifier:
                 attempt,
                 at,
             )
-            log.log(logging.INFO if attempt > 1 else logging.DEBUG, "%s delivered", what)
+            trouble = self.failing.pop(target, None)
+            if trouble is not None:
+                log.info(
+                    "%s %s delivers again, after %d failed attempts since %s",
+                    row.channel,
+                    row.target,
+                    trouble.attempts,
+                    rfc3339(trouble.since),
+                )
+            log.debug("%s delivered", what)
             metrics.delivered(row.channel, "delivered")
             return
         if outcome.retryable and at < row.expires_at:
@@ -312,7 +335,7 @@ class Notifier:
                 next_at,
                 error,
             )
-            log.warning("%s failed (%s); next attempt at %s", what, error, rfc3339(next_at))
+            self._failed(target, at, f"{what} failed ({error}); next attempt at {rfc3339(next_at)}")
             metrics.delivered(row.channel, "retry")
             return
         if outcome.retryable:
@@ -325,6 +348,22 @@ class Notifier:
         )
         log.error("%s failed for good: %s", what, error)
         metrics.delivered(row.channel, "failed")
+
+    def _failed(self, target: tuple[str, str], at: datetime, detail: str) -> None:
+        """A retryable failure: logged when the target starts failing, not on every retry."""
+        trouble = self.failing.get(target)
+        if trouble is not None:
+            trouble.attempts += 1
+            log.debug("%s", detail)
+            return
+        self.failing[target] = Trouble(since=at)
+        log.warning(
+            "%s; retried with backoff for up to %g h. Further failures of %s %s are not logged"
+            " until it delivers again (each attempt is a row in deliveries)",
+            detail,
+            self.settings.notify_max_age_h,
+            *target,
+        )
 
     def _require_pool(self) -> asyncpg.Pool:
         if self.pool is None:

@@ -37,7 +37,7 @@ from core.network import load_network
 from ingest.parse import NetworkIndex, Parser
 from ingest.writer import BatchWriter, Message
 
-# Every reason a rejection may have (README "Readings over MQTT", and the range check).
+# Every reason a rejection may have (docs/input.md, "Rejections", and the range check).
 DOCUMENTED = frozenset(
     {
         "too_large",

@@ -1,6 +1,7 @@
-"""``symbiont demo`` end to end: up, dashboard and tokens answer, history reconciled and
-last month issued complete (what it prints is what the statements hold), then Ctrl-C stops
-everything it started."""
+"""``symbiont demo`` end to end: its first screen says what a person needs and nothing else,
+dashboard and tokens answer, history reconciled and last month issued complete (what it
+prints is what the statements hold), then Ctrl-C stops everything it started; started again,
+it offers the same tokens while they are valid."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import httpx
 from ingest_helpers import symbiont_command
 from services import free_port
 
-from cli.demo import prune_server_handles
+from cli.demo import prune_server_handles, read_tokens
 from core.db import asyncpg_dsn
 
 
@@ -105,6 +106,66 @@ def _issued_documents(database_url: str, month: str) -> list[dict[str, Any]]:
     return asyncio.run(go())
 
 
+def _api_tokens(database_url: str) -> list[dict[str, Any]]:
+    async def go() -> list[dict[str, Any]]:
+        conn = await asyncpg.connect(asyncpg_dsn(database_url))
+        try:
+            rows = await conn.fetch("SELECT id, role, partner_id, revoked_at FROM api_tokens")
+            return [dict(r) for r in rows]
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def _revoke(database_url: str, token: str) -> None:
+    async def go() -> None:
+        conn = await asyncpg.connect(asyncpg_dsn(database_url))
+        try:
+            token_id = int(token.split("_")[1])
+            await conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE id = $1", token_id)
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+# What must never reach the first screen: log lines, migration chatter, Python warnings.
+NOISE = re.compile(
+    r"\b(DEBUG|INFO|WARNING|ERROR)\b|alembic|XDG_RUNTIME_DIR|Warning|Deprecat|Traceback", re.I
+)
+
+
+def _check_first_screen(text: str, port: int, database_url: str, tokens: dict[str, str]) -> None:
+    """The dashboard, a token per role, the database and broker for the command line, and
+    what is going to happen; nothing else."""
+    screen = text.split("ready after", 1)[0]
+    assert f"Dashboard  http://127.0.0.1:{port}/" in screen
+    for who, token in tokens.items():
+        assert re.search(rf"^ +{re.escape(who)} +{re.escape(token)}$", screen, re.M), who
+    assert re.search(rf"^  Database +{re.escape(database_url)}", screen, re.M)
+    assert re.search(r"^  Broker +mqtt://127\.0\.0\.1:\d+$", screen, re.M)  # its own
+    assert re.search(r"export SYMBIONT_MQTT_URL='mqtt://127\.0\.0\.1:\d+'", screen)
+    month, name = _last_month(datetime.now(UTC))
+    assert "1. History: the readings since the start of " + name in screen
+    assert "2. Live:" in screen
+    assert re.search(rf"3\. Statements: {month} (is held until|was issued)", screen)
+    assert "Meter novo-steam-in falls silent" in screen
+    found = NOISE.search(text)
+    assert found is None, f"noise on the demo's screen: {found.group(0)!r} in\n{text}"
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], out: Path) -> str:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, out.read_text()
+        text = out.read_text()
+        if "ready after" in text:
+            return text
+        time.sleep(0.5)
+    raise AssertionError(out.read_text())
+
+
 def _rejections(database_url: str) -> int:
     async def go() -> int:
         conn = await asyncpg.connect(asyncpg_dsn(database_url))
@@ -129,7 +190,10 @@ def test_demo_runs_and_stops_cleanly(database_url: str, tmp_path: Path) -> None:
     try:
         printed = _wait_caught_up(proc, out)
         text = out.read_text()
-        assert f"http://127.0.0.1:{port}/" in text
+        tokens = read_tokens(tmp_path / ".demo" / "tokens.txt")
+        partners = sorted(k for k in tokens if k.startswith("partner "))
+        assert set(tokens) == {"operator", "admin", *partners} and len(partners) == 2
+        _check_first_screen(text, port, database_url, tokens)
         # last month is issued complete, and the demo says what the statements hold
         month, name = _last_month(datetime.now(UTC))
         docs = _issued_documents(database_url, month)
@@ -146,11 +210,6 @@ def test_demo_runs_and_stops_cleanly(database_url: str, tmp_path: Path) -> None:
                 if ln["price"] and Decimal(ln["price"]) > 0:
                     assert Decimal(ln["amount"]) > 0, (doc["partner"], ln)
             assert Decimal(doc["totals"]["net_amount"]) != 0
-        tokens = dict(
-            line.split(": ", 1)
-            for line in (tmp_path / ".demo" / "tokens.txt").read_text().splitlines()
-        )
-        assert set(tokens) >= {"operator"} and sum(k.startswith("partner") for k in tokens) == 2
         headers = {"Authorization": f"Bearer {tokens['operator']}"}
         live = httpx.get(f"http://127.0.0.1:{port}/api/v1/live", headers=headers).json()
         assert len(live["exchanges"]) == 16
@@ -186,18 +245,39 @@ def test_demo_runs_and_stops_cleanly(database_url: str, tmp_path: Path) -> None:
         assert "demo stopped" in out.read_text()
         assert _rejections(database_url) == 0
         # Started again on the same data, in a later minute, it publishes the same history
-        # again: duplicates, which ingest drops silently, and no conflicting readings.
+        # again: duplicates, which ingest drops silently, and no conflicting readings. It
+        # offers the tokens of the first start that are still valid, and a new one in place
+        # of the one revoked meanwhile.
+        _revoke(database_url, tokens["operator"])
         time.sleep(61 - time.time() % 60)
         proc, out = _start(tmp_path, env, "demo-again.out")
+        screen = _wait_ready(proc, out)
+        again = read_tokens(tmp_path / ".demo" / "tokens.txt")
+        _check_first_screen(screen, port, database_url, again)
+        assert set(again) == set(tokens) and again["operator"] != tokens["operator"]
+        assert {k: v for k, v in again.items() if k != "operator"} == {
+            k: v for k, v in tokens.items() if k != "operator"
+        }
+        rows = _api_tokens(database_url)
+        assert len(rows) == 5  # four from the first start, one new operator token
+        assert sorted((r["role"], r["partner_id"]) for r in rows if r["revoked_at"] is None) == [
+            ("admin", None),
+            ("operator", None),
+            *sorted(("partner", p.split()[1]) for p in partners),
+        ]
         _wait_caught_up(proc, out)
         if datetime.now(UTC).date() == first_day:  # a new day starts the history a day later
             assert _rejections(database_url) == 0
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # a failed check: stop it as Ctrl-C does, children and all
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def test_a_killed_demo_does_not_keep_the_embedded_server_running(tmp_path: Path) -> None:

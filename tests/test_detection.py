@@ -5,7 +5,7 @@ of windows (counted to when the rules saw it), the alert starts at the instant t
 began, and the exchanges without a fault raise no alert all month. Two two-day leaks end
 mid-month: everything they raised resolves when they end, in one incident each. The
 detection table (fault, size, windows to detect, start) is written to
-``artifacts/detection.md``; the README's table is the year measured by
+``artifacts/detection.md``; the table in docs/alerts.md is the year measured by
 ``benchmarks/detection_year.py``.
 
 A second, small network with a well-instrumented header checks that serial elimination names

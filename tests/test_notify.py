@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -604,6 +605,49 @@ def test_webhook_gives_up_after_max_age(database_url: str, receiver: Receiver) -
 
     asyncio.run(go())
     assert len(receiver.requests) == 3
+
+
+def test_a_failing_target_is_logged_once_not_on_every_retry(
+    database_url: str, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A partner's endpoint that is down for hours is retried all that time: the log says
+    once that it fails and once that it delivers again; every attempt is in deliveries."""
+    settings = make_settings(database_url)
+    down = receiver.url("/down")
+
+    async def go() -> None:
+        conn = await db(database_url)
+        try:
+            for key in ("s-1", "s-2", "s-3"):
+                await enqueue(
+                    conn, event_key=key, payload={"x": key}, deliveries=[("webhook", down)]
+                )
+            async with Notifier(settings) as notifier:
+                caplog.set_level("DEBUG", logger="symbiont.notify")
+                now = datetime.now(UTC)
+                for _ in range(6):  # nothing listens on the port: refused, retried
+                    await notifier.deliver_due(now=now)
+                    now += timedelta(seconds=settings.notify_backoff_cap_s + 1)
+                failing = [
+                    r
+                    for r in caplog.records
+                    if r.name == "symbiont.notify" and r.levelno >= logging.WARNING
+                ]
+                assert len(failing) == 1, [r.getMessage() for r in failing]
+                assert down in failing[0].getMessage()
+                assert "not logged until it delivers again" in failing[0].getMessage()
+                assert len(await deliveries(conn)) == 18  # 3 events x 6 attempts, all kept
+                receiver.start()
+                await notifier.deliver_due(now=now)
+            assert {r["status"] for r in await outbox(conn)} == {"delivered"}
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+    loud = [r for r in caplog.records if r.name == "symbiont.notify" and r.levelno >= logging.INFO]
+    assert len(loud) == 2, [r.getMessage() for r in loud]
+    assert "delivers again, after 18 failed attempts" in loud[1].getMessage()
+    assert len(receiver.accepted()) == 3
 
 
 def test_two_notifiers_deliver_each_event_exactly_once(
