@@ -145,6 +145,29 @@ class Partner(Model):
         return value
 
 
+# A Sparkplug group, edge node or device id: any text but the topic's reserved characters.
+SPARKPLUG_ID_RE = r"^[^/+#]+$"
+
+
+class SparkplugSource(Model):
+    """Where a meter's readings come from over Sparkplug B: a metric of an edge node, or of a
+    device of that node (``device`` omitted for the node's own metrics)."""
+
+    group: str = Field(pattern=SPARKPLUG_ID_RE, max_length=256)
+    node: str = Field(pattern=SPARKPLUG_ID_RE, max_length=256)
+    device: str | None = Field(default=None, pattern=SPARKPLUG_ID_RE, max_length=256)
+    metric: str = Field(min_length=1, max_length=1024)
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        """(group, node, device or "", metric): how ingest looks the metric up."""
+        return (self.group, self.node, self.device or "", self.metric)
+
+    def describe(self) -> str:
+        where = "/".join(p for p in (self.group, self.node, self.device) if p)
+        return f"{where} metric {self.metric!r}"
+
+
 class Meter(Model):
     id: str = Field(pattern=ID_RE, max_length=64)
     partner: str
@@ -155,6 +178,7 @@ class Meter(Model):
     uncertainty: float = Field(ge=0, le=1)
     uncertainty_abs: float = Field(default=0.0, ge=0)
     interval: float | None = Field(default=None, gt=0)
+    sparkplug: SparkplugSource | None = None  # the meter's source over Sparkplug B, if any
 
 
 class Terms(Model):
@@ -312,6 +336,17 @@ def _cross_check(net: Network) -> list[str]:
             )
         if m.reading != ReadingType.delta and m.interval is None:
             problems.append(f"meters[{i}].interval: required for {m.reading.value} meters")
+
+    sparkplug_owner: dict[tuple[str, str, str, str], str] = {}
+    for i, m in enumerate(net.meters):
+        if m.sparkplug is None:
+            continue
+        first = sparkplug_owner.setdefault(m.sparkplug.key, m.id)
+        if first != m.id:
+            problems.append(
+                f"meters[{i}].sparkplug: {m.sparkplug.describe()} is mapped to both "
+                f"meter '{first}' and meter '{m.id}'"
+            )
 
     used_in_exchange: dict[str, str] = {}
     for i, ex in enumerate(net.exchanges):

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     # The most messages ingest holds unacknowledged: MQTT 5 Receive Maximum (over MQTT 3.1.1
     # the broker's max_inflight_messages plays this part).
     ingest_queue_messages: int = Field(default=10000, ge=100, le=65535)
+    # Whether this ingest process takes Sparkplug B (spBv1.0/...). A Sparkplug edge node's
+    # messages must all reach one process, in order: with several ingest processes, let one
+    # take Sparkplug.
+    ingest_sparkplug: bool = True
     metrics_port: int | None = None  # ingest and rules serve Prometheus metrics here
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can scrape it
     # The API (api/): where `symbiont api` listens and how live streams behave.

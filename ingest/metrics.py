@@ -31,6 +31,37 @@ HELD = Gauge(
 )
 CONNECTED = Gauge("symbiont_ingest_connected", "1 while connected to the broker")
 
+# Sparkplug B, per edge node (only nodes some meter is mapped to: bounded by the network file).
+SPARKPLUG_MESSAGES = Counter(
+    "symbiont_ingest_sparkplug_messages",
+    "Sparkplug B messages received from an edge node, by type (NBIRTH, NDATA, DDATA ...)",
+    ["group", "node", "type"],
+)
+SPARKPLUG_READINGS = Counter(
+    "symbiont_ingest_sparkplug_readings",
+    "Readings taken from an edge node's metrics (before duplicates and conflicts are sorted)",
+    ["group", "node"],
+)
+SPARKPLUG_IGNORED = Counter(
+    "symbiont_ingest_sparkplug_ignored_metrics",
+    "Metric values of an edge node that map to no meter (ignored)",
+    ["group", "node"],
+)
+SPARKPLUG_REBIRTHS = Counter(
+    "symbiont_ingest_sparkplug_rebirth_requests",
+    "Rebirth requests (NCMD Node Control/Rebirth) sent to an edge node, by reason",
+    ["group", "node", "reason"],
+)
+SPARKPLUG_ONLINE = Gauge(
+    "symbiont_ingest_sparkplug_node_online",
+    "1 once an edge node's NBIRTH is seen, 0 after its NDEATH",
+    ["group", "node"],
+)
+SPARKPLUG_UNMAPPED = Counter(
+    "symbiont_ingest_sparkplug_unmapped_messages",
+    "Sparkplug B messages of edge nodes no meter is mapped to (ignored)",
+)
+
 
 def serve(port: int, host: str = "127.0.0.1") -> None:
     start_http_server(port, addr=host)
