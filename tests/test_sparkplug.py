@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from google.protobuf import descriptor_pb2
 from ingest_helpers import (
     IngestProcess,
@@ -57,6 +58,8 @@ from sparkplug_helpers import (
 
 from cli.broker import free_port
 from cli.brokerconfig import shared_sparkplug_nodes, users_for
+from cli.publish import publish
+from cli.simulate import simulate
 from core.network import NetworkError, parse_network
 from core.units import conversion
 from ingest.parse import NetworkIndex, Parsed, Parser, Reason
@@ -64,6 +67,7 @@ from ingest.sparkplug import sparkplug_b_pb2
 from ingest.sparkplug.session import SparkplugSessions
 
 GROUP, NODE = "Plant", "Gateway1"
+SMALL = Path(__file__).resolve().parent.parent / "examples" / "small.yaml"
 
 
 class M:
@@ -663,3 +667,40 @@ def test_no_loss_through_sigkills_with_sparkplug_input(
     assert rejected == [], f"{len(rejected)} rejected, first: {rejected[0]}"
     assert "Sparkplug B births of 1 edge nodes loaded" in log, log[-3000:]
     assert "Traceback" not in log
+
+
+# ============================================================================== simulator
+
+
+def test_the_simulator_publishes_sparkplug_births_first_and_ingest_stores_it(
+    fresh_mosquitto: Mosquitto, database_url: str, tmp_path: Path
+) -> None:
+    """``symbiont simulate --format sparkplug``: the small example's two mapped heat meters go
+    as Sparkplug B (births, data by alias, deaths at the end), the weighbridges as JSON; what
+    ingest stores is what the simulator meant, to the bit."""
+    document = yaml.safe_load(SMALL.read_text())
+    net = parse_network(document)
+    mapped = {m.id for m in net.meters if m.sparkplug is not None}
+    assert mapped == {"plant-heat-out", "town-heat-in"}
+    apply_network(database_url, document)
+    ingest = _start_ingest(fresh_mosquitto, database_url, tmp_path, "ingest-sparkplug-sim")
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=6)
+    chunks = list(simulate(net, start, start + timedelta(hours=3)))
+    index = NetworkIndex.from_network(net)
+    expected = {
+        (c.meter_id, at(round(t * 1000))): v * index.meters[c.meter_id].factor
+        for c in chunks
+        for t, v in zip(c.ts.tolist(), c.value.tolist(), strict=True)
+    }
+    assert {m for m, _ in expected} > mapped  # the weighbridges have tickets too
+    result = publish(net, chunks, fresh_mosquitto.url, form="sparkplug", batch_size=50)
+    assert result.failed == 0 and result.readings == len(expected)
+    wait_until(lambda: counts(database_url).readings >= len(expected), 30, "ingest")
+    assert ingest.terminate() == 0
+    assert fetch_readings(database_url) == expected
+    assert fetch_rejections(database_url) == []
+    presence = {
+        r["meter_id"]: (r["online"], r["cause"])
+        for r in fetch(database_url, "SELECT * FROM meter_presence")
+    }
+    assert presence == {m: (False, "NDEATH") for m in mapped}  # the run ended
