@@ -642,7 +642,7 @@ class Parser:
             what = "value is missing" if value is None else f"value {_show(value)} is not a number"
             self.bad(out, meter, Reason.not_finite, where + what, item)
             return
-        factor = self._factor(meter, unit)
+        factor = self.factor(meter, unit)
         if isinstance(factor, str):
             self.bad(out, meter, Reason.bad_unit, where + factor, item)
             return
@@ -683,7 +683,7 @@ class Parser:
         out.readings.append((meter.id, ts, canonical))
 
     @staticmethod
-    def _factor(meter: MeterInfo, unit: Any) -> float | str:
+    def factor(meter: MeterInfo, unit: Any) -> float | str:
         """The factor from ``unit`` to the meter's canonical unit, or the text of what is
         wrong."""
         if unit is None or unit == meter.unit:

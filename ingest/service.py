@@ -167,6 +167,8 @@ class IngestService:
         self.sparkplug = (
             SparkplugSessions(rebirth=self._request_rebirth) if settings.ingest_sparkplug else None
         )
+        if self.sparkplug is not None:
+            metrics.watch_sparkplug(self.sparkplug.counts)
         self.generation = 0
         self.connected = threading.Event()
         self._ack_lock = threading.Lock()

@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 import yaml
 from google.protobuf import descriptor_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ingest_helpers import (
     IngestProcess,
     Publisher,
@@ -227,6 +229,56 @@ def test_births_and_data_become_readings_in_canonical_units() -> None:
     # values of unmapped metrics
     assert setup.sessions.ignored_metrics == 6
     assert setup.asked == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["Boiler/Heat", "Boiler/Temp"]),
+            st.integers(-500 * 86_400_000, 86_400_000),  # ms from an hour ago
+            st.one_of(
+                st.floats(allow_nan=True, allow_infinity=True),
+                st.floats(-1e13, 1e13),
+                st.sampled_from([0.0, -0.0, 1e12, 1e-300]),
+            ),
+            st.sampled_from([None, DOUBLE, FLOAT, INT32]),  # the datatype a value says it has
+            st.sampled_from([None, "MWh", "GJ", "kWh", "kg"]),  # an engUnit property in the data
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_the_short_way_for_usual_values_parses_as_the_long_way(
+    samples: list[tuple[str, int, float, int | None, str | None]],
+) -> None:
+    node = edge_node()
+    results = []
+    clock = Setup()
+    for fast in (True, False):
+        setup = Setup()
+        setup.now, setup.ms = clock.now, clock.ms  # the same instants both ways
+        setup.sessions.fast = fast
+        setup.parse(node.nbirth(setup.ms))
+        topic, raw = node.data([(n, setup.ms + dt, 1.0) for n, dt, _, _, _ in samples], seq=1)
+        payload = decode(raw)
+        for metric, (_, _, value, datatype, unit) in zip(payload.metrics, samples, strict=True):
+            if datatype == FLOAT:
+                metric.float_value = value
+            elif datatype == INT32:
+                metric.int_value = 7
+            else:
+                metric.double_value = value
+            if datatype is None:
+                metric.ClearField("datatype")
+            else:
+                metric.datatype = datatype
+            if unit is not None:
+                metric.properties.keys.append("engUnit")
+                metric.properties.values.add(type=STRING, string_value=unit)
+        parsed = setup.parse((topic, payload.SerializeToString()))
+        results.append((parsed.readings, [(r.reason, r.detail) for r in parsed.rejections]))
+    assert results[0] == results[1]
 
 
 def test_unknown_aliases_and_unborn_devices_are_rejected_and_ask_for_a_rebirth() -> None:

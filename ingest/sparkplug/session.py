@@ -34,6 +34,7 @@ from typing import Any
 from ingest import metrics
 from ingest.parse import (
     KEEP_PAYLOAD,
+    MAX_VALUE,
     Parsed,
     Parser,
     Reason,
@@ -95,6 +96,10 @@ class Birth:
     bd_seq: int | None
     aliases: dict[int, MetricDef] = field(default_factory=dict)
     names: dict[str, MetricDef] = field(default_factory=dict)
+    # The short way for the usual value, worked out once per network (``fast_for``): alias
+    # of a Float or Double metric mapped to a meter → (meter id, factor to canonical).
+    fast: dict[int, tuple[str, float]] = field(default_factory=dict)
+    fast_for: object = None
 
 
 @dataclass(slots=True)
@@ -105,7 +110,9 @@ class NodeSession:
     devices: dict[str, Birth] = field(default_factory=dict)
     seq: int | None = None  # the last seq seen, None until a message sets it
     asked_at: float = -REBIRTH_INTERVAL_S  # monotonic time of the last rebirth request
-    counters: dict[str, Any] = field(default_factory=dict)  # this node's metric children
+    messages: dict[str, int] = field(default_factory=dict)  # received, by type
+    readings: int = 0  # taken from its metrics
+    ignored: int = 0  # metric values mapped to no meter
 
 
 BirthRow = tuple[str, str, str, int | None, list[Any], datetime]
@@ -191,12 +198,26 @@ class SparkplugSessions:
     """
 
     prefix = PREFIX
+    fast = True  # the short way for the usual value (tests compare it with the long way)
 
     def __init__(self, rebirth: Callable[[str, str], None] | None = None) -> None:
         self.rebirth = rebirth
         self.nodes: dict[tuple[str, str], NodeSession] = {}
         self.ignored_messages = 0  # of nodes no meter is mapped to
         self.ignored_metrics = 0  # of mapped nodes, mapped to no meter
+
+    def counts(self) -> metrics.SparkplugCounts:
+        """What :class:`ingest.metrics.SparkplugCollector` serves; safe from another thread
+        (copies taken whole, under the GIL)."""
+        nodes = list(self.nodes.items())
+        return (
+            [
+                (group, node, dict(s.messages), s.readings, s.ignored)
+                for (group, node), s in nodes
+                if s.messages
+            ],
+            self.ignored_messages,
+        )
 
     # -- state from the database -------------------------------------------------------------
 
@@ -261,13 +282,12 @@ class SparkplugSessions:
         mapped = parser.index.sparkplug_nodes.get((group, node))
         if mapped is None:  # a node of the plant no meter is mapped to: none of our business
             self.ignored_messages += 1
-            metrics.SPARKPLUG_UNMAPPED.inc()
             return Parsed(topic, None)
         out = Parsed(topic, mapped.partner)
         session = self.nodes.get((group, node))
         if session is None:
             session = self.nodes[(group, node)] = NodeSession()
-        _count(session, group, node, kind)
+        session.messages[kind] = session.messages.get(kind, 0) + 1
         if len(payload) > parser.max_payload:
             _reject(
                 out,
@@ -289,7 +309,6 @@ class SparkplugSessions:
             )
             return out
         received = _EPOCH + timedelta(seconds=now)
-        where = f"{group}/{node}" + (f"/{device}" if device else "")
         if kind == "NBIRTH":
             self._node_birth(parser, out, session, mapped, group, node, msg, now, received)
         elif kind == "NDEATH":
@@ -306,7 +325,7 @@ class SparkplugSessions:
                 birth = session.devices.get(device)
             if birth is None:
                 what = (
-                    f"device {where} has not been born (no DBIRTH seen)"
+                    f"device {group}/{node}/{device} has not been born (no DBIRTH seen)"
                     if session.birth is not None
                     else f"node {group}/{node} has not been born (no NBIRTH seen)"
                 )
@@ -471,7 +490,38 @@ class SparkplugSessions:
         sent_ms = msg.timestamp if msg.HasField("timestamp") else None
         readings_before = len(out.readings)
         ignored = 0
+        if not self.fast:
+            fast: dict[int, tuple[str, float]] = {}
+        elif birth.fast_for is parser.index:
+            fast = birth.fast
+        else:
+            fast = _prepare(birth, parser, (group, node, device))
+        lowest = (now - parser.backfill_s) * 1000.0
+        highest = (now + parser.future_s) * 1000.0
+        append = out.readings.append
         for metric in msg.metrics:
+            # The usual value (a Float or Double by alias, with its own timestamp, in range)
+            # is taken here; anything else takes the checks below, which take or reject it.
+            if metric.HasField("alias") and not metric.is_null:
+                known = fast.get(metric.alias)
+                if (
+                    known is not None
+                    and not metric.HasField("properties")
+                    and metric.datatype in _FAST_TYPES
+                ):
+                    if metric.HasField("double_value"):
+                        value = metric.double_value
+                    elif metric.HasField("float_value"):
+                        value = metric.float_value
+                    else:
+                        value = None
+                    ms = metric.timestamp  # 0 when missing: out of range, the long way
+                    if value is not None and lowest <= ms <= highest:
+                        canonical = value * known[1]
+                        if -MAX_VALUE <= canonical <= MAX_VALUE:
+                            # exact to the ms for any time within the accepted range
+                            append((known[0], datetime.fromtimestamp(ms / 1000, UTC), canonical))
+                            continue
             if metric.HasField("alias"):
                 mdef = birth.aliases.get(metric.alias)
                 if mdef is None and metric.name:
@@ -513,10 +563,8 @@ class SparkplugSessions:
             parser.accept(out, meter, ts, value, unit, now, where, metric)
         if ignored:
             self.ignored_metrics += ignored
-            _child(session, "ignored", group, node).inc(ignored)
-        stored = len(out.readings) - readings_before
-        if stored:
-            _child(session, "readings", group, node).inc(stored)
+            session.ignored += ignored
+        session.readings += len(out.readings) - readings_before
 
     def _unknown(
         self,
@@ -550,6 +598,28 @@ class SparkplugSessions:
         log.info("asking Sparkplug node %s/%s to rebirth (%s)", group, node, why.value)
         if self.rebirth is not None:
             self.rebirth(group, node)
+
+
+_FAST_TYPES = frozenset({0, DataType.Float, DataType.Double})  # 0: as the birth says
+
+
+def _prepare(
+    birth: Birth, parser: Parser, where: tuple[str, str, str]
+) -> dict[int, tuple[str, float]]:
+    """Work out ``birth.fast`` for the parser's network (see :class:`Birth`); ``where`` is
+    the (group, node, device) the birth is of."""
+    birth.fast = {}
+    birth.fast_for = parser.index
+    for alias, mdef in birth.aliases.items():
+        if mdef.datatype not in FLOATS:
+            continue
+        meter = parser.index.sparkplug.get((*where, mdef.name))
+        if meter is None:
+            continue
+        factor = parser.factor(meter, mdef.unit)
+        if isinstance(factor, float):
+            birth.fast[alias] = (meter.id, factor)
+    return birth.fast
 
 
 def _define(msg: Any) -> Birth:
@@ -597,18 +667,3 @@ def _reject(out: Parsed, reason: Reason, detail: str, partner: str | None, paylo
     out.rejections.append(
         Rejection(reason, detail, partner, None, bytes(payload[:KEEP_PAYLOAD]) or None)
     )
-
-
-def _count(session: NodeSession, group: str, node: str, kind: str) -> None:
-    child = session.counters.get(kind)
-    if child is None:
-        child = session.counters[kind] = metrics.SPARKPLUG_MESSAGES.labels(group, node, kind)
-    child.inc()
-
-
-def _child(session: NodeSession, name: str, group: str, node: str) -> Any:
-    child = session.counters.get(name)
-    if child is None:
-        family = metrics.SPARKPLUG_READINGS if name == "readings" else metrics.SPARKPLUG_IGNORED
-        child = session.counters[name] = family.labels(group, node)
-    return child
