@@ -12,6 +12,10 @@ whose magnitude in the canonical unit is over 10^12 is ``out_of_range``. Every t
 or a Rejection carries (topic, detail) is safe to store and show: NUL bytes, control
 characters and lone surrogates are escaped (:func:`core.text.safe_text`), and what is echoed
 from the input is cut short.
+
+Messages of another topic tree go to the parser's :class:`TopicHandler`: Sparkplug B
+(``spBv1.0/...``, :mod:`ingest.sparkplug.session`) turns them into the same Parsed, with the
+same reasons and checks (:meth:`Parser.accept`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """``symbiont ingest``: the MQTT subscriber that writes readings and acknowledges after commit.
 
+It takes JSON readings (``symbiont/readings/#``) and, unless ``SYMBIONT_INGEST_SPARKPLUG`` is
+off, Sparkplug B (``spBv1.0/+/{NBIRTH,NDATA,NDEATH,DBIRTH,DDATA,DDEATH}/#``), both through
+shared subscriptions; it publishes the Sparkplug rebirth requests (NCMD).
+
 Threads: paho's network loop parses each message in its callback and appends it to a deque;
 the asyncio main loop takes batches from the deque, commits each through a BatchWriter and
 only then sends the PUBACKs (``manual_ack``). Up to ``SYMBIONT_INGEST_PIPELINE`` batches are

@@ -67,7 +67,6 @@ INTEGERS: dict[int, tuple[int, bool]] = {
     DataType.UInt64: (64, False),
 }
 FLOATS = frozenset({DataType.Float, DataType.Double})
-NUMERIC = frozenset(INTEGERS) | FLOATS
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS_MAX = 253402300799999  # 9999-12-31T23:59:59.999Z
@@ -181,6 +180,11 @@ def metric_value(metric: Any, datatype: int) -> int | float | str:
     if which is None:
         return "value is missing"
     return f"a {datatype_name(datatype)} metric carries a {which}"
+
+
+def _at(now: float) -> datetime:
+    """``now`` (epoch seconds) as an aware datetime: when ingest received a message."""
+    return datetime.fromtimestamp(now, UTC)
 
 
 def _instant(ms: int) -> datetime | str:
@@ -308,16 +312,15 @@ class SparkplugSessions:
                 payload,
             )
             return out
-        received = _EPOCH + timedelta(seconds=now)
         if kind == "NBIRTH":
-            self._node_birth(parser, out, session, mapped, group, node, msg, now, received)
+            self._node_birth(parser, out, session, mapped, group, node, msg, now)
         elif kind == "NDEATH":
-            self._node_death(out, session, mapped, group, node, msg, received)
+            self._node_death(out, session, mapped, group, node, msg, now)
         elif kind == "DDEATH":
             self._sequence(out, session, group, node, msg, dup, payload, reject=False)
             session.devices.pop(device, None)
             out.event = SessionEvent(
-                "DDEATH", group, node, device, None, None, mapped.devices.get(device, ()), received
+                "DDEATH", group, node, device, None, None, mapped.devices.get(device, ()), _at(now)
             )
         else:
             birth = session.birth
@@ -366,7 +369,7 @@ class SparkplugSessions:
                     None,
                     _rows(birth),
                     mapped.devices.get(device, ()),
-                    received,
+                    _at(now),
                 )
             else:
                 self._values(parser, out, session, mapped, group, node, device, birth, msg, now)
@@ -382,7 +385,6 @@ class SparkplugSessions:
         node: str,
         msg: Any,
         now: float,
-        received: datetime,
     ) -> None:
         birth = _define(msg)
         session.birth = birth
@@ -399,7 +401,7 @@ class SparkplugSessions:
             birth.bd_seq,
             _rows(birth),
             mapped.devices.get("", ()),
-            received,
+            _at(now),
         )
 
     def _node_death(
@@ -410,7 +412,7 @@ class SparkplugSessions:
         group: str,
         node: str,
         msg: Any,
-        received: datetime,
+        now: float,
     ) -> None:
         bd_seq = _bd_seq(msg)
         current = session.birth.bd_seq if session.birth is not None else None
@@ -428,7 +430,7 @@ class SparkplugSessions:
         session.devices = {}
         session.seq = None
         metrics.SPARKPLUG_ONLINE.labels(group, node).set(0)
-        out.event = SessionEvent("NDEATH", group, node, "", bd_seq, None, mapped.meters, received)
+        out.event = SessionEvent("NDEATH", group, node, "", bd_seq, None, mapped.meters, _at(now))
 
     def _sequence(
         self,
