@@ -438,10 +438,12 @@ def drain_ingest(
     per_message: int,
     url: str,
     team: list[Ingest],
+    *,
+    readings: int | None = None,
 ) -> DrainResult:
     """Start every ingest process of ``team`` at once on its queued backlog, time the drain
-    and check that every reading was stored."""
-    readings = n * per_message
+    and check that every reading was stored (``readings``, default ``n × per_message``)."""
+    readings = n * per_message if readings is None else readings
     label = ingest_label(len(team))
     proc.wait_quiet(opts.quiet_wait)
     log(f"{workload}: {label} draining")

@@ -7,7 +7,8 @@ record them in BENCHMARKS.md (each benchmark replaces its own section).
     python -m benchmarks.run --only NAME [OPTIONS]
         one benchmark, with its own options (``--only NAME --help`` lists them)
 
-Benchmarks: ``ingest`` (benchmarks/ingest_throughput.py), ``rules``
+Benchmarks: ``ingest`` (benchmarks/ingest_throughput.py), ``sparkplug``
+(benchmarks/sparkplug_throughput.py), ``rules``
 (benchmarks/rules_engine.py), ``statements`` (benchmarks/statements.py) and ``api``
 (benchmarks/api_latency.py). They need PostgreSQL (``$SYMBIONT_TEST_DATABASE_URL`` or
 postgres@127.0.0.1:5432, allowed to create databases) and the ``mosquitto`` binary.
@@ -36,6 +37,7 @@ from benchmarks.harness.arguments import (
 # that, and QUIET_WAIT if its own command line waits longer for an idle machine by default.
 BENCHMARKS = {
     "ingest": "benchmarks.ingest_throughput",
+    "sparkplug": "benchmarks.sparkplug_throughput",
     "rules": "benchmarks.rules_engine",
     "statements": "benchmarks.statements",
     "api": "benchmarks.api_latency",

@@ -24,15 +24,20 @@ are written to DIR (created if missing), each replaced atomically:
 
     - partner P: ``write symbiont/readings/P/#``; ``read symbiont/statements/P``; ``read
       symbiont/alerts/S`` for S = P itself, each of P's meters and each exchange P provides or
-      receives (alert subjects are exchanges, meters and partners).
-    - ``symbiont-ingest``: ``read symbiont/readings/#``.  Mosquitto 2.0 grants any
+      receives (alert subjects are exchanges, meters and partners). For each Sparkplug B edge
+      node N of group G all of whose mapped meters are P's: ``write spBv1.0/G/+/N`` and
+      ``write spBv1.0/G/+/N/+`` (its births, data and deaths, its devices') and ``read
+      spBv1.0/G/NCMD/N`` (rebirth requests). A node mapped to meters of several partners is
+      granted to none of them (a warning says so): any of them could speak for the others.
+    - ``symbiont-ingest``: ``read symbiont/readings/#``, ``read spBv1.0/#`` and ``write
+      spBv1.0/+/NCMD/+`` (rebirth requests to edge nodes).  Mosquitto 2.0 grants any
       subscription filter (its shared subscription ``$share/symbiont/symbiont/readings/#``
       too) and checks every message it would deliver, retained or not, against the user's
       read grants; a refused publish gets PUBACK 0x87 over MQTT 5 (nothing over 3.1.1), after
       which Mosquitto closes the client's connection.
     - ``symbiont-rules``: ``write symbiont/alerts/#`` and ``write symbiont/statements/#``.
     - ``symbiont-monitor`` (operators, dashboards, debugging with ``mosquitto_sub``): ``read
-      symbiont/#`` and ``read $SYS/#``; it cannot publish.
+      symbiont/#``, ``read spBv1.0/#`` and ``read $SYS/#``; it cannot publish.
 
 ``credentials.env`` (0600)
     The clear-text passwords, one ``SYMBIONT_MQTT_PASSWORD_<USER>=<password>`` line per user
@@ -153,6 +158,7 @@ def partner_users(net: Network) -> list[User]:
     for ex in net.exchanges:
         exchanges[ex.provider].append(ex.id)
         exchanges[ex.receiver].append(ex.id)
+    owners = sparkplug_node_owners(net)
     users = []
     for partner in net.partners:
         subjects = [partner.id, *meters[partner.id], *exchanges[partner.id]]
@@ -161,8 +167,35 @@ def partner_users(net: Network) -> list[User]:
             ("read", f"symbiont/statements/{partner.id}"),
             *(("read", f"symbiont/alerts/{s}") for s in dict.fromkeys(subjects)),
         ]
+        for (group, node), owner in owners.items():
+            if owner == {partner.id}:
+                grants += [
+                    ("write", f"spBv1.0/{group}/+/{node}"),
+                    ("write", f"spBv1.0/{group}/+/{node}/+"),
+                    ("read", f"spBv1.0/{group}/NCMD/{node}"),
+                ]
         users.append(User(partner.id, "partner", tuple(grants), partner.name))
     return users
+
+
+def sparkplug_node_owners(net: Network) -> dict[tuple[str, str], set[str]]:
+    """(group, edge node) → the partners whose meters name it as their Sparkplug source."""
+    owners: dict[tuple[str, str], set[str]] = {}
+    for meter in net.meters:
+        if meter.sparkplug is not None:
+            key = (meter.sparkplug.group, meter.sparkplug.node)
+            owners.setdefault(key, set()).add(meter.partner)
+    return owners
+
+
+def shared_sparkplug_nodes(net: Network) -> list[str]:
+    """Edge nodes mapped to meters of several partners: granted to none of them."""
+    return [
+        f"Sparkplug node {group}/{node} is the source of meters of {', '.join(sorted(owner))}:"
+        " no partner may publish as it (give it broker credentials of its own)"
+        for (group, node), owner in sparkplug_node_owners(net).items()
+        if len(owner) > 1
+    ]
 
 
 def service_users() -> list[User]:
@@ -170,8 +203,13 @@ def service_users() -> list[User]:
         User(
             INGEST_USER,
             "service",
-            (("read", "symbiont/readings/#"),),
-            "symbiont ingest: the shared subscription $share/<group>/symbiont/readings/#",
+            (
+                ("read", "symbiont/readings/#"),
+                ("read", "spBv1.0/#"),
+                ("write", "spBv1.0/+/NCMD/+"),
+            ),
+            "symbiont ingest: the shared subscriptions $share/<group>/symbiont/readings/# and"
+            " of Sparkplug B, and rebirth requests",
         ),
         User(
             RULES_USER,
@@ -182,7 +220,7 @@ def service_users() -> list[User]:
         User(
             MONITOR_USER,
             "service",
-            (("read", "symbiont/#"), ("read", "$SYS/#")),
+            (("read", "symbiont/#"), ("read", "spBv1.0/#"), ("read", "$SYS/#")),
             "operators and monitoring: reads everything, publishes nothing",
         ),
     ]
@@ -427,7 +465,9 @@ def write_broker_config(
     existing = read_credentials(out / CREDENTIALS_FILE)
     names = [u.name for u in users]
     passwords: dict[str, str] = {}
-    result = Result(out=out, users=names, warnings=shared_alert_topics(net))
+    result = Result(
+        out=out, users=names, warnings=shared_alert_topics(net) + shared_sparkplug_nodes(net)
+    )
     for name in names:
         if name in existing:
             passwords[name] = existing[name]

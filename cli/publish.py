@@ -1,6 +1,6 @@
 """Publishing simulated readings (``symbiont simulate``): the payload forms (batch, single,
-SenML), an MQTT publisher that waits for every PUBACK, a fast backfill of a period or live
-publishing at a chosen speed, and the command's arguments.
+SenML, Sparkplug B), an MQTT publisher that waits for every PUBACK, a fast backfill of a period
+or live publishing at a chosen speed, and the command's arguments.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 from cli.faults import parse_fault, parse_time
 from cli.signals import FloatArray, _epoch
 from cli.simulate import MeterChunk, expected_readings, simulate
+from cli.sparkplug import SparkplugEncoder
 from core.network import (
     Network,
     NetworkError,
@@ -33,8 +34,8 @@ if TYPE_CHECKING:
     from core.settings import Settings
 
 
-Form = Literal["batch", "single", "senml"]
-FORMS: tuple[Form, ...] = ("batch", "single", "senml")
+Form = Literal["batch", "single", "senml", "sparkplug"]
+FORMS: tuple[Form, ...] = ("batch", "single", "senml", "sparkplug")
 
 # ---------------------------------------------------------------------------- publishing
 
@@ -93,13 +94,26 @@ def _num(x: float) -> str:
 
 
 def payloads(
-    chunk: MeterChunk, form: Form = "batch", batch_size: int = 1000
+    chunk: MeterChunk,
+    form: Form = "batch",
+    batch_size: int = 1000,
+    sparkplug: SparkplugEncoder | None = None,
 ) -> Iterator[tuple[str, bytes, int]]:
-    """(topic, payload, number of readings) for every message that carries ``chunk``."""
+    """(topic, payload, number of readings) for every message that carries ``chunk``.
+
+    ``sparkplug``: the form ``sparkplug`` publishes the meters it maps as Sparkplug B data
+    (after its births), the others as JSON batches."""
     if not 1 <= batch_size <= 10000:
         raise ValueError("batch_size must be between 1 and 10000")
     if not np.isfinite(chunk.value).all():
         raise ValueError(f"meter {chunk.meter_id}: a simulated value is not finite")
+    if form == "sparkplug":
+        if sparkplug is None:
+            raise ValueError("the sparkplug form needs its encoder")
+        if sparkplug.mapped(chunk.meter_id):
+            yield from sparkplug.payloads(chunk, batch_size)
+            return
+        form = "batch"
     topic = topic_for(chunk.partner_id, chunk.meter_id)
     size = 1 if form == "single" else batch_size
     stamps = format_ts(chunk.ts)
@@ -338,7 +352,9 @@ def publish(
     drain_timeout: float = 60.0,
     tls_files: MqttTls | None = None,
 ) -> PublishResult:
-    """Publish simulated readings to ``symbiont/readings/{partner}/{meter}``.
+    """Publish simulated readings to ``symbiont/readings/{partner}/{meter}`` (or, with
+    ``form="sparkplug"``, the meters that name a Sparkplug B source as that source: births
+    first, each node's NDEATH at the end).
 
     Backfill (``live=False``): as fast as the broker takes them, ``batch_size`` readings per
     message (``form="single"``: one), at most ``inflight`` unacknowledged in flight; returns
@@ -360,7 +376,7 @@ def publish(
     total), or a callable receives the running ``PublishResult`` about 5 times a second.
     """
     if form not in FORMS:
-        raise ValueError(f"unknown form {form!r} (use batch, single or senml)")
+        raise ValueError(f"unknown form {form!r} (use batch, single, senml or sparkplug)")
     if not 1 <= batch_size <= 10000:
         raise ValueError("batch_size must be between 1 and 10000")
     if speed <= 0:
@@ -376,6 +392,7 @@ def publish(
                 )
             yield chunk
 
+    encoder = SparkplugEncoder(network) if form == "sparkplug" else None
     result = PublishResult()
     began = time.monotonic()
     publisher = MqttPublisher(
@@ -396,19 +413,35 @@ def publish(
 
     try:
         try:
+            if encoder is not None:
+                for topic, payload in encoder.births():
+                    send(topic, payload, 0)
             if live:
                 _publish_live(
-                    checked(chunks), send, publisher.wait, form, batch_size, speed, clock_start
+                    checked(chunks),
+                    send,
+                    publisher.wait,
+                    form,
+                    batch_size,
+                    speed,
+                    clock_start,
+                    encoder,
                 )
             else:
                 for chunk in checked(chunks):
-                    for topic, payload, count in payloads(chunk, form, batch_size):
+                    for topic, payload, count in payloads(chunk, form, batch_size, encoder):
                         send(topic, payload, count)
+            if encoder is not None:
+                for topic, payload in encoder.deaths():
+                    send(topic, payload, 0)
             publisher.drain(drain_timeout)
         except KeyboardInterrupt:
             if not live:
                 raise
             result.interrupted = True
+            if encoder is not None:
+                for topic, payload in encoder.deaths():
+                    send(topic, payload, 0)
             with contextlib.suppress(TimeoutError):
                 publisher.drain(5.0)
     finally:
@@ -496,6 +529,7 @@ def _publish_live(
     batch_size: int,
     speed: float,
     clock_start: datetime | None,
+    sparkplug: SparkplugEncoder | None = None,
 ) -> None:
     origin = _epoch(clock_start) if clock_start is not None else time.time()
     wall0 = time.monotonic()
@@ -534,8 +568,8 @@ def _publish_live(
                 )
                 backlog = sel.size > 1
                 size = batch_size if backlog else 1
-                piece_form: Form = form if backlog or form == "senml" else "single"
-                for topic, payload, count in payloads(piece, piece_form, size):
+                piece_form: Form = form if backlog or form != "batch" else "single"
+                for topic, payload, count in payloads(piece, piece_form, size, sparkplug):
                     send(topic, payload, count)
             i = j
 
@@ -587,9 +621,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
         "--form",
+        "--format",
+        dest="form",
         choices=FORMS,
         default="batch",
-        help="payload form: batch (JSON arrays), single (one reading per message), senml",
+        help="payload form: batch (JSON arrays), single (one reading per message), senml, or"
+        " sparkplug (Sparkplug B for the meters with a sparkplug source, births first; the"
+        " others as batches)",
     )
     parser.add_argument(
         "--batch-size",
@@ -633,6 +671,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             raise ValueError("--speed must be positive")
         if not 1 <= args.batch_size <= 10000:
             raise ValueError("--batch-size must be between 1 and 10000")
+        if args.form == "sparkplug":
+            mapped = sum(m.sparkplug is not None for m in network.meters)
+            if not mapped:
+                raise ValueError(
+                    "--format sparkplug: no meter of the network names a sparkplug source"
+                )
+            if mapped < len(network.meters):
+                print(
+                    f"note: {len(network.meters) - mapped} meters without a sparkplug source"
+                    " are published as JSON batches",
+                    file=err,
+                )
     except ValueError as exc:
         print(f"error: {exc}", file=err)
         return 2

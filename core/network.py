@@ -167,6 +167,42 @@ class Partner(Model):
         return value
 
 
+# A Sparkplug group, edge node or device id: any text but the topic's reserved characters.
+SPARKPLUG_ID_RE = r"^[^/+#]+$"
+
+
+class SparkplugSource(Model):
+    """Where a meter's readings come from over Sparkplug B: a metric of an edge node, or of a
+    device of that node (``device`` omitted for the node's own metrics)."""
+
+    group: str = Field(
+        pattern=SPARKPLUG_ID_RE, max_length=256, description="The Sparkplug group id"
+    )
+    node: str = Field(
+        pattern=SPARKPLUG_ID_RE, max_length=256, description="The edge node id within the group"
+    )
+    device: str | None = Field(
+        default=None,
+        pattern=SPARKPLUG_ID_RE,
+        max_length=256,
+        description="The device id at the node; left out for a metric of the node itself",
+    )
+    metric: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="The metric's name as its birth certificate gives it, e.g. `Flow/Total`",
+    )
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        """(group, node, device or "", metric): how ingest looks the metric up."""
+        return (self.group, self.node, self.device or "", self.metric)
+
+    def describe(self) -> str:
+        where = "/".join(p for p in (self.group, self.node, self.device) if p)
+        return f"{where} metric {self.metric!r}"
+
+
 class Meter(Model):
     """One measuring device at a partner, for one kind of flow. A meter may belong to
     exchanges, balances, both, or neither (then it is only watched for alerts)."""
@@ -206,6 +242,11 @@ class Meter(Model):
         gt=0,
         description="Expected seconds between readings; required for `total` and `rate`"
         " meters, left out for `delta` meters that report when something happens",
+    )
+    sparkplug: SparkplugSource | None = Field(
+        default=None,
+        description="The meter's source over Sparkplug B: `{group, node, device, metric}`"
+        " (`device` left out for a metric of the edge node itself); see docs/sparkplug.md",
     )
 
 
@@ -450,6 +491,17 @@ def _cross_check(net: Network) -> list[str]:
             )
         if m.reading != ReadingType.delta and m.interval is None:
             problems.append(f"meters[{i}].interval: required for {m.reading.value} meters")
+
+    sparkplug_owner: dict[tuple[str, str, str, str], str] = {}
+    for i, m in enumerate(net.meters):
+        if m.sparkplug is None:
+            continue
+        first = sparkplug_owner.setdefault(m.sparkplug.key, m.id)
+        if first != m.id:
+            problems.append(
+                f"meters[{i}].sparkplug: {m.sparkplug.describe()} is mapped to both "
+                f"meter '{first}' and meter '{m.id}'"
+            )
 
     used_in_exchange: dict[str, str] = {}
     for i, ex in enumerate(net.exchanges):

@@ -153,6 +153,12 @@ class Settings(BaseSettings):
         description="Most messages ingest holds unacknowledged (MQTT 5 Receive Maximum): a"
         " stalled database fills the broker's queue, not ingest's memory",
     )
+    ingest_sparkplug: bool = Field(
+        default=True,
+        description="Whether this ingest process takes Sparkplug B (`spBv1.0/...`): an edge"
+        " node's messages must all reach one process, in order, so with several ingest"
+        " processes let one take Sparkplug",
+    )
 
     # Metrics of ingest and the rules engine (the API serves /metrics itself).
     metrics_port: int | None = Field(

@@ -45,6 +45,7 @@ GROUPS: list[tuple[str, list[str]]] = [
             "ingest_batch_wait_ms",
             "ingest_pipeline",
             "ingest_queue_messages",
+            "ingest_sparkplug",
         ],
     ),
     ("Rules engine", ["rules_pass_interval_s"]),

@@ -12,6 +12,10 @@ whose magnitude in the canonical unit is over 10^12 is ``out_of_range``. Every t
 or a Rejection carries (topic, detail) is safe to store and show: NUL bytes, control
 characters and lone surrogates are escaped (:func:`core.text.safe_text`), and what is echoed
 from the input is cut short.
+
+Messages of another topic tree go to the parser's :class:`TopicHandler`: Sparkplug B
+(``spBv1.0/...``, :mod:`ingest.sparkplug.session`) turns them into the same Parsed, with the
+same reasons and checks (:meth:`Parser.accept`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -57,6 +61,9 @@ class Reason(StrEnum):
     future = "future"
     too_old = "too_old"
     conflict = "conflict"
+    # Sparkplug B: data for an alias, metric or device not seen in a birth; a seq gap.
+    unknown_metric = "unknown_metric"
+    sequence_gap = "sequence_gap"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +77,18 @@ class MeterInfo:
     window_s: int
 
 
+SparkplugKey = tuple[str, str, str, str]  # group, edge node, device ("" for the node), metric
+
+
+@dataclass(frozen=True, slots=True)
+class SparkplugNode:
+    """An edge node some meters name as their source."""
+
+    partner: str | None  # the partner of all its meters, or None when they are of several
+    meters: tuple[str, ...]  # every meter mapped to the node or one of its devices
+    devices: dict[str, tuple[str, ...]]  # device ("" for the node itself) → its meters
+
+
 @dataclass(frozen=True, slots=True)
 class NetworkIndex:
     """What ingest needs to know of the network, keyed for O(1) lookups."""
@@ -78,6 +97,9 @@ class NetworkIndex:
     meters: dict[str, MeterInfo]
     timezone: str = "UTC"
     version: str = ""
+    # Sparkplug B sources: metric → meter, and (group, edge node) → what is mapped under it.
+    sparkplug: dict[SparkplugKey, MeterInfo] = field(default_factory=dict)
+    sparkplug_nodes: dict[tuple[str, str], SparkplugNode] = field(default_factory=dict)
 
     @classmethod
     def from_network(cls, net: Network, version: str = "") -> NetworkIndex:
@@ -94,7 +116,30 @@ class NetworkIndex:
             )
             for m in net.meters
         }
-        return cls(frozenset(p.id for p in net.partners), meters, net.timezone, version)
+        sparkplug: dict[SparkplugKey, MeterInfo] = {}
+        grouped: dict[tuple[str, str], dict[str, list[str]]] = {}
+        for m in net.meters:
+            if m.sparkplug is not None:
+                sparkplug[m.sparkplug.key] = meters[m.id]
+                node = grouped.setdefault((m.sparkplug.group, m.sparkplug.node), {})
+                node.setdefault(m.sparkplug.device or "", []).append(m.id)
+        nodes = {}
+        for key, devices in grouped.items():
+            ids = tuple(mid for group in devices.values() for mid in group)
+            owners = {meters[mid].partner for mid in ids}
+            nodes[key] = SparkplugNode(
+                owners.pop() if len(owners) == 1 else None,
+                ids,
+                {device: tuple(group) for device, group in devices.items()},
+            )
+        return cls(
+            frozenset(p.id for p in net.partners),
+            meters,
+            net.timezone,
+            version,
+            sparkplug,
+            nodes,
+        )
 
 
 @dataclass(slots=True)
@@ -110,11 +155,39 @@ Reading = tuple[str, datetime, float]  # meter id, instant (aware, UTC), canonic
 
 
 @dataclass(slots=True)
+class SessionEvent:
+    """A Sparkplug B birth or death, committed with the message's readings: the birth's
+    metric definitions (kept so that a restarted ingest still knows the aliases) and the
+    online or offline state of the meters mapped under the node or device."""
+
+    kind: str  # NBIRTH, DBIRTH, NDEATH or DDEATH
+    group: str
+    node: str
+    device: str  # "" for the node itself
+    bd_seq: int | None
+    # births: (alias or None, name, datatype, engUnit or None) of every named metric
+    metrics: list[tuple[int | None, str, int, str | None]] | None
+    meters: tuple[str, ...]  # whose presence changes: online on a birth, offline on a death
+    at: datetime  # when ingest received it
+
+
+@dataclass(slots=True)
 class Parsed:
     topic: str  # safe text: NUL, control characters and lone surrogates escaped
     partner: str | None  # a partner of the network, or None
     readings: list[Reading] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
+    event: SessionEvent | None = None  # a Sparkplug B birth or death
+
+
+class TopicHandler(Protocol):
+    """Parses the messages of another topic tree than ``symbiont/readings/`` (Sparkplug B)."""
+
+    prefix: str
+
+    def parse(self, parser: Parser, topic: str, payload: bytes, now: float, dup: bool) -> Parsed:
+        """The readings and rejections of one message; never raises."""
+        ...
 
 
 # -- timestamps -------------------------------------------------------------------------------
@@ -215,6 +288,8 @@ def _show(value: Any, limit: int = 40) -> str:
 
 def _excerpt(item: Any) -> bytes:
     """The JSON of one reading or record, for the rejection; never raises."""
+    if hasattr(item, "DESCRIPTOR"):  # a protobuf message (a Sparkplug B metric)
+        return protobuf_excerpt(item)
     try:
         raw = orjson.dumps(item)
     except TypeError:  # lone surrogates, integers over 64 bits, deep nesting
@@ -223,6 +298,17 @@ def _excerpt(item: Any) -> bytes:
         except (TypeError, ValueError, RecursionError):
             raw = b"(not representable as JSON)"
     return raw[:KEEP_PAYLOAD]
+
+
+def protobuf_excerpt(message: Any) -> bytes:
+    """A protobuf message as JSON (bytes fields in base64), for a rejection; never raises."""
+    from google.protobuf import json_format
+
+    try:
+        text = json_format.MessageToJson(message, indent=None, preserving_proto_field_name=True)
+    except Exception:  # anything the converter cannot take
+        return b"(not representable as JSON)"
+    return text.encode()[:KEEP_PAYLOAD]
 
 
 def _cut(payload: bytes | None) -> bytes | None:
@@ -267,17 +353,24 @@ class Parser:
         max_payload: int = 1024 * 1024,
         backfill_days: float = 400,
         future_tolerance_s: float = 300,
+        handler: TopicHandler | None = None,
     ) -> None:
         self.index = index
         self.max_payload = max_payload
         self.backfill_s = backfill_days * 86400.0
         self.future_s = future_tolerance_s
+        self.handler = handler
+        self._handled = handler.prefix if handler is not None else None
 
-    def parse(self, topic: str, payload: bytes, now: float) -> Parsed:
+    def parse(self, topic: str, payload: bytes, now: float, dup: bool = False) -> Parsed:
         """The readings and rejections of one message. Never raises: each reading or record
-        is judged on its own; should one still fail unexpectedly, it alone is rejected."""
+        is judged on its own; should one still fail unexpectedly, it alone is rejected.
+        ``dup``: the broker says it may have delivered this message before."""
         if not topic.isprintable():  # what safe_text escapes is never printable
             topic = safe_text(topic)
+        if self._handled is not None and topic.startswith(self._handled):
+            assert self.handler is not None
+            return self.handler.parse(self, topic, payload, now, dup)
         try:
             return self._parse(topic, payload, now)
         except Exception:  # a last resort, for a fault of this module
@@ -436,9 +529,9 @@ class Parser:
         out.partner = meter.partner
         ts = _strict_timestamp(_number_text(ts_raw))
         if isinstance(ts, str):
-            self._bad(out, meter, Reason.bad_timestamp, where + ts, raw)
+            self.bad(out, meter, Reason.bad_timestamp, where + ts, raw)
             return
-        self._accept(out, meter, ts, _number_text(value), unit or None, now, where, raw)
+        self.accept(out, meter, ts, _number_text(value), unit or None, now, where, raw)
 
     def _own(self, partner: str, meter_id: str) -> str | None:
         """The topic's meter when it is one of the partner's own (so naming it in the partner's
@@ -525,15 +618,15 @@ class Parser:
                                 return
         where = "" if index is None else f"readings[{index}]: "
         if type(item) is not dict:
-            self._bad(out, meter, Reason.invalid_format, f"{where}not a JSON object", item)
+            self.bad(out, meter, Reason.invalid_format, f"{where}not a JSON object", item)
             return
         ts = _strict_timestamp(item.get("ts"))
         if isinstance(ts, str):
-            self._bad(out, meter, Reason.bad_timestamp, where + ts, item)
+            self.bad(out, meter, Reason.bad_timestamp, where + ts, item)
             return
-        self._accept(out, meter, ts, item.get("value"), item.get("unit"), now, where, item)
+        self.accept(out, meter, ts, item.get("value"), item.get("unit"), now, where, item)
 
-    def _accept(
+    def accept(
         self,
         out: Parsed,
         meter: MeterInfo,
@@ -547,15 +640,15 @@ class Parser:
         vtype = type(value)
         if vtype is float:
             if value - value != 0.0:
-                self._bad(out, meter, Reason.not_finite, f"{where}value is not finite", item)
+                self.bad(out, meter, Reason.not_finite, f"{where}value is not finite", item)
                 return
         elif vtype is not int:
             what = "value is missing" if value is None else f"value {_show(value)} is not a number"
-            self._bad(out, meter, Reason.not_finite, where + what, item)
+            self.bad(out, meter, Reason.not_finite, where + what, item)
             return
-        factor = self._factor(meter, unit)
+        factor = self.factor(meter, unit)
         if isinstance(factor, str):
-            self._bad(out, meter, Reason.bad_unit, where + factor, item)
+            self.bad(out, meter, Reason.bad_unit, where + factor, item)
             return
         try:
             canonical = value * factor
@@ -563,7 +656,7 @@ class Parser:
             canonical = math.inf
         if not -MAX_VALUE <= canonical <= MAX_VALUE:
             target = canonical_unit(Kind(meter.kind), ReadingType(meter.reading))
-            self._bad(
+            self.bad(
                 out,
                 meter,
                 Reason.out_of_range,
@@ -574,7 +667,7 @@ class Parser:
             return
         epoch = ts.timestamp()
         if epoch > now + self.future_s:
-            self._bad(
+            self.bad(
                 out,
                 meter,
                 Reason.future,
@@ -583,7 +676,7 @@ class Parser:
             )
             return
         if epoch < now - self.backfill_s:
-            self._bad(
+            self.bad(
                 out,
                 meter,
                 Reason.too_old,
@@ -594,7 +687,7 @@ class Parser:
         out.readings.append((meter.id, ts, canonical))
 
     @staticmethod
-    def _factor(meter: MeterInfo, unit: Any) -> float | str:
+    def factor(meter: MeterInfo, unit: Any) -> float | str:
         """The factor from ``unit`` to the meter's canonical unit, or the text of what is
         wrong."""
         if unit is None or unit == meter.unit:
@@ -611,7 +704,7 @@ class Parser:
         return factor
 
     @staticmethod
-    def _bad(out: Parsed, meter: MeterInfo, reason: Reason, detail: str, item: Any) -> None:
+    def bad(out: Parsed, meter: MeterInfo, reason: Reason, detail: str, item: Any) -> None:
         raw = item if type(item) is bytes else _excerpt(item)
         out.rejections.append(Rejection(reason, detail, meter.partner, meter.id, raw))
 
@@ -695,22 +788,22 @@ class Parser:
             )
             return
         if base.time_error is not None:
-            self._bad(out, meter, Reason.bad_timestamp, where + base.time_error, rec)
+            self.bad(out, meter, Reason.bad_timestamp, where + base.time_error, rec)
             return
         t = _float(rec.get("t", 0.0))
         if t is None:
-            self._bad(out, meter, Reason.bad_timestamp, where + "t is not a usable number", rec)
+            self.bad(out, meter, Reason.bad_timestamp, where + "t is not a usable number", rec)
             return
         t += base.time
         if t < 2**28:  # RFC 8428: small values are relative to now
             t += now
         ts = _epoch(t)
         if isinstance(ts, str):
-            self._bad(out, meter, Reason.bad_timestamp, where + ts, rec)
+            self.bad(out, meter, Reason.bad_timestamp, where + ts, rec)
             return
         value = rec["v"] if "v" in rec else rec.get("s")
         unit = rec.get("u", base.unit)
-        self._accept(out, meter, ts, value, unit, now, where, rec)
+        self.accept(out, meter, ts, value, unit, now, where, rec)
 
 
 def _float(raw: Any) -> float | None:

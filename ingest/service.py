@@ -1,5 +1,9 @@
 """``symbiont ingest``: the MQTT subscriber that writes readings and acknowledges after commit.
 
+It takes JSON readings (``symbiont/readings/#``) and, unless ``SYMBIONT_INGEST_SPARKPLUG`` is
+off, Sparkplug B (``spBv1.0/+/{NBIRTH,NDATA,NDEATH,DBIRTH,DDATA,DDEATH}/#``), both through
+shared subscriptions; it publishes the Sparkplug rebirth requests (NCMD).
+
 Threads: paho's network loop parses each message in its callback and appends it to a deque;
 the asyncio main loop takes batches from the deque, commits each through a BatchWriter and
 only then sends the PUBACKs (``manual_ack``). Up to ``SYMBIONT_INGEST_PIPELINE`` batches are
@@ -44,6 +48,7 @@ from core.settings import MqttTls, Settings
 from core.text import safe_text
 from ingest import fastpaho, metrics
 from ingest.parse import KEEP_PAYLOAD, NetworkIndex, Parsed, Parser, Reason, Rejection
+from ingest.sparkplug.session import BirthRow, SparkplugSessions, rebirth_command, rebirth_topic
 from ingest.writer import BatchResult, BatchWriter, Message
 
 log = logging.getLogger("symbiont.ingest")
@@ -51,6 +56,10 @@ log = logging.getLogger("symbiont.ingest")
 T = TypeVar("T")
 
 READINGS_FILTER = "symbiont/readings/#"
+# Sparkplug B: what edge nodes publish (not the commands to them, nor host states).
+SPARKPLUG_FILTERS = tuple(
+    f"spBv1.0/+/{kind}/#" for kind in ("NBIRTH", "NDATA", "NDEATH", "DBIRTH", "DDATA", "DDEATH")
+)
 # A batch starts once this many messages wait (or the oldest has waited the batch wait).
 BATCH_MIN_MESSAGES = 200
 # On SIGTERM, how long batches already in the database may take to commit and be acknowledged.
@@ -153,6 +162,25 @@ async def load_index(conn: asyncpg.Connection) -> NetworkIndex | None:
     return NetworkIndex.from_network(net, version=row["applied_at"].isoformat())
 
 
+async def load_births(conn: asyncpg.Connection) -> list[BirthRow]:
+    """The Sparkplug B births committed before, for :meth:`SparkplugSessions.load`."""
+    rows = await conn.fetch(
+        "SELECT group_id, node_id, device_id, bd_seq, metrics::text AS metrics, received_at "
+        "FROM sparkplug_births"
+    )
+    return [
+        (
+            r["group_id"],
+            r["node_id"],
+            r["device_id"],
+            r["bd_seq"],
+            orjson.loads(r["metrics"]),
+            r["received_at"],
+        )
+        for r in rows
+    ]
+
+
 class IngestService:
     def __init__(self, settings: Settings, *, client_id: str | None = None) -> None:
         self.settings = settings
@@ -163,6 +191,12 @@ class IngestService:
             self.target.tls_files.context()  # a TLS file that is missing or unusable: now
         self.pending: deque[Message] = deque()
         self.parser: Parser | None = None
+        # Sparkplug B edge-node sessions, kept across network reloads (None: not taken here).
+        self.sparkplug = (
+            SparkplugSessions(rebirth=self._request_rebirth) if settings.ingest_sparkplug else None
+        )
+        if self.sparkplug is not None:
+            metrics.watch_sparkplug(self.sparkplug.counts)
         self.generation = 0
         self.connected = threading.Event()
         self._ack_lock = threading.Lock()
@@ -195,8 +229,11 @@ class IngestService:
         if reason.is_failure:
             log.error("broker refused the connection: %s", reason)
             return
-        topic = f"$share/{self.settings.ingest_share_group}/{READINGS_FILTER}"
-        client.subscribe(topic, qos=1)
+        share = f"$share/{self.settings.ingest_share_group}/"
+        topics = [share + READINGS_FILTER]
+        if self.sparkplug is not None:
+            topics += [share + f for f in SPARKPLUG_FILTERS]
+        client.subscribe([(topic, 1) for topic in topics])
         self.connected.set()
         metrics.CONNECTED.set(1)
         log.info(
@@ -206,7 +243,7 @@ class IngestService:
             self.target.port,
             self.client_id,
             getattr(flags, "session_present", "?"),
-            topic,
+            topics[0] + (" and Sparkplug B (spBv1.0)" if len(topics) > 1 else ""),
         )
 
     def _on_disconnect(
@@ -236,7 +273,7 @@ class IngestService:
         try:
             if parser is None:
                 raise RuntimeError("no network loaded")
-            parsed = parser.parse(topic, bytes(msg.payload), now)
+            parsed = parser.parse(topic, bytes(msg.payload), now, msg.dup)
         except Exception:  # a last resort (parsing never raises): one message never stops all
             topic = safe_text(topic)
             log.exception("could not parse a message on %s", topic[:200])
@@ -251,6 +288,17 @@ class IngestService:
                 )
             )
         self.pending.append(Message(parsed, now, msg.mid, msg.qos, self.generation, msg.dup))
+
+    def _request_rebirth(self, group: str, node: str) -> None:
+        """Ask a Sparkplug B edge node for its births again (NCMD Node Control/Rebirth, QoS 0
+        as Sparkplug has commands sent). Runs on the MQTT thread."""
+        client = self._client
+        if client is None:
+            return
+        topic = rebirth_topic(group, node)
+        info = client.publish(topic, rebirth_command(int(time.time() * 1000)), qos=0)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            log.warning("could not send the rebirth request on %s (%s)", topic, info.rc)
 
     def _start_mqtt(self) -> mqtt.Client:
         if self.settings.ingest_mqtt_protocol == "3.1.1":
@@ -297,6 +345,10 @@ class IngestService:
                 conn = await asyncpg.connect(self.dsn)
                 try:
                     index = await load_index(conn)
+                    if index is not None and self.sparkplug is not None:
+                        nodes = self.sparkplug.load(await load_births(conn))
+                        if nodes:
+                            log.info("Sparkplug B births of %d edge nodes loaded", nodes)
                 finally:
                     await conn.close()
                 if index is not None:
@@ -347,6 +399,7 @@ class IngestService:
             max_payload=s.max_payload_bytes,
             backfill_days=s.backfill_days,
             future_tolerance_s=s.future_tolerance_s,
+            handler=self.sparkplug,
         )
 
     def _ready(self, wait: float) -> bool:

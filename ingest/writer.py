@@ -32,7 +32,15 @@ import asyncpg
 
 from core.text import safe_text
 from core.windows import WindowCutter, next_month
-from ingest.parse import KEEP_PAYLOAD, NetworkIndex, Parsed, Reading, Reason, Rejection
+from ingest.parse import (
+    KEEP_PAYLOAD,
+    NetworkIndex,
+    Parsed,
+    Reading,
+    Reason,
+    Rejection,
+    SessionEvent,
+)
 
 log = logging.getLogger("symbiont.ingest")
 
@@ -89,6 +97,31 @@ ON CONFLICT (partner_id, hour) DO UPDATE SET
     readings = c.readings + excluded.readings,
     duplicates = c.duplicates + excluded.duplicates,
     rejected = c.rejected + excluded.rejected
+"""
+
+# Sparkplug B births and deaths, committed with the readings. A batch that commits after a
+# later one (batches are written side by side) must not undo what the later one recorded:
+# every change is guarded by the instant ingest received it.
+_BIRTH = """
+INSERT INTO sparkplug_births AS b (group_id, node_id, device_id, bd_seq, metrics, received_at)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6)
+ON CONFLICT (group_id, node_id, device_id) DO UPDATE SET
+    bd_seq = excluded.bd_seq, metrics = excluded.metrics, received_at = excluded.received_at
+WHERE b.received_at <= excluded.received_at
+"""
+_NODE_DEATH = """
+DELETE FROM sparkplug_births WHERE group_id = $1 AND node_id = $2 AND received_at <= $3
+"""
+_DEVICE_DEATH = """
+DELETE FROM sparkplug_births
+WHERE group_id = $1 AND node_id = $2 AND device_id = $3 AND received_at <= $4
+"""
+_PRESENCE = """
+INSERT INTO meter_presence AS p (meter_id, online, changed_at, cause)
+SELECT m, $2, $3, $4 FROM unnest($1::text[]) AS m
+ON CONFLICT (meter_id) DO UPDATE SET
+    online = excluded.online, changed_at = excluded.changed_at, cause = excluded.cause
+WHERE p.changed_at <= excluded.changed_at
 """
 
 # Failures a message's own content causes, as opposed to the database's trouble: data the
@@ -351,10 +384,13 @@ class BatchWriter:
         rows: list[Reading] = []
         starts: list[int] = []
         senders: list[Message] = []
+        events: list[SessionEvent] = []
         for msg in batch:
             parsed = msg.parsed
             if parsed.rejections:
                 rejections.extend((msg, rej) for rej in parsed.rejections)
+            if parsed.event is not None:
+                events.append(parsed.event)
             if parsed.readings:
                 starts.append(len(rows))
                 senders.append(msg)
@@ -405,6 +441,8 @@ class BatchWriter:
                 )
             if rejections:
                 await self._record_rejections(conn, rejections)
+            if events:
+                await self._record_events(conn, events)
             await self._count(conn, batch, rejections, result)
             await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(result.inserted))
         for _, rej in rejections:
@@ -496,6 +534,28 @@ class BatchWriter:
             await conn.execute(
                 MARK_DIRTY, list(ids), [datetime.fromtimestamp(s, UTC) for s in starts]
             )
+
+    @staticmethod
+    async def _record_events(conn: asyncpg.Connection, events: list[SessionEvent]) -> None:
+        """Sparkplug B births and deaths, in the order they came: the births' definitions
+        (for a restarted ingest) and the presence of the meters mapped under them."""
+        for ev in events:
+            group, node, device = (
+                safe_text(t, TOPIC_LIMIT) for t in (ev.group, ev.node, ev.device)
+            )
+            if ev.metrics is not None:
+                defs = [
+                    [alias, safe_text(name, TOPIC_LIMIT), datatype, unit and safe_text(unit, 100)]
+                    for alias, name, datatype, unit in ev.metrics
+                ]
+                await conn.execute(_BIRTH, group, node, device, ev.bd_seq, json.dumps(defs), ev.at)
+            elif ev.kind == "NDEATH":
+                await conn.execute(_NODE_DEATH, group, node, ev.at)
+            else:
+                await conn.execute(_DEVICE_DEATH, group, node, device, ev.at)
+            if ev.meters:
+                online = ev.kind.endswith("BIRTH")
+                await conn.execute(_PRESENCE, list(ev.meters), online, ev.at, ev.kind)
 
     async def _record_rejections(
         self, conn: asyncpg.Connection, rejections: list[tuple[Message, Rejection]]

@@ -324,12 +324,20 @@ def test_files_formats_and_permissions(tmp_path: Path) -> None:
         "topic read symbiont/alerts/town-heat-in",
         "topic read symbiont/alerts/heat-plant-town",
     ]
-    assert grants[INGEST_USER] == ["topic read symbiont/readings/#"]
+    assert grants[INGEST_USER] == [
+        "topic read symbiont/readings/#",
+        "topic read spBv1.0/#",
+        "topic write spBv1.0/+/NCMD/+",
+    ]
     assert grants[RULES_USER] == [
         "topic write symbiont/alerts/#",
         "topic write symbiont/statements/#",
     ]
-    assert grants[MONITOR_USER] == ["topic read symbiont/#", "topic read $SYS/#"]
+    assert grants[MONITOR_USER] == [
+        "topic read symbiont/#",
+        "topic read spBv1.0/#",
+        "topic read $SYS/#",
+    ]
     # nothing before the first user block: anonymous clients are granted nothing
     assert not any(line.startswith("topic") for line in acl.split("\nuser ", 1)[0].splitlines())
 

@@ -256,6 +256,17 @@ def test_two_ingest_workers_share_the_subscription(services: dict[str, dict[str,
         )
 
 
+def test_exactly_one_ingest_worker_takes_sparkplug(services: dict[str, dict[str, Any]]) -> None:
+    takes = [
+        name
+        for name in INGEST
+        if Settings.model_validate(
+            {"ingest_sparkplug": environment(services[name]).get("SYMBIONT_INGEST_SPARKPLUG", True)}
+        ).ingest_sparkplug
+    ]
+    assert takes == ["ingest-1"]
+
+
 def test_environment_names_settings(services: dict[str, dict[str, Any]]) -> None:
     settings = {f"SYMBIONT_{name.upper()}" for name in Settings.model_fields}
     for name, service in symbiont_services(services).items():

@@ -2,8 +2,8 @@
 a silence holds back
 
 Revision ID: 0011
-Revises: 0009
-Create Date: 2026-12-05
+Revises: 0010
+Create Date: 2026-12-04
 """
 
 from alembic import op
@@ -11,7 +11,7 @@ from alembic import op
 from core.db import split_sql
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
