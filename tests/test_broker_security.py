@@ -323,6 +323,11 @@ def test_files_formats_and_permissions(tmp_path: Path) -> None:
         "topic read symbiont/alerts/town",
         "topic read symbiont/alerts/town-heat-in",
         "topic read symbiont/alerts/heat-plant-town",
+        # its heat meter's Sparkplug B edge node: births, data and deaths, and the rebirth
+        # requests addressed to it
+        "topic write spBv1.0/Harbour/+/TownSubstation",
+        "topic write spBv1.0/Harbour/+/TownSubstation/+",
+        "topic read spBv1.0/Harbour/NCMD/TownSubstation",
     ]
     assert grants[INGEST_USER] == [
         "topic read symbiont/readings/#",
