@@ -92,7 +92,7 @@ RATE_SPAN_S = 600.0  # a register's or a rate meter's current rate: its last 10 
 DIGITS = 6  # significant digits of the values shown to people (rates, quantities, Δ)
 
 # A meter's state, worst first: what colours the exchanges it measures.
-METER_STATES = ("retired", "no_data", "stale", "stuck", "suspect", "ok")
+METER_STATES = ("retired", "no_data", "offline", "stale", "stuck", "suspect", "ok")
 _STATE_RULES = ((Rule.meter_stale, "stale"), (Rule.meter_stuck, "stuck"),
                 (Rule.meter_suspect, "suspect"))  # fmt: skip
 
@@ -117,15 +117,20 @@ def stale_after(net: Network, meter: Meter) -> float | None:
     return stale_limit(meter.interval, cfg) if cfg.enabled else None
 
 
-def meter_state(last_ts: datetime | None, firing: set[str], *, retired: bool = False) -> str:
-    """A meter's state: ``retired``; ``no_data`` (never read); ``stale``, ``stuck`` or
-    ``suspect`` while that alert fires on it (the rules decide: a meter's own limits, and a
-    backfill of old readings is data arriving, not silence); else ``ok``.  ``firing``: the
-    rules firing on it."""
+def meter_state(
+    last_ts: datetime | None, firing: set[str], *, retired: bool = False, offline: bool = False
+) -> str:
+    """A meter's state: ``retired``; ``no_data`` (never read); ``offline`` while the Sparkplug
+    B edge node or device it comes from is dead (its NDEATH or DDEATH, until its next birth);
+    ``stale``, ``stuck`` or ``suspect`` while that alert fires on it (the rules decide: a
+    meter's own limits, and a backfill of old readings is data arriving, not silence); else
+    ``ok``.  ``firing``: the rules firing on it."""
     if retired:
         return "retired"
     if last_ts is None:
         return "no_data"
+    if offline:
+        return "offline"
     for rule, state in _STATE_RULES:
         if rule in firing:
             return state
@@ -173,6 +178,7 @@ def meter_view(entry: dict[str, Any], now: datetime) -> dict[str, Any]:
         "rate_from": entry["rate_from"],
         "rate_to": entry["rate_to"],
         "state": entry["state"],
+        "offline_since": entry["offline_since"],
         "stale_after_s": entry["stale_after_s"],
         "open_alerts": entry["open_alerts"],
     }
@@ -311,6 +317,12 @@ class LiveHub:
         async with self.pool.acquire() as conn:
             ex_rows = await conn.fetch(_EXCHANGES)
             meter_rows = await conn.fetch(_METERS, RATE_SPAN_S)
+            offline = {
+                r["meter_id"]: r["changed_at"]
+                for r in await conn.fetch(
+                    "SELECT meter_id, changed_at FROM meter_presence WHERE NOT online"
+                )
+            }
             alert_rows = await conn.fetch(_OPEN_ALERTS)
         now = datetime.now(UTC)
         alerts = [alert_view(r) for r in alert_rows]
@@ -343,7 +355,8 @@ class LiveHub:
                 "rate_to": rate_to,
                 "stale_after_s": limit,
                 "firing": on,
-                "state": meter_state(r["ts"], on),
+                "state": meter_state(r["ts"], on, offline=m.id in offline),
+                "offline_since": offline.get(m.id),
                 "open_alerts": open_by_subject.get(m.id, 0),
             }
         exchanges: dict[str, dict[str, Any]] = {}

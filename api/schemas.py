@@ -203,7 +203,7 @@ class IncidentDetail(IncidentOut):
     timeline: list[IncidentEvent] = Field(description="its alerts' events, in order")
 
 
-MeterState = Literal["ok", "stale", "stuck", "suspect", "no_data", "retired"]
+MeterState = Literal["ok", "offline", "stale", "stuck", "suspect", "no_data", "retired"]
 
 
 class LiveExchange(BaseModel):
@@ -257,6 +257,11 @@ class LiveMeter(BaseModel):
     rate_from: datetime | None
     rate_to: datetime | None
     state: MeterState
+    offline_since: datetime | None = Field(
+        default=None,
+        description="when its Sparkplug B edge node or device died (NDEATH/DDEATH), while it"
+        " is dead",
+    )
     stale_after_s: float | None = Field(description="silence after which it is stale")
     open_alerts: int
 

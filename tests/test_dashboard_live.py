@@ -582,6 +582,56 @@ def test_alert_counts_are_scoped_in_live_and_stream(system: ApiSystem) -> None:
     ] == ("stale")
 
 
+def test_meter_of_a_dead_sparkplug_node_is_offline(system: ApiSystem) -> None:
+    """A meter whose Sparkplug B node or device died (its NDEATH or DDEATH, as ingest records
+    it) is listed offline, with the instant, until its next birth; a partner learns of it only
+    for its own meters."""
+    mine = next(m.id for m in system.network.meters if m.partner == OWN and m.interval)
+    died = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
+
+    async def presence(online: bool, cause: str) -> None:
+        conn = await asyncpg.connect(asyncpg_dsn(system.database_url))
+        try:
+            await conn.execute(
+                """INSERT INTO meter_presence (meter_id, online, changed_at, cause)
+                   VALUES ($1, $2, $3, $4) ON CONFLICT (meter_id) DO UPDATE
+                   SET online = excluded.online, changed_at = excluded.changed_at,
+                       cause = excluded.cause""",
+                mine,
+                online,
+                died,
+                cause,
+            )
+        finally:
+            await conn.close()
+
+    def state_of(who: str) -> dict[str, Any]:
+        deadline = datetime.now(UTC) + timedelta(seconds=20)
+        while True:
+            items = {m["id"]: m for m in _get(system, who, "/meters")["items"]}
+            if (items[mine]["state"] == "offline") == expect_offline or (
+                datetime.now(UTC) > deadline
+            ):
+                return items
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, presence(False, "DDEATH")).result()
+    expect_offline = True
+    items = state_of("operator")
+    assert items[mine]["state"] == "offline"
+    assert datetime.fromisoformat(items[mine]["offline_since"]) == died
+    assert [m["id"] for m in _get(system, "operator", "/meters", status="offline")["items"]] == [
+        mine
+    ]
+    assert mine in {m["id"] for m in _get(system, f"partner:{OWN}", "/meters")["items"]}
+    assert mine not in {m["id"] for m in _get(system, f"partner:{FOREIGN}", "/meters")["items"]}
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, presence(True, "DBIRTH")).result()
+    expect_offline = False
+    items = state_of("operator")
+    assert items[mine]["state"] != "offline" and items[mine]["offline_since"] is None
+
+
 def test_retired_meter_is_listed_as_retired(system: ApiSystem) -> None:
     """A meter removed from the network file is kept, listed as retired (runs last: it
     changes the network)."""

@@ -134,7 +134,9 @@ async def meters(
     ] = None,
 ) -> dict[str, Any]:
     """Every meter in scope (a partner: its own) with its last reading, age, current rate and
-    state: `stale`, `stuck` or `suspect` while that alert fires on it (`stale_after_s`: the
+    state: `offline` while the Sparkplug B node or device it comes from is dead (after its
+    NDEATH or DDEATH, until its next birth), `stale`, `stuck` or `suspect` while that alert
+    fires on it (`stale_after_s`: the
     silence its meter_stale rule allows), `no_data` (never read), `retired` (removed from the
     network file; its readings are kept), else `ok`."""
     snap = await state.hub.current()
@@ -181,6 +183,7 @@ async def _retired(state: AppState, scope: Scope) -> list[dict[str, Any]]:
                 "rate_from": None,
                 "rate_to": None,
                 "state": "retired",
+                "offline_since": None,
                 "stale_after_s": None,
                 "open_alerts": 0,
             }

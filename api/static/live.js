@@ -25,6 +25,7 @@ import {
 import { ageText, localSpan, localText } from "./time.js";
 
 export const CONDITION_COLOURS = {
+  offline: "#5d4037",
   stale: "#7e57c2",
   stuck: "#ad1457",
   suspect: "#ef6c00",
@@ -525,7 +526,7 @@ export async function loadMeters() {
 function renderMeters() {
   const body = document.getElementById("meter-rows");
   if (!body) return;
-  const order = { retired: 0, no_data: 1, stale: 2, stuck: 3, suspect: 4, ok: 5 };
+  const order = { retired: 0, no_data: 1, offline: 2, stale: 3, stuck: 4, suspect: 5, ok: 6 };
   const all = [...(state.meters || [])].sort(
     (a, b) => order[a.state] - order[b.state] || a.id.localeCompare(b.id),
   );
