@@ -43,7 +43,7 @@ from core.network import Meter, ReadingType
 from core.settings import Settings
 from core.text import safe_text
 from core.units import canonical_unit
-from core.windows import windows_between
+from core.windows import local_text, windows_between
 from rules import incidents, lifecycle
 from rules.alerts import (
     Rule,
@@ -412,7 +412,7 @@ class Engine(AlertReplay):
         rows: list[tuple[Any, ...]] = []
         for i, (ws, we) in enumerate(cluster):
             try:
-                cause = _meter_window_problem(meter, q, i, ts, value)
+                cause = _meter_window_problem(meter, q, i, ts, value, topo.tz)
                 if cause is not None:
                     rows.append(failed(i, cause, q))
                     continue
@@ -643,6 +643,7 @@ class Engine(AlertReplay):
         windows: dict[str, list[asyncpg.Record]],
         start: datetime,
         end: datetime,
+        tz: ZoneInfo | None = None,
     ) -> str | None:
         """The first meter window of ``ids`` within [start, end) that could not be computed,
         as the cause of what depends on it; None when there is none."""
@@ -653,7 +654,7 @@ class Engine(AlertReplay):
                 if w["error"] is not None:
                     return (
                         f"it depends on meter {mid}, whose window from "
-                        f"{w['window_start']:%Y-%m-%d %H:%M}Z failed: {w['error']}"
+                        f"{local_text(w['window_start'], tz or UTC)} failed: {w['error']}"
                     )
         return None
 
@@ -702,7 +703,7 @@ class Engine(AlertReplay):
             z_limit = topo.rule(Rule.imbalance, ex_id).z
             for ws, we in bounds:
                 try:
-                    cause = self._meter_failure(meters, windows, ws, we)
+                    cause = self._meter_failure(meters, windows, ws, we, topo.tz)
                     if cause is None:
                         res = reconcile_exchange(
                             self._side(topo, ex.sent, windows, ws, we),
@@ -893,7 +894,12 @@ def _failed_exchange_row(
 
 
 def _meter_window_problem(
-    meter: Meter, q: WindowQuantities, i: int, ts: FloatArray, value: FloatArray
+    meter: Meter,
+    q: WindowQuantities,
+    i: int,
+    ts: FloatArray,
+    value: FloatArray,
+    tz: ZoneInfo | None = None,
 ) -> str | None:
     """Why window ``i`` of ``q`` cannot be taken as computed, or None: readings in it that no
     meter can send (left out of the quantities), or a quantity that is not a finite number
@@ -907,9 +913,10 @@ def _meter_window_problem(
         at = datetime.fromtimestamp(float(ts[k]), UTC)
         v = float(value[k])
         what = "out of range" if math.isfinite(v) else "not a finite number"
+        when = local_text(at, tz or UTC, seconds=True)
         return (
             f"{n} stored reading{'s' if n > 1 else ''} {what}"
-            f"{', the first' if n > 1 else ':'} {v:g} {unit} at {at:%Y-%m-%d %H:%M:%S}Z "
+            f"{', the first' if n > 1 else ':'} {v:g} {unit} at {when} "
             f"(a reading must be a finite number within ±{MAX_ABS_VALUE:g} {unit}; correct or "
             "delete it)"
         )

@@ -315,7 +315,7 @@ def test_extreme_stored_values_fail_only_their_windows_and_recover(database_url:
         shown = f"{value:g}"
         what = "out of range" if math.isfinite(value) else "not a finite number"
         assert f"1 stored reading {what}: {shown} " in mrow["error"], mrow["error"]
-        assert f"{BAD_AT:%Y-%m-%d %H:%M:%S}Z" in mrow["error"]
+        assert local_text(BAD_AT, net.tz, seconds=True) in mrow["error"]
         xrow = dict(zip(EXCHANGE_COLUMNS, after["exchange"][exchange_id, hour], strict=True))
         assert xrow["status"] == "error" and xrow["coverage"] == 0.0
         assert xrow["sent"] is None and xrow["received"] is None and xrow["z"] is None
