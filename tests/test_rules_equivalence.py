@@ -7,7 +7,8 @@ engine of revision ``REFERENCE`` (taken from the repository's history), each in 
 its own on a copy of the same database; the two databases must hold the same meter windows,
 exchange windows, network reconciliations, drift statistics and alerts.
 
-Numbers agree within 1e-9 (relative): a window whose readings did not change is no longer
+Alert summaries are left out: their times are now written in the network's zone. Numbers
+agree within 1e-9 (relative): a window whose readings did not change is no longer
 rewritten when a neighbour is recomputed, and the same readings summed in another grouping may
 differ in the last bits. Everything else (counts, statuses, suspects, instants, alerts and
 their times) is equal.
@@ -98,6 +99,20 @@ async def _prepare(url: str) -> None:
         await conn.close()
 
 
+async def _for_reference(url: str) -> None:
+    """The applied network as the reference revision's model reads it: without the fields
+    added since (a meter's ``sparkplug`` source; the example network uses none)."""
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        await conn.execute(
+            """UPDATE network SET document = jsonb_set(document, '{meters}',
+                   (SELECT jsonb_agg(m - 'sparkplug')
+                    FROM jsonb_array_elements(document -> 'meters') AS m))"""
+        )
+    finally:
+        await conn.close()
+
+
 def _run_feed(url: str, pythonpath: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(pythonpath)}
     subprocess.run(
@@ -143,7 +158,7 @@ _TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "alerts": (
         """SELECT rule, subject, started_at, status, severity, resolved_at, detected_at,
-                  resolve_detected_at, summary FROM alerts""",
+                  resolve_detected_at FROM alerts""",
         ("rule", "subject", "started_at"),
     ),
     "alert_events": (
@@ -196,6 +211,7 @@ def test_batched_engine_matches_the_reference_engine(
     template = database_url.rsplit("/", 1)[1]
     urls = [create_database(postgres_admin_url, n, template=template) for n in names]
     try:
+        asyncio.run(_for_reference(urls[0]))
         _run_feed(urls[0], reference)
         _run_feed(urls[1], ROOT)
         ref, new = asyncio.run(_snapshot(urls[0])), asyncio.run(_snapshot(urls[1]))
