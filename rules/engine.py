@@ -904,8 +904,8 @@ def _meter_window_problem(
     """Why window ``i`` of ``q`` cannot be taken as computed, or None: readings in it that no
     meter can send (left out of the quantities), or a quantity that is not a finite number
     although there is data."""
-    unit = canonical_unit(meter.kind, meter.reading)
     if int(q.invalid[i]):
+        unit = canonical_unit(meter.kind, meter.reading)
         start, end = float(q.start[i]), float(q.end[i])
         inside = (ts >= start) & (ts < end) & invalid_readings(value)
         k = int(np.flatnonzero(inside)[0])
@@ -952,13 +952,19 @@ def _silences(
     holding the edge: the windows overlapping ``[a, b)`` that are not in ``edges`` are
     interpolated between the same two readings. Intervals longer than ``max_gap`` are left
     out (a break: nothing is interpolated across it). Claimed windows not in ``edges`` are
-    ignored.
+    ignored. ``edges`` holds the neighbours either side of every claimed window (as stage 1
+    lays them out): readings never further apart than the shortest window then lean on no
+    silence, which is checked first.
 
     Vectorised, so the usual case (readings every interval) costs a few array operations.
     """
     if ts.size < 2 or edges.size == 0 or claimed.size == 0:
         return []
     starts, ends = edges[:, 0], edges[:, 1]
+    if float(np.max(np.diff(ts))) < float(np.min(ends - starts)):
+        # No two readings further apart than a window: an interval around an edge of a
+        # claimed window cannot reach past its neighbours, which ``edges`` always holds.
+        return []
     i = np.clip(np.searchsorted(starts, claimed), 0, starts.size - 1)
     i = i[starts[i] == claimed]
     at = np.concatenate((starts[i], ends[i]))
