@@ -89,9 +89,17 @@ class SparkplugCollector(Collector):
         yield from (messages, readings, ignored, others)
 
 
+_sparkplug_collector: SparkplugCollector | None = None
+
+
 def watch_sparkplug(counts: Callable[[], SparkplugCounts]) -> None:
-    """Serve the Sparkplug B counts ``counts()`` returns (once per process)."""
-    REGISTRY.register(SparkplugCollector(counts))
+    """Serve the Sparkplug B counts ``counts()`` returns: those of the process's latest ingest
+    service (a second service in one process replaces the first's, never registers twice)."""
+    global _sparkplug_collector
+    if _sparkplug_collector is not None:
+        REGISTRY.unregister(_sparkplug_collector)
+    _sparkplug_collector = SparkplugCollector(counts)
+    REGISTRY.register(_sparkplug_collector)
 
 
 def serve(port: int, host: str = "127.0.0.1") -> None:

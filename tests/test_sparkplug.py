@@ -736,8 +736,12 @@ def test_the_simulator_publishes_sparkplug_births_first_and_ingest_stores_it(
     assert mapped == {"plant-heat-out", "town-heat-in"}
     apply_network(database_url, document)
     ingest = _start_ingest(fresh_mosquitto, database_url, tmp_path, "ingest-sparkplug-sim")
-    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=6)
-    chunks = list(simulate(net, start, start + timedelta(hours=3)))
+    # Two working days in the network's zone, a week or so back: trucks run on them (Monday to
+    # Saturday, a few a day), whatever the day and hour the test runs at.
+    day = datetime.now(net.tz).replace(hour=0, minute=0, second=0, microsecond=0)
+    day -= timedelta(days=7 + (day.weekday() - 1) % 7)  # a Tuesday 7 to 13 days ago
+    start = day.astimezone(UTC)
+    chunks = list(simulate(net, start, start + timedelta(days=2)))
     index = NetworkIndex.from_network(net)
     expected = {
         (c.meter_id, at(round(t * 1000))): v * index.meters[c.meter_id].factor
