@@ -13,6 +13,7 @@ import argparse
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, fields
 from datetime import date, timedelta
 from decimal import Decimal
@@ -339,16 +340,27 @@ def write_or_check(out: Path, text: str, *, check: bool, command: str) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m core.network_docs", description="write the network file's reference"
-    )
-    parser.add_argument("--out", type=Path, default=TARGET, help=f"default {TARGET}")
+def page_main(
+    argv: list[str] | None, *, module: str, what: str, target: Path, render: Callable[[], str]
+) -> int:
+    """The command line of a generated page: ``python -m MODULE [--out FILE] [--check]``."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=f"write {what}")
+    parser.add_argument("--out", type=Path, default=target, help=f"default {target}")
     parser.add_argument(
         "--check", action="store_true", help="only check that the file is current (exit 1 if not)"
     )
     args = parser.parse_args(argv)
-    return write_or_check(args.out, render(), check=args.check, command="core.network_docs")
+    return write_or_check(args.out, render(), check=args.check, command=module)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return page_main(
+        argv,
+        module="core.network_docs",
+        what="the network file's reference",
+        target=TARGET,
+        render=render,
+    )
 
 
 if __name__ == "__main__":

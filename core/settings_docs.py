@@ -7,14 +7,12 @@ it is current). Every ``SYMBIONT_*`` variable, its type, default, limits and mea
 
 from __future__ import annotations
 
-import argparse
 import typing
-from pathlib import Path
 from typing import Any
 
 from pydantic.fields import FieldInfo
 
-from core.network_docs import REPO, constraints, write_or_check
+from core.network_docs import REPO, constraints, page_main
 from core.settings import Settings
 
 TARGET = REPO / "docs" / "configuration.md"
@@ -156,15 +154,13 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m core.settings_docs", description="write the configuration reference"
+    return page_main(
+        argv,
+        module="core.settings_docs",
+        what="the configuration reference",
+        target=TARGET,
+        render=render,
     )
-    parser.add_argument("--out", type=Path, default=TARGET, help=f"default {TARGET}")
-    parser.add_argument(
-        "--check", action="store_true", help="only check that the file is current (exit 1 if not)"
-    )
-    args = parser.parse_args(argv)
-    return write_or_check(args.out, render(), check=args.check, command="core.settings_docs")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import uvicorn
@@ -103,3 +104,16 @@ def build(database_url: str, days: float = 2.0) -> ApiSystem:
     system = ApiSystem(database_url, net, end - timedelta(days=days), end)
     system.prepare(days)
     return system
+
+
+def db_fetch(system: ApiSystem, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """``sql`` run on the system's database, outside the API (what a test checks it against)."""
+
+    async def go() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(asyncpg_dsn(system.database_url))
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())

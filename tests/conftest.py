@@ -13,12 +13,16 @@ service fails the tests that need it, with the reason; nothing is skipped.
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from api_system import ApiSystem
 from api_system import build as build_api_system
+from playwright.sync_api import Browser, sync_playwright
 from services import (
     SYSTEM_POSTGRES_URL_ENV,
     Mosquitto,
@@ -161,3 +165,29 @@ def api_system(postgres_admin_url: str, database_template: str) -> Iterator[ApiS
     finally:
         system.stop()
         drop_database(postgres_admin_url, name)
+
+
+CHROMIUM_ENV = "SYMBIONT_TEST_CHROMIUM"
+
+
+def chromium_path() -> str:
+    """The dashboard tests' browser: Debian's Chromium, or the one $SYMBIONT_TEST_CHROMIUM names."""
+    path = os.environ.get(CHROMIUM_ENV) or shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).exists():
+        pytest.fail(
+            f"Chromium not found at {path}: install Debian's chromium package"
+            f" (apt-get install chromium) or set {CHROMIUM_ENV}",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium per test module (each test opens contexts of its own)."""
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            b.close()

@@ -7,17 +7,13 @@ The system is tests/api_system.py's: two simulated days of the example network w
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-import asyncpg
 import httpx
 import pytest
-from api_system import FOREIGN, LEAKING, OWN, ApiSystem
-
-from core.db import asyncpg_dsn
+from api_system import FOREIGN, LEAKING, OWN, ApiSystem, db_fetch
 
 
 def call(
@@ -42,17 +38,6 @@ def call(
 def ok(response: httpx.Response, status: int = 200) -> Any:
     assert response.status_code == status, response.text
     return response.json()
-
-
-def db_fetch(system: ApiSystem, sql: str, *args: Any) -> list[asyncpg.Record]:
-    async def go() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(asyncpg_dsn(system.database_url))
-        try:
-            return list(await conn.fetch(sql, *args))
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
 
 
 def iso(value: datetime) -> str:

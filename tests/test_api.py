@@ -15,7 +15,7 @@ import asyncpg
 import httpx
 import pandas as pd
 import pytest
-from api_system import LEAKING, OWN, ApiSystem
+from api_system import LEAKING, OWN, ApiSystem, db_fetch
 
 from core.db import asyncpg_dsn
 
@@ -26,17 +26,6 @@ def get(system: ApiSystem, path: str, who: str = "admin", **params: Any) -> Any:
     )
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def db_fetch(system: ApiSystem, sql: str, *args: Any) -> list[asyncpg.Record]:
-    async def go() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(asyncpg_dsn(system.database_url))
-        try:
-            return list(await conn.fetch(sql, *args))
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
 
 
 def test_live_shows_the_leak_and_every_exchange(api_system: ApiSystem) -> None:

@@ -25,6 +25,7 @@ import asyncpg
 import httpx
 import pytest
 from api_system import FOREIGN, OWN, REPO, ApiSystem
+from api_system import db_fetch as db
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from services import PrivatePostgres
@@ -65,17 +66,6 @@ WHERE = re.compile(r"(readings|records)\[[0-9]+\]: ")
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def db(system: ApiSystem, sql: str, *args: Any) -> list[asyncpg.Record]:
-    async def go() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(asyncpg_dsn(system.database_url))
-        try:
-            return list(await conn.fetch(sql, *args))
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
 
 
 def last_rejection(system: ApiSystem) -> int:

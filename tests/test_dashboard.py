@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,11 @@ from typing import Any
 import httpx
 import pytest
 from api_system import LEAKING, OWN, ApiSystem, build
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from services import create_database, drop_database
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "artifacts"
-CHROMIUM_ENV = "SYMBIONT_TEST_CHROMIUM"
 IMBALANCE_RED = "rgb(214, 69, 65)"  # #d64541, app.js STATUS_COLOURS.imbalance
 STREAM_MAX_S = 4.0
 TIMEOUT_MS = 20_000
@@ -51,27 +49,6 @@ def system(postgres_admin_url: str, database_template: str) -> Iterator[ApiSyste
             built.stop()
     finally:
         drop_database(postgres_admin_url, name)
-
-
-def _chromium() -> str:
-    path = os.environ.get(CHROMIUM_ENV) or shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(path).exists():
-        pytest.fail(
-            f"Chromium not found at {path}: install Debian's chromium package"
-            f" (apt-get install chromium) or set {CHROMIUM_ENV}",
-            pytrace=False,
-        )
-    return path
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture

@@ -19,9 +19,8 @@ from typing import Any
 import httpx
 import pytest
 from api_system import FOREIGN, LEAKING, OWN, ApiSystem, build
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from services import create_database, drop_database
-from test_dashboard import _chromium
 
 SCREENSHOTS_ENV = "SYMBIONT_SCREENSHOTS"
 TIMEOUT_MS = 20_000
@@ -49,16 +48,6 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     where = Path(configured) if configured else tmp_path_factory.mktemp("screenshots")
     where.mkdir(parents=True, exist_ok=True)
     return where
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture

@@ -29,9 +29,9 @@ import asyncpg
 import httpx
 import pytest
 from api_system import FOREIGN, LEAKING, OWN, REPO, ApiSystem
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from services import create_database, drop_database
-from test_dashboard import TIMEOUT_MS, _chromium
+from test_dashboard import TIMEOUT_MS
 
 from api.live import Event, Subscriber, exchange_view
 from api.state import NetworkCache
@@ -111,16 +111,6 @@ def system(postgres_admin_url: str, database_template: str) -> Iterator[ApiSyste
             built.stop()
     finally:
         drop_database(postgres_admin_url, name)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture

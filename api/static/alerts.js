@@ -4,6 +4,8 @@
 // on the exchange history chart. app.js hands in its helpers (setup) and tells this module
 // when someone signs in or out and when an alert changes.
 
+import { fromLocalInput, toLocalInput } from "./timerange.js";
+
 const $ = (id) => document.getElementById(id);
 
 const RULES = [
@@ -74,18 +76,6 @@ function problemText(err) {
   return err.message;
 }
 
-const pad = (n) => String(n).padStart(2, "0");
-function toLocalInput(date) {
-  return (
-    `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}` +
-    `T${pad(date.getHours())}:${pad(date.getMinutes())}`
-  );
-}
-function fromLocalInput(value) {
-  if (!value) return null;
-  const d = new Date(value);
-  return Number.isNaN(d.getTime()) ? null : d;
-}
 
 function exchangeIds() {
   return new Set(work.network ? work.network.exchanges.map((e) => e.id) : []);

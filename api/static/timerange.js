@@ -6,14 +6,14 @@ const $ = (id) => document.getElementById(id);
 const pad = (n) => String(n).padStart(2, "0");
 
 // <input type="datetime-local"> speaks local time without an offset.
-function toLocalInput(date) {
+export function toLocalInput(date) {
   return (
     `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}` +
     `T${pad(date.getHours())}:${pad(date.getMinutes())}`
   );
 }
 
-function fromLocalInput(value) {
+export function fromLocalInput(value) {
   if (!value) return null;
   const d = new Date(value);
   return Number.isNaN(d.getTime()) ? null : d;
