@@ -25,12 +25,12 @@ $(BIN)/python:
 # The pinned, hashed set first; then symbiont itself, editable, without resolving anything.
 $(DEMO_STAMP): $(DEMO_LOCK) pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --require-hashes -r $(DEMO_LOCK)
-	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip install -qq --no-deps -e .
 	@touch $@
 
 $(DEV_STAMP): $(DEV_LOCK) pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --require-hashes -r $(DEV_LOCK)
-	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip install -qq --no-deps -e .
 	@touch $@
 
 venv: $(DEMO_STAMP)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from api_system import ApiSystem
 from api_system import build as build_api_system
+from ingest_helpers import stop_leftover_services
 from playwright.sync_api import Browser, sync_playwright
 from services import (
     SYSTEM_POSTGRES_URL_ENV,
@@ -56,6 +57,12 @@ def _start_mosquitto() -> Mosquitto:
         broker.close()
         pytest.fail(str(exc), pytrace=False)
     return broker
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_service_outlives_the_run() -> Iterator[None]:
+    yield
+    stop_leftover_services()
 
 
 @pytest.fixture(scope="session")

@@ -179,6 +179,16 @@ def symbiont_command() -> list[str]:
     return [sys.executable, "-m", "cli.main"]
 
 
+_STARTED: list[ServiceProcess] = []
+
+
+def stop_leftover_services() -> None:
+    """Kill every service a test started and left running (a test that failed before its own
+    cleanup): they run in sessions of their own and would outlive the test run."""
+    while _STARTED:
+        _STARTED.pop().kill()
+
+
 class ServiceProcess:
     """Any ``symbiont`` service as a subprocess (``rules --worker-id W``, ``api --port P``,
     ``ingest``), with its log in a file that every run appends to.
@@ -230,6 +240,8 @@ class ServiceProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        if self not in _STARTED:
+            _STARTED.append(self)
 
     def log_text(self, since: int = 0) -> str:
         try:
