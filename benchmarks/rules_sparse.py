@@ -222,7 +222,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 class MeterPlan:
     """What the history and the publisher send: per meter (in publishing order) its topic,
     whether it is a register (``total``) and its flow; registers rise at the flow from 0 at
-    ``t_ref``, plus ``base``."""
+    ``t_ref``, plus ``base``; rates waver by 0.3 % around the flow (a rate meter whose readings
+    in a window are all equal is stuck, and the ``meter_stuck`` rule would fire)."""
 
     ids: list[str]
     topics: list[bytes]
@@ -233,7 +234,7 @@ class MeterPlan:
     def value(self, i: int, t: float, t_ref: float) -> float:
         if self.total[i]:
             return self.base[i] + self.flow[i] * (t - t_ref) / 3600.0
-        return self.flow[i]
+        return self.flow[i] * (1.0 + 0.003 * math.sin(t))
 
 
 def sparse_network(exchanges: int) -> dict[str, Any]:
