@@ -57,7 +57,9 @@ def make_workdir(tag: str) -> Path:
 
 class Service:
     """A ``symbiont`` subcommand (``python -m cli.main ARGS``) as a subprocess, logging to a
-    file; it may be started again once stopped. ``ready`` is what it logs once it is up."""
+    file; it may be started again once stopped. ``ready`` is what it logs once it is up;
+    ``cwd`` is where it runs (the repository root, or the code of another revision exported by
+    ``export_code``, whose packages then come first)."""
 
     def __init__(
         self,
@@ -67,12 +69,14 @@ class Service:
         log_path: Path,
         *,
         ready: bytes | None = None,
+        cwd: Path = ROOT,
     ) -> None:
         self.name = name
         self.args = list(args)
         self.env = dict(env)
         self.log_path = log_path
         self.ready = ready
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self._log_offset = 0
@@ -83,7 +87,7 @@ class Service:
             self.started_at = time.time()
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cli.main", *self.args],
-                cwd=ROOT,
+                cwd=self.cwd,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -151,8 +155,21 @@ def ingest_service(env: Mapping[str, str], client_id: str, log_path: Path) -> Se
     )
 
 
-def rules_service(env: Mapping[str, str], worker: str, log_path: Path) -> Service:
-    return Service("rules", ["rules", "--worker-id", worker], env, log_path, ready=RULES_READY)
+def rules_service(
+    env: Mapping[str, str], worker: str, log_path: Path, *, code: Path | None = None
+) -> Service:
+    """``symbiont rules --worker-id WORKER``; with ``code`` (see ``export_code``) the packages
+    exported there come first, the rest (``cli``) from this checkout."""
+    if code is None:
+        return Service("rules", ["rules", "--worker-id", worker], env, log_path, ready=RULES_READY)
+    return Service(
+        "rules",
+        ["rules", "--worker-id", worker],
+        {**env, "PYTHONPATH": str(ROOT)},
+        log_path,
+        ready=RULES_READY,
+        cwd=code,
+    )
 
 
 def rules_once(env: Mapping[str, str], timeout: float) -> float:
@@ -251,12 +268,15 @@ def py_spy_record(cmd: Sequence[str], output: Path, *options: str) -> list[str]:
 # ------------------------------------------------------------------------------- baseline
 
 
-def export_code(rev: str, workdir: Path) -> Path:
-    """``core``, ``ingest`` and ``rules`` as of git revision ``rev``, in a directory."""
+def export_code(
+    rev: str, workdir: Path, packages: Sequence[str] = ("core", "ingest", "rules")
+) -> Path:
+    """``packages`` (by default ``core``, ``ingest`` and ``rules``) as of git revision
+    ``rev``, in a directory."""
     target = workdir / f"baseline-{slug(rev)}"
     target.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(
-        ["git", "archive", "--format=tar", rev, "core", "ingest", "rules"],
+        ["git", "archive", "--format=tar", rev, *packages],
         cwd=ROOT,
         capture_output=True,
         check=False,
