@@ -53,7 +53,19 @@ def _dt(epoch: float) -> datetime | None:
     return None if not math.isfinite(epoch) else datetime.fromtimestamp(epoch, UTC)
 
 
+_keys: tuple[Topology, incidents.Keys] | None = None
+
+
 def _incident_keys(topo: Topology) -> incidents.Keys:
-    return incidents.Keys(
-        {e.id: [*e.sent, *e.received] for e in topo.exchanges.values()}, topo.exchanges_of
-    )
+    """The incidents' keys of ``topo``, built once per topology (every pass asks for them;
+    building them walks every exchange of the network)."""
+    global _keys
+    if _keys is None or _keys[0] is not topo:
+        _keys = (
+            topo,
+            incidents.Keys(
+                {e.id: [*e.sent, *e.received] for e in topo.exchanges.values()},
+                topo.exchanges_of,
+            ),
+        )
+    return _keys[1]
