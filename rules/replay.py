@@ -261,6 +261,45 @@ class AlertReplay:
             drift_rows,
         )
 
+    async def _meter_histories(
+        self,
+        conn: asyncpg.Connection,
+        topo: Topology,
+        since: dict[str, datetime],
+        now: datetime,
+    ) -> tuple[dict[str, list[asyncpg.Record]], dict[str, list[asyncpg.Record]]]:
+        """For every meter of ``since``: its windows from ``since[meter]`` that ended by
+        ``now`` (in order), and the windows of the exchange it is the counterpart of from then
+        (its ``sent`` and ``received``)."""
+        ids = list(since)
+        windows_of: dict[str, list[asyncpg.Record]] = defaultdict(list)
+        for r in await conn.fetch(
+            """SELECT w.meter_id, w.window_start, w.window_end, w.quantity, w.coverage,
+                      w.readings, w.stuck, w.negatives, w.resets, w.reset_events, w.outliers,
+                      w.first_ts, w.last_ts
+               FROM unnest($1::text[], $2::timestamptz[]) AS m(meter_id, lo)
+               JOIN meter_windows w ON w.meter_id = m.meter_id AND w.window_start >= m.lo
+                                   AND w.window_end <= $3
+               ORDER BY w.meter_id, w.window_start""",
+            ids,
+            [since[m] for m in ids],
+            now,
+        ):
+            windows_of[r["meter_id"]].append(r)
+        paired = [m for m in ids if m in topo.counterpart]
+        flows_of: dict[str, list[asyncpg.Record]] = defaultdict(list)
+        if paired:
+            for r in await conn.fetch(
+                """SELECT c.meter_id, e.window_start, e.sent, e.received
+                   FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS c(meter_id, ex, lo)
+                   JOIN exchange_windows e ON e.exchange_id = c.ex AND e.window_start >= c.lo""",
+                paired,
+                [topo.counterpart[m][0] for m in paired],
+                [since[m] for m in paired],
+            ):
+                flows_of[r["meter_id"]].append(r)
+        return windows_of, flows_of
+
     async def _meter_alerts(
         self,
         conn: asyncpg.Connection,
@@ -277,22 +316,18 @@ class AlertReplay:
             return
         rules = [r for r in Rule if r not in (Rule.imbalance, Rule.drift, Rule.rejections)]
         states = await self._last_transition(conn, [f"{r}:{m}" for m in meters for r in rules])
+        # Every meter's recent windows, and its counterpart's flows, in one query each.
+        since: dict[str, datetime] = {}
         for meter_id in sorted(meters):
-            meter = topo.meters.get(meter_id)
-            if meter is None:
-                continue
+            if meter_id in topo.meters:
+                window = topo.meter_window[meter_id]
+                starts = dirty.get(meter_id) or set()
+                since[meter_id] = (min(starts) if starts else now - window * 48) - window * 48
+        windows_of, flows_of = await self._meter_histories(conn, topo, since, now)
+        for meter_id, lo in since.items():
+            meter = topo.meters[meter_id]
             window = topo.meter_window[meter_id]
-            starts = dirty.get(meter_id) or set()
-            lo = (min(starts) if starts else now - window * 48) - window * 48
-            rows = await conn.fetch(
-                """SELECT window_start, window_end, quantity, coverage, readings, stuck,
-                          negatives, resets, reset_events, outliers, first_ts, last_ts
-                   FROM meter_windows WHERE meter_id = $1 AND window_start >= $2
-                   AND window_end <= $3 ORDER BY window_start""",
-                meter_id,
-                lo,
-                now,
-            )
+            rows = windows_of.get(meter_id, [])
             mws = [
                 MeterWindow(
                     r["window_start"],
@@ -369,15 +404,7 @@ class AlertReplay:
             # stuck: no movement for a whole window while the counterpart shows flow
             if meter_id in topo.counterpart:
                 ex_id, other = topo.counterpart[meter_id]
-                flows = {
-                    r["window_start"]: r[other]
-                    for r in await conn.fetch(
-                        f"""SELECT window_start, {other} FROM exchange_windows
-                            WHERE exchange_id = $1 AND window_start >= $2""",
-                        ex_id,
-                        lo,
-                    )
-                }
+                flows = {r["window_start"]: r[other] for r in flows_of.get(meter_id, [])}
                 known = [v for v in flows.values() if v is not None and math.isfinite(v)]
                 usual = float(np.median(known)) if known else math.nan
                 stuck_cfg = topo.rule(Rule.meter_stuck, meter_id)
