@@ -324,6 +324,36 @@ class AlertReplay:
                 starts = dirty.get(meter_id) or set()
                 since[meter_id] = (min(starts) if starts else now - window * 48) - window * 48
         windows_of, flows_of = await self._meter_histories(conn, topo, since, now)
+        # A silence may have begun before the windows looked at: the last reading before them
+        # of every meter whose first window starts in a silence longer than its tolerance.
+        before: dict[str, datetime] = {}
+        for meter_id in since:
+            rows = windows_of.get(meter_id)
+            limit = stale_limit(
+                topo.meters[meter_id].interval, topo.rule(Rule.meter_stale, meter_id)
+            )
+            if rows and limit is not None:
+                head = rows[0]
+                if (
+                    head["first_ts"] is None
+                    or (head["first_ts"] - head["window_start"]).total_seconds() > limit
+                ):
+                    before[meter_id] = head["window_start"]
+        last_before: dict[str, datetime | None] = {}
+        if before:
+            last_before = {
+                r["meter_id"]: r["last_ts"]
+                for r in await conn.fetch(
+                    """SELECT m.meter_id,
+                              (SELECT w.last_ts FROM meter_windows w
+                               WHERE w.meter_id = m.meter_id AND w.window_start < m.head
+                                 AND w.last_ts IS NOT NULL
+                               ORDER BY w.window_start DESC LIMIT 1) AS last_ts
+                       FROM unnest($1::text[], $2::timestamptz[]) AS m(meter_id, head)""",
+                    list(before),
+                    list(before.values()),
+                )
+            }
         for meter_id, lo in since.items():
             meter = topo.meters[meter_id]
             window = topo.meter_window[meter_id]
@@ -369,24 +399,7 @@ class AlertReplay:
             # (``periodic``), by the wall clock and by what arrives.
             stale_cfg = topo.rule(Rule.meter_stale, meter_id)
             limit = stale_limit(meter.interval, stale_cfg)
-            last: datetime | None = None
-            head = rows[0] if rows else None
-            if (
-                head is not None
-                and limit is not None
-                and (
-                    head["first_ts"] is None
-                    or (head["first_ts"] - head["window_start"]).total_seconds() > limit
-                )
-            ):
-                # a silence may have begun before the windows looked at: its last reading
-                last = await conn.fetchval(
-                    """SELECT last_ts FROM meter_windows WHERE meter_id = $1
-                       AND window_start < $2 AND last_ts IS NOT NULL
-                       ORDER BY window_start DESC LIMIT 1""",
-                    meter_id,
-                    head["window_start"],
-                )
+            last: datetime | None = last_before.get(meter_id)
             timeline: list[tuple[datetime, Verdict]] = []
             for r in rows:
                 first_ts = r["first_ts"]

@@ -37,12 +37,20 @@ class Topology:
     components: dict[str, Component] = field(default_factory=dict)
     component_of: dict[str, str] = field(default_factory=dict)
     counterpart: dict[str, tuple[str, str]] = field(default_factory=dict)
+    _rules: dict[tuple[Rule, str], Any] = field(default_factory=dict, repr=False, compare=False)
 
     def rule(self, rule: Rule, subject: str) -> Any:
-        """The settings of ``rule`` for an exchange or meter, overrides applied."""
-        if subject in self.exchanges:
-            return rule_config(rule, self.exchanges[subject].rules.get(rule))
-        return rule_config(rule, self.net.meter_rules.get(subject, {}).get(rule))
+        """The settings of ``rule`` for an exchange or meter, overrides applied (worked out
+        once per subject: the network does not change under a topology)."""
+        key = (rule, subject)
+        config = self._rules.get(key)
+        if config is None:
+            if subject in self.exchanges:
+                config = rule_config(rule, self.exchanges[subject].rules.get(rule))
+            else:
+                config = rule_config(rule, self.net.meter_rules.get(subject, {}).get(rule))
+            self._rules[key] = config
+        return config
 
     def unit(self, exchange_id: str) -> str:
         from core.network import CANONICAL_UNIT
