@@ -243,7 +243,9 @@ async def copy_upsert(
         f"CREATE TEMP TABLE IF NOT EXISTS {temp} (LIKE {table} INCLUDING DEFAULTS) "
         "ON COMMIT DELETE ROWS"
     )
-    await conn.execute(f"TRUNCATE {temp}")
+    # Empty from an earlier upsert of this transaction (its rows go at commit anyway); a
+    # DELETE, as TRUNCATE would give the table a new file, in the catalog, at every pass.
+    await conn.execute(f"DELETE FROM {temp}")
     await conn.copy_records_to_table(temp, records=records, columns=list(columns))
     cols = ", ".join(columns)
     updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
