@@ -28,6 +28,7 @@ from core.kinds import Kind as Kind
 from core.kinds import ReadingType as ReadingType
 from core.rule_settings import rule_config
 from core.units import UnitError, conversion
+from core.yamlload import load_yaml, paused_gc
 
 ID_RE = r"^[a-z0-9][a-z0-9-]*$"
 
@@ -602,7 +603,8 @@ def parse_network(data: Any) -> Network:
     if not isinstance(data, dict):
         raise NetworkError(["(top): the network file must be a mapping"])
     try:
-        net = Network.model_validate(data)
+        with paused_gc():
+            net = Network.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -625,7 +627,8 @@ def load_network(path: str | Path) -> Network:
     except OSError as exc:
         raise NetworkError([f"{path}: cannot read ({exc.strerror})"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise NetworkError([f"{path}: not valid YAML: {exc}"]) from None
+    del text
     return parse_network(data)

@@ -56,8 +56,9 @@ def make_workdir(tag: str) -> Path:
 
 
 class Service:
-    """A ``symbiont`` subcommand (``python -m cli.main ARGS``) as a subprocess, logging to a
-    file; it may be started again once stopped. ``ready`` is what it logs once it is up."""
+    """A ``symbiont`` subcommand (``python -m cli.main ARGS``, run in ``cwd``: the code of
+    another revision there) as a subprocess, logging to a file; it may be started again once
+    stopped. ``ready`` is what it logs once it is up."""
 
     def __init__(
         self,
@@ -67,8 +68,10 @@ class Service:
         log_path: Path,
         *,
         ready: bytes | None = None,
+        cwd: Path = ROOT,
     ) -> None:
         self.name = name
+        self.cwd = cwd
         self.args = list(args)
         self.env = dict(env)
         self.log_path = log_path
@@ -83,7 +86,7 @@ class Service:
             self.started_at = time.time()
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cli.main", *self.args],
-                cwd=ROOT,
+                cwd=self.cwd,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
