@@ -97,6 +97,12 @@ def _build(loader: Any) -> Any:
     if implicit.get(None) or loader.yaml_path_resolvers:  # pragma: no cover
         raise _Unusual
     anchors: dict[str, Any] = {}
+    # One object for each distinct scalar: a big file repeats its keys and most of its
+    # values (kinds, units, numbers) over and over, and the document is held as long as it
+    # is validated.
+    texts: dict[str, str] = {}
+    share = texts.setdefault
+    scalars: dict[tuple[str, str], Any] = {}
     # Collections being built: [the dict or list, the key waiting for its value (or _NO_KEY)].
     stack: list[list[Any]] = []
     no_key = _NO_KEY
@@ -127,10 +133,14 @@ def _build(loader: Any) -> Any:
             elif tag is None or tag == "!":
                 tag = resolve(ScalarNode, value, event.implicit)
             if tag == _STR:
-                pass
+                value = share(value, value)
             elif tag in _SCALAR_TAGS:
-                node = ScalarNode(tag, value, event.start_mark, event.end_mark, event.style)
-                value = constructors[tag](loader, node)
+                key = (tag, value)
+                if key in scalars:
+                    value = scalars[key]
+                else:
+                    node = ScalarNode(tag, value, event.start_mark, event.end_mark, event.style)
+                    value = scalars[key] = constructors[tag](loader, node)
             else:
                 raise _Unusual
             if event.anchor is not None:
