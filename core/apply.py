@@ -97,18 +97,22 @@ _LINKS: dict[str, tuple[str, ...]] = {
 
 # Items added, removed and changed between the applied document and the new one (in the
 # temporary table ``symbiont_new_network``), per section, compared as JSON; a meter's rule
-# settings (``meter_rules``) count as part of it.
+# settings (``meter_rules``) count as part of it. Each document is read once (``docs``):
+# naming the column per item would read all of it (tens of MB) again for every item.
 _DIFF = """
-WITH old AS (
-    SELECT e->>'id' AS id, e || CASE WHEN $1 = 'meters'
-        THEN jsonb_build_object('meter_rules', n.document->'meter_rules'->(e->>'id'))
-        ELSE '{}' END AS item
-    FROM network n, jsonb_array_elements(n.document->$1) e
+WITH docs AS MATERIALIZED (
+    SELECT 'old' AS side, document->$1 AS items, document->'meter_rules' AS rules FROM network
+    UNION ALL
+    SELECT 'new', document->$1, document->'meter_rules' FROM symbiont_new_network
+), items AS (
+    SELECT d.side, e->>'id' AS id,
+           CASE WHEN $1 = 'meters' THEN e || jsonb_build_object('meter_rules', d.rules->(e->>'id'))
+                ELSE e END AS item
+    FROM docs d, jsonb_array_elements(d.items) e
+), old AS (
+    SELECT id, item FROM items WHERE side = 'old'
 ), new AS (
-    SELECT e->>'id' AS id, e || CASE WHEN $1 = 'meters'
-        THEN jsonb_build_object('meter_rules', n.document->'meter_rules'->(e->>'id'))
-        ELSE '{}' END AS item
-    FROM symbiont_new_network n, jsonb_array_elements(n.document->$1) e
+    SELECT id, item FROM items WHERE side = 'new'
 )
 SELECT count(*) FILTER (WHERE old.id IS NULL) AS added,
        count(*) FILTER (WHERE new.id IS NULL) AS removed,
