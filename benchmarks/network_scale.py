@@ -484,7 +484,7 @@ def markdown(report: Report, opts: Options, info: dict[str, str]) -> str:
 def main(opts: Options) -> Report:
     info = reports.machine()
     report = run(opts)
-    reports.publish(markdown(report, opts, info), opts.write, SECTION)
+    reports.publish(markdown(report, opts, info), opts.write, SECTION, stop="#")
     return report
 
 
