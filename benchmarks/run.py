@@ -10,9 +10,9 @@ record them in BENCHMARKS.md (each benchmark replaces its own section).
 Benchmarks: ``ingest`` (benchmarks/ingest_throughput.py), ``sparkplug``
 (benchmarks/sparkplug_throughput.py), ``rules``
 (benchmarks/rules_engine.py), ``rules-sparse`` (benchmarks/rules_sparse.py), ``statements``
-(benchmarks/statements.py) and ``api`` (benchmarks/api_latency.py). They need PostgreSQL
-(``$SYMBIONT_TEST_DATABASE_URL`` or postgres@127.0.0.1:5432, allowed to create databases) and
-the ``mosquitto`` binary.
+(benchmarks/statements.py), ``api`` (benchmarks/api_latency.py) and ``network``
+(benchmarks/network_scale.py). They need PostgreSQL (``$SYMBIONT_TEST_DATABASE_URL`` or
+postgres@127.0.0.1:5432, allowed to create databases) and the ``mosquitto`` binary.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ BENCHMARKS = {
     "rules-sparse": "benchmarks.rules_sparse",
     "statements": "benchmarks.statements",
     "api": "benchmarks.api_latency",
+    "network": "benchmarks.network_scale",
 }
 
 

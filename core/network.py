@@ -28,6 +28,7 @@ from core.kinds import Kind as Kind
 from core.kinds import ReadingType as ReadingType
 from core.rule_settings import rule_config
 from core.units import UnitError, conversion
+from core.yamlload import load_yaml, paused_gc
 
 ID_RE = r"^[a-z0-9][a-z0-9-]*$"
 
@@ -423,7 +424,7 @@ class Network(Model):
         Ingest marks (meter, window start) dirty at this granularity; a meter in nothing is
         watched hourly.
         """
-        finest: dict[str, timedelta] = {m.id: timedelta(hours=1) for m in self.meters}
+        finest = dict.fromkeys([m.id for m in self.meters], timedelta(hours=1))
         seen: set[str] = set()
         subjects = [(ex.window, (*ex.sent, *ex.received)) for ex in self.exchanges]
         subjects += [(bal.window, (*bal.in_, *bal.out)) for bal in self.balances]
@@ -503,46 +504,61 @@ def _cross_check(net: Network) -> list[str]:
                 f"meter '{first}' and meter '{m.id}'"
             )
 
-    used_in_exchange: dict[str, str] = {}
+    # Each loop takes a fast path for an item with nothing wrong, and works out what is wrong
+    # (in the same words and order) only for the others: a network may have 100,000s of them.
     for i, ex in enumerate(net.exchanges):
         for field, pid in (("provider", ex.provider), ("receiver", ex.receiver)):
             if pid not in partners:
                 problems.append(f"exchanges[{i}].{field}: unknown partner '{pid}'")
         if ex.provider == ex.receiver:
             problems.append(f"exchanges[{i}].receiver: same as the provider '{ex.provider}'")
-        for side, owner in (("sent", ex.provider), ("received", ex.receiver)):
-            for j, mid in enumerate(getattr(ex, side)):
+        for side, owner, ids in (
+            ("sent", ex.provider, ex.sent),
+            ("received", ex.receiver, ex.received),
+        ):
+            for j, mid in enumerate(ids):
+                known = meters.get(mid)
+                if (
+                    known is not None
+                    and known.kind == ex.kind
+                    and known.partner == owner
+                    and (j == 0 or mid not in ids[:j])
+                ):
+                    continue
                 path = f"exchanges[{i}].{side}[{j}]"
-                meter = side_meter(path, getattr(ex, side), j, ex.kind, "exchange")
+                meter = side_meter(path, ids, j, ex.kind, "exchange")
                 if meter is None:
                     continue
                 if meter.partner != owner:
                     problems.append(
                         f"{path}: meter '{mid}' belongs to '{meter.partner}', not to '{owner}'"
                     )
-                used_in_exchange.setdefault(mid, ex.id)
-        if set(ex.sent) & set(ex.received):
+        if not set(ex.sent).isdisjoint(ex.received):
             problems.append(f"exchanges[{i}]: a meter is both sent and received")
-        froms = [t.from_ for t in ex.terms]
-        if froms != sorted(froms) or len(set(froms)) != len(froms):
-            problems.append(f"exchanges[{i}].terms: dates must be strictly increasing")
-        problems.extend(_check_rules(f"exchanges[{i}].rules", ex.rules, EXCHANGE_RULES))
+        if len(ex.terms) > 1:
+            froms = [t.from_ for t in ex.terms]
+            if froms != sorted(froms) or len(set(froms)) != len(froms):
+                problems.append(f"exchanges[{i}].terms: dates must be strictly increasing")
+        if ex.rules:
+            problems.extend(_check_rules(f"exchanges[{i}].rules", ex.rules, EXCHANGE_RULES))
 
     for i, bal in enumerate(net.balances):
         for side in ("in_", "out"):
             for j in range(len(getattr(bal, side))):
                 path = f"balances[{i}].{_loc([side])}[{j}]"
                 side_meter(path, getattr(bal, side), j, bal.kind, "balance")
-        if set(bal.in_) & set(bal.out):
+        if not set(bal.in_).isdisjoint(bal.out):
             problems.append(f"balances[{i}]: a meter is both in and out")
 
     finest = net.meter_windows() if not problems else {}
     for i, ex in enumerate(net.exchanges):
+        window = ex.window
         for mid in (*ex.sent, *ex.received):
-            if mid in finest and ex.window % finest[mid]:
+            fine = finest.get(mid)
+            if fine is not None and fine != window and window % fine:
                 problems.append(
-                    f"exchanges[{i}].window: {format_duration(ex.window)} is not a multiple of "
-                    f"{format_duration(finest[mid])}, the finest window of meter '{mid}'"
+                    f"exchanges[{i}].window: {format_duration(window)} is not a multiple of "
+                    f"{format_duration(fine)}, the finest window of meter '{mid}'"
                 )
     for mid, rules in net.meter_rules.items():
         if mid not in meters:
@@ -602,7 +618,8 @@ def parse_network(data: Any) -> Network:
     if not isinstance(data, dict):
         raise NetworkError(["(top): the network file must be a mapping"])
     try:
-        net = Network.model_validate(data)
+        with paused_gc():
+            net = Network.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -625,7 +642,8 @@ def load_network(path: str | Path) -> Network:
     except OSError as exc:
         raise NetworkError([f"{path}: cannot read ({exc.strerror})"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise NetworkError([f"{path}: not valid YAML: {exc}"]) from None
+    del text
     return parse_network(data)

@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from core.network import Exchange, Meter, Network
+from core.network import Balance, Exchange, Meter, Network
 from core.rule_settings import rule_config
 from rules.alerts import Rule
 from rules.reconcile import Constraint, balance_constraint, exchange_constraint
@@ -97,12 +97,19 @@ def build_topology(net: Network, version: str = "") -> Topology:
     groups: dict[str, list[str]] = defaultdict(list)
     for mid in parent:
         groups[find(mid)].append(mid)
-    for members in groups.values():
-        member_set = set(members)
-        balances = [b for b in net.balances if set(b.in_) & member_set]
+    # Each balance and exchange in the group of its meters (all of them are in one), in the
+    # file's order: one pass over each, not one per group.
+    balances_of: dict[str, list[Balance]] = defaultdict(list)
+    for bal in net.balances:
+        balances_of[find(bal.in_[0])].append(bal)
+    exchanges_in: dict[str, list[Exchange]] = defaultdict(list)
+    for ex in net.exchanges:
+        exchanges_in[find(ex.sent[0])].append(ex)
+    for root, members in groups.items():
+        balances = balances_of.get(root)
         if not balances:
             continue
-        exchanges = [e for e in net.exchanges if set(e.sent) & member_set]
+        exchanges = exchanges_in.get(root, [])
         constraints = [balance_constraint(b.id, b.in_, b.out, b.loss) for b in balances] + [
             exchange_constraint(e.id, e.sent, e.received, e.loss) for e in exchanges
         ]

@@ -34,6 +34,8 @@ async def network(caller: Annotated[Caller, Depends(allow(*READERS))]) -> dict[s
     """Partners, meters, exchanges and balances; a partner sees its own part."""
     net, scope = caller.network, caller.scope
     windows = net.meter_windows()
+    # An exchange's medium: that of the first of its sent meters in the file that has one.
+    medium_of = {m.id: (i, m.medium) for i, m in enumerate(net.meters) if m.medium}
     partners_seen = set(scope.partners)
     exchanges = [e for e in net.exchanges if e.id in scope.exchanges]
     for e in exchanges:  # a partner sees who its counterparties are
@@ -66,7 +68,9 @@ async def network(caller: Annotated[Caller, Depends(allow(*READERS))]) -> dict[s
                 "provider": e.provider,
                 "receiver": e.receiver,
                 "kind": e.kind,
-                "medium": next((m.medium for m in net.meters if m.id in e.sent and m.medium), None),
+                "medium": min(
+                    (medium_of[mid] for mid in e.sent if mid in medium_of), default=(0, None)
+                )[1],
                 "unit": CANONICAL_UNIT[Kind(e.kind)],
                 "loss": e.loss,
                 "window_s": int(e.window.total_seconds()),
