@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import warnings
@@ -104,8 +105,25 @@ def _running(pid: int) -> bool:
     return True
 
 
+_stopping = threading.Event()
+
+
 def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops the demo as Ctrl-C does, children and server too
+    """Ctrl-C and SIGTERM stop the demo, children and server too. Inside ``asyncio.run`` (a
+    short status query) the request is only noted: asyncio would turn it into a cancellation,
+    which a database driver's cleanup can swallow, and the demo would run on. The main loop
+    looks at the note after each query and at every pause."""
+    _stopping.set()
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no event loop here: stop at once
+        raise KeyboardInterrupt from None
+
+
+def _pause(seconds: float) -> None:
+    """Sleep, unless a stop was asked for (then, or meanwhile: KeyboardInterrupt)."""
+    if _stopping.wait(seconds):
+        raise KeyboardInterrupt
 
 
 class Services:
@@ -137,7 +155,7 @@ class Services:
             for pname, proc, _ in self.procs:
                 if pname == name and proc.poll() is not None:
                     raise RuntimeError(f"{name} exited early; see {path}")
-            time.sleep(0.2)
+            _pause(0.2)
         raise RuntimeError(f"{name} did not report '{text}' within {timeout:.0f} s; see {path}")
 
     def check(self) -> None:
@@ -568,7 +586,9 @@ def first_screen(
 def run(args: argparse.Namespace, settings: Settings) -> int:
     network_file: Path = args.network or EXAMPLE
     net = load_network(network_file)
+    _stopping.clear()
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
     began = time.monotonic()
     STATE.mkdir(exist_ok=True)
     logs = STATE / "logs"
@@ -645,7 +665,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             said = ""
             next_look = 0.0
             while deadline is None or time.monotonic() < deadline:
-                time.sleep(5)
+                _pause(5)
                 services.check()
                 if not month_done and time.monotonic() >= next_look:
                     next_look = time.monotonic() + 15
@@ -671,6 +691,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                         console.print(report)
                         said = report
                 status = asyncio.run(_status(dsn))
+                _pause(0)
                 if status != last:
                     latest = status.get("latest")
                     newest = (

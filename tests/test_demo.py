@@ -6,6 +6,7 @@ it offers the same tokens while they are valid."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
+import pytest
 from ingest_helpers import symbiont_command
 from services import free_port
 
@@ -272,12 +274,16 @@ def test_demo_runs_and_stops_cleanly(database_url: str, tmp_path: Path) -> None:
         assert proc.wait(60) == 0
     finally:
         if proc.poll() is None:  # a failed check: stop it as Ctrl-C does, children and all
+            kids = _children(proc.pid)
             proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            for pid in kids:  # its services run in sessions of their own
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def test_a_killed_demo_does_not_keep_the_embedded_server_running(tmp_path: Path) -> None:
@@ -292,3 +298,30 @@ def test_a_killed_demo_does_not_keep_the_embedded_server_running(tmp_path: Path)
     handles.write_text("not json")
     assert prune_server_handles(tmp_path) == []
     assert handles.read_text() == "not json"  # what it cannot read it leaves alone
+
+
+def test_ctrl_c_during_a_status_query_stops_the_demo_after_it() -> None:
+    """Ctrl-C while the demo's loop runs one of its database queries (``asyncio.run``) is
+    noted and stops the demo at the next pause; left to asyncio it became a cancellation that
+    the database driver's cleanup could swallow, and the demo ran on (seen under load)."""
+    from cli import demo
+
+    async def query() -> str:
+        os.kill(os.getpid(), signal.SIGINT)
+        await asyncio.sleep(0.1)  # the signal arrives while the query runs
+        return "answered"
+
+    previous = signal.signal(signal.SIGINT, demo._terminate)
+    try:
+        assert asyncio.run(query()) == "answered"  # the query is not cut short
+        with pytest.raises(KeyboardInterrupt):
+            demo._pause(5)  # … but the demo stops at once
+        demo._stopping.clear()
+        began = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):  # outside a query Ctrl-C stops it at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        assert time.monotonic() - began < 4
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        demo._stopping.clear()
