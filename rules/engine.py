@@ -48,7 +48,7 @@ from rules import incidents, lifecycle
 from rules.alerts import (
     Rule,
 )
-from rules.passes import Stats, _dt, _incident_keys, window_bounds
+from rules.passes import Stats, _dt, window_bounds
 from rules.quantities import (
     MAX_ABS_VALUE,
     WindowQuantities,
@@ -516,7 +516,7 @@ class Engine(AlertReplay):
                 if cid in topo.components:
                     touched.update(topo.components[cid].meters)
             await self._rules_errors(conn, topo, set(work["exchange"]), touched, now, stats)
-            await incidents.regroup(conn, _incident_keys(topo), stats.touched)
+            await incidents.regroup(conn, topo.incident_keys, stats.touched)
             done = [r for r in rows if (r["kind"], r["subject"], r["window_start"]) not in keep]
             await conn.execute(
                 """DELETE FROM dirty_subjects d

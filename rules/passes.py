@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from core.windows import window_bounds as _window_bounds
-from rules import incidents
-from rules.topology import Topology
 
 # window_bounds is pure and the engine asks for the same few thousand windows over and over
 # (every meter window of a replay, every subject it marks): memoised, it costs a dict lookup.
@@ -51,21 +49,3 @@ class Stats:
 
 def _dt(epoch: float) -> datetime | None:
     return None if not math.isfinite(epoch) else datetime.fromtimestamp(epoch, UTC)
-
-
-_keys: tuple[Topology, incidents.Keys] | None = None
-
-
-def _incident_keys(topo: Topology) -> incidents.Keys:
-    """The incidents' keys of ``topo``, built once per topology (every pass asks for them;
-    building them walks every exchange of the network)."""
-    global _keys
-    if _keys is None or _keys[0] is not topo:
-        _keys = (
-            topo,
-            incidents.Keys(
-                {e.id: [*e.sent, *e.received] for e in topo.exchanges.values()},
-                topo.exchanges_of,
-            ),
-        )
-    return _keys[1]

@@ -38,7 +38,7 @@ from rules.alerts import (
     imbalance_series,
     stale_limit,
 )
-from rules.passes import Stats, _dt, _incident_keys, window_bounds
+from rules.passes import Stats, _dt, window_bounds
 from rules.quantities import (
     outlier_times,
     repeat_run,
@@ -806,7 +806,7 @@ class AlertReplay:
                 )
                 if done:
                     stats.alerts[done] += 1
-            await incidents.regroup(conn, _incident_keys(topo), stats.touched)
+            await incidents.regroup(conn, topo.incident_keys, stats.touched)
         return stats
 
 

@@ -3,6 +3,7 @@ reconciliation components per meter, rule settings per subject."""
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -11,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 from core.network import Balance, Exchange, Meter, Network
 from core.rule_settings import rule_config
+from rules import incidents
 from rules.alerts import Rule
 from rules.reconcile import Constraint, balance_constraint, exchange_constraint
 
@@ -51,6 +53,14 @@ class Topology:
                 config = rule_config(rule, self.net.meter_rules.get(subject, {}).get(rule))
             self._rules[key] = config
         return config
+
+    @functools.cached_property
+    def incident_keys(self) -> incidents.Keys:
+        """What alerts are about, for grouping them into incidents (every pass asks; built
+        once, as it walks every exchange)."""
+        return incidents.Keys(
+            {e.id: [*e.sent, *e.received] for e in self.exchanges.values()}, self.exchanges_of
+        )
 
     def unit(self, exchange_id: str) -> str:
         from core.network import CANONICAL_UNIT
