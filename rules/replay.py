@@ -267,10 +267,15 @@ class AlertReplay:
         topo: Topology,
         since: dict[str, datetime],
         now: datetime,
-    ) -> tuple[dict[str, list[asyncpg.Record]], dict[str, list[asyncpg.Record]]]:
-        """For every meter of ``since``: its windows from ``since[meter]`` that ended by
-        ``now`` (in order), and the windows of the exchange it is the counterpart of from then
-        (its ``sent`` and ``received``)."""
+    ) -> tuple[
+        dict[str, list[asyncpg.Record]],
+        dict[str, list[asyncpg.Record]],
+        dict[str, datetime | None],
+    ]:
+        """For every meter of ``since``, in one query each: its windows from ``since[meter]``
+        that ended by ``now`` (in order); the windows of the exchange it is the counterpart of
+        from then (its ``sent`` and ``received``); and, where its first window starts in a
+        silence longer than its stale tolerance, its last reading before that window."""
         ids = list(since)
         windows_of: dict[str, list[asyncpg.Record]] = defaultdict(list)
         for r in await conn.fetch(
@@ -298,32 +303,6 @@ class AlertReplay:
                 [since[m] for m in paired],
             ):
                 flows_of[r["meter_id"]].append(r)
-        return windows_of, flows_of
-
-    async def _meter_alerts(
-        self,
-        conn: asyncpg.Connection,
-        topo: Topology,
-        dirty: dict[str, set[datetime]],
-        suspects: dict[str, dict[datetime, tuple[str, ...]]],
-        now: datetime,
-        stats: Stats,
-    ) -> None:
-        meters = set(dirty)
-        for cid in suspects:
-            meters.update(topo.components[cid].meters)
-        if not meters:
-            return
-        rules = [r for r in Rule if r not in (Rule.imbalance, Rule.drift, Rule.rejections)]
-        states = await self._last_transition(conn, [f"{r}:{m}" for m in meters for r in rules])
-        # Every meter's recent windows, and its counterpart's flows, in one query each.
-        since: dict[str, datetime] = {}
-        for meter_id in sorted(meters):
-            if meter_id in topo.meters:
-                window = topo.meter_window[meter_id]
-                starts = dirty.get(meter_id) or set()
-                since[meter_id] = (min(starts) if starts else now - window * 48) - window * 48
-        windows_of, flows_of = await self._meter_histories(conn, topo, since, now)
         # A silence may have begun before the windows looked at: the last reading before them
         # of every meter whose first window starts in a silence longer than its tolerance.
         before: dict[str, datetime] = {}
@@ -354,6 +333,32 @@ class AlertReplay:
                     list(before.values()),
                 )
             }
+        return windows_of, flows_of, last_before
+
+    async def _meter_alerts(
+        self,
+        conn: asyncpg.Connection,
+        topo: Topology,
+        dirty: dict[str, set[datetime]],
+        suspects: dict[str, dict[datetime, tuple[str, ...]]],
+        now: datetime,
+        stats: Stats,
+    ) -> None:
+        meters = set(dirty)
+        for cid in suspects:
+            meters.update(topo.components[cid].meters)
+        if not meters:
+            return
+        rules = [r for r in Rule if r not in (Rule.imbalance, Rule.drift, Rule.rejections)]
+        states = await self._last_transition(conn, [f"{r}:{m}" for m in meters for r in rules])
+        # Every meter's recent windows, and its counterpart's flows, in one query each.
+        since: dict[str, datetime] = {}
+        for meter_id in sorted(meters):
+            if meter_id in topo.meters:
+                window = topo.meter_window[meter_id]
+                starts = dirty.get(meter_id) or set()
+                since[meter_id] = (min(starts) if starts else now - window * 48) - window * 48
+        windows_of, flows_of, last_before = await self._meter_histories(conn, topo, since, now)
         for meter_id, lo in since.items():
             meter = topo.meters[meter_id]
             window = topo.meter_window[meter_id]
