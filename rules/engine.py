@@ -67,6 +67,7 @@ from rules.replay import AlertReplay
 from rules.store import (
     FloatArray,
     claim_meter_windows,
+    claim_subjects,
     copy_upsert,
     fetch_many,
     fetch_series,
@@ -445,11 +446,7 @@ class Engine(AlertReplay):
     async def stage2(self, conn: asyncpg.Connection, topo: Topology, now: datetime) -> Stats:
         stats = Stats()
         async with conn.transaction():
-            rows = await conn.fetch(
-                """SELECT kind, subject, window_start FROM dirty_subjects
-                   ORDER BY window_start LIMIT $1 FOR UPDATE SKIP LOCKED""",
-                self.subject_limit,
-            )
+            rows = await claim_subjects(conn, self.subject_limit)
             if not rows:
                 return stats
             stats.subjects = len(rows)

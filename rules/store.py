@@ -68,6 +68,21 @@ async def claim_meter_windows(
     return [(r["meter_id"], r["window_start"], r["version"]) for r in rows]
 
 
+async def claim_subjects(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    """Lock up to ``limit`` dirty subjects (kind, subject, window_start) for the caller's
+    transaction, skipping those another worker holds: the earliest windows first, so that a
+    subject's alerts are replayed over its windows in order, and of one window the longest
+    waiting first. Under a backlog every subject is marked for the current window; without
+    the second key the order among them is arbitrary and a change could wait for as long as
+    the backlog lasts."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """SELECT kind, subject, window_start FROM dirty_subjects
+           ORDER BY window_start, marked_at LIMIT $1 FOR UPDATE SKIP LOCKED""",
+        limit,
+    )
+    return rows
+
+
 async def finish_meter_windows(
     conn: asyncpg.Connection, worker: str, claimed: Sequence[tuple[str, datetime, int]]
 ) -> None:

@@ -17,7 +17,7 @@ import asyncpg
 
 from core.db import asyncpg_dsn
 from ingest.writer import MARK_DIRTY
-from rules.store import claim_meter_windows, finish_meter_windows
+from rules.store import claim_meter_windows, claim_subjects, finish_meter_windows
 
 T0 = datetime(2026, 5, 4, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -107,5 +107,35 @@ def test_finishing_claims_does_not_deadlock_with_ingest_marking_windows(
         finally:
             await ingest.close()
             await rules.close()
+
+    asyncio.run(go())
+
+
+def test_subjects_of_one_window_are_claimed_longest_waiting_first(database_url: str) -> None:
+    """Under a backlog every subject is marked for the current window: of those, the ones
+    marked first are claimed first (before, the order among them was arbitrary and a change
+    could wait as long as the backlog lasted); an earlier window still goes before all."""
+
+    async def go() -> None:
+        conn = await _connect(database_url)
+        try:
+            now = datetime.now(UTC)
+            # Inserted newest first, so that the table's order is the opposite of the marks'.
+            rows = [
+                ("exchange", f"x{i:03d}", T0 + HOUR, now - timedelta(seconds=i)) for i in range(200)
+            ]
+            rows.append(("meter", "late", T0, now))
+            await conn.executemany(
+                "INSERT INTO dirty_subjects (kind, subject, window_start, marked_at)"
+                " VALUES ($1, $2, $3, $4)",
+                rows,
+            )
+            async with conn.transaction():
+                claimed = await claim_subjects(conn, 11)
+            got = [(r["kind"], r["subject"]) for r in claimed]
+            assert got[0] == ("meter", "late")
+            assert got[1:] == [("exchange", f"x{i:03d}") for i in range(199, 189, -1)]
+        finally:
+            await conn.close()
 
     asyncio.run(go())
