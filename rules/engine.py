@@ -56,6 +56,7 @@ from rules.quantities import (
     invalid_readings,
     window_quantities,
 )
+from rules.quantities_many import QuantityItem, window_quantities_many
 from rules.reconcile import (
     Elimination,
     MeterQuantity,
@@ -268,28 +269,48 @@ class Engine(AlertReplay):
             )
         series = await fetch_many(conn, requests)
         computed: list[
-            tuple[
-                _MeterPlan,
-                list[tuple[Any, ...]],
-                WindowQuantities | None,
-                set[tuple[datetime, datetime]],
-            ]
+            tuple[_MeterPlan, list[tuple[Any, ...]], set[tuple[datetime, datetime]]]
         ] = []
+        # Readings never further apart than the shortest window of their cluster cannot hold
+        # a silence that reaches past a claimed window's neighbours: the usual case, found for
+        # the whole pass in a few array operations.
+        spans_of: dict[tuple[tuple[datetime, datetime], ...], tuple[FloatArray, float]] = {}
+
+        def spans(cluster: list[tuple[datetime, datetime]]) -> tuple[FloatArray, float]:
+            """The cluster's edges as epoch seconds, and its shortest window in seconds."""
+            key = tuple(cluster)
+            found = spans_of.get(key)
+            if found is None:
+                edges = np.array([(a.timestamp(), b.timestamp()) for a, b in cluster])
+                edges.flags.writeable = False
+                found = spans_of[key] = (edges, float(np.min(edges[:, 1] - edges[:, 0])))
+            return found
+
+        quiet = _quiet(
+            [ts for ts, _ in series],
+            [spans(c)[1] for plan in plans for c in plan.clusters],
+        )
+        jobs: list[_Job] = []
         for plan in plans:
             meter_id, meter, window = plan.meter_id, plan.meter, plan.window
             # A register or rate is interpolated across a silence: every window between its
             # two readings is computed with the windows that lean on them.
             fetched: dict[tuple[datetime, datetime, int], _Fetched] = {}
+            loud: list[list[tuple[datetime, datetime]]] = []
             for i, cluster in enumerate(plan.clusters):
                 ts, value = series[plan.first + i]
-                spans = np.array([(a.timestamp(), b.timestamp()) for a, b in cluster])
-                fetched[(cluster[0][0], cluster[-1][1], len(cluster))] = (spans, ts, value)
+                fetched[(cluster[0][0], cluster[-1][1], len(cluster))] = (
+                    spans(cluster)[0],
+                    ts,
+                    value,
+                )
+                if not quiet[plan.first + i]:
+                    loud.append(cluster)
             walked: set[tuple[datetime, datetime]] = set()
             bounds = plan.bounds
-            if meter.reading != ReadingType.delta:
+            if meter.reading != ReadingType.delta and loud:
                 walked = (
-                    _across_silences(plan.starts, window, topo.tz, plan.clusters, fetched, max_gap)
-                    - bounds
+                    _across_silences(plan.starts, window, topo.tz, loud, fetched, max_gap) - bounds
                 )
                 bounds = bounds | walked
             for cluster in _clusters(sorted(bounds)) if walked else plan.clusters:
@@ -303,10 +324,38 @@ class Engine(AlertReplay):
                     ts, value = ready[1], ready[2]
                     if meter.reading != ReadingType.delta:
                         edges = ready[0]
-                rows_, q = self._meter_rows(
-                    meter_id, cluster, edges, ts, value, topo, now, computed_at, stats, max_gap
+                jobs.append(_Job(plan, cluster, edges, ts, value, walked))
+        # The quantities of every cluster of the pass in one batch.
+        quantities = window_quantities_many(
+            [
+                QuantityItem(
+                    job.plan.meter.reading,
+                    job.ts,
+                    job.value,
+                    job.edges,
+                    interval=job.plan.meter.interval,
+                    now=now,
+                    max_gap=max_gap,
                 )
-                computed.append((plan, rows_, q, walked))
+                for job in jobs
+            ],
+            return_exceptions=True,
+        )
+        for job, q in zip(jobs, quantities, strict=True):
+            rows_, _ = self._meter_rows(
+                job.plan.meter_id,
+                job.cluster,
+                job.edges,
+                job.ts,
+                job.value,
+                topo,
+                now,
+                computed_at,
+                stats,
+                max_gap,
+                computed=q,
+            )
+            computed.append((job.plan, rows_, job.walked))
         # Windows computed only because they neighbour a claimed one (or lie in a silence it
         # is interpolated across) and that came out as they are stored are not written again,
         # nor is anything derived from them recomputed.
@@ -314,13 +363,13 @@ class Engine(AlertReplay):
             conn,
             [
                 (row, cluster_plan.claimed_bounds, walked, now)
-                for cluster_plan, rows_, _, walked in computed
+                for cluster_plan, rows_, walked in computed
                 for row in rows_
             ],
         )
         rows: list[tuple[Any, ...]] = []
         subjects: list[tuple[str, str, datetime]] = []
-        for _, rows_, _, _ in computed:
+        for _, rows_, _ in computed:
             for row in rows_:
                 meter_id, ws = row[0], row[1]
                 if (meter_id, ws) in same:
@@ -355,10 +404,13 @@ class Engine(AlertReplay):
         computed_at: datetime,
         stats: Stats,
         max_gap: float | None = None,
+        computed: WindowQuantities | BaseException | None = None,
     ) -> tuple[list[tuple[Any, ...]], WindowQuantities | None]:
         """One ``meter_windows`` row per window of ``cluster`` (whose edges ``edges`` gives,
         as the windows or as epoch seconds), and the quantities they came from; a window that
-        cannot be computed gets a row with its ``error`` (and no quantity) instead."""
+        cannot be computed gets a row with its ``error`` (and no quantity) instead.
+        ``computed`` is the quantities (or the exception raised computing them) when they
+        were computed in a batch beforehand."""
         meter = topo.meters[meter_id]
 
         def failed(i: int, cause: str, q: WindowQuantities | None = None) -> tuple[Any, ...]:
@@ -383,7 +435,9 @@ class Engine(AlertReplay):
             )
 
         try:
-            q = window_quantities(
+            if isinstance(computed, BaseException):
+                raise computed
+            q = computed or window_quantities(
                 meter.reading, ts, value, edges, interval=meter.interval, now=now, max_gap=max_gap
             )
             resets_by_window: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -411,27 +465,32 @@ class Engine(AlertReplay):
                 )[0]
             ], None
         rows: list[tuple[Any, ...]] = []
+        quantity, coverage = q.quantity.tolist(), q.coverage.tolist()
+        readings, stuck = q.readings.tolist(), q.stuck.tolist()
+        negatives, resets, outliers = q.negatives.tolist(), q.resets.tolist(), q.outliers.tolist()
+        first_ts, last_ts, invalid = q.first_ts.tolist(), q.last_ts.tolist(), q.invalid.tolist()
         for i, (ws, we) in enumerate(cluster):
             try:
-                cause = _meter_window_problem(meter, q, i, ts, value, topo.tz)
-                if cause is not None:
-                    rows.append(failed(i, cause, q))
-                    continue
+                if invalid[i] or not math.isfinite(quantity[i]):
+                    cause = _meter_window_problem(meter, q, i, ts, value, topo.tz)
+                    if cause is not None:
+                        rows.append(failed(i, cause, q))
+                        continue
                 rows.append(
                     (
                         meter_id,
                         ws,
                         we,
-                        _num(float(q.quantity[i])),
-                        float(q.coverage[i]),
-                        int(q.readings[i]),
-                        bool(q.stuck[i]),
-                        int(q.negatives[i]),
-                        int(q.resets[i]),
+                        _num(quantity[i]),
+                        coverage[i],
+                        readings[i],
+                        stuck[i],
+                        negatives[i],
+                        resets[i],
                         jsonb(resets_by_window[i]) if resets_by_window.get(i) else None,
-                        int(q.outliers[i]),
-                        _dt(float(q.first_ts[i])),
-                        _dt(float(q.last_ts[i])),
+                        outliers[i],
+                        _dt(first_ts[i]),
+                        _dt(last_ts[i]),
                         computed_at,
                         None,
                     )
@@ -980,6 +1039,39 @@ def _silences(
     beyond = (a < run_start[r]) | (b > run_end[r])
     need = inside & beyond & (b - a <= max_gap)
     return sorted(set(zip(a[need].tolist(), b[need].tolist(), strict=True)))
+
+
+def _quiet(series: Sequence[FloatArray], shortest: Sequence[float]) -> list[bool]:
+    """Per cluster (its readings' times ``series[k]``, its shortest window ``shortest[k]``
+    seconds): whether no two consecutive readings are as far apart as that window, so that
+    none of its claimed windows' edges leans on a silence (see :func:`_silences`, which checks
+    the same first). One pass over the readings of every cluster."""
+    if not series:
+        return []
+    sizes = np.fromiter((s.size for s in series), np.int64, len(series))
+    ends = np.cumsum(sizes)
+    widest = np.full(len(series), -np.inf)
+    several = sizes >= 2
+    if several.any():
+        gaps = np.diff(np.concatenate(series))
+        # the gap from a cluster's last reading to the next cluster's first is nobody's
+        across = ends[:-1] - 1
+        gaps[across[(across >= 0) & (across < gaps.size)]] = -np.inf
+        widest[several] = np.maximum.reduceat(gaps, (ends - sizes)[several])
+    return (widest < np.asarray(shortest, dtype=np.float64)).tolist()  # type: ignore[no-any-return]
+
+
+@dataclass
+class _Job:
+    """One cluster of one meter's windows for the batch of quantities: its windows, their
+    edges (the windows or epoch seconds), the readings and the silence windows walked."""
+
+    plan: _MeterPlan
+    cluster: list[tuple[datetime, datetime]]
+    edges: Windows
+    ts: FloatArray
+    value: FloatArray
+    walked: set[tuple[datetime, datetime]]
 
 
 @dataclass

@@ -33,7 +33,8 @@ from core.network import Network, parse_network
 from core.settings import Settings
 from ingest.parse import NetworkIndex, Parser
 from ingest.writer import BatchWriter, Message
-from rules.engine import Engine, _silences
+from rules.engine import Engine, _quiet, _silences
+from rules.quantities import FloatArray
 from statements.adjustments import billed_lines, compute_adjustments
 from statements.compute import Statement, StatementLine
 from statements.issue import draft
@@ -590,6 +591,27 @@ def test_dense_readings_walk_no_silence(offset: float) -> None:
     assert _silences(quiet, near, np.array([9 * hour, 13 * hour]), 400 * 86400.0) == [(last, first)]
     # no longer than max_gap: nothing
     assert _silences(quiet, near, np.array([9 * hour, 13 * hour]), first - last - 1) == []
+
+
+def test_the_pass_wide_quiet_check_agrees_with_each_clusters_own() -> None:
+    """Stage 1 skips the silence search for a cluster whose readings are never as far apart
+    as its shortest window, judged for the whole pass at once: the same verdict as per
+    cluster, also for clusters with no reading or one, and whatever their neighbours hold."""
+    rng = np.random.default_rng(14)
+    for _ in range(200):
+        series: list[FloatArray] = []
+        shortest: list[float] = []
+        for _ in range(int(rng.integers(1, 8))):
+            n = int(rng.choice([0, 1, 2, 3, 5, 20]))
+            steps = rng.choice([60.0, 900.0, 3600.0, 7200.0], size=n) * rng.uniform(0.5, 1.5, n)
+            series.append(np.cumsum(steps) + float(rng.uniform(-1e6, 1e6)))
+            shortest.append(float(rng.choice([900.0, 3600.0])))
+        expected = [
+            s.size < 2 or float(np.max(np.diff(s))) < w
+            for s, w in zip(series, shortest, strict=True)
+        ]
+        assert _quiet(series, shortest) == expected
+    assert _quiet([], []) == []
 
 
 def test_silences_left_out_by_earlier_versions_are_filled_by_the_migration(
