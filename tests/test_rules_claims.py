@@ -17,7 +17,12 @@ import asyncpg
 
 from core.db import asyncpg_dsn
 from ingest.writer import MARK_DIRTY
-from rules.store import claim_meter_windows, claim_subjects, finish_meter_windows
+from rules.store import (
+    LOCK_FINISHED,
+    claim_meter_windows,
+    claim_subjects,
+    finish_meter_windows,
+)
 
 T0 = datetime(2026, 5, 4, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -135,6 +140,37 @@ def test_subjects_of_one_window_are_claimed_longest_waiting_first(database_url: 
             got = [(r["kind"], r["subject"]) for r in claimed]
             assert got[0] == ("meter", "late")
             assert got[1:] == [("exchange", f"x{i:03d}") for i in range(199, 189, -1)]
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def test_finishing_a_large_claim_is_one_pass_over_the_claim(database_url: str) -> None:
+    """Finishing a pass locks its windows with a join against the claim, not by testing every
+    dirty window against the whole list: with the list in an ``OR … IN (unnest …)``, a claim
+    too large for a hashed subplan (200,000 windows at 150,000 meters) was compared row by row
+    and the pass did not finish in minutes. The plan with a claim of 100,000 windows (the
+    array is known to the planner, as in the first executions of a prepared statement) has no
+    subplan, and the pass finishes and clears them."""
+
+    async def go() -> None:
+        conn = await _connect(database_url)
+        try:
+            n = 100_000
+            ids = [f"m{i % 5000}" for i in range(n)]
+            starts = [T0 + (i // 5000) * HOUR for i in range(n)]
+            await conn.execute(MARK_DIRTY, ids, starts)
+            await conn.execute("ANALYZE dirty_windows")
+            plan = "\n".join(
+                r[0] for r in await conn.fetch("EXPLAIN " + LOCK_FINISHED, "w", ids, starts)
+            )
+            assert "SubPlan" not in plan, plan
+            claimed = await claim_meter_windows(conn, "w", n)
+            assert len(claimed) == n
+            async with conn.transaction():
+                await finish_meter_windows(conn, "w", claimed)
+            assert await conn.fetchval("SELECT count(*) FROM dirty_windows") == 0
         finally:
             await conn.close()
 
